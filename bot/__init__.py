@@ -1,0 +1,1 @@
+"""Slack, the scheduler and the command line around the runbook engine."""

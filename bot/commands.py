@@ -1,0 +1,90 @@
+"""`/migrate` text -> a validated Command. Pure: no I/O, no Slack, no database.
+
+Grammar: `/migrate <action> [env] [args]`. The environment may be left out when
+only one is configured. Every rejection is a CommandError with one line saying
+what was wrong and what to do.
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+
+class CommandError(Exception):
+    """A malformed command; the message is one line meant for the user."""
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    name: str
+    usage: str
+    summary: str
+    section: str
+    takes_env: bool = True
+    max_args: int = 0
+
+
+ACTIONS: dict[str, ActionSpec] = {
+    spec.name: spec
+    for spec in (
+        ActionSpec("help", "/migrate help", "what the bot can do", "", takes_env=False),
+        ActionSpec("status", "/migrate status [env]", "current and pending revisions, last event", "§1.2"),
+        ActionSpec("precheck", "/migrate precheck [env]", "the pre-migration checklist with a go / no-go", "§1"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Command:
+    action: str
+    environment: str | None = None
+    args: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def text(self) -> str:
+        parts = ["/migrate", self.action]
+        if self.environment:
+            parts.append(self.environment)
+        parts.extend(self.args)
+        return " ".join(parts)
+
+
+def _tokens(text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise CommandError(f"Could not read the command ({exc}). Check your quotes; see `/migrate help`.") from None
+
+
+def parse(text: str, environments: list[str] | tuple[str, ...]) -> Command:
+    """Parse the text after `/migrate`. `environments` are the configured names."""
+    if len(text) > 2000:
+        raise CommandError("That command is too long (over 2000 characters). See `/migrate help`.")
+    tokens = _tokens(text or "")
+    if not tokens:
+        return Command("help")
+    action, rest = tokens[0].lower(), tokens[1:]
+    spec = ACTIONS.get(action)
+    if spec is None:
+        shown = action if len(action) <= 40 else action[:40] + "…"
+        raise CommandError(
+            f"Unknown action '{shown}'. Try one of: {', '.join(ACTIONS)} (see `/migrate help`)."
+        )
+    environment = None
+    if spec.takes_env and rest and rest[0] in environments:
+        environment, rest = rest[0], rest[1:]
+    elif spec.takes_env and rest and len(rest) > spec.max_args:
+        shown = rest[0] if len(rest[0]) <= 40 else rest[0][:40] + "…"
+        raise CommandError(
+            f"Unknown environment '{shown}'. Configured: {', '.join(sorted(environments)) or 'none'}."
+        )
+    if spec.takes_env and environment is None and len(environments) > 1:
+        raise CommandError(
+            f"Several environments are configured ({', '.join(sorted(environments))}): "
+            f"name one, e.g. `/migrate {action} {sorted(environments)[0]}`."
+        )
+    if len(rest) > spec.max_args:
+        raise CommandError(f"`/migrate {action}` takes no more arguments. Usage: `{spec.usage}`.")
+    if spec.takes_env and environment is None and environments:
+        environment = next(iter(environments))
+    return Command(action, environment, tuple(rest))

@@ -1,0 +1,258 @@
+"""Settings: a YAML file with ${VAR} interpolation, validated by pydantic.
+
+Every problem is reported as one ConfigError line naming the key at fault; the
+offending value is never echoed (it may be a password).
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_CONFIG_NAME = "runbook-bot.yaml"
+CONFIG_ENV = "RUNBOOK_BOT_CONFIG"
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased as one line for a human."""
+
+
+SlackUserOrGroup = Annotated[str, StringConstraints(pattern=r"^[UWS][A-Z0-9]{2,}$")]
+SlackChannel = Annotated[str, StringConstraints(pattern=r"^[CGD][A-Z0-9]{2,}$")]
+EnvName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
+PgInterval = Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+)?\s*(us|ms|s|min|h|d)?$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Backups(_Strict):
+    dir: Path = Path("backups")
+    keep: int = Field(3, ge=1)
+
+
+class Approvals(_Strict):
+    approvers: list[SlackUserOrGroup] = []
+    required: int = Field(1, ge=1)
+    allow_self_approval: bool = False
+    expire_minutes: int = Field(30, ge=1)
+    require_backup_within_minutes: int = Field(60, ge=1)
+
+
+class Thresholds(_Strict):
+    long_query_seconds: float = Field(300, gt=0)
+    lock_wait_seconds: float = Field(30, gt=0)
+    idle_in_transaction_seconds: float = Field(300, gt=0)
+
+
+class Watch(_Strict):
+    every_seconds: int = Field(60, ge=5)
+
+
+class Migration(_Strict):
+    lock_timeout: PgInterval = "5s"
+    statement_timeout: PgInterval = "0"
+    retries: int = Field(3, ge=0, le=20)
+    step_by_step: bool = False
+
+
+class Validation(_Strict):
+    tables: list[str] = []
+    required_columns: dict[str, list[str]] = {}
+    smoke_command: list[str] | None = None
+    health_url: str | None = None
+
+
+class Environment(_Strict):
+    database_url: SecretStr
+    app_dir: Path
+    alembic: list[str] = Field(default_factory=lambda: ["alembic"], min_length=1)
+    url_env: str = Field("DATABASE_URL", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    pg_bin_dir: Path | None = None
+    production: bool = False
+    connect_timeout_seconds: float = Field(5, gt=0, le=120)
+    backups: Backups = Backups()
+    approvals: Approvals = Approvals()
+    thresholds: Thresholds = Thresholds()
+    watch: Watch = Watch()
+    migration: Migration = Migration()
+    validation: Validation = Validation()
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        if not re.match(r"^postgres(ql)?(\+psycopg)?://", value.get_secret_value()):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @property
+    def dsn(self) -> str:
+        """The libpq form of database_url (drops a SQLAlchemy '+psycopg' driver suffix)."""
+        return re.sub(r"^postgres(ql)?\+psycopg://", "postgresql://", self.database_url.get_secret_value())
+
+
+class Slack(_Strict):
+    channel: SlackChannel
+
+
+class Owner(_Strict):
+    slack: SlackUserOrGroup | None = None
+    github: str | None = None
+
+
+class Escalation(_Strict):
+    owner: Owner = Owner()
+    links: dict[str, str] = {}
+    dashboards: dict[str, str] = {}
+
+
+class Settings(_Strict):
+    state_url: str = "sqlite:///runbook-bot.db"
+    slack: Slack | None = None
+    environments: dict[EnvName, Environment] = Field(min_length=1)
+    escalation: Escalation = Escalation()
+    source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _state_url_scheme(self) -> "Settings":
+        if not re.match(r"^(sqlite|postgresql(\+psycopg)?)://", self.state_url):
+            raise ValueError("state_url: must be sqlite:///FILE or postgresql://...")
+        return self
+
+    def environment(self, name: str | None) -> tuple[str, Environment]:
+        """Resolve an environment name; it may be omitted when exactly one exists."""
+        if name is None:
+            if len(self.environments) == 1:
+                return next(iter(self.environments.items()))
+            raise ConfigError(
+                "several environments are configured ("
+                + ", ".join(sorted(self.environments))
+                + "): name one"
+            )
+        if name not in self.environments:
+            raise ConfigError(
+                f"unknown environment '{name}'; configured: " + ", ".join(sorted(self.environments))
+            )
+        return name, self.environments[name]
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(node: Any, path: str, environ: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), environ) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, f"{path}[{i}]", environ) for i, v in enumerate(node)]
+    if isinstance(node, str):
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in environ:
+                return environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{path}: environment variable {name} is not set")
+
+        return _VAR.sub(replace, node)
+    return node
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _describe(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    where = _location(error["loc"])
+    if kind == "extra_forbidden":
+        return f"{where}: unknown key"
+    if kind == "missing":
+        return f"{where}: required key is missing"
+    if kind == "string_pattern_mismatch":
+        return f"{where}: not a valid value here (expected pattern {error['ctx']['pattern']})"
+    return f"{where}: {error['msg']}"
+
+
+def _resolve_paths(settings: dict[str, Any], base: Path) -> None:
+    for env in (settings.get("environments") or {}).values():
+        if not isinstance(env, dict):
+            continue
+        for key in ("app_dir", "pg_bin_dir"):
+            if isinstance(env.get(key), str):
+                env[key] = str((base / env[key]).resolve()) if not os.path.isabs(env[key]) else env[key]
+        backups = env.get("backups")
+        if isinstance(backups, dict) and isinstance(backups.get("dir"), str) and "://" not in backups["dir"]:
+            if not os.path.isabs(backups["dir"]):
+                backups["dir"] = str((base / backups["dir"]).resolve())
+    state_url = settings.get("state_url")
+    if isinstance(state_url, str) and state_url.startswith("sqlite:///") and not state_url.startswith("sqlite:////"):
+        relative = state_url[len("sqlite:///"):]
+        if relative and relative != ":memory:":
+            settings["state_url"] = "sqlite:///" + str((base / relative).resolve())
+
+
+def parse_settings(text: str, *, source: Path, environ: dict[str, str] | None = None) -> Settings:
+    environ = dict(os.environ) if environ is None else environ
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys")
+    try:
+        raw = _interpolate(raw, "", environ)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    _resolve_paths(raw, source.parent.resolve())
+    try:
+        return Settings.model_validate({**raw, "source": source})
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)
+        more = f" (and {len(first) - 1} more problem{'s' if len(first) > 2 else ''})" if len(first) > 1 else ""
+        raise ConfigError(f"{source}: {_describe(first[0])}{more}") from None
+
+
+def config_path(explicit: str | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    return Path(DEFAULT_CONFIG_NAME)
+
+
+def load_settings(explicit: str | None = None) -> Settings:
+    path = config_path(explicit)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: configuration file not found; pass --config FILE or set {CONFIG_ENV}"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file ({exc.strerror})") from None
+    return parse_settings(text, source=path)
