@@ -200,7 +200,9 @@ def _resolve_paths(settings: dict[str, Any], base: Path) -> None:
         for key in ("app_dir", "pg_bin_dir"):
             if isinstance(env.get(key), str):
                 env[key] = str((base / env[key]).resolve()) if not os.path.isabs(env[key]) else env[key]
-        backups = env.get("backups")
+        backups = env.setdefault("backups", {})
+        if isinstance(backups, dict):
+            backups.setdefault("dir", "backups")
         if isinstance(backups, dict) and isinstance(backups.get("dir"), str) and "://" not in backups["dir"]:
             if not os.path.isabs(backups["dir"]):
                 backups["dir"] = str((base / backups["dir"]).resolve())

@@ -41,7 +41,10 @@ def start_server(data_dir: Path | None = None) -> Server:
     if url:
         pg_dump = shutil.which("pg_dump")
         return Server(admin_url=url, bin_dir=Path(pg_dump).parent if pg_dump else Path("/usr/bin"))
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+    if "XDG_RUNTIME_DIR" not in os.environ:  # pgserver keeps its lock files there
+        runtime = Path(tempfile.gettempdir()) / f"runbook-bot-runtime-{os.getuid()}"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     import pgserver
 
     owned = data_dir is None

@@ -1,0 +1,136 @@
+"""The state store: opens the bot's database, migrates it, records and reads events."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from runbook.state.models import EventRow
+from runbook.target import redact
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+class StateError(Exception):
+    """The state database could not be opened or written; one redacted line."""
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    environment: str | None
+    outcome: str
+    summary: str
+    details: dict[str, Any]
+    run_id: str | None
+
+    @classmethod
+    def of(cls, row: EventRow) -> "Event":
+        at = row.at if row.at.tzinfo else row.at.replace(tzinfo=timezone.utc)
+        return cls(row.id, at, row.actor, row.action, row.environment, row.outcome,
+                   row.summary, dict(row.details or {}), row.run_id)
+
+
+def _sqlalchemy_url(url: str) -> str:
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+class Store:
+    """Thread-safe: every method opens its own short session."""
+
+    _migrate_lock = threading.Lock()
+
+    def __init__(self, url: str):
+        self.url = url
+        try:
+            self.engine: Engine = create_engine(_sqlalchemy_url(url), pool_pre_ping=True)
+        except (SQLAlchemyError, ValueError) as exc:
+            raise StateError(f"state_url is not usable: {redact(str(exc).splitlines()[0])}") from None
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def migrate(self) -> None:
+        """Bring the state schema to head with the bot's own Alembic migrations."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        try:
+            if self.engine.dialect.name == "sqlite":
+                db = self.engine.url.database
+                if db and db != ":memory:":
+                    Path(db).parent.mkdir(parents=True, exist_ok=True)
+            with self._migrate_lock, self.engine.connect() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                conn.commit()
+        except SQLAlchemyError as exc:
+            raise StateError(
+                f"cannot open the state database: {redact(str(exc.orig if hasattr(exc, 'orig') else exc).splitlines()[0])}"
+            ) from None
+        except OSError as exc:
+            raise StateError(f"cannot create the state database: {exc.strerror}") from None
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            return True
+        except SQLAlchemyError:
+            return False
+
+    def record(self, *, actor: str, action: str, environment: str | None, outcome: str,
+               summary: str = "", details: dict[str, Any] | None = None,
+               run_id: str | None = None) -> Event:
+        row = EventRow(actor=actor, action=action, environment=environment, outcome=outcome,
+                       summary=summary[:2000], details=details or {}, run_id=run_id)
+        with self.session() as session, session.begin():
+            session.add(row)
+        return Event.of(row)
+
+    def events(self, *, environment: str | None = None, action: str | None = None,
+               limit: int = 50) -> list[Event]:
+        query = select(EventRow).order_by(EventRow.id.desc()).limit(limit)
+        if environment is not None:
+            query = query.where(EventRow.environment == environment)
+        if action is not None:
+            query = query.where(EventRow.action == action)
+        with self.session() as session:
+            return [Event.of(row) for row in session.scalars(query)]
+
+    def last_event(self, environment: str, *, exclude_actions: tuple[str, ...] = ("help", "status")) -> Event | None:
+        query = (select(EventRow).where(EventRow.environment == environment)
+                 .where(EventRow.action.not_in(exclude_actions))
+                 .order_by(EventRow.id.desc()).limit(1))
+        with self.session() as session:
+            row = session.scalars(query).first()
+            return Event.of(row) if row else None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the scheduler and Slack listeners read while another thread writes.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
