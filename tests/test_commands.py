@@ -1,0 +1,37 @@
+"""`/migrate` text -> Command: pure parsing, one-line errors."""
+from __future__ import annotations
+
+import pytest
+
+from bot.commands import Command, CommandError, parse
+
+ONE = ["production"]
+TWO = ["production", "staging"]
+
+
+@pytest.mark.parametrize("text, envs, expected", [
+    ("", ONE, Command("help")),
+    ("help", TWO, Command("help")),
+    ("precheck", ONE, Command("precheck", "production")),
+    ("PRECHECK production", ONE, Command("precheck", "production")),
+    ("status staging", TWO, Command("status", "staging")),
+])
+def test_valid_commands(text, envs, expected):
+    assert parse(text, envs) == expected
+
+
+@pytest.mark.parametrize("text, envs, fragment", [
+    ("frobnicate", ONE, "Unknown action 'frobnicate'"),
+    ("precheck qa", ONE, "Unknown environment 'qa'. Configured: production"),
+    ("precheck", TWO, "Several environments are configured (production, staging): name one"),
+    ("status production extra", ONE, "takes no more arguments"),
+    ('precheck "unterminated', ONE, "Check your quotes"),
+    ("x" * 2001, ONE, "too long"),
+    ("<!channel>" + "a" * 100, ONE, "Unknown action"),
+])
+def test_malformed_commands_get_one_line(text, envs, fragment):
+    with pytest.raises(CommandError) as caught:
+        parse(text, envs)
+    assert fragment in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert len(str(caught.value)) < 300
