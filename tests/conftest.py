@@ -41,3 +41,15 @@ def pg_url(pg_server, request) -> str:
 @pytest.fixture
 def pg_bin_dir(pg_server) -> Path:
     return pg_server.bin_dir
+
+
+@pytest.fixture
+def sample_db(pg_url):
+    """Factory: sample_db("0001") -> pg_url migrated to that revision of examples/home_budget,
+    seeded at 0001 (`seed_rows=`, default 50). "base" leaves the database unversioned."""
+    from tests.support.sample_app import sample_db_at
+
+    def make(revision: str = "head", seed_rows: int = 50) -> str:
+        return sample_db_at(pg_url, revision, seed_rows=seed_rows)
+
+    return make
