@@ -1,0 +1,697 @@
+"""Block Kit builders and the one validator every message passes (design rule 7).
+
+Everything here is pure: dataclasses in, `Message` out. Untrusted text (queries,
+revision messages, errors, anything typed by a user) goes through `escape()`;
+mentions are only ever built by `user()`, `usergroup()`, `mention()` and `here()`.
+
+Limits (reference/slack.md §2.1): 50 blocks per message, section text 3000,
+header 150, 10 section fields of 2000, button value 2000, unique action_id and
+block_id, and a non-empty top-level `text` fallback. Renderers keep inside them
+whatever the input size by truncating lists with "… and N more".
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping, NamedTuple, Sequence
+
+from bot.commands import ACTIONS
+
+MAX_BLOCKS = 50
+MAX_SECTION_TEXT = 3000
+MAX_HEADER_TEXT = 150
+MAX_FIELDS = 10
+MAX_FIELD_TEXT = 2000
+MAX_CONTEXT_ELEMENTS = 10
+MAX_CONTEXT_TEXT = 3000
+MAX_ACTIONS_ELEMENTS = 25
+MAX_BUTTON_TEXT = 75
+MAX_BUTTON_VALUE = 2000
+MAX_URL = 3000
+MAX_ID = 255
+MAX_FALLBACK_TEXT = 40000      # Slack truncates above this; renderers keep it to a few hundred
+
+# An inline SQL preview must leave room in its section for the fences and a title.
+SQL_INLINE_LIMIT = 2500
+# Longest query snippet shown per session (the full text never goes to Slack).
+QUERY_SNIPPET = 240
+
+
+class BlockError(ValueError):
+    """A message that Slack would reject (or that breaks our own rules)."""
+
+
+class FileUpload(NamedTuple):
+    """A file that goes up with the message (files_upload_v2)."""
+
+    title: str
+    filename: str
+    content: str | bytes
+
+
+@dataclass
+class Message:
+    """What every surface posts: a text fallback, blocks, and optional files."""
+
+    text: str
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+    files: list[FileUpload] = field(default_factory=list)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for chat_postMessage / chat_update / respond / ack."""
+        out: dict[str, Any] = {"text": self.text}
+        if self.blocks:
+            out["blocks"] = self.blocks
+        return out
+
+
+# --------------------------------------------------------------------------
+# text helpers
+
+def escape(text: Any) -> str:
+    """Neutralise mrkdwn control characters; only &, < and > (Slack's rule)."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def truncate(text: str, limit: int) -> str:
+    """At most `limit` characters, with an ellipsis when cut."""
+    if limit <= 0:
+        return ""
+    return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
+
+
+def code(text: Any, limit: int = 200) -> str:
+    """Inline code of untrusted text: escaped, one line, no backticks to break out."""
+    flat = " ".join(str(text).split())
+    flat = truncate(flat, limit).replace("`", "ˋ")
+    return f"`{escape(flat)}`" if flat else "` `"
+
+
+def code_block(text: Any) -> str:
+    """A fenced block of untrusted text: escaped, fences inside cannot close it."""
+    body = escape(str(text)).replace("```", "`\u200b``")
+    return f"```{body}```"
+
+
+def one_line(text: Any, limit: int = 300) -> str:
+    """The first line of `text`, whitespace collapsed, truncated (not escaped)."""
+    first = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    return truncate(" ".join(first.split()), limit)
+
+
+_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
+_GROUP_ID = re.compile(r"^S[A-Z0-9]{2,}$")
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
+
+
+def user(user_id: str) -> str:
+    """`<@U…>`: the only way a user mention is written."""
+    if not isinstance(user_id, str) or not _USER_ID.match(user_id):
+        raise BlockError(f"not a Slack user ID: {user_id!r:.40}")
+    return f"<@{user_id}>"
+
+
+def usergroup(group_id: str) -> str:
+    """`<!subteam^S…>`: the only way a user-group mention is written."""
+    if not isinstance(group_id, str) or not _GROUP_ID.match(group_id):
+        raise BlockError(f"not a Slack user group ID: {group_id!r:.40}")
+    return f"<!subteam^{group_id}>"
+
+
+def mention(slack_id: str) -> str:
+    """A user or a user group, chosen by the ID's prefix (approvers lists hold both)."""
+    if isinstance(slack_id, str) and slack_id.startswith("S"):
+        return usergroup(slack_id)
+    return user(slack_id)
+
+
+def here() -> str:
+    return "<!here>"
+
+
+def channel(channel_id: str) -> str:
+    """`<#C…>`: a link to a channel."""
+    if not isinstance(channel_id, str) or not _CHANNEL_ID.match(channel_id):
+        raise BlockError(f"not a Slack channel ID: {channel_id!r:.40}")
+    return f"<#{channel_id}>"
+
+
+def is_user_id(value: Any) -> bool:
+    return isinstance(value, str) and bool(_USER_ID.match(value))
+
+
+def slack_time(when: datetime, fmt: str = "{date_short_pretty} {time}") -> str:
+    """A timestamp each reader sees in their own time zone, UTC as the fallback."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    utc = when.astimezone(timezone.utc)
+    fallback = utc.strftime("%Y-%m-%d %H:%M UTC")
+    return f"<!date^{int(utc.timestamp())}^{fmt}|{fallback}>"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = max(0.0, float(seconds))
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    minutes, sec = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+# --------------------------------------------------------------------------
+# block builders
+
+def header(text: str) -> dict[str, Any]:
+    return {"type": "header", "text": {"type": "plain_text", "text": truncate(text, MAX_HEADER_TEXT), "emoji": True}}
+
+
+def section(text: str, *, block_id: str | None = None, fields: Sequence[str] | None = None) -> dict[str, Any]:
+    block: dict[str, Any] = {"type": "section"}
+    if text:
+        block["text"] = {"type": "mrkdwn", "text": text}
+    if fields:
+        block["fields"] = [{"type": "mrkdwn", "text": f} for f in fields]
+    if block_id:
+        block["block_id"] = block_id
+    return block
+
+
+def context(*texts: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": t} for t in texts if t]}
+
+
+def divider() -> dict[str, Any]:
+    return {"type": "divider"}
+
+
+def button(text: str, action_id: str, value: str, *, style: str | None = None,
+           confirm: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    element: dict[str, Any] = {
+        "type": "button",
+        "text": {"type": "plain_text", "text": truncate(text, MAX_BUTTON_TEXT), "emoji": True},
+        "action_id": action_id,
+        "value": value,
+    }
+    if style:
+        element["style"] = style
+    if confirm:
+        element["confirm"] = dict(confirm)
+    return element
+
+
+def actions(*elements: dict[str, Any], block_id: str | None = None) -> dict[str, Any]:
+    block: dict[str, Any] = {"type": "actions", "elements": list(elements)}
+    if block_id:
+        block["block_id"] = block_id
+    return block
+
+
+def bounded_lines(lines: Sequence[str], limit: int = MAX_SECTION_TEXT, *, total: int | None = None,
+                  more: str = "… and {n} more") -> str:
+    """Join as many lines as fit in `limit` characters, then "… and N more".
+
+    `total` is the real number of items when `lines` was already cut short.
+    """
+    return _fit_lines(lines, limit, total=total, more=more)[0]
+
+
+def _fit_lines(lines: Sequence[str], limit: int, *, total: int | None = None,
+               more: str = "… and {n} more") -> tuple[str, int]:
+    """(text, how many of `lines` are shown)."""
+    total = len(lines) if total is None else total
+    if total == len(lines) and sum(len(line) for line in lines) + max(0, len(lines) - 1) <= limit:
+        return "\n".join(lines), len(lines)
+    out: list[str] = []
+    used = 0
+    for i, line in enumerate(lines):
+        remaining_after = total - (i + 1)
+        tail = len(more.format(n=total)) + 1 if remaining_after > 0 else 0
+        cost = len(line) + (1 if out else 0)
+        if used + cost + tail > limit:
+            break
+        out.append(line)
+        used += cost
+    shown = len(out)
+    hidden = total - shown
+    if hidden > 0:
+        out.append(more.format(n=hidden))
+    return truncate("\n".join(out), limit), shown
+
+
+# --------------------------------------------------------------------------
+# the validator
+
+def _text_object(obj: Any, where: str, limit: int, *, plain_only: bool = False) -> None:
+    if not isinstance(obj, Mapping):
+        raise BlockError(f"{where}: must be a text object")
+    kind = obj.get("type")
+    if kind not in ("plain_text", "mrkdwn") or (plain_only and kind != "plain_text"):
+        raise BlockError(f"{where}: text type must be {'plain_text' if plain_only else 'plain_text or mrkdwn'}")
+    text = obj.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise BlockError(f"{where}: text is empty")
+    if len(text) > limit:
+        raise BlockError(f"{where}: text is {len(text)} characters; the limit is {limit}")
+
+
+def _element(element: Any, where: str, action_ids: set[str]) -> None:
+    if not isinstance(element, Mapping) or "type" not in element:
+        raise BlockError(f"{where}: an element needs a type")
+    action_id = element.get("action_id")
+    if action_id is not None:
+        if not isinstance(action_id, str) or not action_id or len(action_id) > MAX_ID:
+            raise BlockError(f"{where}: action_id must be 1–{MAX_ID} characters")
+        if action_id in action_ids:
+            raise BlockError(f"{where}: duplicate action_id {action_id!r}")
+        action_ids.add(action_id)
+    if element["type"] == "button":
+        _text_object(element.get("text"), f"{where} button text", MAX_BUTTON_TEXT, plain_only=True)
+        value = element.get("value")
+        if value is not None and (not isinstance(value, str) or len(value) > MAX_BUTTON_VALUE):
+            raise BlockError(f"{where}: button value is over {MAX_BUTTON_VALUE} characters")
+        url = element.get("url")
+        if url is not None and len(str(url)) > MAX_URL:
+            raise BlockError(f"{where}: button url is over {MAX_URL} characters")
+        if element.get("style") not in (None, "primary", "danger"):
+            raise BlockError(f"{where}: button style must be primary or danger")
+        confirm = element.get("confirm")
+        if confirm is not None:
+            for key, limit in (("title", 100), ("text", 300), ("confirm", 30), ("deny", 30)):
+                _text_object(confirm.get(key), f"{where} confirm.{key}", limit, plain_only=key != "text")
+
+
+def validate(message: Message) -> Message:
+    """Raise BlockError with a clear reason if Slack would reject the message; else return it."""
+    if not isinstance(message, Message):
+        raise BlockError("not a Message")
+    if not isinstance(message.text, str) or not message.text.strip():
+        raise BlockError("the text fallback is missing (every message needs one)")
+    if len(message.text) > MAX_FALLBACK_TEXT:
+        raise BlockError(f"the text fallback is {len(message.text)} characters; the limit is {MAX_FALLBACK_TEXT}")
+    blocks = message.blocks
+    if not isinstance(blocks, list):
+        raise BlockError("blocks must be a list")
+    if len(blocks) > MAX_BLOCKS:
+        raise BlockError(f"{len(blocks)} blocks; a message holds at most {MAX_BLOCKS}")
+    block_ids: set[str] = set()
+    action_ids: set[str] = set()
+    for i, block in enumerate(blocks):
+        kind = block.get("type") if isinstance(block, Mapping) else None
+        where = f"block {i} ({kind or '?'})"
+        if not kind:
+            raise BlockError(f"block {i}: every block needs a type")
+        block_id = block.get("block_id")
+        if block_id is not None:
+            if not isinstance(block_id, str) or not block_id or len(block_id) > MAX_ID:
+                raise BlockError(f"{where}: block_id must be 1–{MAX_ID} characters")
+            if block_id in block_ids:
+                raise BlockError(f"{where}: duplicate block_id {block_id!r}")
+            block_ids.add(block_id)
+        if kind == "section":
+            if "text" not in block and not block.get("fields"):
+                raise BlockError(f"{where}: a section needs text or fields")
+            if "text" in block:
+                _text_object(block["text"], where, MAX_SECTION_TEXT)
+            fields = block.get("fields") or []
+            if len(fields) > MAX_FIELDS:
+                raise BlockError(f"{where}: {len(fields)} fields; the limit is {MAX_FIELDS}")
+            for j, f in enumerate(fields):
+                _text_object(f, f"{where} field {j}", MAX_FIELD_TEXT)
+            if "accessory" in block:
+                _element(block["accessory"], f"{where} accessory", action_ids)
+        elif kind == "header":
+            _text_object(block.get("text"), where, MAX_HEADER_TEXT, plain_only=True)
+        elif kind == "context":
+            elements = block.get("elements") or []
+            if not elements:
+                raise BlockError(f"{where}: a context needs elements")
+            if len(elements) > MAX_CONTEXT_ELEMENTS:
+                raise BlockError(f"{where}: {len(elements)} elements; the limit is {MAX_CONTEXT_ELEMENTS}")
+            for j, e in enumerate(elements):
+                if isinstance(e, Mapping) and e.get("type") in ("plain_text", "mrkdwn"):
+                    _text_object(e, f"{where} element {j}", MAX_CONTEXT_TEXT)
+        elif kind == "actions":
+            elements = block.get("elements") or []
+            if not elements:
+                raise BlockError(f"{where}: an actions block needs elements")
+            if len(elements) > MAX_ACTIONS_ELEMENTS:
+                raise BlockError(f"{where}: {len(elements)} elements; the limit is {MAX_ACTIONS_ELEMENTS}")
+            for j, e in enumerate(elements):
+                _element(e, f"{where} element {j}", action_ids)
+        elif kind == "input":
+            if "element" in block:
+                _element(block["element"], f"{where} element", action_ids)
+    for i, f in enumerate(message.files):
+        if not isinstance(f, tuple) or len(f) != 3:
+            raise BlockError(f"file {i}: must be (title, filename, content)")
+        title, filename, content = f
+        if not title or not filename:
+            raise BlockError(f"file {i}: title and filename are required")
+        if not isinstance(content, (str, bytes)):
+            raise BlockError(f"file {i}: content must be str or bytes")
+    return message
+
+
+# --------------------------------------------------------------------------
+# renderers
+
+STATUS_EMOJI = {"ok": ":white_check_mark:", "warn": ":warning:", "fail": ":x:"}
+HUMAN_TODO = ":white_large_square:"
+
+
+def help_message(actions_spec: Mapping[str, Any] | None = None) -> Message:
+    """What `/migrate` can do, from bot.commands.ACTIONS."""
+    if actions_spec is None:
+        actions_spec = ACTIONS
+    lines = []
+    for spec in actions_spec.values():
+        where = f" ({escape(spec.section)})" if getattr(spec, "section", "") else ""
+        lines.append(f"{code(spec.usage, 120)} — {escape(spec.summary)}{where}")
+    blocks = [
+        header("runbook-bot: /migrate"),
+        section(bounded_lines(lines)),
+        context("The environment may be left out when only one is configured. "
+                "Long output arrives as a file; stateful steps ask for approval."),
+    ]
+    names = ", ".join(escape(name) for name in actions_spec)
+    return validate(Message(text=f"/migrate commands: {names}", blocks=blocks))
+
+
+def error_message(text: str) -> Message:
+    """One line, escaped, for an ephemeral reply."""
+    line = escape(one_line(text, 500)) or "Something went wrong."
+    return validate(Message(text=f":warning: {line}", blocks=[section(f":warning: {line}")]))
+
+
+def _check_line(check: Any) -> str:
+    emoji = STATUS_EMOJI.get(check.status, ":grey_question:")
+    detail = f" — {escape(one_line(check.detail, 400))}" if check.detail else ""
+    return f"{emoji} *{escape(one_line(check.name, 120))}*{detail}"
+
+
+def _session_line(s: Any, *, seconds_label: str = "") -> str:
+    who = " · ".join(
+        part for part in (
+            f"user {code(s.user, 40)}" if s.user else "",
+            f"app {code(s.application, 40)}" if s.application else "",
+            f"state {escape(s.state)}" if getattr(s, "state", None) else "",
+        ) if part
+    )
+    return (f"• pid {s.pid} · {who + ' · ' if who else ''}{seconds_label}{duration(s.seconds)}\n"
+            f"    {code(s.query, QUERY_SNIPPET)}")
+
+
+def _lock_line(w: Any) -> str:
+    what = ""
+    if w.mode or w.relation:
+        what = f" for {escape(w.mode or 'a lock')}" + (f" on {code(w.relation, 60)}" if w.relation else "")
+    blocked = ", ".join(str(p) for p in w.blocked_by[:5]) + (" …" if len(w.blocked_by) > 5 else "")
+    root = f" · root blocker {w.root_blocker}" if w.root_blocker is not None else ""
+    who = " · ".join(p for p in (
+        f"user {code(w.user, 40)}" if w.user else "", f"app {code(w.application, 40)}" if w.application else "") if p)
+    return (f"• pid {w.pid}{' · ' + who if who else ''} · waiting {duration(w.seconds)}{what}"
+            f" · blocked by {blocked or '?'}{root}\n    {code(w.query, QUERY_SNIPPET)}")
+
+
+def _root_line(root: Any) -> str:
+    if root.pid == 0 or root.prepared_gid:
+        holder = f"prepared transaction {code(root.prepared_gid or '?', 80)}"
+    else:
+        holder = f"pid {root.pid}"
+    s = root.session
+    about = ""
+    if s is not None:
+        bits = [f"user {code(s.user, 40)}" if s.user else "", f"app {code(s.application, 40)}" if s.application else "",
+                escape(s.state) if s.state else "", f"running {duration(s.seconds)}"]
+        about = " (" + ", ".join(b for b in bits if b) + ")"
+    head = root.head
+    head_text = ""
+    if head is not None:
+        head_text = (f"\n    queue head: pid {head.pid} waiting {duration(head.seconds)}"
+                     + (f" for {escape(head.mode)}" if head.mode else "")
+                     + (f" on {code(head.relation, 60)}" if head.relation else ""))
+    query = f"\n    {code(s.query, QUERY_SNIPPET)}" if s is not None and s.query else ""
+    n = len(root.queue)
+    return f"• *root blocker* {holder}{about} holds up {n} session{'s' if n != 1 else ''}{head_text}{query}"
+
+
+def _activity_blocks(activity: Any) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    if activity is None:
+        return blocks
+    summary = (f"*Activity*: {activity.active_count} active session{'s' if activity.active_count != 1 else ''}, "
+               f"{len(activity.long_queries)} long quer{'ies' if len(activity.long_queries) != 1 else 'y'}, "
+               f"{len(activity.idle_in_transaction)} idle in transaction, "
+               f"{len(activity.lock_waits)} waiting on locks")
+    if activity.prepared:
+        summary += f", {len(activity.prepared)} prepared transaction{'s' if len(activity.prepared) != 1 else ''}"
+    blocks.append(section(truncate(summary, MAX_SECTION_TEXT)))
+    if activity.long_queries:
+        title = f"*Long queries* ({len(activity.long_queries)})"
+        lines = [_session_line(s) for s in activity.long_queries[:200]]
+        blocks.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
+                                                           total=len(activity.long_queries))))
+    if activity.idle_in_transaction:
+        title = f"*Idle in transaction* ({len(activity.idle_in_transaction)})"
+        lines = [_session_line(s, seconds_label="idle ") for s in activity.idle_in_transaction[:200]]
+        blocks.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
+                                                           total=len(activity.idle_in_transaction))))
+    if activity.roots:
+        title = f"*Blocking* ({len(activity.roots)} root blocker{'s' if len(activity.roots) != 1 else ''})"
+        lines = [_root_line(r) for r in activity.roots[:200]]
+        blocks.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
+                                                           total=len(activity.roots))))
+    if activity.lock_waits:
+        title = f"*Lock waits* ({len(activity.lock_waits)})"
+        lines = [_lock_line(w) for w in activity.lock_waits[:200]]
+        blocks.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
+                                                           total=len(activity.lock_waits))))
+    if activity.prepared:
+        title = f"*Prepared transactions* ({len(activity.prepared)})"
+        lines = [f"• {code(p.gid, 80)} owner {code(p.owner or '?', 40)} · {duration(p.seconds)}"
+                 for p in activity.prepared[:200]]
+        blocks.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
+                                                           total=len(activity.prepared))))
+    return blocks
+
+
+def _revision_line(rev: Any) -> str:
+    msg = escape(one_line(rev.message, 120)) if rev.message else "_(no message)_"
+    if rev.reversible:
+        tail = "reversible"
+    else:
+        reason = f" ({escape(one_line(rev.irreversible_reason, 160))})" if rev.irreversible_reason else ""
+        tail = f":rotating_light: *IRREVERSIBLE*{reason}"
+    return f"• {code(rev.revision, 40)} {msg} — {tail}"
+
+
+def _revs(ids: Sequence[str]) -> str:
+    if not ids:
+        return "_none_"
+    shown = ", ".join(code(r, 40) for r in ids[:10])
+    return shown + (f" … and {len(ids) - 10} more" if len(ids) > 10 else "")
+
+
+def _alembic_blocks(state: Any, title: str = "*§1.2 Alembic*") -> list[dict[str, Any]]:
+    if state is None:
+        return [section(f"{title}: state unavailable")]
+    head = f"{title}: current {_revs(state.current) if state.current else '_unversioned_'} → heads {_revs(state.heads)}"
+    if len(state.heads) > 1:
+        head += "\n:warning: *several heads*: Alembic would need a merge revision"
+    pending = state.pending
+    if not pending:
+        return [section(truncate(head + "\n:white_check_mark: up to date, nothing pending", MAX_SECTION_TEXT))]
+    irreversible = sum(1 for r in pending if not r.reversible)
+    count = f"{len(pending)} pending revision{'s' if len(pending) != 1 else ''}"
+    if irreversible:
+        count += f", :rotating_light: *{irreversible} irreversible*"
+    top = truncate(head, 1200) + "\n" + count
+    room = MAX_SECTION_TEXT - len(top) - 40
+    body, shown = _fit_lines([_revision_line(r) for r in pending[:300]], room, total=len(pending))
+    if any(not r.reversible for r in pending[shown:]):
+        # the cut would hide an irreversible revision: list those first instead
+        ordered = [r for r in pending if not r.reversible] + [r for r in pending if r.reversible]
+        body = bounded_lines([_revision_line(r) for r in ordered[:300]], room, total=len(pending))
+        top += " (irreversible listed first)"
+    else:
+        top += " (in the order they apply)" if len(pending) > 1 else ""
+    return [section(top + "\n" + body)]
+
+
+def _sql_blocks(sql: str, environment: str) -> tuple[list[dict[str, Any]], list[FileUpload]]:
+    if not sql or not sql.strip():
+        return [section("*SQL preview*: nothing to run")], []
+    fenced = code_block(sql.strip("\n"))
+    title = "*SQL preview* (pending revisions only)"
+    if len(fenced) + len(title) + 1 <= SQL_INLINE_LIMIT and sql.count("\n") < 60:
+        return [section(f"{title}\n{fenced}")], []
+    lines = sql.count("\n") + 1
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", environment)[:40] or "env"
+    upload = FileUpload(f"SQL preview — {environment}", f"sql-preview-{name}.sql", sql)
+    note = f"{title}: {lines} lines, {len(sql)} characters, attached as a file :page_facing_up:"
+    return [section(note)], [upload]
+
+
+def _checklist_blocks(checks: Sequence[Any]) -> list[dict[str, Any]]:
+    auto = [c for c in checks if c.automatic and str(c.section).startswith("1.3")]
+    human = [c for c in checks if not c.automatic]
+    if not auto and not human:
+        return []
+    blocks = []
+    if auto:
+        title = "*§1.3 Checklist — checked automatically*"
+        blocks.append(section(title + "\n" + bounded_lines([_check_line(c) for c in auto[:200]],
+                                                           MAX_SECTION_TEXT - len(title) - 1, total=len(auto))))
+    if human:
+        title = "*§1.3 Checklist — left for a human* (not checked by the bot)"
+        lines = [f"{HUMAN_TODO} {escape(one_line(c.name, 160))}"
+                 + (f" — {escape(one_line(c.detail, 300))}" if c.detail else "") for c in human[:200]]
+        blocks.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
+                                                           total=len(human))))
+    return blocks
+
+
+def precheck_message(report: Any) -> Message:
+    """§1 as a message: verdict, health, activity, Alembic state, checklist, SQL preview."""
+    env = one_line(report.environment, 60)
+    go = report.verdict == "go"
+    verdict = "GO" if go else "NO-GO"
+    blocks: list[dict[str, Any]] = [
+        header(f"{':white_check_mark:' if go else ':no_entry:'} Precheck {env}: {verdict}"),
+    ]
+    facts = [f"target {code(report.target, 80)}"]
+    if report.server_version:
+        facts.append(f"PostgreSQL {escape(one_line(report.server_version, 40))}")
+    if report.database_size_bytes is not None:
+        facts.append(f"size {size(report.database_size_bytes)}")
+    facts.append(f"{slack_time(report.started_at)}, took {duration(report.duration_seconds)}")
+    blocks.append(context(truncate(" · ".join(facts), MAX_CONTEXT_TEXT)))
+
+    reasons = [f"• {escape(one_line(r, 400))}" for r in report.reasons[:200]]
+    if go:
+        head = "*GO*: every automatic check passed."
+        if reasons:
+            head = "*GO*, with notes:"
+    else:
+        head = f"*NO-GO*: {len(report.reasons)} reason{'s' if len(report.reasons) != 1 else ''}"
+    body = bounded_lines(reasons, MAX_SECTION_TEXT - len(head) - 1, total=len(report.reasons)) if reasons else ""
+    blocks.append(section(head + ("\n" + body if body else "")))
+    if report.errors:
+        title = ":x: *Errors while checking*"
+        lines = [f"• {escape(one_line(e, 400))}" for e in report.errors[:100]]
+        blocks.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
+                                                           total=len(report.errors))))
+
+    health = [c for c in report.checks if c.automatic and not str(c.section).startswith("1.3")]
+    if health:
+        blocks.append(divider())
+        title = "*§1.1 Health*"
+        counts = {s: sum(1 for c in health if c.status == s) for s in ("ok", "warn", "fail")}
+        title += f" ({counts['ok']} ok, {counts['warn']} warn, {counts['fail']} fail)"
+        # failures first, then warnings: a cut never hides a problem
+        order = {"fail": 0, "warn": 1, "ok": 2}
+        ordered = sorted(health, key=lambda c: order.get(c.status, 3))
+        blocks.append(section(title + "\n" + bounded_lines([_check_line(c) for c in ordered[:200]],
+                                                           MAX_SECTION_TEXT - len(title) - 1, total=len(health))))
+    blocks.extend(_activity_blocks(report.activity))
+
+    blocks.append(divider())
+    blocks.extend(_alembic_blocks(report.alembic))
+    sql_blocks, files = _sql_blocks(report.sql_preview, report.environment)
+    blocks.extend(sql_blocks)
+
+    checklist = _checklist_blocks(report.checks)
+    if checklist:
+        blocks.append(divider())
+        blocks.extend(checklist)
+    blocks.append(context("Runbook §1 · nothing was changed by this check"))
+
+    text = f"Precheck {escape(env)}: {verdict}"
+    if report.reasons:
+        text += " — " + escape(one_line(report.reasons[0], 200))
+        if len(report.reasons) > 1:
+            text += f" (+{len(report.reasons) - 1} more)"
+    return validate(Message(text=text, blocks=blocks, files=files))
+
+
+def _event_value(event: Any, key: str) -> Any:
+    if event is None:
+        return None
+    if isinstance(event, Mapping):
+        return event.get(key)
+    return getattr(event, key, None)
+
+
+def _actor(actor: Any) -> str:
+    if actor is None or actor == "":
+        return "someone"
+    if is_user_id(actor):
+        return user(actor)
+    return code(actor, 60)
+
+
+def status_message(environment: str, alembic_state: Any, last_event: Any = None) -> Message:
+    """Current and pending revisions, and the last thing that happened."""
+    env = one_line(environment, 60)
+    blocks: list[dict[str, Any]] = [header(f"Status {env}")]
+    blocks.extend(_alembic_blocks(alembic_state, title="*Alembic*"))
+    if last_event is None:
+        last = "*Last event*: none recorded yet"
+    else:
+        when = _event_value(last_event, "time")
+        if isinstance(when, datetime):
+            when_text = slack_time(when)
+        elif when:
+            when_text = escape(one_line(when, 60))
+        else:
+            when_text = "at an unknown time"
+        action = _event_value(last_event, "action")
+        outcome = _event_value(last_event, "outcome")
+        last = (f"*Last event*: {_actor(_event_value(last_event, 'actor'))} ran {code(action or '?', 60)}"
+                f" {when_text}" + (f" — {escape(one_line(outcome, 300))}" if outcome else ""))
+    blocks.append(section(truncate(last, MAX_SECTION_TEXT)))
+    if alembic_state is None:
+        summary = "state unavailable"
+    elif alembic_state.pending:
+        summary = f"{len(alembic_state.pending)} pending"
+        irreversible = sum(1 for r in alembic_state.pending if not r.reversible)
+        if irreversible:
+            summary += f" ({irreversible} irreversible)"
+    else:
+        summary = "up to date"
+    return validate(Message(text=f"Status {escape(env)}: {summary}", blocks=blocks))
+
+
+def working_text(command_text: str) -> str:
+    """The immediate ack of a command that runs in the background."""
+    return f"Working on {code(command_text, 200)}…"
+
+
+__all__ = [
+    "BlockError", "FileUpload", "Message", "validate", "escape", "truncate", "code", "code_block", "one_line",
+    "user", "usergroup", "mention", "here", "channel", "is_user_id", "slack_time", "duration", "size",
+    "header", "section", "context", "divider", "button", "actions", "bounded_lines",
+    "help_message", "error_message", "precheck_message", "status_message", "working_text",
+]
+
