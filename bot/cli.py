@@ -1,0 +1,172 @@
+"""The `runbook-bot` command.
+
+Exit codes follow design §2: precheck 0 go, 1 no-go, 2 error. Every error is one
+line on stderr; no traceback reaches the user. Slack and the scheduler are
+imported only by the commands that need them, so a CLI precheck starts fast.
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+from typing import Sequence
+
+from runbook.config import ConfigError, Settings, load_settings
+
+EXIT_OK, EXIT_NO_GO, EXIT_ERROR = 0, 1, 2
+
+log = logging.getLogger("runbook-bot")
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        raise UsageError(f"{message} (see `runbook-bot --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="runbook-bot", description="Slack chat-ops for a PostgreSQL + Alembic migration runbook.")
+    parser.add_argument("--config", metavar="FILE",
+                        help="configuration file (default: $RUNBOOK_BOT_CONFIG, then ./runbook-bot.yaml)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("precheck", help="§1 pre-migration checklist; exit 0 go, 1 no-go, 2 error")
+    p.add_argument("--env", metavar="NAME")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    p = sub.add_parser("status", help="current and pending revisions, last event")
+    p.add_argument("--env", metavar="NAME")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("serve", help="run the bot (Socket Mode or HTTP)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--socket", action="store_true", help="Socket Mode (default; needs SLACK_APP_TOKEN)")
+    mode.add_argument("--http", action="store_true", help="HTTP mode under a WSGI server (needs SLACK_SIGNING_SECRET)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
+    p.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
+
+    p = sub.add_parser("demo", help="console demo on the embedded PostgreSQL")
+    p.add_argument("--scripted", action="store_true", help="play a fixed walkthrough and exit")
+    return parser
+
+
+def cli_actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+def setup_logging(settings: Settings | None, level: int = logging.WARNING) -> None:
+    from bot.logs import install_redacting_handler
+
+    install_redacting_handler(settings, level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        print(f"runbook-bot: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.command == "demo":
+        from bot.console import run_demo
+
+        return run_demo(scripted=args.scripted)
+    try:
+        settings = load_settings(args.config)
+        setup_logging(settings, logging.INFO if args.command == "serve" else logging.WARNING)
+        return COMMANDS[args.command](settings, args)
+    except ConfigError as exc:
+        print(f"runbook-bot: config error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # last resort: one line, secrets scrubbed
+        from runbook.target import redact
+
+        print(f"runbook-bot: {args.command} failed: {redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}",
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _open_store(settings: Settings):
+    from runbook.state import Store
+
+    store = Store(settings.state_url)
+    store.migrate()
+    return store
+
+
+def cmd_precheck(settings: Settings, args) -> int:
+    from runbook import precheck
+    from runbook.state import StateError
+
+    name, env = settings.environment(args.env)
+    try:
+        store = _open_store(settings)
+    except StateError as exc:
+        print(f"runbook-bot: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    report = precheck.run_precheck(name, env)
+    store.record(actor=cli_actor(), action="precheck", environment=name, outcome=report.verdict,
+                 summary="; ".join(report.reasons)[:2000],
+                 details={"checks": {c.name: c.status for c in report.checks}})
+    if args.json:
+        print(json.dumps(precheck.report_to_json(report), indent=2))
+    else:
+        from bot.text import precheck_text
+
+        print(precheck_text(report))
+    return EXIT_OK if report.verdict == "go" else EXIT_NO_GO
+
+
+def cmd_status(settings: Settings, args) -> int:
+    from runbook import precheck
+    from runbook.revisions import RevisionError
+    from runbook.state import StateError
+    from runbook.target import TargetError
+
+    name, env = settings.environment(args.env)
+    try:
+        store = _open_store(settings)
+        state = precheck.alembic_status(env)
+    except (StateError, TargetError, RevisionError) as exc:
+        print(f"runbook-bot: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    last = store.last_event(name)
+    store.record(actor=cli_actor(), action="status", environment=name, outcome="ok")
+    if args.json:
+        print(json.dumps({
+            "environment": name, "current": state.current, "heads": state.heads,
+            "pending": [{"revision": r.revision, "message": r.message, "reversible": r.reversible}
+                        for r in state.pending],
+            "last_event": None if last is None else {
+                "actor": last.actor, "action": last.action, "at": last.at.isoformat(), "outcome": last.outcome},
+        }, indent=2))
+    else:
+        from bot.text import status_text
+
+        print(status_text(name, state, last))
+    return EXIT_OK
+
+
+def cmd_serve(settings: Settings, args) -> int:
+    from bot.server import serve
+
+    return serve(settings, mode="http" if args.http else "socket", host=args.host, port=args.port)
+
+
+COMMANDS = {"precheck": cmd_precheck, "status": cmd_status, "serve": cmd_serve}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

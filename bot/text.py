@@ -1,0 +1,63 @@
+"""Plain-text renderings for the terminal (the CLI's default output)."""
+from __future__ import annotations
+
+from runbook.precheck import PrecheckReport, human_size
+from runbook.revisions import AlembicState
+
+MARK = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+
+
+def _pending_lines(state: AlembicState) -> list[str]:
+    lines = []
+    for rev in state.pending:
+        flag = "" if rev.reversible else f"  [irreversible: {rev.irreversible_reason or 'no downgrade'}]"
+        lines.append(f"    {rev.revision}  {rev.message}{flag}")
+    return lines or ["    none"]
+
+
+def precheck_text(report: PrecheckReport) -> str:
+    verdict = "GO" if report.verdict == "go" else "NO-GO"
+    out = [f"Precheck {report.environment} ({report.target}): {verdict}  [{report.duration_seconds:.2f}s]"]
+    out += [f"  - {reason}" for reason in report.reasons]
+    for section, title in (("1.1", "§1.1 Database health"), ("1.2", "§1.2 Alembic status"),
+                           ("1.3", "§1.3 Pre-migration verification")):
+        out.append("")
+        out.append(title)
+        for check in report.checks:
+            if check.section == section:
+                who = "" if check.automatic else " (for a human)"
+                out.append(f"  [{MARK[check.status]}] {check.name}{who}: {check.detail}")
+        if section == "1.1" and report.activity:
+            for s in report.activity.long_queries:
+                out.append(f"      long query pid {s.pid} {s.user}/{s.application} {s.seconds:.0f}s: {s.query}")
+            for root in report.activity.roots:
+                out.append(f"      root blocker pid {root.pid}"
+                           + (f" ({root.session.state}, {root.session.application}): {root.session.query}"
+                              if root.session else f" prepared transaction {root.prepared_gid}"))
+                for n, wait in enumerate(root.queue):
+                    out.append(f"        {'head' if n == 0 else f'#{n + 1} '} pid {wait.pid} waits {wait.seconds:.0f}s"
+                               f" {wait.mode or ''} {wait.relation or ''}: {wait.query}")
+        if section == "1.2" and report.alembic:
+            out.append(f"  current: {', '.join(report.alembic.current) or '(unversioned)'}"
+                       f"   heads: {', '.join(report.alembic.heads)}")
+            out.append("  pending (oldest first):")
+            out += _pending_lines(report.alembic)
+    if report.sql_preview:
+        out += ["", "SQL preview (pending range only):", report.sql_preview.rstrip()]
+    if report.database_size_bytes is not None:
+        out += ["", f"Database size {human_size(report.database_size_bytes)}, PostgreSQL {report.server_version}"]
+    return "\n".join(out)
+
+
+def status_text(environment: str, state: AlembicState, last_event) -> str:
+    out = [f"Status {environment}",
+           f"  current: {', '.join(state.current) or '(unversioned)'}",
+           f"  heads:   {', '.join(state.heads)}",
+           "  pending (oldest first):"]
+    out += _pending_lines(state)
+    if last_event is None:
+        out.append("  last event: none")
+    else:
+        out.append(f"  last event: {last_event.action} by {last_event.actor} at "
+                   f"{last_event.at:%Y-%m-%d %H:%M:%S} UTC: {last_event.outcome}")
+    return "\n".join(out)

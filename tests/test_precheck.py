@@ -1,0 +1,182 @@
+"""§1 precheck end to end against the real PostgreSQL and the sample app's real Alembic."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import psycopg
+import pytest
+
+from runbook.precheck import report_to_json, run_precheck
+from tests.support.configs import settings_for, with_password, write_config
+from tests.support.sample_app import REV_0001, REV_0002, REV_0003
+from tests.support.waiting import wait_for
+
+PASSWORD = "Pr3check-S3cret"
+
+
+def run_cli(config, *args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_pending_revisions_listed_in_order_and_preview_covers_only_them(sample_db, tmp_path):
+    url = sample_db(REV_0001)
+    settings = settings_for(tmp_path, url)
+    report = run_precheck("production", settings.environments["production"])
+    data = report_to_json(report)
+    assert data["verdict"] == "go", data["reasons"]
+    assert data["current"] == [REV_0001] and data["heads"] == [REV_0003]
+    assert [p["revision"] for p in data["pending"]] == [REV_0002, REV_0003]
+    assert [p["reversible"] for p in data["pending"]] == [True, False]
+    assert all(p["message"] for p in data["pending"])
+    preview = data["sql_preview"]
+    assert "CREATE TABLE categories" in preview
+    assert "CREATE TABLE expenses" not in preview and "CREATE TABLE alembic_version" not in preview
+    checks = {c["name"]: c for c in data["checks"]}
+    assert checks["connectivity"]["status"] == "ok"
+    assert checks["pending revisions"]["status"] == "warn" and REV_0003 in checks["pending revisions"]["detail"]
+    # nothing is marked done that was not checked
+    human = [c for c in data["checks"] if not c["automatic"]]
+    assert len(human) == 4 and all(c["status"] == "warn" for c in human)
+    assert checks["Backup completed successfully"]["status"] == "warn"
+    assert "no backup yet" in checks["Backup completed successfully"]["detail"]
+    assert checks["Sufficient disk space available"]["status"] in {"ok", "warn", "fail"}
+    assert "free where backups go" in checks["Sufficient disk space available"]["detail"]
+
+
+def test_at_head_nothing_pending(sample_db, tmp_path):
+    settings = settings_for(tmp_path, sample_db("head"))
+    data = report_to_json(run_precheck("production", settings.environments["production"]))
+    assert data["pending"] == [] and data["sql_preview"] == ""
+    assert "nothing to migrate: already at head" in data["reasons"]
+
+
+def test_lock_queue_makes_a_no_go_naming_root_and_queue_head(sample_db, tmp_path):
+    url = sample_db(REV_0001)
+    settings = settings_for(tmp_path, url)
+    holder = psycopg.connect(url, application_name="app-worker")
+    holder.execute("SELECT count(*) FROM expenses")  # idle in transaction, holds ACCESS SHARE
+    alter = psycopg.connect(url, autocommit=True, application_name="migrator")
+    alter_pid = alter.info.backend_pid
+    worker = threading.Thread(target=lambda: _ignore(alter.execute, "ALTER TABLE expenses ADD COLUMN note text"))
+    worker.start()
+    readers = []
+    try:
+        admin = psycopg.connect(url, autocommit=True)
+        wait_for(lambda: admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
+                                       (alter_pid,)).fetchone()[0] == 1, timeout=10)
+        for _ in range(2):
+            reader = psycopg.connect(url, autocommit=True, application_name="reader")
+            readers.append(reader)
+            threading.Thread(target=lambda r=reader: _ignore(r.execute, "SELECT count(*) FROM expenses"),
+                             daemon=True).start()
+        wait_for(lambda: admin.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                       ).fetchone()[0] == 3, timeout=10)
+        data = report_to_json(run_precheck("production", settings.environments["production"]))
+        assert data["verdict"] == "no-go"
+        waits = {w["pid"]: w for w in data["lock_waits"]}
+        assert set(waits) == {alter_pid, *(r.info.backend_pid for r in readers)}
+        assert all(w["root_blocker"] == holder.info.backend_pid for w in waits.values())
+        assert waits[alter_pid]["blocked_by"] == [holder.info.backend_pid]
+        assert any("locks" in reason and f"pid {holder.info.backend_pid}" in reason for reason in data["reasons"])
+        report = run_precheck("production", settings.environments["production"])
+        root = report.activity.roots[0]
+        assert root.pid == holder.info.backend_pid and root.head.pid == alter_pid
+    finally:
+        holder.rollback()
+        worker.join(10)
+        for conn in (holder, alter, *readers):
+            conn.close()
+        admin.close()
+
+
+def _ignore(fn, *args):
+    try:
+        fn(*args)
+    except psycopg.Error:
+        pass
+
+
+def test_long_query_is_reported(sample_db, tmp_path):
+    url = sample_db(REV_0001)
+    settings = settings_for(tmp_path, url, thresholds={"long_query_seconds": 0.5})
+    sleeper = psycopg.connect(url, autocommit=True, application_name="report-job")
+    thread = threading.Thread(target=lambda: _ignore(sleeper.execute, "SELECT pg_sleep(20)"), daemon=True)
+    thread.start()
+    try:
+        def reported():
+            data = report_to_json(run_precheck("production", settings.environments["production"]))
+            return data if data["long_queries"] else None
+        data = wait_for(reported, timeout=15)
+        assert data["verdict"] == "no-go"
+        long = data["long_queries"][0]
+        assert long["pid"] == sleeper.info.backend_pid and "pg_sleep" in long["query"] and long["seconds"] >= 0.5
+    finally:
+        psycopg.connect(url, autocommit=True).execute("SELECT pg_cancel_backend(%s)", (sleeper.info.backend_pid,))
+        thread.join(10)
+        sleeper.close()
+
+
+def test_cli_precheck_json_and_exit_codes(sample_db, tmp_path):
+    url = with_password(sample_db(REV_0001), PASSWORD)
+    config = write_config(tmp_path, url)
+    result = run_cli(config, "precheck", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["verdict"] == "go" and [p["revision"] for p in data["pending"]] == [REV_0002, REV_0003]
+    for key in ("reasons", "current", "heads", "sql_preview", "checks", "long_queries", "lock_waits"):
+        assert key in data
+    assert PASSWORD not in result.stdout + result.stderr
+    text = run_cli(config, "precheck")
+    assert text.returncode == 0 and "GO" in text.stdout and REV_0003 in text.stdout and "irreversible" in text.stdout
+    assert PASSWORD not in text.stdout + text.stderr
+    # every command is an event
+    status = run_cli(config, "status", "--json")
+    assert status.returncode == 0
+    last = json.loads(status.stdout)["last_event"]
+    assert last["action"] == "precheck" and last["actor"].startswith("cli:") and last["outcome"] == "go"
+
+
+def test_unreachable_database_is_a_clear_no_go(tmp_path):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    config = write_config(tmp_path, f"postgresql://app:{PASSWORD}@127.0.0.1:{port}/budget")
+    result = run_cli(config, "precheck", "--json")
+    assert result.returncode == 1, result.stderr
+    data = json.loads(result.stdout)
+    assert data["verdict"] == "no-go"
+    assert data["checks"][0]["name"] == "connectivity" and data["checks"][0]["status"] == "fail"
+    assert f"127.0.0.1:{port}/budget" in data["checks"][0]["detail"]
+    assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_silent_server_hits_the_connect_timeout(tmp_path):
+    """A server that accepts TCP but never answers: no-go within the configured timeout."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        settings = settings_for(tmp_path, f"postgresql://app:{PASSWORD}@127.0.0.1:{silent.getsockname()[1]}/budget",
+                                connect_timeout=1)
+        started = time.monotonic()
+        report = run_precheck("production", settings.environments["production"])
+        elapsed = time.monotonic() - started
+        assert report.verdict == "no-go"
+        assert report.checks[0].status == "fail" and "timeout" in report.checks[0].detail.lower()
+        assert elapsed < 10
+        assert PASSWORD not in json.dumps(report_to_json(report))
+    finally:
+        silent.close()
+
+
+def test_unknown_environment_on_the_cli_is_one_line(sample_db, tmp_path):
+    config = write_config(tmp_path, sample_db(REV_0001))
+    result = run_cli(config, "precheck", "--env", "staging")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "runbook-bot: config error: unknown environment 'staging'; configured: production"
