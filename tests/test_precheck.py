@@ -5,15 +5,14 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 
-import psycopg
 import pytest
 
 from runbook.precheck import report_to_json, run_precheck
 from tests.support.configs import settings_for, with_password, write_config
 from tests.support.sample_app import REV_0001, REV_0002, REV_0003
+from tests.support.sessions import Sessions
 from tests.support.waiting import wait_for
 
 PASSWORD = "Pr3check-S3cret"
@@ -59,67 +58,42 @@ def test_at_head_nothing_pending(sample_db, tmp_path):
 def test_lock_queue_makes_a_no_go_naming_root_and_queue_head(sample_db, tmp_path):
     url = sample_db(REV_0001)
     settings = settings_for(tmp_path, url)
-    holder = psycopg.connect(url, application_name="app-worker")
-    holder.execute("SELECT count(*) FROM expenses")  # idle in transaction, holds ACCESS SHARE
-    alter = psycopg.connect(url, autocommit=True, application_name="migrator")
-    alter_pid = alter.info.backend_pid
-    worker = threading.Thread(target=lambda: _ignore(alter.execute, "ALTER TABLE expenses ADD COLUMN note text"))
-    worker.start()
-    readers = []
-    try:
-        admin = psycopg.connect(url, autocommit=True)
-        wait_for(lambda: admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
-                                       (alter_pid,)).fetchone()[0] == 1, timeout=10)
-        for _ in range(2):
-            reader = psycopg.connect(url, autocommit=True, application_name="reader")
-            readers.append(reader)
-            threading.Thread(target=lambda r=reader: _ignore(r.execute, "SELECT count(*) FROM expenses"),
-                             daemon=True).start()
-        wait_for(lambda: admin.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                                       ).fetchone()[0] == 3, timeout=10)
-        data = report_to_json(run_precheck("production", settings.environments["production"]))
+    with Sessions(url) as sessions:
+        holder = sessions.open(application_name="app-worker", autocommit=False)
+        holder.execute("SELECT count(*) FROM expenses")  # idle in transaction, holds ACCESS SHARE
+        alter = sessions.start("ALTER TABLE expenses ADD COLUMN note text", application_name="migrator")
+        sessions.wait_until_waiting(alter.pid)
+        readers = [sessions.start("SELECT count(*) FROM expenses", application_name="reader") for _ in range(2)]
+        for reader in readers:
+            sessions.wait_until_waiting(reader.pid)
+        report = run_precheck("production", settings.environments["production"])
+        data = report_to_json(report)
         assert data["verdict"] == "no-go"
         waits = {w["pid"]: w for w in data["lock_waits"]}
-        assert set(waits) == {alter_pid, *(r.info.backend_pid for r in readers)}
-        assert all(w["root_blocker"] == holder.info.backend_pid for w in waits.values())
-        assert waits[alter_pid]["blocked_by"] == [holder.info.backend_pid]
-        assert any("locks" in reason and f"pid {holder.info.backend_pid}" in reason for reason in data["reasons"])
-        report = run_precheck("production", settings.environments["production"])
+        holder_pid = holder.info.backend_pid
+        assert set(waits) == {alter.pid, *(r.pid for r in readers)}
+        assert all(w["root_blocker"] == holder_pid for w in waits.values())
+        assert waits[alter.pid]["blocked_by"] == [holder_pid]
+        assert any(reason.startswith("locks:") and f"pid {holder_pid}" in reason for reason in data["reasons"])
         root = report.activity.roots[0]
-        assert root.pid == holder.info.backend_pid and root.head.pid == alter_pid
-    finally:
+        assert root.pid == holder_pid and root.head.pid == alter.pid
         holder.rollback()
-        worker.join(10)
-        for conn in (holder, alter, *readers):
-            conn.close()
-        admin.close()
-
-
-def _ignore(fn, *args):
-    try:
-        fn(*args)
-    except psycopg.Error:
-        pass
 
 
 def test_long_query_is_reported(sample_db, tmp_path):
     url = sample_db(REV_0001)
     settings = settings_for(tmp_path, url, thresholds={"long_query_seconds": 0.5})
-    sleeper = psycopg.connect(url, autocommit=True, application_name="report-job")
-    thread = threading.Thread(target=lambda: _ignore(sleeper.execute, "SELECT pg_sleep(20)"), daemon=True)
-    thread.start()
-    try:
+    with Sessions(url) as sessions:
+        sleeper = sessions.start("SELECT pg_sleep(20)", application_name="report-job")
+
         def reported():
             data = report_to_json(run_precheck("production", settings.environments["production"]))
             return data if data["long_queries"] else None
+
         data = wait_for(reported, timeout=15)
         assert data["verdict"] == "no-go"
         long = data["long_queries"][0]
-        assert long["pid"] == sleeper.info.backend_pid and "pg_sleep" in long["query"] and long["seconds"] >= 0.5
-    finally:
-        psycopg.connect(url, autocommit=True).execute("SELECT pg_cancel_backend(%s)", (sleeper.info.backend_pid,))
-        thread.join(10)
-        sleeper.close()
+        assert long["pid"] == sleeper.pid and "pg_sleep" in long["query"] and long["seconds"] >= 0.5
 
 
 def test_cli_precheck_json_and_exit_codes(sample_db, tmp_path):
