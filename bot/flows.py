@@ -1,7 +1,28 @@
-"""One function per command: calls runbook/, records events, posts messages."""
+"""One function per command: calls runbook/, records events, posts messages.
+
+Slack listeners hand commands to `Flows.submit`, which returns at once; the work
+runs on our own bounded executor, never on Bolt's listener pool (design rule 1).
+"""
 from __future__ import annotations
 
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, Callable
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from bot import blocks
+from bot.commands import ACTIONS, Command
+from runbook import precheck
+from runbook.config import ConfigError, Settings
+from runbook.revisions import AlembicProject, RevisionError
+from runbook.state import StateError, Store
+from runbook.target import TargetError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -13,3 +34,183 @@ class Origin:
     response_url: str | None = None
     trigger_id: str | None = None
     source: str = "slack"
+
+
+class Busy(Exception):
+    """The executor's queue is full."""
+
+
+class Flows:
+    def __init__(self, settings: Settings, store: Store, client: WebClient, *,
+                 redactor: "Redactor", max_workers: int = 4, max_queued: int = 64):
+        self.settings = settings
+        self.store = store
+        self.client = client
+        self.redactor = redactor
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="runbook-flow")
+        self._slots = threading.BoundedSemaphore(max_queued)
+        self._projects: dict[str, AlembicProject] = {}
+        self._projects_lock = threading.Lock()
+        self._in_flight = 0
+        self._idle = threading.Condition()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def environment_names(self) -> list[str]:
+        return list(self.settings.environments)
+
+    def project(self, name: str) -> AlembicProject:
+        """One AlembicProject per environment, so a warm bot keeps its parsed scripts."""
+        with self._projects_lock:
+            if name not in self._projects:
+                self._projects[name] = precheck.project_of(self.settings.environments[name])
+            return self._projects[name]
+
+    def submit(self, command: Command, origin: Origin) -> Future:
+        if not self._slots.acquire(blocking=False):
+            raise Busy("the bot is busy with too many commands; try again in a minute")
+        with self._idle:
+            self._in_flight += 1
+        future = self._executor.submit(self._run, command, origin)
+        future.add_done_callback(self._finished)
+        return future
+
+    def _finished(self, _future: Future) -> None:
+        self._slots.release()
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Until no command is queued or running (the console demo and tests use it)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._executor.shutdown(wait=wait, cancel_futures=not wait)
+
+    def _run(self, command: Command, origin: Origin) -> None:
+        handler: Callable[[Command, Origin], None] = getattr(self, "do_" + command.action)
+        try:
+            handler(command, origin)
+        except (ConfigError, TargetError, RevisionError, StateError) as exc:
+            self._fail(command, origin, str(exc))
+        except Exception as exc:  # the user gets one line, the log gets the (redacted) trace
+            log.error("%s failed: %s", command.text, self.redactor(repr(exc)), exc_info=self.redactor.safe_exc_info(exc))
+            self._fail(command, origin, f"`{command.text}` failed unexpectedly ({type(exc).__name__}); "
+                                        "the bot's log has the details.")
+
+    def _fail(self, command: Command, origin: Origin, text: str) -> None:
+        text = self.redactor(text)
+        try:
+            self.record(origin, command.action, command.environment, "error", text)
+        except StateError as exc:
+            log.error("could not record an event: %s", self.redactor(str(exc)))
+        self.reply_ephemeral(origin, blocks.error_message(text))
+
+    def actor(self, origin: Origin) -> str:
+        return origin.user_id
+
+    def record(self, origin: Origin, action: str, environment: str | None, outcome: str,
+               summary: str = "", details: dict[str, Any] | None = None):
+        return self.store.record(actor=self.actor(origin), action=action, environment=environment,
+                                 outcome=outcome, summary=self.redactor(summary),
+                                 details=self.redactor.tree(details or {}))
+
+    # -- posting --------------------------------------------------------------------------
+
+    def channel_for(self, origin: Origin) -> str:
+        if origin.channel_id:
+            return origin.channel_id
+        if self.settings.slack is not None:
+            return self.settings.slack.channel
+        raise ConfigError("slack.channel is not configured and the command came from no channel")
+
+    def post(self, origin: Origin, message: "blocks.Message", thread_ts: str | None = None) -> str | None:
+        """Post a durable message (and its files) in the command's channel; returns its ts."""
+        message = self.redactor.message(message)
+        blocks.validate(message)
+        channel = self.channel_for(origin)
+        try:
+            response = self.client.chat_postMessage(channel=channel, text=message.text, blocks=message.blocks,
+                                                    thread_ts=thread_ts, unfurl_links=False)
+            ts = response.get("ts")
+            for upload in message.files:
+                self.client.files_upload_v2(channel=channel, thread_ts=ts, title=upload.title,
+                                            filename=upload.filename, content=upload.content)
+            return ts
+        except SlackApiError as exc:
+            log.error("Slack refused a message in %s: %s", channel, exc.response.get("error"))
+            return None
+
+    def reply_ephemeral(self, origin: Origin, message: "blocks.Message") -> None:
+        message = self.redactor.message(message)
+        blocks.validate(message)
+        if origin.source != "slack" or not origin.channel_id:
+            return
+        try:
+            self.client.chat_postEphemeral(channel=origin.channel_id, user=origin.user_id,
+                                           text=message.text, blocks=message.blocks)
+        except SlackApiError as exc:
+            log.error("Slack refused an ephemeral reply: %s", exc.response.get("error"))
+
+    # -- commands -------------------------------------------------------------------------
+
+    def do_help(self, command: Command, origin: Origin) -> None:
+        self.reply_ephemeral(origin, blocks.help_message(ACTIONS))
+
+    def do_precheck(self, command: Command, origin: Origin) -> None:
+        name, env = self.settings.environment(command.environment)
+        report = precheck.run_precheck(name, env, project=self.project(name))
+        self.record(origin, "precheck", name, report.verdict, "; ".join(report.reasons)[:2000],
+                    {"duration_seconds": round(report.duration_seconds, 3),
+                     "checks": {c.name: c.status for c in report.checks},
+                     "pending": [r.revision for r in (report.alembic.pending if report.alembic else [])]})
+        self.post(origin, blocks.precheck_message(report))
+
+    def do_status(self, command: Command, origin: Origin) -> None:
+        name, env = self.settings.environment(command.environment)
+        state = precheck.alembic_status(env, project=self.project(name))
+        last = self.store.last_event(name)
+        self.record(origin, "status", name, "ok",
+                    f"current {', '.join(state.current) or 'none'}, {len(state.pending)} pending")
+        self.post(origin, blocks.status_message(name, state, last))
+
+
+class Redactor:
+    """Removes every secret the bot knows from texts, trees and messages before they leave."""
+
+    def __init__(self, settings: Settings, extra_secrets: tuple[str, ...] = ()):
+        from runbook.target import password_of
+
+        secrets = [password_of(env.dsn) for env in settings.environments.values()]
+        secrets += [s for s in extra_secrets if s]
+        self.secrets = tuple(s for s in secrets if s and len(s) >= 3)
+
+    def __call__(self, text: str) -> str:
+        from runbook.target import redact
+
+        return redact(text, *self.secrets)
+
+    def tree(self, node: Any) -> Any:
+        if isinstance(node, str):
+            return self(node)
+        if isinstance(node, dict):
+            return {k: self.tree(v) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return [self.tree(v) for v in node]
+        return node
+
+    def message(self, message: "blocks.Message") -> "blocks.Message":
+        return blocks.Message(
+            text=self(message.text),
+            blocks=self.tree(message.blocks),
+            files=[blocks.FileUpload(self(f.title), f.filename, self(f.content)) for f in message.files],
+        )
+
+    def safe_exc_info(self, exc: BaseException) -> bool:
+        """Tracebacks go to the log only when no secret appears in them."""
+        import traceback
+
+        text = "".join(traceback.format_exception(exc))
+        return self(text) == text
