@@ -35,6 +35,19 @@ LOCAL_APP_ID = "A0RUNBOOK"
 _JSON_FIELDS = ("blocks", "attachments", "files", "metadata")
 
 
+class _MappingAccess:
+    """`obj["text"]` / `obj.get("text")` as well as attributes (handy in the console demo)."""
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+
 @dataclass(frozen=True)
 class Call:
     """One request the local Slack received."""
@@ -58,10 +71,10 @@ class Call:
 
 
 @dataclass
-class PostedMessage:
-    """A message as the local Slack stores it (chat.postMessage, postEphemeral, response_url)."""
+class PostedMessage(_MappingAccess):
+    """A message as the local Slack stores it (chat.postMessage, postEphemeral, response_url, a file)."""
 
-    kind: str                   # "message", "ephemeral" or "response"
+    kind: str                   # "message", "ephemeral", "response" or "file" (a file shared on its own)
     channel: str | None
     ts: str
     text: str
@@ -70,14 +83,19 @@ class PostedMessage:
     user: str | None = None      # the one user who sees an ephemeral message
     response_id: str | None = None
     versions: list[dict[str, Any]] = field(default_factory=list)   # earlier (text, blocks), oldest first
+    files: list["UploadedFile"] = field(default_factory=list)      # uploaded into this message's thread
 
     @property
     def updates(self) -> int:
         return len(self.versions)
 
+    @property
+    def ephemeral(self) -> bool:
+        return self.kind in ("ephemeral", "response")
+
 
 @dataclass
-class UploadedFile:
+class UploadedFile(_MappingAccess):
     id: str
     filename: str
     title: str | None = None
@@ -137,8 +155,7 @@ class LocalSlack:
         if self._server is not None:
             return self
         handler = type("Handler", (_Handler,), {"slack": self})
-        self._server = ThreadingHTTPServer((self._host, 0), handler)
-        self._server.daemon_threads = True
+        self._server = _Server((self._host, 0), handler)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="localslack-http", daemon=True)
         self._thread.start()
@@ -210,7 +227,8 @@ class LocalSlack:
     def add_listener(self, listener: Listener) -> None:
         """`listener(event, message)` for every posted / updated / ephemeral / response message.
 
-        event is "posted", "updated", "ephemeral" or "response". Called on the server
+        event is "posted", "updated", "ephemeral", "response" or "file" (the message now
+        holding the file: its thread parent, or a new "file" message). Called on the server
         thread, outside the lock; exceptions are swallowed.
         """
         with self._lock:
@@ -231,7 +249,8 @@ class LocalSlack:
         with self._lock:
             return [c.method for c in self._calls]
 
-    def messages(self, channel: str | None = None, *, kind: str | None = "message") -> list[PostedMessage]:
+    def messages(self, channel: str | None = None, *, kind: str | None = None) -> list[PostedMessage]:
+        """Everything shown to users, oldest first; `kind` narrows to "message", "ephemeral", ..."""
         with self._lock:
             return [m for m in self._messages
                     if (kind is None or m.kind == kind) and (channel is None or m.channel == channel)]
@@ -428,7 +447,18 @@ class LocalSlack:
                 f.thread_ts = body.get("thread_ts") or None
                 f.completed = True
                 out.append({"id": f.id, "title": f.title, "name": f.filename, "size": len(f.content or b"")})
-        return {"ok": True, "files": out}, []
+            completed = [self._files[entry["id"]] for entry in files]
+            parent = self.message(completed[0].channel_id, completed[0].thread_ts) \
+                if completed[0].channel_id and completed[0].thread_ts else None
+            if parent is not None:
+                parent.files.extend(completed)
+                event = ("file", parent)
+            else:
+                shared = PostedMessage("file", completed[0].channel_id, self._next_ts(),
+                                       completed[0].initial_comment or "", [], files=completed)
+                self._messages.append(shared)
+                event = ("file", shared)
+        return {"ok": True, "files": out}, [event]
 
     def _connections_open(self, body: dict[str, Any]):
         if self.socket_mode is None:
@@ -505,6 +535,11 @@ def parse_body(raw: bytes, content_type: str) -> dict[str, Any]:
         return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
     except UnicodeDecodeError:
         return {"_unparsed": raw}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128     # the default 5 resets bursts of concurrent clients
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -1,0 +1,354 @@
+"""One Bolt app factory for both transports (design §1, rules 1, 2, 8, 9).
+
+`build_app(settings, client, flows)` registers every listener. The `/migrate`
+listener is thin: it parses the text (pure), acks at once, and hands the command
+to `flows.submit`, which schedules the work on the bot's own bounded executor.
+Nothing touches the database or the Web API before the ack; the one `auth.test`
+Bolt needs is made by `warm_up(app)` at start-up, not on a user's first request.
+
+No network at import time, and none in `build_app` either.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from slack_bolt import App, BoltResponse
+from slack_bolt.context.ack import Ack
+from slack_bolt.middleware.authorization.single_team_authorization import SingleTeamAuthorization
+from slack_sdk import WebClient
+from slack_sdk.http_retry import default_retry_handlers
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+
+from bot import blocks
+from bot.commands import ACTIONS, Command, CommandError, parse
+
+log = logging.getLogger("runbook_bot.slack")
+
+SLASH_COMMAND = "/migrate"
+DEFAULT_LISTENER_THREADS = 16
+RATE_LIMIT_RETRIES = 2
+SLACK_API_URL_ENV = "SLACK_API_URL"
+SIGNING_SECRET_ENV = "SLACK_SIGNING_SECRET"
+
+GENERIC_FAILURE = "Something went wrong on the bot's side; it has been logged. Try again, or see `/migrate help`."
+
+
+class FlowsLike(Protocol):
+    """What the Slack side needs from bot.flows.Flows."""
+
+    def submit(self, command: Command, origin: Any) -> None: ...
+
+    def environment_names(self) -> list[str]: ...
+
+
+class Metrics:
+    """Prometheus metrics of the Slack surface, in a registry of their own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.commands = Counter(
+            "runbook_bot_commands", "Slash commands received, by action ('invalid' when rejected)",
+            ["action"], registry=self.registry)
+        self.requests = Counter(
+            "runbook_bot_slack_requests", "Requests from Slack, by kind", ["kind"], registry=self.registry)
+        self.ack_seconds = Histogram(
+            "runbook_bot_ack_seconds", "From the request entering Bolt's middleware to ack(), by kind",
+            ["kind"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0))
+        self.submit_failures = Counter(
+            "runbook_bot_submit_failures", "Commands acked but not accepted by flows.submit",
+            registry=self.registry)
+
+    def command(self, action: str) -> None:
+        self.commands.labels(action=action if action in ACTIONS else "invalid").inc()
+
+
+class BotApp(App):
+    """A slack_bolt.App that also carries what the transports need."""
+
+    metrics: Metrics
+    flows: Any
+    settings: Any
+    verifies_signatures: bool
+    listener_executor: ThreadPoolExecutor
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop taking listener work; running listeners finish when `wait`."""
+        self.listener_executor.shutdown(wait=wait, cancel_futures=not wait)
+
+
+# --------------------------------------------------------------------------
+# Web API client
+
+def make_client(token: str | None, base_url: str | None = None, *, timeout: int = 30,
+                rate_limit_retries: int = RATE_LIMIT_RETRIES) -> WebClient:
+    """A WebClient that retries 429s (rule 8) and honours SLACK_API_URL."""
+    base_url = base_url or os.environ.get(SLACK_API_URL_ENV) or WebClient.BASE_URL
+    if not base_url.endswith("/"):
+        base_url += "/"
+    handlers = default_retry_handlers() + [RateLimitErrorRetryHandler(max_retry_count=rate_limit_retries)]
+    return WebClient(token=token, base_url=base_url, timeout=timeout, retry_handlers=handlers)
+
+
+# --------------------------------------------------------------------------
+# observation: kind and ack latency, never tokens or bodies
+
+def request_kind(body: Any) -> str:
+    if not isinstance(body, dict):
+        return "unknown"
+    if "command" in body:
+        return "slash_command"
+    kind = body.get("type")
+    if isinstance(kind, str) and re.fullmatch(r"[a-z_]{1,40}", kind):
+        return kind
+    return "unknown"
+
+
+class _TimedAck(Ack):
+    """Ack that records the latency from the middleware to the first ack() call."""
+
+    def __init__(self, kind: str, started: float, metrics: Metrics, fields: dict[str, str]) -> None:
+        super().__init__()
+        self._kind, self._started, self._metrics, self._fields = kind, started, metrics, fields
+
+    def __call__(self, *args: Any, **kwargs: Any) -> BoltResponse:
+        first = self.response is None
+        response = super().__call__(*args, **kwargs)
+        if first:
+            latency = time.perf_counter() - self._started
+            self._metrics.ack_seconds.labels(kind=self._kind).observe(latency)
+            log.info("ack kind=%s latency_ms=%.1f %s", self._kind, latency * 1000,
+                     " ".join(f"{k}={v}" for k, v in self._fields.items()))
+        return response
+
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _safe(value: Any) -> str | None:
+    """Only ID-shaped values reach the log (never tokens, URLs or free text)."""
+    return value if isinstance(value, str) and _SAFE_ID.match(value) and not value.startswith("xox") else None
+
+
+def _observer(metrics: Metrics):
+    def observe_request(request: Any, body: Any, next: Any) -> Any:  # noqa: A002 (bolt injects by this name)
+        started = time.perf_counter()
+        kind = request_kind(body)
+        metrics.requests.labels(kind=kind).inc()
+        fields: dict[str, str] = {}
+        if isinstance(body, dict):
+            command = body.get("command")
+            if isinstance(command, str) and re.fullmatch(r"/[a-z0-9_-]{1,32}", command):
+                fields["command"] = command
+            user = body.get("user_id")
+            if not user and isinstance(body.get("user"), dict):
+                user = body["user"].get("id")
+            channel = body.get("channel_id")
+            if not channel and isinstance(body.get("channel"), dict):
+                channel = body["channel"].get("id")
+            for key, value in (("user", user), ("channel", channel)):
+                if _safe(value):
+                    fields[key] = value
+        retry = (request.headers.get("x-slack-retry-num") or [None])[0]
+        if _safe(retry) and retry != "0":
+            fields["retry"] = retry
+        fields["mode"] = "socket" if request.mode == "socket_mode" else "http"
+        request.context["ack"] = _TimedAck(kind, started, metrics, fields)
+        return next()
+
+    return observe_request
+
+
+# --------------------------------------------------------------------------
+# log redaction: Bolt logs request bodies in a few places (an invalid signature
+# logs the whole body at INFO). Bodies carry the legacy verification token and
+# response_url, a capability URL; neither may reach the logs.
+
+_REDACTIONS = (
+    (re.compile(r"(body: ).*(\)\s*)$", re.S), r"\1(withheld)\2"),
+    (re.compile(r"\b(xox[a-z]|xapp)-[A-Za-z0-9-]+"), r"\1-[redacted]"),
+    (re.compile(r"((?:^|[&?\s])(?:token|response_url)=)[^&\s,)]*"), r"\1[redacted]"),
+    (re.compile(r"""(['"](?:token|response_url)['"]\s*:\s*)(['"])[^'"]*\2"""), r"\1\2[redacted]\2"),
+    (re.compile(r"https?://hooks\.slack\.com/\S+"), "[redacted-url]"),
+)
+
+
+def redact(text: str) -> str:
+    """Remove tokens, response URLs and logged request bodies from a log line."""
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter applying `redact`; also attachable to handlers by the CLI."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, ()
+        return True
+
+
+_REDACTED_LOGGERS = (
+    "slack_bolt.App", "slack_bolt.RequestVerification", "slack_bolt.SingleTeamAuthorization",
+    "slack_bolt.MultiTeamsAuthorization", "slack_bolt.IgnoringSelfEvents", "slack_bolt.UrlVerification",
+    "slack_bolt.SslCheck", "slack_sdk.web.base_client", "slack_sdk.socket_mode.builtin.client", "runbook-bot",
+)
+_FILTER = RedactingFilter()
+
+
+def install_log_redaction() -> None:
+    for name in _REDACTED_LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
+# --------------------------------------------------------------------------
+# the app
+
+def _signing_secret(explicit: str | None) -> tuple[str, bool]:
+    secret = explicit or os.environ.get(SIGNING_SECRET_ENV)
+    if secret:
+        return secret, True
+    # Socket Mode needs none. A random one makes any HTTP request fail verification,
+    # and bot.http refuses to serve an app without a real secret.
+    return secrets.token_hex(32), False
+
+
+def build_app(settings: Any, client: WebClient, flows: FlowsLike, *, signing_secret: str | None = None,
+              metrics: Metrics | None = None, listener_threads: int = DEFAULT_LISTENER_THREADS,
+              command: str = SLASH_COMMAND) -> BotApp:
+    """The Bolt app with every listener registered. No network here (rule 2).
+
+    `signing_secret` defaults to $SLACK_SIGNING_SECRET; without one the app still
+    serves Socket Mode, but bot.http.make_wsgi_app refuses it (rule 9).
+    """
+    install_log_redaction()
+    secret, real_secret = _signing_secret(signing_secret)
+    metrics = metrics or Metrics()
+    executor = ThreadPoolExecutor(max_workers=listener_threads, thread_name_prefix="slack-listener")
+    app = BotApp(
+        name="runbook-bot",
+        client=client,
+        signing_secret=secret,
+        token_verification_enabled=False,
+        request_verification_enabled=True,
+        listener_executor=executor,
+        before_authorize=_observer(metrics),
+        process_before_response=False,
+    )
+    app.metrics = metrics
+    app.flows = flows
+    app.settings = settings
+    app.verifies_signatures = real_secret
+    app.listener_executor = executor
+
+    @app.command(command)
+    def on_migrate(ack: Ack, body: dict[str, Any], respond: Any) -> None:
+        _handle_migrate(app, ack, body, respond)
+
+    # Room for buttons (approvals): until they have handlers, clicks are acked so
+    # Slack shows no error, and logged.
+    @app.action(re.compile(r".*"))
+    def on_action(ack: Ack, body: dict[str, Any]) -> None:
+        ack()
+        action = ((body.get("actions") or [{}])[0] or {}).get("action_id")
+        log.warning("block action %s has no handler yet", _safe(action) or "?")
+
+    @app.error
+    def on_error(error: Exception, body: Any, response: BoltResponse | None, respond: Any = None) -> Any:
+        log.error("unhandled error in a Slack listener (%s)", type(error).__name__, exc_info=error)
+        if response is not None:
+            # not acked yet: answer with one generic line, never the exception
+            return BoltResponse(status=200, body=json.dumps({"response_type": "ephemeral", "text": GENERIC_FAILURE}),
+                                headers={"content-type": "application/json;charset=utf-8"})
+        if respond is not None:
+            try:
+                respond(text=GENERIC_FAILURE, response_type="ephemeral", replace_original=False)
+            except Exception as exc:  # the error path must not raise
+                log.warning("could not tell the user about the failure (%s)", type(exc).__name__)
+        return None
+
+    return app
+
+
+def _handle_migrate(app: BotApp, ack: Ack, body: dict[str, Any], respond: Any) -> None:
+    flows = app.flows
+    text = body.get("text") or ""
+    try:
+        command = parse(text, list(flows.environment_names()))
+    except CommandError as exc:
+        app.metrics.command("invalid")
+        message = blocks.error_message(str(exc))
+        ack(text=message.text)
+        return
+    app.metrics.command(command.action)
+    if command.action == "help":
+        message = blocks.help_message(ACTIONS)
+        ack(**message.as_kwargs())
+        return
+    ack(text=blocks.working_text(command.text))
+    origin = make_origin(body)
+    try:
+        flows.submit(command, origin)
+    except Exception as exc:
+        app.metrics.submit_failures.inc()
+        log.error("flows.submit refused %s (%s)", command.action, type(exc).__name__, exc_info=exc)
+        if respond is not None and origin.response_url:
+            try:
+                respond(text=blocks.error_message(_refusal(exc)).text, response_type="ephemeral")
+            except Exception as inner:
+                log.warning("could not report the refusal (%s)", type(inner).__name__)
+
+
+def _refusal(exc: Exception) -> str:
+    """flows.Busy carries a one-line reason meant for the user; anything else stays generic."""
+    busy = getattr(sys.modules.get("bot.flows"), "Busy", None)
+    if isinstance(busy, type) and isinstance(exc, busy) and str(exc):
+        return str(exc)
+    return GENERIC_FAILURE
+
+
+def make_origin(body: dict[str, Any]) -> Any:
+    from bot.flows import Origin
+
+    user = body.get("user_id")
+    if not user and isinstance(body.get("user"), dict):
+        user = body["user"].get("id")
+    channel = body.get("channel_id")
+    if not channel and isinstance(body.get("channel"), dict):
+        channel = body["channel"].get("id")
+    return Origin(user_id=user or "", channel_id=channel or None, response_url=body.get("response_url") or None,
+                  trigger_id=body.get("trigger_id") or None, source="slack")
+
+
+def warm_up(app: App) -> dict[str, Any]:
+    """Call auth.test once at start-up so no user request waits on it (rule 1).
+
+    Bolt's single-workspace authorization otherwise calls auth.test lazily on the
+    first request, before that request's ack.
+    """
+    result = app.client.auth_test()
+    for middleware in app._middleware_list:  # noqa: SLF001 (documented public class, set its public attribute)
+        if isinstance(middleware, SingleTeamAuthorization):
+            middleware.auth_test_result = result
+    return {k: result.get(k) for k in ("team_id", "user_id", "bot_id")}
+
+
+__all__ = ["BotApp", "Metrics", "RedactingFilter", "redact", "install_log_redaction", "build_app", "make_client", "make_origin", "request_kind", "warm_up",
+           "SLASH_COMMAND", "GENERIC_FAILURE"]
