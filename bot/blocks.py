@@ -652,14 +652,18 @@ def _actor(actor: Any) -> str:
 
 
 def status_message(environment: str, alembic_state: Any, last_event: Any = None) -> Message:
-    """Current and pending revisions, and the last thing that happened."""
+    """Current and pending revisions, and the last thing that happened.
+
+    `last_event`: None, a mapping, or an object (runbook.state Event) with actor,
+    action, time (or `at`), outcome and optionally summary.
+    """
     env = one_line(environment, 60)
     blocks: list[dict[str, Any]] = [header(f"Status {env}")]
     blocks.extend(_alembic_blocks(alembic_state, title="*Alembic*"))
     if last_event is None:
         last = "*Last event*: none recorded yet"
     else:
-        when = _event_value(last_event, "time")
+        when = _event_value(last_event, "time") or _event_value(last_event, "at")   # store.Event calls it `at`
         if isinstance(when, datetime):
             when_text = slack_time(when)
         elif when:
@@ -668,8 +672,10 @@ def status_message(environment: str, alembic_state: Any, last_event: Any = None)
             when_text = "at an unknown time"
         action = _event_value(last_event, "action")
         outcome = _event_value(last_event, "outcome")
+        summary = _event_value(last_event, "summary")
         last = (f"*Last event*: {_actor(_event_value(last_event, 'actor'))} ran {code(action or '?', 60)}"
-                f" {when_text}" + (f" — {escape(one_line(outcome, 300))}" if outcome else ""))
+                f" {when_text}" + (f" — *{escape(one_line(outcome, 60))}*" if outcome else "")
+                + (f"\n{escape(truncate(str(summary), 1500))}" if summary else ""))
     blocks.append(section(truncate(last, MAX_SECTION_TEXT)))
     if alembic_state is None:
         summary = "state unavailable"

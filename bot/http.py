@@ -27,6 +27,7 @@ from bot.app import BotApp, Metrics
 log = logging.getLogger("runbook_bot.http")
 
 EVENTS_PATH = "/slack/events"
+MAX_BODY_BYTES = 2 * 1024 * 1024     # Slack's payloads are far smaller; bigger bodies are refused (413)
 HealthCheck = Callable[[], "tuple[bool, dict[str, Any]]"]
 
 
@@ -152,7 +153,8 @@ def serve_http(wsgi_app: Callable[..., Any], host: str = "127.0.0.1", port: int 
     import waitress
 
     server = waitress.create_server(wsgi_app, host=host, port=port, threads=threads, ident="runbook-bot",
-                                    channel_timeout=30, asyncore_loop_timeout=1, clear_untrusted_proxy_headers=True)
+                                    channel_timeout=30, asyncore_loop_timeout=1, clear_untrusted_proxy_headers=True,
+                                    max_request_body_size=MAX_BODY_BYTES)
     wrapped = HttpServer(server, host)
     log.info("HTTP on %s:%s", host, wrapped.port)
     if background:

@@ -342,6 +342,16 @@ def test_status_message_variants():
 
     text = _all_text(blocks.status_message("staging", AlembicState(["x"], ["x"], []), Event()))
     assert "`cli:alice`" in text and "up to date" in text
+
+    class StoreEvent:   # runbook.state's Event names the time `at` and carries a summary
+        actor = "U012AB3CD"
+        action = "precheck"
+        at = datetime(2025, 3, 1, tzinfo=timezone.utc)
+        outcome = "no-go"
+        summary = "2 sessions waiting on locks <@U1>"
+
+    text = _all_text(blocks.status_message("production", state, StoreEvent()))
+    assert "<!date^1740787200^" in text and "*no-go*" in text and "&lt;@U1&gt;" in text
     message = blocks.status_message("staging", None, None)
     assert "none recorded yet" in _all_text(message) and message.text == "Status staging: state unavailable"
 

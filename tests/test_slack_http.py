@@ -7,6 +7,7 @@ Slack surface and holds either way.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import threading
@@ -290,8 +291,22 @@ def test_health_check_that_raises_is_503_without_details(local_slack, flows):
     app.shutdown()
 
 
+def _declared_length_status(bot, length: int) -> int:
+    """Status for a POST announcing `length` body bytes, none of them sent."""
+    connection = http.client.HTTPConnection("127.0.0.1", bot.server.port, timeout=5)
+    try:
+        connection.putrequest("POST", "/slack/events")
+        connection.putheader("Content-Type", "application/x-www-form-urlencoded")
+        connection.putheader("Content-Length", str(length))
+        connection.endheaders()
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
 def test_unknown_paths_and_methods(bot):
     assert http_request(bot.url + "/").status == 404
+    assert _declared_length_status(bot, 3 * 1024 * 1024) == 413
     assert http_request(bot.url + "/slack/other", data=b"x", method="POST").status == 404
     assert http_request(bot.url + "/slack/events").status == 405
     assert http_request(bot.url + "/health", data=b"", method="POST").status == 405
