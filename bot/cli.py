@@ -111,12 +111,18 @@ def cmd_precheck(settings: Settings, args) -> int:
     from runbook.state import StateError
 
     name, env = settings.environment(args.env)
-    try:
-        store = _open_store(settings)
-    except StateError as exc:
-        print(f"runbook-bot: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    report = precheck.run_precheck(name, env)
+    # The state store (SQLAlchemy, our migrations) opens while the precheck waits on the
+    # database and the Alembic subprocess: a fresh process pays for the slower of the two only.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        opening = pool.submit(_open_store, settings)
+        report = precheck.run_precheck(name, env)
+        try:
+            store = opening.result()
+        except StateError as exc:
+            print(f"runbook-bot: {exc}", file=sys.stderr)
+            return EXIT_ERROR
     store.record(actor=cli_actor(), action="precheck", environment=name, outcome=report.verdict,
                  summary="; ".join(report.reasons)[:2000],
                  details={"checks": {c.name: c.status for c in report.checks}})

@@ -6,6 +6,7 @@ confirm stay "warn" with automatic=False.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -73,8 +74,17 @@ def target_of(env: Environment) -> Target:
     return Target(env.dsn, connect_timeout=env.connect_timeout_seconds)
 
 
+def preview_cache_dir() -> Path:
+    """Where rendered SQL previews are kept between runs ($RUNBOOK_BOT_CACHE_DIR, else the XDG cache)."""
+    explicit = os.environ.get("RUNBOOK_BOT_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "runbook-bot" / "sql-previews"
+
+
 def project_of(env: Environment) -> AlembicProject:
-    return AlembicProject(env.app_dir, list(env.alembic), env.url_env)
+    return AlembicProject(env.app_dir, list(env.alembic), env.url_env, preview_cache_dir=preview_cache_dir())
 
 
 def _free_bytes(directory: Path) -> int | None:
@@ -238,9 +248,9 @@ def _pending_check(state: AlembicState) -> Check:
     if not state.pending:
         return Check("pending revisions", "ok", f"none: the database is at head {', '.join(state.heads)}", "1.2")
     irreversible = [rev.revision for rev in state.pending if not rev.reversible]
-    detail = f"{len(state.pending)} pending: " + ", ".join(rev.revision for rev in state.pending)
+    detail = f"{len(state.pending)} to apply: " + ", ".join(rev.revision for rev in state.pending)
     if irreversible:
-        return Check("pending revisions", "warn", detail + f"; cannot be downgraded: {', '.join(irreversible)} "
+        return Check("pending revisions", "warn", detail + f"; {', '.join(irreversible)} cannot be downgraded "
                      "(the way back is a restore from backup)", "1.2")
     return Check("pending revisions", "ok", detail + "; all reversible", "1.2")
 
@@ -286,10 +296,10 @@ def _verdict(checks: list[Check], state: AlembicState | None) -> tuple[str, list
     if failed:
         return "no-go", [f"{c.name}: {c.detail}" for c in failed]
     reasons = []
-    if state is not None:
-        reasons.append(f"{len(state.pending)} revision(s) pending" if state.pending
-                       else "nothing to migrate: already at head")
-    reasons += [f"{c.name}: {c.detail}" for c in checks if c.status == "warn" and c.automatic]
+    if state is not None and not state.pending:
+        reasons.append("nothing to migrate: already at head")
+    reasons += [f"{c.name}: {c.detail}" for c in checks if c.automatic and (
+        c.status == "warn" or (c.name == "pending revisions" and state is not None and state.pending))]
     human = sum(1 for c in checks if not c.automatic)
     reasons.append(f"{human} checklist items are left for a human to confirm")
     return "go", reasons

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import hashlib
 import os
 import re
 import signal
@@ -414,6 +415,8 @@ def _build_graph(scripts: list[Revision]) -> _Graph:
 # Shared by every AlembicProject: (config path, section) -> (signature, graph, layout).
 _GRAPH_CACHE: dict[tuple[Path, str], tuple[tuple, _Graph, _Layout]] = {}
 _GRAPH_CACHE_LOCK = threading.Lock()
+_PREVIEW_CACHE: dict[str, str] = {}
+_PREVIEW_CACHE_LOCK = threading.Lock()
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -517,8 +520,9 @@ class AlembicProject:
 
     def __init__(self, app_dir: Path | str, alembic_argv: Sequence[str] = ("alembic",),
                  url_env: str = "DATABASE_URL", *, version_table: str = "alembic_version",
-                 version_table_schema: str | None = None):
+                 version_table_schema: str | None = None, preview_cache_dir: Path | None = None):
         self.app_dir = Path(app_dir).expanduser().absolute()
+        self.preview_cache_dir = preview_cache_dir
         self.alembic_argv = list(alembic_argv) or ["alembic"]
         self.url_env = url_env
         self.version_table = version_table
@@ -791,6 +795,10 @@ class AlembicProject:
         if not self.pending(start, goal):
             return ""
         destination = f"{start[0]}:{goal}" if start else goal
+        key = self._preview_key(dsn, destination)
+        cached = self._cached_preview(key)
+        if cached is not None:
+            return cached
         argv = [*self.alembic_argv, "upgrade", destination, "--sql"]
         shown = f"alembic upgrade {destination} --sql"
         env = dict(os.environ)
@@ -810,5 +818,57 @@ class AlembicProject:
             reason = _last_error_line(result.stderr, self.app_dir) or _last_error_line(result.stdout, self.app_dir)
             message = f"{shown} failed (exit {result.returncode})" + (f": {reason}" if reason else "")
             raise RevisionError(_one_line(redact(message, secret, dsn)))
+        self._store_preview(key, result.stdout)
         return result.stdout
+
+    # -- SQL preview cache -----------------------------------------------------------------
+    # Offline SQL depends only on the app's Alembic files, the command, the dialect and the
+    # range, so a preview is reused until one of those changes (file stamps, as make does).
+    # Precheck stays live: the database is read every time; only the rendering is reused.
+
+    def _preview_key(self, dsn: str, destination: str) -> str:
+        graph = self._graph()
+        with _GRAPH_CACHE_LOCK:
+            signature = _GRAPH_CACHE[(self.config_path, self._section)][0]
+            layout = _GRAPH_CACHE[(self.config_path, self._section)][2]
+        support = []
+        for name in ("env.py", "script.py.mako"):
+            try:
+                support.append((name, _stamp(layout.script_location / name)))
+            except OSError:
+                support.append((name, None))
+        scheme = dsn.split("://", 1)[0]
+        material = repr((self.alembic_argv, self.url_env, scheme, destination, signature, support,
+                         sorted(graph.revisions)))
+        return hashlib.sha256(material.encode()).hexdigest()
+
+    def _cached_preview(self, key: str) -> str | None:
+        with _PREVIEW_CACHE_LOCK:
+            if key in _PREVIEW_CACHE:
+                return _PREVIEW_CACHE[key]
+        if self.preview_cache_dir is None:
+            return None
+        try:
+            text = (Path(self.preview_cache_dir) / f"{key}.sql").read_text(encoding="utf-8")
+        except OSError:
+            return None
+        with _PREVIEW_CACHE_LOCK:
+            _PREVIEW_CACHE[key] = text
+        return text
+
+    def _store_preview(self, key: str, sql: str) -> None:
+        with _PREVIEW_CACHE_LOCK:
+            if len(_PREVIEW_CACHE) >= 64:
+                _PREVIEW_CACHE.pop(next(iter(_PREVIEW_CACHE)))
+            _PREVIEW_CACHE[key] = sql
+        if self.preview_cache_dir is None:
+            return
+        directory = Path(self.preview_cache_dir)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            partial = directory / f".{key}.{os.getpid()}.tmp"
+            partial.write_text(sql, encoding="utf-8")
+            os.replace(partial, directory / f"{key}.sql")
+        except OSError:
+            pass  # a cache that cannot be written only costs time
 

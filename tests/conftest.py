@@ -19,6 +19,12 @@ from tests.support import pg as pgsupport
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_cache(tmp_path_factory):
+    """SQL previews are cached on disk; tests keep theirs out of the user's ~/.cache."""
+    os.environ["RUNBOOK_BOT_CACHE_DIR"] = str(tmp_path_factory.mktemp("preview-cache"))
+
+
 @pytest.fixture(scope="session")
 def pg_server():
     """(admin_url, bin_dir) of a running PostgreSQL for this test session."""

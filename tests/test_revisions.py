@@ -490,3 +490,25 @@ def test_sample_app_0002_is_really_reversible_and_0003_really_is_not(pg_url):
     assert "NotImplementedError" in result.stderr
     with psycopg.connect(pg_url, autocommit=True) as conn:
         assert AlembicProject(APP_DIR).current(conn) == [REV_0003]
+
+
+def test_sql_preview_is_reused_until_a_script_changes(tmp_path):
+    """The rendering is cached on disk by the scripts' stamps: a fresh process reuses it,
+    an edited revision renders again."""
+    app = tmp_path / "app"
+    shutil.copytree(APP_DIR, app, ignore=shutil.ignore_patterns("__pycache__"))
+    cache = tmp_path / "cache"
+    dsn = "postgresql://u:S3cretPw@127.0.0.1:1/x"
+    first = AlembicProject(app, ALEMBIC_ARGV, preview_cache_dir=cache).sql_preview(dsn, [REV_0001])
+    assert "CREATE TABLE categories" in first
+    [cached_file] = list(cache.glob("*.sql"))
+    assert cached_file.read_text() == first and "S3cretPw" not in first
+    cached_file.write_text(first + "-- served from the cache\n")
+    revisions._PREVIEW_CACHE.clear()          # as in a new process
+    again = AlembicProject(app, ALEMBIC_ARGV, preview_cache_dir=cache).sql_preview(dsn, [REV_0001])
+    assert again.endswith("-- served from the cache\n")
+    script = app / "alembic" / "versions" / f"{REV_0002}.py"
+    script.write_text(script.read_text().replace("categories", "categories", 1) + "\n# reviewed\n")
+    os.utime(script, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    fresh = AlembicProject(app, ALEMBIC_ARGV, preview_cache_dir=cache).sql_preview(dsn, [REV_0001])
+    assert "served from the cache" not in fresh and "CREATE TABLE categories" in fresh

@@ -48,3 +48,24 @@ def test_unusable_state_url_is_one_line():
     with pytest.raises(StateError) as caught:
         store.migrate()
     assert "\n" not in str(caught.value) and "Sup3rSecret" not in str(caught.value)
+
+
+def test_head_constant_matches_the_migration_scripts():
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from runbook.state import store as store_module
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(store_module.MIGRATIONS))
+    assert ScriptDirectory.from_config(cfg).get_heads() == [store_module.HEAD]
+
+
+def test_a_state_database_behind_head_is_upgraded(tmp_path):
+    url = f"sqlite:///{tmp_path}/old.db"
+    store = Store(url)
+    with store.engine.begin() as conn:  # a database whose version row is missing gets migrated
+        conn.exec_driver_sql("CREATE TABLE unrelated (id integer)")
+    store.migrate()
+    assert store._at_head()
+    store.record(actor="cli:ops", action="precheck", environment="production", outcome="go")

@@ -16,6 +16,9 @@ from runbook.state.models import EventRow
 from runbook.target import redact
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+VERSION_TABLE = "runbook_bot_alembic_version"
+# The newest migration in migrations/versions; tests/test_state.py keeps the two in step.
+HEAD = "0001_events"
 
 
 class StateError(Exception):
@@ -63,7 +66,13 @@ class Store:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def migrate(self) -> None:
-        """Bring the state schema to head with the bot's own Alembic migrations."""
+        """Bring the state schema to head with the bot's own Alembic migrations.
+
+        Already at head (every start but the first after an upgrade), Alembic is not even
+        imported: one query decides, which keeps a CLI run quick.
+        """
+        if self._at_head():
+            return
         from alembic import command
         from alembic.config import Config
 
@@ -84,6 +93,16 @@ class Store:
             ) from None
         except OSError as exc:
             raise StateError(f"cannot create the state database: {exc.strerror}") from None
+
+    def _at_head(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                if not self.engine.dialect.has_table(conn, VERSION_TABLE):
+                    return False
+                versions = [row[0] for row in conn.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}")]
+        except SQLAlchemyError:
+            return False  # migrate() reports the problem properly
+        return versions == [HEAD]
 
     def session(self) -> Session:
         return self._sessions()
