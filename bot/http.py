@@ -134,7 +134,12 @@ class HttpServer:
             wasyncore.close_all(server_map)
 
         if self._thread is not None and self._thread.is_alive():
-            server.trigger.pull_trigger(stop_loop)
+            try:
+                server.trigger.pull_trigger(stop_loop)
+            except OSError:
+                # the loop woke for another reason and ran stop_loop (closing the trigger)
+                # before the wake-up byte was written: it is stopping already
+                pass
             self._thread.join(timeout)
         else:
             wasyncore.close_all(server_map)
