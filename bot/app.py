@@ -262,13 +262,15 @@ def build_app(settings: Any, client: WebClient, flows: FlowsLike, *, signing_sec
     def on_migrate(ack: Ack, body: dict[str, Any], respond: Any) -> None:
         _handle_migrate(app, ack, body, respond)
 
-    # Room for buttons (approvals): until they have handlers, clicks are acked so
-    # Slack shows no error, and logged.
+    # Buttons (approvals) register their app.action(...) listeners HERE, before the
+    # fallback below: Bolt gives a request to the first listener that matches.
+
+    # Fallback: a click nobody handles is still acked (no error icon in Slack) and logged.
     @app.action(re.compile(r".*"))
-    def on_action(ack: Ack, body: dict[str, Any]) -> None:
+    def on_unhandled_action(ack: Ack, body: dict[str, Any]) -> None:
         ack()
         action = ((body.get("actions") or [{}])[0] or {}).get("action_id")
-        log.warning("block action %s has no handler yet", _safe(action) or "?")
+        log.warning("block action %s has no handler", _safe(action) or "?")
 
     @app.error
     def on_error(error: Exception, body: Any, response: BoltResponse | None, respond: Any = None) -> Any:
@@ -308,20 +310,24 @@ def _handle_migrate(app: BotApp, ack: Ack, body: dict[str, Any], respond: Any) -
         flows.submit(command, origin)
     except Exception as exc:
         app.metrics.submit_failures.inc()
-        log.error("flows.submit refused %s (%s)", command.action, type(exc).__name__, exc_info=exc)
+        reason = _refusal(exc)
+        if reason is None:
+            log.error("flows.submit failed for %s (%s)", command.action, type(exc).__name__, exc_info=exc)
+        else:
+            log.warning("flows.submit refused %s: %s", command.action, reason)
         if respond is not None and origin.response_url:
             try:
-                respond(text=blocks.error_message(_refusal(exc)).text, response_type="ephemeral")
+                respond(text=blocks.error_message(reason or GENERIC_FAILURE).text, response_type="ephemeral")
             except Exception as inner:
                 log.warning("could not report the refusal (%s)", type(inner).__name__)
 
 
-def _refusal(exc: Exception) -> str:
-    """flows.Busy carries a one-line reason meant for the user; anything else stays generic."""
+def _refusal(exc: Exception) -> str | None:
+    """The one-line reason of a deliberate refusal (bot.flows.Busy), meant for the user; else None."""
     busy = getattr(sys.modules.get("bot.flows"), "Busy", None)
     if isinstance(busy, type) and isinstance(exc, busy) and str(exc):
-        return str(exc)
-    return GENERIC_FAILURE
+        return blocks.one_line(str(exc), 300)
+    return None
 
 
 def make_origin(body: dict[str, Any]) -> Any:

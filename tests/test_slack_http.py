@@ -203,6 +203,20 @@ def test_submit_refusal_is_reported_by_response_url(local_slack):
     refusing.close()
 
 
+def test_busy_refusal_reaches_the_user(local_slack):
+    import bot.flows
+
+    busy = getattr(bot.flows, "Busy", None)
+    if busy is None:
+        pytest.skip("bot.flows has no Busy yet")
+    refusing = RecordingFlows(["production"], fail_with=busy("the bot is busy; try again in a minute"))
+    with running_bot(local_slack, refusing) as bot:
+        bot.command("precheck", response_url=local_slack.response_url("busy"))
+        response = local_slack.wait_for_message(lambda m: m.response_id == "busy")
+        assert "the bot is busy; try again in a minute" in response.text
+    refusing.close()
+
+
 def test_listener_error_never_reaches_slack(local_slack):
     class Broken(RecordingFlows):
         def environment_names(self):
