@@ -293,10 +293,40 @@ def local_slack():
         yield slack
 
 
+REAL_FLOWS_ENV = "RUNBOOK_SLACK_TESTS_FLOWS"
+
+
+def real_flows(local_slack: Any, state_dir: Path, *environments: str) -> RecordingFlows:
+    """A RecordingFlows around the engine's bot.flows.Flows, posting to `local_slack`."""
+    from bot.app import make_client
+    from bot.flows import Flows, Redactor
+    from runbook.state import Store
+
+    config = settings(*environments).model_copy(update={"state_url": f"sqlite:///{state_dir / 'state.db'}"})
+    store = Store(config.state_url)
+    store.migrate()
+    engine = Flows(config, store, make_client(BOT_TOKEN, local_slack.url), redactor=Redactor(config))
+    recorder = RecordingFlows(inner=engine)
+    closing = recorder.close
+
+    def close() -> None:
+        closing()
+        engine.shutdown(wait=True)
+        store.close()
+
+    recorder.close = close  # type: ignore[method-assign]
+    return recorder
+
+
 @pytest.fixture
-def flows():
-    """The flows the Slack surface talks to. To run against the engine, return
-    RecordingFlows(inner=bot.flows.Flows(...)) here instead."""
-    recorder = RecordingFlows(["production"])
+def flows(local_slack, tmp_path):
+    """The flows the Slack surface talks to: a recorder by default; with
+    RUNBOOK_SLACK_TESTS_FLOWS=real, the engine's Flows behind the same recorder."""
+    import os
+
+    if os.environ.get(REAL_FLOWS_ENV) == "real":
+        recorder = real_flows(local_slack, tmp_path)
+    else:
+        recorder = RecordingFlows(["production"])
     yield recorder
     recorder.close()
