@@ -166,6 +166,7 @@ class LocalSlack:
     def stop(self) -> None:
         if self.socket_mode is not None and self._own_socket_mode:
             self.socket_mode.stop()
+            self.socket_mode = None
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
