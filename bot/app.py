@@ -29,6 +29,7 @@ from slack_sdk.http_retry import default_retry_handlers
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot import blocks
+from bot.logs import install_log_redaction
 from bot.commands import ACTIONS, Command, CommandError, parse
 
 log = logging.getLogger("runbook_bot.slack")
@@ -169,56 +170,6 @@ def _observer(metrics: Metrics):
 
 
 # --------------------------------------------------------------------------
-# log redaction: Bolt logs request bodies in a few places (an invalid signature
-# logs the whole body at INFO). Bodies carry the legacy verification token and
-# response_url, a capability URL; neither may reach the logs.
-
-_REDACTIONS = (
-    (re.compile(r"(body: ).*(\)\s*)$", re.S), r"\1(withheld)\2"),
-    (re.compile(r"\b(xox[a-z]|xapp)-[A-Za-z0-9-]+"), r"\1-[redacted]"),
-    (re.compile(r"((?:^|[&?\s])(?:token|response_url)=)[^&\s,)]*"), r"\1[redacted]"),
-    (re.compile(r"""(['"](?:token|response_url)['"]\s*:\s*)(['"])[^'"]*\2"""), r"\1\2[redacted]\2"),
-    (re.compile(r"https?://hooks\.slack\.com/\S+"), "[redacted-url]"),
-)
-
-
-def redact(text: str) -> str:
-    """Remove tokens, response URLs and logged request bodies from a log line."""
-    for pattern, replacement in _REDACTIONS:
-        text = pattern.sub(replacement, text)
-    return text
-
-
-class RedactingFilter(logging.Filter):
-    """A logging filter applying `redact`; also attachable to handlers by the CLI."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:
-            return True
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, ()
-        return True
-
-
-_REDACTED_LOGGERS = (
-    "slack_bolt.App", "slack_bolt.RequestVerification", "slack_bolt.SingleTeamAuthorization",
-    "slack_bolt.MultiTeamsAuthorization", "slack_bolt.IgnoringSelfEvents", "slack_bolt.UrlVerification",
-    "slack_bolt.SslCheck", "slack_sdk.web.base_client", "slack_sdk.socket_mode.builtin.client", "runbook-bot",
-)
-_FILTER = RedactingFilter()
-
-
-def install_log_redaction() -> None:
-    for name in _REDACTED_LOGGERS:
-        logger = logging.getLogger(name)
-        if _FILTER not in logger.filters:
-            logger.addFilter(_FILTER)
-
-
-# --------------------------------------------------------------------------
 # the app
 
 def _signing_secret(explicit: str | None) -> tuple[str, bool]:
@@ -300,11 +251,10 @@ def _handle_migrate(app: BotApp, ack: Ack, body: dict[str, Any], respond: Any) -
         ack(text=message.text)
         return
     app.metrics.command(command.action)
-    if command.action == "help":
-        message = blocks.help_message(ACTIONS)
-        ack(**message.as_kwargs())
-        return
-    ack(text=blocks.working_text(command.text))
+    if command.action == "help":  # answered in the ack itself; the flow only records the event
+        ack(**blocks.help_message(ACTIONS).as_kwargs())
+    else:
+        ack(text=blocks.working_text(command.text))
     origin = make_origin(body)
     try:
         flows.submit(command, origin)
@@ -356,5 +306,5 @@ def warm_up(app: App) -> dict[str, Any]:
     return {k: result.get(k) for k in ("team_id", "user_id", "bot_id")}
 
 
-__all__ = ["BotApp", "Metrics", "RedactingFilter", "redact", "install_log_redaction", "build_app", "make_client", "make_origin", "request_kind", "warm_up",
+__all__ = ["BotApp", "Metrics", "build_app", "make_client", "make_origin", "request_kind", "warm_up",
            "SLASH_COMMAND", "GENERIC_FAILURE"]

@@ -15,7 +15,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot import blocks
-from bot.commands import ACTIONS, Command
+from bot.commands import Command
 from runbook import precheck
 from runbook.config import ConfigError, Settings
 from runbook.revisions import AlembicProject, RevisionError
@@ -157,7 +157,8 @@ class Flows:
     # -- commands -------------------------------------------------------------------------
 
     def do_help(self, command: Command, origin: Origin) -> None:
-        self.reply_ephemeral(origin, blocks.help_message(ACTIONS))
+        """Slack gets the help in the ack itself (no Web API call); here it is only recorded."""
+        self.record(origin, "help", None, "ok")
 
     def do_precheck(self, command: Command, origin: Origin) -> None:
         name, env = self.settings.environment(command.environment)

@@ -1,14 +1,68 @@
-"""Logging that never prints a secret: every formatted line, traceback included, is redacted."""
+"""Logging that never prints a secret.
+
+Two layers: a filter on the Slack libraries' loggers removes tokens, response
+URLs and the request bodies Bolt logs (an invalid signature logs the whole body
+at INFO); the handler's formatter then masks every database password and token
+the bot knows in each formatted line, traceback included.
+"""
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 
 from runbook.config import Settings
 from runbook.target import password_of, redact
 
 TOKEN_ENV = ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET")
+
+
+_REDACTIONS = (
+    (re.compile(r"(body: ).*(\)\s*)$", re.S), r"\1(withheld)\2"),
+    (re.compile(r"\b(xox[a-z]|xapp)-[A-Za-z0-9-]+"), r"\1-[redacted]"),
+    (re.compile(r"((?:^|[&?\s])(?:token|response_url)=)[^&\s,)]*"), r"\1[redacted]"),
+    (re.compile(r"""(['"](?:token|response_url)['"]\s*:\s*)(['"])[^'"]*\2"""), r"\1\2[redacted]\2"),
+    (re.compile(r"https?://hooks\.slack\.com/\S+"), "[redacted-url]"),
+)
+
+
+def redact_slack(text: str) -> str:
+    """Remove tokens, response URLs and logged request bodies from a log line."""
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter applying `redact_slack`; also attachable to handlers by the CLI."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        cleaned = redact_slack(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, ()
+        return True
+
+
+_REDACTED_LOGGERS = (
+    "slack_bolt.App", "slack_bolt.RequestVerification", "slack_bolt.SingleTeamAuthorization",
+    "slack_bolt.MultiTeamsAuthorization", "slack_bolt.IgnoringSelfEvents", "slack_bolt.UrlVerification",
+    "slack_bolt.SslCheck", "slack_sdk.web.base_client", "slack_sdk.socket_mode.builtin.client", "runbook-bot",
+)
+_FILTER = RedactingFilter()
+
+
+def install_log_redaction() -> None:
+    for name in _REDACTED_LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
 
 
 def known_secrets(settings: Settings | None) -> tuple[str, ...]:
@@ -25,7 +79,7 @@ class RedactingFormatter(logging.Formatter):
         self.secrets = secrets
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record), *self.secrets)
+        return redact(redact_slack(super().format(record)), *self.secrets)
 
 
 def install_redacting_handler(settings: Settings | None, level: int = logging.INFO,

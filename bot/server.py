@@ -28,8 +28,9 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings, *, bot_token: str | None = None, api_url: str | None = None,
-              signing_secret: str | None = None, workers: int = 4) -> "Runtime":
-        from bot.app import build_app, make_client
+              signing_secret: str | None = None, workers: int = 4, warm: bool = True) -> "Runtime":
+        """`warm` makes the one auth.test call now, so no user request ever waits for it (rule 1)."""
+        from bot.app import build_app, make_client, warm_up
         from bot.flows import Flows, Redactor
         from bot.logs import known_secrets
 
@@ -42,6 +43,8 @@ class Runtime:
         redactor = Redactor(settings, extra_secrets=known_secrets(settings) + (token, signing_secret or ""))
         flows = Flows(settings, store, client, redactor=redactor, max_workers=workers)
         app = build_app(settings, client, flows, signing_secret=signing_secret)
+        if warm:
+            warm_up(app)
         return cls(settings, store, client, flows, app)
 
     def health(self) -> tuple[bool, dict[str, Any]]:

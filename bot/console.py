@@ -1,0 +1,261 @@
+"""The console demo: type `/migrate …` as in Slack and see what the bot posts.
+
+Nothing is simulated but Slack itself: the demo starts the embedded PostgreSQL,
+builds the sample app's database at its first revision with data, runs the real
+Bolt app behind its real HTTP server, and sends it signed slash commands. The
+messages the bot posts to the local Slack Web API are rendered here as text.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.parse
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+from bot.sample_app import ALEMBIC_ARGV, APP_DIR as SAMPLE_APP
+DEMO_USER, DEMO_CHANNEL = "U0DEMO0001", "C0DEMO0001"
+SCRIPT = ("/migrate help", "/migrate status", "/migrate precheck")
+
+WIDTH = 100
+
+
+# -- rendering Block Kit as text --------------------------------------------------------
+
+EMOJI = {
+    ":white_check_mark:": "✔", ":warning:": "⚠", ":x:": "✘", ":white_large_square:": "☐",
+    ":rotating_light:": "‼", ":page_facing_up:": "📄", ":no_entry:": "⛔", ":hourglass_flowing_sand:": "⏳",
+    ":lock:": "🔒", ":information_source:": "ℹ",
+}
+
+
+def _mrkdwn(text: str) -> str:
+    """Slack mrkdwn to terminal text: links, dates and mentions readable, entities decoded."""
+    text = re.sub(r"<!date\^\d+\^[^|>]*\|([^>]*)>", r"\1", text)
+    text = re.sub(r":[a-z0-9_+-]+:", lambda m: EMOJI.get(m.group(0), m.group(0)), text)
+    text = re.sub(r"<(https?://[^|>]+)\|([^>]+)>", r"\2 (\1)", text)
+    text = re.sub(r"<@([UW][A-Z0-9]+)>", r"@\1", text)
+    text = re.sub(r"<!subteam\^([A-Z0-9]+)>", r"@group:\1", text)
+    text = re.sub(r"<!(here|channel|everyone)>", r"@\1", text)
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def _wrap(text: str, indent: str = "  ") -> list[str]:
+    lines: list[str] = []
+    in_code = False
+    for raw in _mrkdwn(text).split("\n"):
+        if raw.strip().startswith("```"):
+            in_code = not in_code
+            rest = raw.strip()[3:]
+            if rest.endswith("```") and len(rest) >= 3:
+                lines.append(indent + "  | " + rest[:-3])
+                in_code = False
+            elif rest:
+                lines.append(indent + "  | " + rest)
+            continue
+        if in_code:
+            lines.append(indent + "  | " + raw)
+        else:
+            lines.extend(textwrap.wrap(raw, WIDTH, initial_indent=indent, subsequent_indent=indent) or [""])
+    return lines
+
+
+def render_message(message: dict[str, Any]) -> str:
+    """A chat.postMessage/update/postEphemeral body as readable text."""
+    blocks = message.get("blocks")
+    if isinstance(blocks, str):
+        blocks = json.loads(blocks)
+    out: list[str] = []
+    for block in blocks or []:
+        kind = block.get("type")
+        if kind == "header":
+            title = _mrkdwn(block["text"]["text"])
+            out += ["", "  " + title, "  " + "=" * min(len(title), WIDTH)]
+        elif kind == "section":
+            if block.get("text"):
+                out += _wrap(block["text"]["text"])
+            for field in block.get("fields") or []:
+                out += _wrap(field["text"], "    ")
+            accessory = block.get("accessory")
+            if accessory and accessory.get("type") == "button":
+                out.append(f"    [ {accessory['text']['text']} ]")
+        elif kind == "context":
+            for element in block.get("elements", []):
+                out += _wrap(element.get("text", ""), "    · ")
+        elif kind == "divider":
+            out.append("  " + "-" * 40)
+        elif kind == "actions":
+            buttons = [f"[ {e['text']['text']} ]" for e in block.get("elements", []) if e.get("type") == "button"]
+            out.append("  " + "  ".join(buttons))
+        elif kind == "rich_text":
+            for element in block.get("elements", []):
+                texts = [e.get("text", "") for e in element.get("elements", [])]
+                prefix = "  | " if element.get("type") == "rich_text_preformatted" else "  "
+                out += [prefix + line for line in "".join(texts).split("\n")]
+    if not out:
+        out = _wrap(message.get("text", ""))
+    return "\n".join(out)
+
+
+# -- the demo ---------------------------------------------------------------------------
+
+def _signed(secret: str, body: bytes) -> dict[str, str]:
+    ts = str(int(time.time()))
+    digest = hmac.new(secret.encode(), f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
+    return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={digest}",
+            "Content-Type": "application/x-www-form-urlencoded"}
+
+
+def _slash(url: str, secret: str, text: str, response_url: str) -> tuple[int, str, float]:
+    command, _, rest = text.strip().partition(" ")
+    body = urllib.parse.urlencode({
+        "command": command, "text": rest, "user_id": DEMO_USER, "user_name": "demo",
+        "channel_id": DEMO_CHANNEL, "team_id": "T0DEMO0001", "trigger_id": f"demo.{time.time_ns()}",
+        "response_url": response_url,
+    }).encode()
+    started = time.monotonic()
+    request = urllib.request.Request(url, data=body, headers=_signed(secret, body), method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        payload = response.read().decode()
+    return response.status, payload, (time.monotonic() - started) * 1000
+
+
+def _ack_text(payload: str) -> str:
+    try:
+        data = json.loads(payload)
+        return data.get("text") or ""
+    except ValueError:
+        return payload
+
+
+def _ack_blocks(payload: str) -> list | None:
+    try:
+        return json.loads(payload).get("blocks")
+    except (ValueError, AttributeError):
+        return None
+
+
+class Demo:
+    """The running demo: database, local Slack, bot. Usable as a context manager."""
+
+    def __init__(self, out: TextIO = sys.stdout):
+        self.out = out
+        self._stack = ExitStack()
+
+    def __enter__(self) -> "Demo":
+        try:
+            self._start()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def say(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    def _start(self) -> None:
+        from bot.localslack import LocalSlack
+        from bot.server import Runtime
+        from runbook.config import parse_settings
+        from bot.embedded import start_server
+        from bot.sample_app import REV_0001, sample_db_at
+
+        self.say("Starting the embedded PostgreSQL and the sample app's database (Home Budget, at revision 0001)…")
+        server = start_server()
+        self._stack.callback(server.stop)
+        url = server.create_database("home_budget")
+        sample_db_at(url, REV_0001, seed_rows=200)
+        work = Path(tempfile.mkdtemp(prefix="runbook-bot-demo-"))
+        self._stack.callback(shutil.rmtree, work, True)
+        config = work / "runbook-bot.yaml"
+        config.write_text(demo_config(url, server.bin_dir))
+        settings = parse_settings(config.read_text(), source=config)
+
+        slack = LocalSlack()
+        slack.start()
+        self._stack.callback(slack.stop)
+        self.slack = slack
+        self.secret = "demo-signing-secret"
+        runtime = Runtime.build(settings, bot_token="xoxb-demo-token", api_url=slack.url,
+                                signing_secret=self.secret)
+        self._stack.callback(runtime.close)
+        self.runtime = runtime
+        http = runtime.serve_http("127.0.0.1", 0, background=True)
+        self._stack.callback(http.close)
+        self.url = f"http://127.0.0.1:{http.port}/slack/events"
+        self.say(f"Local Slack Web API at {slack.url}; the bot listens at {self.url}.")
+
+    def run(self, text: str) -> int:
+        text = text.strip()
+        if not text.startswith("/migrate"):
+            self.say("  (type a slash command, e.g. /migrate help, or 'quit')")
+            return 0
+        seen = len(self.slack.messages())
+        status, payload, ms = _slash(self.url, self.secret, text, self.slack.response_url())
+        self.say(f"  ack {status} in {ms:.0f} ms: {_mrkdwn(_ack_text(payload))}")
+        ack_blocks = _ack_blocks(payload)
+        if ack_blocks:
+            self.say("\n── bot (reply only visible to you) " + "─" * 40)
+            self.say(render_message({"blocks": ack_blocks}))
+        self.runtime.flows.wait_idle(timeout=120)
+        for message in self.slack.messages()[seen:]:
+            kind = "only visible to you" if message.get("ephemeral") else f"posted in #{message['channel']}"
+            self.say(f"\n── bot ({kind}) " + "─" * 40)
+            self.say(render_message(message))
+            for upload in message.get("files", []):
+                self.say(f"    [file uploaded: {upload['title']} ({len(upload['content'])} bytes)]")
+        self.say("")
+        return status
+
+
+def demo_config(url: str, bin_dir: Path) -> str:
+    return textwrap.dedent(f"""\
+        state_url: sqlite:///state.db
+        slack: {{channel: {DEMO_CHANNEL}}}
+        environments:
+          production:
+            database_url: {json.dumps(url)}
+            app_dir: {json.dumps(str(SAMPLE_APP))}
+            alembic: {json.dumps(ALEMBIC_ARGV)}
+            pg_bin_dir: {json.dumps(str(bin_dir))}
+            thresholds: {{long_query_seconds: 60, lock_wait_seconds: 10, idle_in_transaction_seconds: 60}}
+            approvals: {{approvers: [U0APPROVER1], required: 1}}
+        escalation:
+          owner: {{slack: U0OWNER001, github: zeevbensender}}
+        """)
+
+
+def run_demo(scripted: bool = False, out: TextIO = sys.stdout) -> int:
+    try:
+        with Demo(out) as demo:
+            if scripted:
+                for line in SCRIPT:
+                    demo.say(f"> {line}")
+                    demo.run(line)
+                return 0
+            demo.say("Type /migrate commands as in Slack (try /migrate help); 'quit' or Ctrl-D to leave.")
+            while True:
+                try:
+                    line = input("> ")
+                except EOFError:
+                    break
+                if line.strip() in {"quit", "exit"}:
+                    break
+                if line.strip():
+                    demo.run(line)
+            return 0
+    except KeyboardInterrupt:
+        return 130
