@@ -572,6 +572,16 @@ def _checklist_blocks(checks: Sequence[Any]) -> list[dict[str, Any]]:
     return blocks
 
 
+def _checks_section(title: str, checks: Sequence[Any]) -> dict[str, Any]:
+    counts = {s: sum(1 for c in checks if c.status == s) for s in ("ok", "warn", "fail")}
+    title += f" ({counts['ok']} ok, {counts['warn']} warn, {counts['fail']} fail)"
+    # failures first, then warnings: a cut never hides a problem
+    order = {"fail": 0, "warn": 1, "ok": 2}
+    ordered = sorted(checks, key=lambda c: order.get(c.status, 3))
+    return section(title + "\n" + bounded_lines([_check_line(c) for c in ordered[:200]],
+                                                MAX_SECTION_TEXT - len(title) - 1, total=len(checks)))
+
+
 def precheck_message(report: Any) -> Message:
     """§1 as a message: verdict, health, activity, Alembic state, checklist, SQL preview."""
     env = one_line(report.environment, 60)
@@ -603,21 +613,17 @@ def precheck_message(report: Any) -> Message:
         blocks.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
                                                            total=len(report.errors))))
 
-    health = [c for c in report.checks if c.automatic and not str(c.section).startswith("1.3")]
+    health = [c for c in report.checks if c.automatic and str(c.section) == "1.1"]
     if health:
         blocks.append(divider())
-        title = "*§1.1 Health*"
-        counts = {s: sum(1 for c in health if c.status == s) for s in ("ok", "warn", "fail")}
-        title += f" ({counts['ok']} ok, {counts['warn']} warn, {counts['fail']} fail)"
-        # failures first, then warnings: a cut never hides a problem
-        order = {"fail": 0, "warn": 1, "ok": 2}
-        ordered = sorted(health, key=lambda c: order.get(c.status, 3))
-        blocks.append(section(title + "\n" + bounded_lines([_check_line(c) for c in ordered[:200]],
-                                                           MAX_SECTION_TEXT - len(title) - 1, total=len(health))))
+        blocks.append(_checks_section("*§1.1 Health*", health))
     blocks.extend(_activity_blocks(report.activity))
 
     blocks.append(divider())
     blocks.extend(_alembic_blocks(report.alembic))
+    alembic_checks = [c for c in report.checks if c.automatic and str(c.section) == "1.2"]
+    if alembic_checks:
+        blocks.append(_checks_section("*§1.2 checks*", alembic_checks))
     sql_blocks, files = _sql_blocks(report.sql_preview, report.environment)
     blocks.extend(sql_blocks)
 

@@ -50,7 +50,7 @@ def _mrkdwn(text: str) -> str:
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
-def _wrap(text: str, indent: str = "  ") -> list[str]:
+def _wrap(text: str, indent: str = "  ", continuation: str | None = None) -> list[str]:
     lines: list[str] = []
     in_code = False
     for raw in _mrkdwn(text).split("\n"):
@@ -66,7 +66,8 @@ def _wrap(text: str, indent: str = "  ") -> list[str]:
         if in_code:
             lines.append(indent + "  | " + raw)
         else:
-            lines.extend(textwrap.wrap(raw, WIDTH, initial_indent=indent, subsequent_indent=indent) or [""])
+            lines.extend(textwrap.wrap(raw, WIDTH, initial_indent=indent,
+                                       subsequent_indent=continuation if continuation is not None else indent) or [""])
     return lines
 
 
@@ -91,7 +92,7 @@ def render_message(message: dict[str, Any]) -> str:
                 out.append(f"    [ {accessory['text']['text']} ]")
         elif kind == "context":
             for element in block.get("elements", []):
-                out += _wrap(element.get("text", ""), "    · ")
+                out += _wrap(element.get("text", ""), "    · ", "      ")
         elif kind == "divider":
             out.append("  " + "-" * 40)
         elif kind == "actions":
