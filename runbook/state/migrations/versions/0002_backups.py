@@ -1,4 +1,4 @@
-"""backups catalogue and approvals (issue 3)
+"""backups catalogue (issue 3)
 
 Revision ID: 0002_backups
 Revises: 0001_events
