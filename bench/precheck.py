@@ -1,0 +1,190 @@
+"""Precheck benchmark: the bot against runbook §1 done by hand, in the same run.
+
+Measures, on the sample app at its first revision (two revisions pending):
+  1. runbook §1 by hand, exactly as written: five `psql` calls (§1.1), then `alembic current`,
+     `alembic history --verbose`, `alembic upgrade head --sql` (§1.2);
+  2. `runbook-bot precheck --json`, a fresh process each time (first run reported apart: it renders
+     the SQL preview, later runs reuse it until a script changes);
+  3. the precheck inside a running bot (warm: the same Flows, its parsed scripts and cached preview);
+  4. slash-command ack latency of `runbook-bot serve --http` under 20 concurrent signed requests.
+
+Targets (issue 2): CLI at most 1/2 of §1 by hand; warm at most 1/5; ack p99 under 300 ms.
+Run: `make bench` or `.venv/bin/python bench/precheck.py [--runs N]`.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bot.embedded import start_server  # noqa: E402
+from bot.localslack import LocalSlack  # noqa: E402
+from bot.sample_app import ALEMBIC_ARGV, APP_DIR, REV_0001, sample_db_at  # noqa: E402
+
+RUNBOOK_1_1 = (
+    "SELECT 1;",
+    "SELECT pg_size_pretty(pg_database_size(current_database()));",
+    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active';",
+    "SELECT pid, now() - pg_stat_activity.query_start AS duration, query \nFROM pg_stat_activity \n"
+    "WHERE (now() - pg_stat_activity.query_start) > interval '5 minutes' \nAND state != 'idle';",
+    "SELECT relation::regclass, mode, granted \nFROM pg_locks \nWHERE NOT granted;",
+)
+RUNBOOK_1_2 = (("current",), ("history", "--verbose"), ("upgrade", "head", "--sql"))
+SIGNING_SECRET = "bench-signing-secret"
+
+
+def timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def by_hand(url: str, psql: Path) -> None:
+    for query in RUNBOOK_1_1:
+        subprocess.run([str(psql), url, "-c", query], check=True, capture_output=True)
+    env = dict(os.environ, DATABASE_URL=url)
+    for args in RUNBOOK_1_2:
+        subprocess.run([*ALEMBIC_ARGV, *args], cwd=APP_DIR, env=env, check=True, capture_output=True)
+
+
+def write_config(directory: Path, url: str, bin_dir: Path) -> Path:
+    config = directory / "runbook-bot.yaml"
+    config.write_text(
+        "state_url: sqlite:///state.db\n"
+        "slack: {channel: C0BENCH001}\n"
+        "environments:\n"
+        "  production:\n"
+        f"    database_url: '{url}'\n"
+        f"    app_dir: '{APP_DIR}'\n"
+        f"    alembic: [{', '.join(repr(a) for a in ALEMBIC_ARGV)}]\n"
+        f"    pg_bin_dir: '{bin_dir}'\n"
+        "    approvals: {approvers: [U0BENCH001]}\n"
+    )
+    return config
+
+
+def cli_precheck(config: Path) -> None:
+    result = subprocess.run([str(ROOT / ".venv" / "bin" / "runbook-bot"), "--config", str(config),
+                             "precheck", "--json"], capture_output=True)
+    if result.returncode not in (0, 1):
+        raise SystemExit(f"precheck failed: {result.stderr.decode()[-500:]}")
+
+
+def signed_slash(url: str, text: str) -> float:
+    body = urllib.parse.urlencode({"command": "/migrate", "text": text, "user_id": "U0BENCH001",
+                                   "channel_id": "C0BENCH001", "team_id": "T0BENCH01",
+                                   "trigger_id": f"b.{time.time_ns()}"}).encode()
+    ts = str(int(time.time()))
+    signature = "v0=" + hmac.new(SIGNING_SECRET.encode(), f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "X-Slack-Request-Timestamp": ts, "X-Slack-Signature": signature,
+        "Content-Type": "application/x-www-form-urlencoded"})
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+        if response.status != 200:
+            raise SystemExit(f"ack status {response.status}")
+    return time.perf_counter() - started
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def ack_latency(config: Path, concurrency: int = 20, rounds: int = 10) -> list[float]:
+    with LocalSlack() as slack:
+        port = free_port()
+        env = dict(os.environ, SLACK_BOT_TOKEN="xoxb-bench", SLACK_SIGNING_SECRET=SIGNING_SECRET,
+                   SLACK_API_URL=slack.url)
+        server = subprocess.Popen([str(ROOT / ".venv" / "bin" / "runbook-bot"), "--config", str(config), "serve",
+                                   "--http", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            health = f"http://127.0.0.1:{port}/health"
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with urllib.request.urlopen(health, timeout=1):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        raise SystemExit("serve --http did not come up")
+                    time.sleep(0.05)
+            url = f"http://127.0.0.1:{port}/slack/events"
+            samples: list[float] = []
+            with ThreadPoolExecutor(max_workers=concurrency) as pool:
+                for _ in range(rounds):
+                    samples += list(pool.map(lambda _i: signed_slash(url, "status"), range(concurrency)))
+            return samples
+        finally:
+            server.terminate()
+            server.wait(15)
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="rb-bench-"))
+    os.environ["RUNBOOK_BOT_CACHE_DIR"] = str(work / "cache")
+    server = start_server()
+    try:
+        url = server.create_database("bench_precheck")
+        sample_db_at(url, REV_0001, seed_rows=2000)
+        psql = server.bin_dir / "psql"
+        config = write_config(work, url, server.bin_dir)
+
+        hand = [timed(lambda: by_hand(url, psql)) for _ in range(args.runs)]
+        cold = timed(lambda: cli_precheck(config))
+        cli = [timed(lambda: cli_precheck(config)) for _ in range(args.runs)]
+
+        from runbook import precheck
+        from runbook.config import parse_settings
+
+        # As Flows does in the running bot: one AlembicProject per environment, kept warm.
+        env = parse_settings(config.read_text(), source=config).environments["production"]
+        project = precheck.project_of(env)
+        precheck.run_precheck("production", env, project=project)
+        warm = [timed(lambda: precheck.run_precheck("production", env, project=project)) for _ in range(args.runs)]
+
+        acks = ack_latency(config)
+
+        m_hand, m_cli, m_warm = statistics.median(hand), statistics.median(cli), statistics.median(warm)
+        print(f"runbook §1 by hand (5 psql + 3 alembic)   median {m_hand * 1000:7.1f} ms  ({args.runs} runs)")
+        print(f"runbook-bot precheck, fresh process      median {m_cli * 1000:7.1f} ms  "
+              f"ratio {m_cli / m_hand:.2f}  (target <= 0.50)")
+        print(f"   first run (renders the SQL preview)          {cold * 1000:7.1f} ms  ratio {cold / m_hand:.2f}")
+        print(f"precheck inside the running bot (warm)   median {m_warm * 1000:7.1f} ms  "
+              f"ratio {m_warm / m_hand:.2f}  (target <= 0.20)")
+        print(f"slash-command ack, 20 concurrent, {len(acks)} requests: p50 {percentile(acks, 0.5) * 1000:.1f} ms, "
+              f"p99 {percentile(acks, 0.99) * 1000:.1f} ms  (target p99 < 300 ms)")
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
