@@ -150,12 +150,7 @@ def _observer(metrics: Metrics):
             command = body.get("command")
             if isinstance(command, str) and re.fullmatch(r"/[a-z0-9_-]{1,32}", command):
                 fields["command"] = command
-            user = body.get("user_id")
-            if not user and isinstance(body.get("user"), dict):
-                user = body["user"].get("id")
-            channel = body.get("channel_id")
-            if not channel and isinstance(body.get("channel"), dict):
-                channel = body["channel"].get("id")
+            user, channel = user_and_channel(body)
             for key, value in (("user", user), ("channel", channel)):
                 if _safe(value):
                     fields[key] = value
@@ -280,15 +275,21 @@ def _refusal(exc: Exception) -> str | None:
     return None
 
 
-def make_origin(body: dict[str, Any]) -> Any:
-    from bot.flows import Origin
-
+def user_and_channel(body: dict[str, Any]) -> tuple[Any, Any]:
+    """Slash commands carry user_id/channel_id; interactions carry user/channel objects."""
     user = body.get("user_id")
     if not user and isinstance(body.get("user"), dict):
         user = body["user"].get("id")
     channel = body.get("channel_id")
     if not channel and isinstance(body.get("channel"), dict):
         channel = body["channel"].get("id")
+    return user, channel
+
+
+def make_origin(body: dict[str, Any]) -> Any:
+    from bot.flows import Origin
+
+    user, channel = user_and_channel(body)
     return Origin(user_id=user or "", channel_id=channel or None, response_url=body.get("response_url") or None,
                   trigger_id=body.get("trigger_id") or None, source="slack")
 

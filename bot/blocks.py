@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping, NamedTuple, Sequence
 
 from bot.commands import ACTIONS
+from runbook.units import human_size
 
 MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000
@@ -169,14 +170,7 @@ def duration(seconds: float | None) -> str:
 
 
 def size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+    return human_size(n, unknown="?")
 
 
 # --------------------------------------------------------------------------

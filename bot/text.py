@@ -1,7 +1,8 @@
 """Plain-text renderings for the terminal (the CLI's default output)."""
 from __future__ import annotations
 
-from runbook.precheck import PrecheckReport, human_size
+from runbook.precheck import PrecheckReport
+from runbook.units import human_size
 from runbook.revisions import AlembicState
 
 MARK = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}

@@ -19,6 +19,7 @@ from runbook.activity import Activity
 from runbook.config import Environment
 from runbook.revisions import AlembicProject, AlembicState, RevisionError
 from runbook.target import Target, TargetError
+from runbook.units import human_size
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -97,17 +98,6 @@ def _free_bytes(directory: Path) -> int | None:
         return shutil.disk_usage(probe).free
     except OSError:
         return None
-
-
-def human_size(n: int | float | None) -> str:
-    if n is None:
-        return "unknown"
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"
 
 
 def _seconds(value: float) -> str:

@@ -144,18 +144,7 @@ def block_actions_body(action_id: str, value: str, **kwargs: Any) -> bytes:
 # --------------------------------------------------------------------------
 # waiting
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy, or fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    delay = 0.001
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.02)
+from tests.support.waiting import wait_for  # noqa: E402,F401  (re-exported for the Slack tests)
 
 
 # --------------------------------------------------------------------------
