@@ -29,6 +29,7 @@ from slack_sdk.http_retry import default_retry_handlers
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot import blocks
+from bot.approvals import ACTION_PATTERN as APPROVAL_ACTIONS, Click
 from bot.logs import install_log_redaction
 from bot.commands import ACTIONS, Command, CommandError, parse
 
@@ -210,6 +211,18 @@ def build_app(settings: Any, client: WebClient, flows: FlowsLike, *, signing_sec
 
     # Buttons (approvals) register their app.action(...) listeners HERE, before the
     # fallback below: Bolt gives a request to the first listener that matches.
+    @app.action(APPROVAL_ACTIONS)
+    def on_approval_click(ack: Ack, body: dict[str, Any], respond: Any) -> None:
+        ack()  # first: the click is decided on Flows' executor (database, usergroups, chat.update)
+        click = Click.of(body)
+        submit_click = getattr(app.flows, "submit_click", None)
+        if submit_click is None:
+            log.warning("approval click %s, but these flows take no clicks", _safe(click.action_id) or "?")
+            return
+        try:
+            submit_click(click)
+        except Exception as exc:
+            _report_submit_failure(app, exc, "an approval click", respond, click.response_url)
 
     # Fallback: a click nobody handles is still acked (no error icon in Slack) and logged.
     @app.action(re.compile(r".*"))
@@ -254,17 +267,23 @@ def _handle_migrate(app: BotApp, ack: Ack, body: dict[str, Any], respond: Any) -
     try:
         flows.submit(command, origin)
     except Exception as exc:
-        app.metrics.submit_failures.inc()
-        reason = _refusal(exc)
-        if reason is None:
-            log.error("flows.submit failed for %s (%s)", command.action, type(exc).__name__, exc_info=exc)
-        else:
-            log.warning("flows.submit refused %s: %s", command.action, reason)
-        if respond is not None and origin.response_url:
-            try:
-                respond(text=blocks.error_message(reason or GENERIC_FAILURE).text, response_type="ephemeral")
-            except Exception as inner:
-                log.warning("could not report the refusal (%s)", type(inner).__name__)
+        _report_submit_failure(app, exc, command.action, respond, origin.response_url)
+
+
+def _report_submit_failure(app: BotApp, exc: Exception, what: str, respond: Any, response_url: str | None) -> None:
+    """Acked, but the work was not accepted: one line to the user by response_url, the cause to the log."""
+    app.metrics.submit_failures.inc()
+    reason = _refusal(exc)
+    if reason is None:
+        log.error("flows.submit failed for %s (%s)", what, type(exc).__name__, exc_info=exc)
+    else:
+        log.warning("flows.submit refused %s: %s", what, reason)
+    if respond is not None and response_url:
+        try:
+            respond(text=blocks.error_message(reason or GENERIC_FAILURE).text, response_type="ephemeral",
+                    replace_original=False)
+        except Exception as inner:
+            log.warning("could not report the refusal (%s)", type(inner).__name__)
 
 
 def _refusal(exc: Exception) -> str | None:

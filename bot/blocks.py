@@ -701,3 +701,98 @@ __all__ = [
     "help_message", "error_message", "precheck_message", "status_message", "working_text",
 ]
 
+
+# --------------------------------------------------------------------------
+# approvals (bot/approvals.py): one message per request, updated in place
+
+APPROVAL_STATE = {
+    "pending": (":lock:", "approval needed"),
+    "approved": (":hourglass_flowing_sand:", "approved, starting"),
+    "executing": (":hourglass_flowing_sand:", "running"),
+    "done": (":white_check_mark:", "done"),
+    "failed": (":x:", "failed"),
+    "rejected": (":no_entry:", "rejected"),
+    "expired": (":warning:", "expired"),
+    "cancelled": (":no_entry:", "cancelled"),
+}
+
+
+def _who(actor: str) -> str:
+    """A Slack user as a mention; anything else (cli:<user>) as code."""
+    return user(actor) if is_user_id(actor) else code(actor, 60)
+
+
+def approval_message(request: Any, *, title: str, summary: str, what: Sequence[dict[str, Any]],
+                     result: Sequence[dict[str, Any]], approvers: Sequence[str], allow_self_approval: bool,
+                     production: bool, action_ids: tuple[str, str]) -> Message:
+    """An approval request as it stands: who asked, where, what will happen, the decisions so
+    far, and Approve/Reject buttons while it is pending (their value: the request id only).
+
+    `request`: runbook.state.approvals.ApprovalRequest. `action_ids`: (approve, reject).
+    """
+    emoji, state_text = APPROVAL_STATE.get(request.state, (":grey_question:", request.state))
+    env = one_line(request.environment, 40)
+    approved = list(request.approvers)
+    blocks: list[dict[str, Any]] = [header(f"{emoji} {one_line(title, 40)} {env}: {state_text}")]
+    facts = [f"*Requested by*\n{_who(request.requester)}",
+             f"*Environment*\n{code(env, 40)}" + (" :rotating_light: production" if production else ""),
+             f"*Approvals*\n{len(approved)} of {request.required}",
+             f"*Expires*\n{slack_time(request.expires_at)}" if request.state == "pending"
+             else f"*Requested*\n{slack_time(request.created_at)}"]
+    blocks.append(section(f"*{escape(one_line(summary, 400))}*", fields=facts))
+    blocks.extend(list(what)[: MAX_BLOCKS - 12])
+    decided = []
+    for d in request.decisions:
+        mark = {"approve": ":white_check_mark: approved", "yes": ":white_check_mark: approved with `--yes`",
+                "reject": ":no_entry: rejected"}.get(d.decision, escape(d.decision))
+        decided.append(f"{mark} by {_who(d.approver)} {slack_time(d.at, '{time}')}")
+    if decided:
+        blocks.append(context(truncate(" · ".join(decided), MAX_CONTEXT_TEXT)))
+    if request.state == "pending":
+        still = [a for a in approvers if a not in approved and (allow_self_approval or a != request.requester)]
+        who = ", ".join(mention(a) for a in still[:20]) or "_nobody left who may approve_"
+        left = max(0, request.required - len(approved))
+        rule = "" if allow_self_approval else " The requester cannot approve their own request."
+        blocks.append(section(f"Needs {left} more approval{'s' if left != 1 else ''} from {who}.{rule} "
+                              "Reject by the requester withdraws the request."))
+        confirm = {
+            "title": {"type": "plain_text", "text": truncate(f"Approve this {title.lower()}?", 100)},
+            "text": {"type": "mrkdwn", "text": truncate(f"{escape(one_line(summary, 300))} on {escape(env)}.", 300)},
+            "confirm": {"type": "plain_text", "text": "Approve"},
+            "deny": {"type": "plain_text", "text": "Cancel"},
+        }
+        blocks.append(actions(
+            button("Approve", action_ids[0], request.id, style="primary", confirm=confirm),
+            button("Reject", action_ids[1], request.id, style="danger"),
+            block_id="approval_buttons"))
+    elif request.state in ("approved", "executing"):
+        blocks.append(section(f"{emoji} {'Approved; starting' if request.state == 'approved' else 'Running'} "
+                              f"since {slack_time(request.updated_at, '{time}')}…"))
+    else:
+        ending = {
+            "done": "Done", "failed": "Failed",
+            "rejected": f"Rejected by {_who(request.rejected_by) if request.rejected_by else 'an approver'}; "
+                        "nothing was done",
+            "expired": "Expired without enough approvals; nothing was done. Ask again to retry",
+            "cancelled": "Cancelled; nothing was done",
+        }.get(request.state, escape(request.state))
+        detail = f": {escape(one_line(request.result_summary, 1500))}" if request.result_summary else ""
+        blocks.append(section(truncate(f"{emoji} *{ending}*{detail}", MAX_SECTION_TEXT)))
+        blocks.extend(list(result)[: MAX_BLOCKS - len(blocks) - 1])
+    blocks.append(context(f"request `{request.id[:8]}` · every click is checked and audited by the bot"))
+    text = (f"{title} {escape(env)}: {state_text} — {escape(one_line(summary, 200))} "
+            f"(requested by {_who(request.requester)})")
+    return validate(Message(text=text, blocks=blocks[:MAX_BLOCKS]))
+
+
+def approval_result_reply(request: Any, *, title: str, result: Sequence[dict[str, Any]]) -> Message:
+    """The thread reply that tells the requester how an approved request ended."""
+    ok = request.state == "done"
+    line = (f"{':white_check_mark:' if ok else ':x:'} {_who(request.requester)} {escape(one_line(title, 40))} "
+            f"{escape(one_line(request.environment, 40))} {'done' if ok else 'failed'}"
+            + (f": {escape(one_line(request.result_summary, 1500))}" if request.result_summary else ""))
+    blocks = [section(truncate(line, MAX_SECTION_TEXT)), *list(result)[: MAX_BLOCKS - 1]]
+    return validate(Message(text=truncate(line, 500), blocks=blocks))
+
+
+__all__ += ["approval_message", "approval_result_reply"]

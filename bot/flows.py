@@ -14,7 +14,7 @@ from typing import Any, Callable
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bot import blocks
+from bot import approvals, blocks
 from bot.commands import Command
 from runbook import precheck
 from runbook.config import ConfigError, Settings
@@ -53,6 +53,9 @@ class Flows:
         self._projects_lock = threading.Lock()
         self._in_flight = 0
         self._idle = threading.Condition()
+        self.approvals = approvals.ApprovalService(settings, store, client, redactor=redactor,
+                                                   submit=self.submit_call,
+                                                   user_errors=(TargetError, RevisionError))
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -67,13 +70,29 @@ class Flows:
             return self._projects[name]
 
     def submit(self, command: Command, origin: Origin) -> Future:
+        return self.submit_call(self._run, command, origin)
+
+    def submit_call(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Any work (a command, a click, an approved action) on the bounded executor."""
         if not self._slots.acquire(blocking=False):
             raise Busy("the bot is busy with too many commands; try again in a minute")
         with self._idle:
             self._in_flight += 1
-        future = self._executor.submit(self._run, command, origin)
+        future = self._executor.submit(self._logged, fn, *args)
         future.add_done_callback(self._finished)
         return future
+
+    def _logged(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as exc:  # nobody waits on these futures: an escaped error would vanish
+            log.error("%s failed: %s", getattr(fn, "__name__", "work"), self.redactor(repr(exc)),
+                      exc_info=self.redactor.safe_exc_info(exc))
+            return None
+
+    def submit_click(self, click: "approvals.Click") -> Future:
+        """An Approve/Reject click, acked already; decided on the executor."""
+        return self.submit_call(self.approvals.handle_click, click)
 
     def _finished(self, _future: Future) -> None:
         self._slots.release()

@@ -47,7 +47,8 @@ class Backups(_Strict):
 
 class Approvals(_Strict):
     approvers: list[SlackUserOrGroup] = []
-    required: int = Field(1, ge=1)
+    # None: two approvals on an environment marked `production: true`, else one (Environment.required_approvals)
+    required: int | None = Field(None, ge=1, le=10)
     allow_self_approval: bool = False
     expire_minutes: int = Field(30, ge=1)
     require_backup_within_minutes: int = Field(60, ge=1)
@@ -98,6 +99,13 @@ class Environment(_Strict):
         if not re.match(r"^postgres(ql)?(\+psycopg)?://", value.get_secret_value()):
             raise ValueError("must be a postgresql:// URL")
         return value
+
+    @property
+    def required_approvals(self) -> int:
+        """approvals.required when configured; otherwise two on production, one elsewhere."""
+        if self.approvals.required is not None:
+            return self.approvals.required
+        return 2 if self.production else 1
 
     @property
     def dsn(self) -> str:

@@ -3,21 +3,18 @@ the engine against the real PostgreSQL and the sample app's real Alembic -> the 
 Also: no password or token in any posted message, uploaded file or log line."""
 from __future__ import annotations
 
-import io
 import json
-import logging
 import subprocess
 import sys
 
 import pytest
 
 from bot.localslack import LocalSlack
-from bot.logs import install_redacting_handler
 from bot.server import Runtime
 from runbook.state import Store
 from tests.support.configs import settings_for, with_password
 from tests.support.sample_app import REV_0001, REV_0002, REV_0003
-from tests.support.slack import SIGNING_SECRET, USER_ID, signed_post, slash_command_body
+from tests.support.slack import SIGNING_SECRET, USER_ID, log_lines, signed_post, slash_command_body  # noqa: F401
 
 PASSWORD = "E2e-Db-Passw0rd"
 BOT_TOKEN = "xoxb-e2e-secret-token-42"
@@ -27,14 +24,6 @@ BOT_TOKEN = "xoxb-e2e-secret-token-42"
 def slack():
     with LocalSlack() as local:
         yield local
-
-
-@pytest.fixture
-def log_lines():
-    stream = io.StringIO()
-    handler = install_redacting_handler(None, logging.DEBUG, stream=stream)
-    yield stream
-    logging.getLogger().removeHandler(handler)
 
 
 def start(settings, slack):

@@ -6,10 +6,18 @@ from typing import Any
 
 from sqlalchemy import JSON, DateTime, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import ForeignKey, UniqueConstraint
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything the bot stores is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
 
 
 class Base(DeclarativeBase):
@@ -35,3 +43,47 @@ class EventRow(Base):
     run_id: Mapped[str | None] = mapped_column(String(40))
 
     __table_args__ = (Index("ix_events_environment_at", "environment", "at"),)
+
+
+class ApprovalRow(Base):
+    """An action waiting for (or past) approval: restore, migrate, rollback, ...
+
+    `id` is opaque and is all a Slack button carries. `state` moves only by conditional
+    UPDATEs (bot/approvals.py): pending -> approved -> executing -> done | failed, or
+    pending -> rejected | expired | cancelled. `params` holds what the executor needs and
+    the facts shown when it was requested; `result` what the execution reported.
+    """
+
+    __tablename__ = "approvals"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20), nullable=False)
+    environment: Mapped[str] = mapped_column(String(40), nullable=False)
+    requester: Mapped[str] = mapped_column(String(120), nullable=False)       # U0123ABC or cli:<user>
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    state: Mapped[str] = mapped_column(String(20), nullable=False)
+    required: Mapped[int] = mapped_column(Integer, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    channel: Mapped[str | None] = mapped_column(String(40))                   # the request message, for chat.update
+    message_ts: Mapped[str | None] = mapped_column(String(40))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    result_summary: Mapped[str] = mapped_column(Text, default="", nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+    __table_args__ = (Index("ix_approvals_state_expires_at", "state", "expires_at"),)
+
+
+class ApprovalDecisionRow(Base):
+    """One person's decision on one request; the unique key makes a repeated click count once."""
+
+    __tablename__ = "approval_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(40), ForeignKey("approvals.id", ondelete="CASCADE"),
+                                            nullable=False)
+    approver: Mapped[str] = mapped_column(String(120), nullable=False)
+    decision: Mapped[str] = mapped_column(String(20), nullable=False)         # approve, reject, yes (CLI --yes)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+    __table_args__ = (UniqueConstraint("request_id", "approver", name="uq_approval_decisions_request_approver"),)

@@ -10,7 +10,9 @@ from tests.support.sample_app import ALEMBIC_ARGV, APP_DIR
 
 def config_text(url: str, *, channel: str = "C0TESTCHAN", thresholds: dict | None = None,
                 extra_env: str = "", approvers: tuple[str, ...] = ("U0APPROVE1",), connect_timeout: float = 3,
-                state_url: str = "sqlite:///state.db", backups_dir: str = "backups") -> str:
+                state_url: str = "sqlite:///state.db", backups_dir: str = "backups",
+                approvals: dict | None = None) -> str:
+    """`approvals`: more keys of the environment's approvals block (required, expire_minutes, ...)."""
     thresholds = thresholds or {}
     return "\n".join([
         f"state_url: {state_url}",
@@ -22,7 +24,7 @@ def config_text(url: str, *, channel: str = "C0TESTCHAN", thresholds: dict | Non
         f"    alembic: {json.dumps(ALEMBIC_ARGV)}",
         f"    connect_timeout_seconds: {connect_timeout}",
         f"    backups: {{dir: {json.dumps(backups_dir)}}}",
-        f"    approvals: {{approvers: {json.dumps(list(approvers))}}}",
+        f"    approvals: {json.dumps({'approvers': list(approvers), **(approvals or {})})}",
         f"    thresholds: {json.dumps(thresholds)}",
         extra_env,
         "escalation:",

@@ -282,6 +282,20 @@ def local_slack():
         yield slack
 
 
+@pytest.fixture
+def log_lines():
+    """Every log line of the test as the bot's redacting handler writes it (a StringIO)."""
+    import io
+    import logging
+
+    from bot.logs import install_redacting_handler
+
+    stream = io.StringIO()
+    handler = install_redacting_handler(None, logging.DEBUG, stream=stream)
+    yield stream
+    logging.getLogger().removeHandler(handler)
+
+
 REAL_FLOWS_ENV = "RUNBOOK_SLACK_TESTS_FLOWS"
 
 
