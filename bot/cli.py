@@ -45,6 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", metavar="NAME")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("activity", help="§4 live picture: long queries, idle in transaction, blocking tree")
+    p.add_argument("--env", metavar="NAME")
+    p.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+
+    for name, default, what in (("migrate", "head", "§3 upgrade under every guard, validated after (§5)"),
+                                ("rollback", "-1", "§6.1 downgrade under the same guards")):
+        p = sub.add_parser(name, help=f"{what}; exit 0 done, 1 failed or refused, 2 error")
+        p.add_argument("--env", metavar="NAME")
+        p.add_argument("--to", metavar="REV", default=default, help=f"target revision (default {default})")
+        p.add_argument("--yes", action="store_true", help="stands for the approval; recorded as yours")
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = sub.add_parser("validate", help="§5 post-migration validation; exit 0 pass, 1 fail, 2 error")
+    p.add_argument("--env", metavar="NAME")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
     p = sub.add_parser("serve", help="run the bot (Socket Mode or HTTP)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--socket", action="store_true", help="Socket Mode (default; needs SLACK_APP_TOKEN)")
@@ -171,7 +187,32 @@ def cmd_serve(settings: Settings, args) -> int:
     return serve(settings, mode="http" if args.http else "socket", host=args.host, port=args.port)
 
 
-COMMANDS = {"precheck": cmd_precheck, "status": cmd_status, "serve": cmd_serve}
+def cmd_activity(settings: Settings, args) -> int:
+    from runbook.activity import activity_to_json
+    from runbook.state import StateError
+    from runbook.target import TargetError
+    from runbook.watch import live_activity
+
+    name, env = settings.environment(args.env)
+    try:
+        snapshot, target = live_activity(env)
+        store = _open_store(settings)
+    except (StateError, TargetError) as exc:
+        print(f"runbook-bot: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    store.record(actor=cli_actor(), action="activity", environment=name, outcome="ok",
+                 summary=f"{len(snapshot.long_queries)} long, {len(snapshot.idle_in_transaction)} idle in transaction, "
+                         f"{len(snapshot.lock_waits)} waiting on locks")
+    if args.json:
+        print(json.dumps({"environment": name, "target": target, **activity_to_json(snapshot)}, indent=2))
+    else:
+        from bot.text import activity_text
+
+        print(activity_text(name, target, snapshot))
+    return EXIT_OK
+
+
+COMMANDS = {"precheck": cmd_precheck, "status": cmd_status, "serve": cmd_serve, "activity": cmd_activity}
 
 
 if __name__ == "__main__":

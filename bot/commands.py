@@ -22,6 +22,7 @@ class ActionSpec:
     section: str
     takes_env: bool = True
     max_args: int = 0
+    choices: tuple[str, ...] = ()    # when set, the first argument must be one of these
 
 
 ACTIONS: dict[str, ActionSpec] = {
@@ -30,6 +31,11 @@ ACTIONS: dict[str, ActionSpec] = {
         ActionSpec("help", "/migrate help", "what the bot can do", "", takes_env=False),
         ActionSpec("status", "/migrate status [env]", "current and pending revisions, last event", "§1.2"),
         ActionSpec("precheck", "/migrate precheck [env]", "the pre-migration checklist with a go / no-go", "§1"),
+        ActionSpec("activity", "/migrate activity [env]",
+                   "live picture: long queries, idle in transaction, blocking tree", "§4"),
+        ActionSpec("watch", "/migrate watch [env] on | off | status",
+                   "pause, resume or show the scheduled lock and long-query alerts", "§4, §7.2",
+                   max_args=1, choices=("on", "off", "status")),
     )
 }
 
@@ -73,7 +79,7 @@ def parse(text: str, environments: list[str] | tuple[str, ...]) -> Command:
     environment = None
     if spec.takes_env and rest and rest[0] in environments:
         environment, rest = rest[0], rest[1:]
-    elif spec.takes_env and rest and len(rest) > spec.max_args:
+    elif spec.takes_env and rest and len(rest) > spec.max_args and rest[0].lower() not in spec.choices:
         shown = rest[0] if len(rest[0]) <= 40 else rest[0][:40] + "…"
         raise CommandError(
             f"Unknown environment '{shown}'. Configured: {', '.join(sorted(environments)) or 'none'}."
@@ -85,6 +91,12 @@ def parse(text: str, environments: list[str] | tuple[str, ...]) -> Command:
         )
     if len(rest) > spec.max_args:
         raise CommandError(f"`/migrate {action}` takes no more arguments. Usage: `{spec.usage}`.")
+    if spec.choices and rest:
+        if rest[0].lower() not in spec.choices:
+            shown = rest[0] if len(rest[0]) <= 40 else rest[0][:40] + "…"
+            raise CommandError(f"`/migrate {action}` takes {', '.join(spec.choices[:-1])} or {spec.choices[-1]},"
+                               f" not '{shown}'. Usage: `{spec.usage}`.")
+        rest = [rest[0].lower(), *rest[1:]]
     if spec.takes_env and environment is None and environments:
         environment = next(iter(environments))
     return Command(action, environment, tuple(rest))

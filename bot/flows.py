@@ -196,6 +196,31 @@ class Flows:
                     f"current {', '.join(state.current) or 'none'}, {len(state.pending)} pending")
         self.post(origin, blocks.status_message(name, state, last))
 
+    def do_activity(self, command: Command, origin: Origin) -> None:
+        """§4 on demand: the same snapshot the watch takes, against the environment's thresholds."""
+        from runbook.watch import live_activity
+
+        name, env = self.settings.environment(command.environment)
+        snapshot, target = live_activity(env)
+        self.record(origin, "activity", name, "ok",
+                    f"{len(snapshot.long_queries)} long, {len(snapshot.idle_in_transaction)} idle in transaction, "
+                    f"{len(snapshot.lock_waits)} waiting on locks")
+        self.post(origin, blocks.activity_message(name, snapshot, target))
+
+    def do_watch(self, command: Command, origin: Origin) -> None:
+        """`/migrate watch [env] on | off | status`: the pause switch lives in the state database."""
+        from runbook.watch import AlertBook
+
+        name, env = self.settings.environment(command.environment)
+        verb = command.args[0] if command.args else "status"
+        book = AlertBook(self.store)
+        changed = None
+        if verb in ("on", "off"):
+            changed = book.set_paused(name, verb == "off", self.actor(origin))
+        self.record(origin, "watch", name, "ok", verb if changed is not False else f"{verb} (unchanged)")
+        self.post(origin, blocks.watch_message(name, book.state(name), book.alerts(name), env.watch.every_seconds,
+                                               changed=changed))
+
 
 class Redactor:
     """Removes every secret the bot knows from texts, trees and messages before they leave."""

@@ -25,6 +25,7 @@ class Runtime:
     client: Any
     flows: Any
     app: Any
+    scheduler: Any = None       # bot.scheduler.WatchScheduler, started by serve() (start_scheduler)
 
     @classmethod
     def build(cls, settings: Settings, *, bot_token: str | None = None, api_url: str | None = None,
@@ -45,7 +46,23 @@ class Runtime:
         app = build_app(settings, client, flows, signing_secret=signing_secret)
         if warm:
             warm_up(app)
-        return cls(settings, store, client, flows, app)
+        return cls(settings, store, client, flows, app, scheduler=cls._watch(settings, store, client, redactor, app))
+
+    @staticmethod
+    def _watch(settings: Settings, store: Store, client: Any, redactor: Any, app: Any) -> Any:
+        """The watch's scheduler (issue 5), built here and started only by `start_scheduler`."""
+        from bot.scheduler import WatchScheduler
+        from bot.watch import WatchMetrics, WatchRunner
+
+        runner = WatchRunner(settings, store, client, redactor=redactor, metrics=WatchMetrics(app.metrics.registry))
+        return WatchScheduler(settings, runner)
+
+    def start_scheduler(self) -> None:
+        """Start the watch; raises bot.scheduler.SchedulerRefused (one line) when another owns it."""
+        if self.settings.slack is None:
+            log.warning("slack.channel is not configured: the watch has nowhere to send alerts and is not started")
+            return
+        self.scheduler.start()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         ok = self.store.ping()
@@ -62,6 +79,8 @@ class Runtime:
         return serve_http(self.wsgi(), host, port, background=background)
 
     def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)
         self.flows.shutdown(wait=True)
         shutdown = getattr(self.app, "shutdown", None)
         if callable(shutdown):
@@ -78,6 +97,11 @@ def serve(settings: Settings, *, mode: str, host: str, port: int) -> int:
     if mode == "socket" and not app_token:
         raise ConfigError("SLACK_APP_TOKEN is not set: Socket Mode needs an xapp- token with connections:write")
     runtime = Runtime.build(settings, signing_secret=signing_secret)
+    try:
+        runtime.start_scheduler()
+    except Exception:
+        runtime.close()
+        raise
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -62,3 +62,36 @@ def status_text(environment: str, state: AlembicState, last_event) -> str:
         out.append(f"  last event: {last_event.action} by {last_event.actor} at "
                    f"{last_event.at:%Y-%m-%d %H:%M:%S} UTC: {last_event.outcome}")
     return "\n".join(out)
+
+
+def activity_text(environment: str, target: str, activity) -> str:
+    """`runbook-bot activity`: §4's live picture, one session per line, queues under their roots."""
+    def who(s) -> str:
+        return f"{s.user or '?'}/{s.application or '?'}"
+
+    out = [f"Activity {environment} ({target}): {activity.active_count} active, {len(activity.long_queries)} long, "
+           f"{len(activity.idle_in_transaction)} idle in transaction, {len(activity.lock_waits)} waiting on locks, "
+           f"{len(activity.prepared)} prepared"]
+    for title, sessions in (("Long queries", activity.long_queries), ("Idle in transaction", activity.idle_in_transaction)):
+        if sessions:
+            out += ["", f"{title}:"]
+            out += [f"  pid {s.pid} {who(s)} {s.seconds:.0f}s: {s.query}" for s in sessions]
+    if activity.roots:
+        out += ["", "Blocking:"]
+        for root in activity.roots:
+            if root.session is not None:
+                out.append(f"  root pid {root.pid} {who(root.session)} {root.session.state} "
+                           f"{root.session.seconds:.0f}s: {root.session.query}")
+            else:
+                out.append(f"  root {'prepared transaction ' + str(root.prepared_gid) if root.pid == 0 else f'pid {root.pid}'}")
+            for n, wait in enumerate(root.queue):
+                out.append(f"    {'head' if n == 0 else f'#{n + 1} '} pid {wait.pid} {who(wait)} waits {wait.seconds:.0f}s"
+                           f" {wait.mode or ''} {wait.relation or ''}: {wait.query}")
+    if activity.prepared:
+        out += ["", "Prepared transactions:"]
+        out += [f"  {p.gid} owner {p.owner} {p.seconds:.0f}s" for p in activity.prepared]
+    if activity.notes:
+        out += ["", *[f"note: {n}" for n in activity.notes]]
+    if len(out) == 1:
+        out.append("Nothing over the thresholds.")
+    return "\n".join(out)

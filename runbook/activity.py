@@ -27,7 +27,8 @@ escaped: escaping belongs to the edge that renders them.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from typing import Any, Mapping, Sequence
 
 import psycopg
@@ -48,6 +49,7 @@ class SessionInfo:
     database: str | None = None
     wait_event_type: str | None = None
     wait_event: str | None = None
+    backend_start: datetime | None = None   # with pid, names one session for its whole life
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class LockWait:
     relation: str | None = None
     locktype: str | None = None   # relation, transactionid, tuple, advisory, ...
     database: str | None = None
+    backend_start: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class PreparedXact:
     owner: str | None
     database: str | None
     seconds: float
+    prepared_at: datetime | None = None      # with gid, names one prepared transaction
 
 
 @dataclass
@@ -106,11 +110,12 @@ class Poll:
     idle_in_transaction: int
     oldest_xact_seconds: float | None
     oldest_lock_wait_seconds: float | None = None  # query age of the longest waiter: an upper bound
+    old_prepared: int = 0     # prepared transactions older than the idle-in-transaction threshold
 
     @property
     def quiet(self) -> bool:
         """Nothing waits on a lock and nothing is over a threshold: no snapshot needed."""
-        return not (self.lock_waiters or self.long_queries or self.idle_in_transaction)
+        return not (self.lock_waiters or self.long_queries or self.idle_in_transaction or self.old_prepared)
 
 
 DEFAULT_LONG_QUERY_SECONDS = 300.0
@@ -136,7 +141,12 @@ SELECT count(*) FILTER (WHERE a.state = 'active')                               
                           AND now() - a.state_change > make_interval(secs => %(idle_s)s)) AS idle_in_transaction,
        extract(epoch FROM max(now() - a.xact_start))::float8                        AS oldest_xact_seconds,
        extract(epoch FROM max(now() - a.query_start)
-                          FILTER (WHERE a.wait_event_type = 'Lock'))::float8        AS oldest_lock_wait_seconds
+                          FILTER (WHERE a.wait_event_type = 'Lock'))::float8        AS oldest_lock_wait_seconds,
+       -- pg_prepared_xacts reads the two-phase state only (no lock manager): a forgotten
+       -- PREPARE TRANSACTION holds its locks with no session behind it to show up above.
+       (SELECT count(*) FROM pg_prepared_xacts p
+         WHERE now() - p.prepared > make_interval(secs => %(idle_s)s)
+           AND (%(all_databases)s OR p.database = current_database()))           AS old_prepared
 FROM pg_stat_activity a
 WHERE {_REPORTED}
 """
@@ -173,6 +183,7 @@ def poll(
         idle_in_transaction=row["idle_in_transaction"],
         oldest_xact_seconds=row["oldest_xact_seconds"],
         oldest_lock_wait_seconds=row["oldest_lock_wait_seconds"],
+        old_prepared=row["old_prepared"],
     )
 
 
@@ -181,7 +192,7 @@ def poll(
 # transaction).
 _SESSION_COLUMNS = """
        a.pid, a.usename, a.application_name, a.datname, a.state, a.backend_type,
-       a.wait_event_type, a.wait_event,
+       a.wait_event_type, a.wait_event, a.backend_start,
        extract(epoch FROM now() - CASE WHEN a.state = 'active' THEN a.query_start
                                        ELSE a.state_change END)::float8 AS seconds,
        extract(epoch FROM now() - a.query_start)::float8                AS query_seconds,
@@ -244,7 +255,7 @@ _WAITSTART = "extract(epoch FROM now() - l.waitstart)::float8"   # the column ex
 # pg_blocking_pids). Read from the whole cluster so that a blocker can always be named;
 # the report keeps the ones in scope.
 PREPARED_SQL = """
-SELECT p.gid, p.owner, p.database, p.transaction::text AS xid,
+SELECT p.gid, p.owner, p.database, p.transaction::text AS xid, p.prepared,
        extract(epoch FROM now() - p.prepared)::float8 AS seconds,
        (p.database = current_database()) AS here
 FROM pg_prepared_xacts p
@@ -262,15 +273,21 @@ def snapshot(
     idle_in_transaction_seconds: float,
     query_chars: int = 300,
     all_databases: bool = False,
+    counts: Poll | None = None,
 ) -> Activity:
-    """Long queries, idle-in-transaction sessions, lock waits with their roots, prepared xacts."""
+    """Long queries, idle-in-transaction sessions, lock waits with their roots, prepared xacts.
+
+    `counts`: a poll just taken with the same thresholds (the watch has one), so it is not
+    read twice; the blocking tree is built only when it counted lock waiters.
+    """
     _check(conn)
-    counts = poll(
-        conn,
-        long_query_seconds=long_query_seconds,
-        idle_in_transaction_seconds=idle_in_transaction_seconds,
-        all_databases=all_databases,
-    )
+    if counts is None:
+        counts = poll(
+            conn,
+            long_query_seconds=long_query_seconds,
+            idle_in_transaction_seconds=idle_in_transaction_seconds,
+            all_databases=all_databases,
+        )
     params = _params(
         all_databases,
         long_s=float(long_query_seconds),
@@ -284,7 +301,8 @@ def snapshot(
             target.append(_session(row))
         prepared_rows = cur.execute(PREPARED_SQL).fetchall()
     activity.prepared = [
-        PreparedXact(gid=r["gid"], owner=r["owner"], database=r["database"], seconds=r["seconds"] or 0.0)
+        PreparedXact(gid=r["gid"], owner=r["owner"], database=r["database"], seconds=r["seconds"] or 0.0,
+                     prepared_at=r["prepared"])
         for r in prepared_rows
         if all_databases or r["here"]
     ]
@@ -305,6 +323,7 @@ def _session(row: Mapping[str, Any]) -> SessionInfo:
         database=row["datname"],
         wait_event_type=row["wait_event_type"],
         wait_event=row["wait_event"],
+        backend_start=row["backend_start"],
     )
 
 
@@ -366,6 +385,7 @@ def _blocking_tree(
             relation=lock.get("relation_name") or (str(lock["relation"]) if lock.get("relation") else None),
             locktype=lock.get("locktype") or row["wait_event"],
             database=row["datname"],
+            backend_start=row["backend_start"],
         )
 
     gids = _prepared_blockers(graph, locks, held, prepared_rows)
@@ -561,7 +581,23 @@ def find_roots(graph: Mapping[int, Sequence[int]], pid: int) -> list[int]:
     return [root for _, root in sorted(reach)]
 
 
+def activity_to_json(activity: Activity) -> dict[str, Any]:
+    """The `activity --json` contract: the dataclasses as plain JSON (times as ISO 8601)."""
+    def plain(node: Any) -> Any:
+        if isinstance(node, datetime):
+            return node.isoformat()
+        if isinstance(node, float):
+            return round(node, 3)
+        if isinstance(node, dict):
+            return {k: plain(v) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return [plain(v) for v in node]
+        return node
+
+    return plain(asdict(activity))
+
+
 __all__ = [
     "Activity", "BlockingRoot", "LockWait", "Poll", "PreparedXact", "SessionInfo",
-    "find_roots", "poll", "queue_depths", "snapshot",
+    "activity_to_json", "find_roots", "poll", "queue_depths", "snapshot",
 ]

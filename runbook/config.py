@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -61,7 +61,18 @@ class Thresholds(_Strict):
 
 
 class Watch(_Strict):
-    every_seconds: int = Field(60, ge=5)
+    """The scheduled watch of one environment (issue 5): how often, and how alerts settle."""
+
+    every_seconds: int = Field(60, ge=5, le=86400)
+    # A run may start this late (thread pool busy, GC pause) and still count; later it is skipped.
+    misfire_grace_seconds: int = Field(30, ge=1, le=3600)
+    # A condition must stay gone this long before its alert is marked resolved (damps flapping).
+    resolve_after_seconds: float = Field(60, ge=0, le=86400)
+    # A condition back within this long after its alert resolved re-opens the same message.
+    reopen_within_seconds: float = Field(900, ge=0, le=7 * 86400)
+    # The monitor connection's own limits: it must never queue behind a lock itself.
+    statement_timeout: PgInterval = "2s"
+    lock_timeout: PgInterval = "100ms"
 
 
 class Migration(_Strict):
@@ -122,10 +133,19 @@ class Owner(_Strict):
     github: str | None = None
 
 
+AlertKind = Literal["lock_wait", "long_query", "idle_in_transaction", "prepared_transaction", "unreachable"]
+ALERT_KINDS: tuple[str, ...] = get_args(AlertKind)
+HttpUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s<>|]+$", max_length=2000)]
+
+
 class Escalation(_Strict):
     owner: Owner = Owner()
     links: dict[str, str] = {}
-    dashboards: dict[str, str] = {}
+    dashboards: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9 _.-]{1,40}$")], HttpUrl] = {}
+    # An alert still open this long tags the owner in its thread, once.
+    escalate_after_seconds: float = Field(600, gt=0, le=7 * 86400)
+    # Which alert kinds escalate at all.
+    escalate_kinds: list[AlertKind] = Field(default_factory=lambda: list(ALERT_KINDS))
 
 
 class Settings(_Strict):

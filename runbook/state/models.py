@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy import ForeignKey, UniqueConstraint
 
@@ -87,3 +87,62 @@ class ApprovalDecisionRow(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
 
     __table_args__ = (UniqueConstraint("request_id", "approver", name="uq_approval_decisions_request_approver"),)
+
+
+# -- issue 5: the watch (alerts, scheduler claims, pause switch) ------------------------------
+
+class AlertRow(Base):
+    """One alert = one incident = one Slack message (channel, ts), updated while it lasts.
+
+    `key` is (environment, kind, subject, since): subject is the pid (the root blocker's for a
+    lock queue) or a prepared transaction's gid, since is the session's backend_start (or the
+    prepare time), so a reused pid never continues someone else's alert.
+    """
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(400), nullable=False, unique=True)
+    environment: Mapped[str] = mapped_column(String(40), nullable=False)
+    kind: Mapped[str] = mapped_column(String(30), nullable=False)
+    subject: Mapped[str] = mapped_column(String(250), nullable=False)
+    since: Mapped[str] = mapped_column(String(40), nullable=False, default="")
+    state: Mapped[str] = mapped_column(String(12), nullable=False)          # open | resolved
+    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    cleared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))   # first poll without it
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    escalated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reopened: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    peak_seconds: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    channel: Mapped[str | None] = mapped_column(String(40))
+    ts: Mapped[str | None] = mapped_column(String(40))
+
+    __table_args__ = (Index("ix_alerts_environment_state", "environment", "state"),)
+
+
+class JobClaimRow(Base):
+    """One row per (job, wall-clock slot): whoever inserts it runs that slot, nobody else."""
+
+    __tablename__ = "job_claims"
+
+    job: Mapped[str] = mapped_column(String(80), primary_key=True)
+    slot: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    claimed_by: Mapped[str] = mapped_column(String(120), nullable=False)
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+
+class WatchStateRow(Base):
+    """Per environment: the pause switch (`/migrate watch off`) and the last poll's outcome."""
+
+    __tablename__ = "watch_state"
+
+    environment: Mapped[str] = mapped_column(String(40), primary_key=True)
+    paused: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    changed_by: Mapped[str | None] = mapped_column(String(120))
+    changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_poll_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_poll_ok: Mapped[bool | None] = mapped_column(Boolean)
+    last_poll_seconds: Mapped[float | None] = mapped_column(Float)
+    last_error: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,223 @@
+"""The watch job's Slack side: one run = observe, evaluate, fold into alerts, post/update, escalate.
+
+`WatchRunner.run(environment, slot)` is the function the scheduler calls every
+`watch.every_seconds` (bot/scheduler.py). Tests call it directly with their own `slot` and
+clock. What it does, in order:
+
+1. only the leader sends (the gate is bot/scheduler's advisory lock or lock file), and only the
+   one replica that claims the (job, slot) row runs that slot;
+2. a paused environment (`/migrate watch off`) is skipped;
+3. runbook.watch observes the target (poll; snapshot only when something is over a threshold),
+   evaluates conditions and folds them into alert state in the state database;
+4. each alert has one message: chat.postMessage once, chat.update by its stored ts after that,
+   marked resolved (with how long it lasted) when the condition is gone;
+5. alerts open longer than `escalation.escalate_after_seconds` tag the owner in their thread, once;
+6. the Prometheus gauges of the environment are set.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any, Callable, Protocol
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from slack_sdk.errors import SlackApiError
+
+from bot import blocks
+from runbook.config import Settings
+from runbook.state import Store
+from runbook.watch import (OPENED, REOPENED, RESOLVED, Alert, AlertBook, Observation, evaluate,
+                           kinds_seen, observe, utcnow)
+
+log = logging.getLogger("runbook_bot.watch")
+
+WATCH_ACTOR = "runbook-bot/watch"
+
+
+def job_id(environment: str) -> str:
+    return f"watch:{environment}"
+
+
+def slot_of(now: datetime, every_seconds: int) -> datetime:
+    """The wall-clock slot `now` falls in: every replica computes the same one."""
+    epoch = int(now.timestamp())
+    return datetime.fromtimestamp(epoch - epoch % every_seconds, tz=timezone.utc)
+
+
+def replica_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Leader(Protocol):
+    def is_leader(self) -> bool: ...
+
+
+class AlwaysLeader:
+    """The gate for a lone process (tests, SQLite after the lock file is taken)."""
+
+    def is_leader(self) -> bool:
+        return True
+
+
+class WatchMetrics:
+    """Per-environment gauges on /metrics (the same registry as the Slack metrics)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ("environment",)) -> Gauge:
+            return Gauge(name, doc, list(labels), registry=registry)
+
+        self.lock_waiters = gauge("runbook_bot_watch_lock_waiters", "Sessions waiting on a heavyweight lock")
+        self.long_queries = gauge("runbook_bot_watch_long_queries", "Queries running longer than long_query_seconds")
+        self.idle_in_transaction = gauge("runbook_bot_watch_idle_in_transaction",
+                                         "Sessions idle in transaction longer than idle_in_transaction_seconds")
+        self.oldest_xact = gauge("runbook_bot_watch_oldest_transaction_seconds", "Age of the oldest open transaction")
+        self.poll_seconds = Histogram("runbook_bot_watch_poll_seconds", "Time to read the target (poll, snapshot if any)",
+                                      ["environment"], registry=registry,
+                                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.last_poll_seconds = gauge("runbook_bot_watch_last_poll_duration_seconds", "Duration of the last poll")
+        self.up = gauge("runbook_bot_watch_up", "1 when the last poll read the target, 0 when it could not")
+        self.last_success = gauge("runbook_bot_watch_last_success_timestamp_seconds",
+                                  "Unix time of the last poll that read the target")
+        self.open_alerts = gauge("runbook_bot_watch_open_alerts", "Open alerts by kind", ("environment", "kind"))
+        self.leader = Gauge("runbook_bot_scheduler_leader", "1 on the replica that runs the watch and sends alerts",
+                            registry=registry)
+
+    def observed(self, observation: Observation) -> None:
+        env = observation.environment
+        self.poll_seconds.labels(env).observe(observation.seconds)
+        self.last_poll_seconds.labels(env).set(observation.seconds)
+        self.up.labels(env).set(1 if observation.ok else 0)
+        if not observation.ok or observation.poll is None:
+            return
+        counts = observation.poll
+        self.lock_waiters.labels(env).set(counts.lock_waiters)
+        self.long_queries.labels(env).set(counts.long_queries)
+        self.idle_in_transaction.labels(env).set(counts.idle_in_transaction)
+        self.oldest_xact.labels(env).set(counts.oldest_xact_seconds or 0.0)
+        self.last_success.labels(env).set(observation.at.timestamp())
+
+    def alerts(self, environment: str, open_alerts: list[Alert]) -> None:
+        from runbook.config import ALERT_KINDS
+
+        for kind in ALERT_KINDS:
+            self.open_alerts.labels(environment, kind).set(sum(1 for a in open_alerts if a.kind == kind))
+
+
+class WatchRunner:
+    """The job function and everything it needs; safe to call from several threads."""
+
+    def __init__(self, settings: Settings, store: Store, client: Any, *, redactor: Any,
+                 metrics: WatchMetrics | None = None, leader: Leader | None = None,
+                 identity: str | None = None, clock: Callable[[], datetime] = utcnow) -> None:
+        self.settings = settings
+        self.store = store
+        self.client = client
+        self.redactor = redactor      # bot.flows.Redactor: every text and message passes it
+        self.metrics = metrics
+        self.leader = leader or AlwaysLeader()
+        self.identity = identity or replica_identity()
+        self.clock = clock
+
+    def book(self, environment: str) -> AlertBook:
+        return AlertBook.for_environment(self.store, self.settings.environments[environment])
+
+    def run(self, environment: str, slot: datetime | None = None) -> str:
+        """One watch run; returns what happened ("follower", "claimed", "paused", "no-channel", "ran")."""
+        env = self.settings.environments[environment]
+        leader = self.leader.is_leader()
+        if self.metrics is not None:
+            self.metrics.leader.set(1 if leader else 0)
+        if not leader:
+            return "follower"
+        book = self.book(environment)
+        slot = slot or slot_of(self.clock(), env.watch.every_seconds)
+        if not book.claim(job_id(environment), slot, self.identity):
+            return "claimed"
+        if book.paused(environment):
+            return "paused"
+        observation = observe(environment, env, clock=self.clock)
+        if observation.error:
+            observation = _with_error(observation, self.redactor(observation.error))
+        book.record_poll(observation)
+        if self.metrics is not None:
+            self.metrics.observed(observation)
+        now = self.clock()
+        changed = book.apply(environment, evaluate(environment, env, observation), now, seen=kinds_seen(observation))
+        self.deliver(changed)
+        self.escalate(environment, book, now)
+        if self.metrics is not None:
+            self.metrics.alerts(environment, book.alerts(environment))
+        return "ran"
+
+    # -- Slack ----------------------------------------------------------------------------
+
+    @property
+    def channel(self) -> str | None:
+        return self.settings.slack.channel if self.settings.slack is not None else None
+
+    def _message(self, alert: Alert) -> blocks.Message:
+        return self.redactor.message(blocks.alert_message(alert, dashboards=self.settings.escalation.dashboards))
+
+    def deliver(self, changed: list[Alert]) -> None:
+        """Post new alerts once; update the others by their stored ts."""
+        for alert in changed:
+            self._record(alert)
+            try:
+                if alert.ts is None:
+                    if alert.is_open:
+                        self._post(alert)
+                    continue          # resolved before Slack ever saw it: nothing to update
+                message = self._message(alert)
+                self.client.chat_update(channel=alert.channel, ts=alert.ts, text=message.text, blocks=message.blocks)
+            except SlackApiError as exc:
+                log.error("Slack refused the %s alert %s: %s", alert.kind, alert.id, exc.response.get("error"))
+
+    def _post(self, alert: Alert) -> None:
+        channel = self.channel
+        if channel is None:
+            log.warning("an alert opened but slack.channel is not configured: %s", alert.key)
+            return
+        message = self._message(alert)
+        response = self.client.chat_postMessage(channel=channel, text=message.text, blocks=message.blocks,
+                                                unfurl_links=False)
+        AlertBook(self.store).set_message(alert.id, channel, response["ts"])
+
+    def _record(self, alert: Alert) -> None:
+        outcome = {OPENED: "opened", REOPENED: "reopened", RESOLVED: "resolved"}.get(alert.change)
+        if outcome is None:
+            return
+        summary = f"{alert.kind} {alert.subject}" + (f" lasted {round(alert.peak_seconds)} s" if outcome == "resolved" else "")
+        self.store.record(actor=WATCH_ACTOR, action="alert", environment=alert.environment, outcome=outcome,
+                          summary=self.redactor(summary), details={"alert_id": alert.id, "kind": alert.kind,
+                                                                   "key": self.redactor(alert.key)})
+
+    def escalate(self, environment: str, book: AlertBook, now: datetime) -> None:
+        escalation = self.settings.escalation
+        owner = escalation.owner.slack
+        if owner is None:
+            return
+        for alert in book.due_for_escalation(environment, now, escalation.escalate_after_seconds,
+                                             escalation.escalate_kinds):
+            if not book.claim_escalation(alert.id, now):
+                continue
+            message = self.redactor.message(
+                blocks.escalation_message(alert, owner, (now - alert.opened_at).total_seconds()))
+            try:
+                self.client.chat_postMessage(channel=alert.channel, thread_ts=alert.ts, text=message.text,
+                                             blocks=message.blocks, unfurl_links=False)
+            except SlackApiError as exc:
+                log.error("could not tag the escalation owner for alert %s: %s", alert.id, exc.response.get("error"))
+                book.release_escalation(alert.id)
+                continue
+            self.store.record(actor=WATCH_ACTOR, action="alert", environment=environment, outcome="escalated",
+                              summary=f"{alert.kind} {alert.subject} tagged {owner}", details={"alert_id": alert.id})
+
+
+def _with_error(observation: Observation, error: str) -> Observation:
+    return replace(observation, error=error)
+
+
+__all__ = ["AlwaysLeader", "WATCH_ACTOR", "WatchMetrics", "WatchRunner", "job_id", "replica_identity", "slot_of"]
