@@ -415,6 +415,11 @@ class ApprovalService:
         self._announce(final)
         return final
 
+    def progress(self, request_id: str, text: str) -> None:
+        """A running request's progress line, shown on its message (executors call it, throttled)."""
+        if self.requests.note(request_id, self.redactor(blocks.one_line(text, 300))):
+            self.sync_message(request_id)
+
     def run_confirmed(self, kind: str, environment: str, actor: str, params: dict[str, Any]) -> ApprovalRequest:
         """The CLI's `--yes`: `actor` (cli:<user>) stands for the approval. The request is stored
         approved with the actor's decision ("yes"), audited as such, and executed now, in this

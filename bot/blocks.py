@@ -766,8 +766,9 @@ def approval_message(request: Any, *, title: str, summary: str, what: Sequence[d
             button("Reject", action_ids[1], request.id, style="danger"),
             block_id="approval_buttons"))
     elif request.state in ("approved", "executing"):
-        blocks.append(section(f"{emoji} {'Approved; starting' if request.state == 'approved' else 'Running'} "
-                              f"since {slack_time(request.updated_at, '{time}')}…"))
+        progress = f": {escape(one_line(request.result_summary, 300))}" if request.result_summary else "…"
+        blocks.append(section(f"{emoji} *{'Approved; starting' if request.state == 'approved' else 'Running'}*"
+                              f"{progress}"))
     else:
         ending = {
             "done": "Done", "failed": "Failed",
@@ -785,6 +786,12 @@ def approval_message(request: Any, *, title: str, summary: str, what: Sequence[d
     return validate(Message(text=text, blocks=blocks[:MAX_BLOCKS]))
 
 
+def approval_pointer(channel_id: str, kind: str, environment: str) -> Message:
+    """Ephemeral: the request was posted in the approvals channel, not where it was typed."""
+    line = f"Approval for {escape(kind)} on {escape(one_line(environment, 40))} requested in {channel(channel_id)}."
+    return validate(Message(text=line, blocks=[section(line)]))
+
+
 def approval_result_reply(request: Any, *, title: str, result: Sequence[dict[str, Any]]) -> Message:
     """The thread reply that tells the requester how an approved request ended."""
     ok = request.state == "done"
@@ -795,7 +802,7 @@ def approval_result_reply(request: Any, *, title: str, result: Sequence[dict[str
     return validate(Message(text=truncate(line, 500), blocks=blocks))
 
 
-__all__ += ["approval_message", "approval_result_reply"]
+__all__ += ["approval_message", "approval_pointer", "approval_result_reply"]
 
 
 # --------------------------------------------------------------------------

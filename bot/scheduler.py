@@ -174,6 +174,19 @@ class WatchScheduler:
                       exc_info=self.runner.redactor.safe_exc_info(exc))
             return None
 
+    def every(self, job: str, seconds: int, fn: Any) -> None:
+        """A plain interval job on every replica, not gated by the leader: `fn` must be safe to run
+        anywhere at once (the approvals expiry sweep moves rows by conditional UPDATEs)."""
+        def run() -> None:
+            try:
+                fn()
+            except Exception as exc:  # the next tick tries again
+                log.error("%s failed (%s)", job, type(exc).__name__, exc_info=self.runner.redactor.safe_exc_info(exc))
+
+        self.scheduler.add_job(run, IntervalTrigger(seconds=seconds, start_date=EPOCH, timezone=timezone.utc),
+                               id=job, name=f"{job} every {seconds} s", replace_existing=True,
+                               misfire_grace_time=seconds, coalesce=True, max_instances=1)
+
     def jobs(self) -> list[Any]:
         return self.scheduler.get_jobs()
 

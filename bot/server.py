@@ -17,6 +17,8 @@ from runbook.state import Store
 
 log = logging.getLogger(__name__)
 
+APPROVALS_EXPIRY_SECONDS = 30
+
 
 @dataclass
 class Runtime:
@@ -63,6 +65,8 @@ class Runtime:
             log.warning("slack.channel is not configured: the watch has nowhere to send alerts and is not started")
             return
         self.scheduler.start()
+        # Pending approvals past their time turn "expired" (and lose their buttons) within a minute.
+        self.scheduler.every("approvals-expiry", APPROVALS_EXPIRY_SECONDS, self.flows.approvals.expire_due)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         ok = self.store.ping()

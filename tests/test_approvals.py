@@ -516,3 +516,28 @@ def test_no_password_or_token_in_messages_events_or_logs(make_bot, slack, log_li
                         + [[e.summary, e.details] for e in bot.runtime.store.events()])
     seen = everything_slack_saw(slack) + log_lines.getvalue() + stored
     assert PASSWORD not in seen and BOT_TOKEN not in seen
+
+
+def test_the_scheduler_sweeps_expired_requests(make_bot):
+    """serve() starts the scheduler; its approvals-expiry job is expire_due (run here by hand, no waiting)."""
+    bot = make_bot()
+    request = bot.ask(expires_in=timedelta(seconds=-1))
+    bot.runtime.start_scheduler()
+    [job] = [j for j in bot.runtime.scheduler.jobs() if j.id == "approvals-expiry"]
+    assert job.trigger.interval == timedelta(seconds=30)
+    job.func()
+    assert bot.get(request).state == "expired" and _buttons(bot.message(request)) == []
+
+
+@pytest.mark.parametrize("approvals, expected", [
+    ({"required": 0}, "environments.production.approvals.required: Input should be greater than or equal to 1"),
+    ({"required": "two"}, "environments.production.approvals.required: Input should be a valid integer"),
+    ({"allow_self_aproval": True}, "environments.production.approvals.allow_self_aproval: unknown key"),
+    ({"expire_minutes": 0}, "environments.production.approvals.expire_minutes: Input should be greater than or equal to 1"),
+])
+def test_bad_approvals_config_is_one_line(tmp_path, approvals, expected):
+    from runbook.config import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        settings_for(tmp_path, TARGET, approvals=approvals)
+    assert expected in str(caught.value) and "\n" not in str(caught.value) and PASSWORD not in str(caught.value)

@@ -169,6 +169,13 @@ class ApprovalStore:
         with self.store.session() as session, session.begin():
             session.add(ApprovalDecisionRow(request_id=request_id, approver=approver, decision=YES, at=utcnow()))
 
+    def note(self, request_id: str, text: str) -> bool:
+        """Progress of a running request (its result_summary while executing)."""
+        with self.store.session() as session, session.begin():
+            return session.execute(update(ApprovalRow).where(ApprovalRow.id == request_id)
+                                   .where(ApprovalRow.state == EXECUTING)
+                                   .values(result_summary=text[:2000], updated_at=utcnow())).rowcount == 1
+
     def transition(self, request_id: str, from_states: Iterable[str], to_state: str, *,
                    unexpired_at: datetime | None = None, result: dict[str, Any] | None = None,
                    result_summary: str | None = None) -> bool:
