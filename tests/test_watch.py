@@ -401,3 +401,41 @@ def test_two_replicas_on_one_slot_run_it_once(pg_url, make_watch):
         assert watch.runner.run("production", slot=slot) == "ran"
         assert other.run("production", slot=slot) == "claimed"
         assert len(watch.posts()) == 1 and watch.posts()[0].updates == 0
+
+
+# -- a forgotten prepared transaction --------------------------------------------------------------
+
+from tests.test_activity import prepared_server, prepared_url  # noqa: E402,F401  (fixtures)
+
+
+def test_forgotten_prepared_transaction_is_an_alert_and_names_itself_as_root_blocker(prepared_url, make_watch, slack):
+    make_table(prepared_url)
+    gid = "rb-forgotten-" + uuid.uuid4().hex[:6]
+    watch = make_watch(prepared_url, thresholds={"idle_in_transaction_seconds": 0.3, "lock_wait_seconds": 0.3},
+                       watch={"resolve_after_seconds": 0})
+    try:
+        with Sessions(prepared_url) as s:
+            preparer = s.open(application_name="two-phase-app")
+            preparer.execute("BEGIN")
+            preparer.execute("ALTER TABLE t ADD COLUMN x int")               # ACCESS EXCLUSIVE on t
+            preparer.execute(f"PREPARE TRANSACTION '{gid}'")
+            reader = s.start("SELECT count(*) FROM t /* stuck reader */", application_name="api")
+            s.wait_until_waiting(reader.pid)
+            wait_for(lambda: waited_longer_than(s, reader.pid, 0.5), timeout=10, what="the reader to wait 0.5 s")
+            watch.run()
+            watch.run()
+            posts = {m.text.split(":")[2].strip(): m for m in watch.posts()}     # ":emoji: Title: …"
+            assert set(posts) == {"Old prepared transaction", "Lock wait"}, list(posts)
+            lock = posts["Lock wait"]
+            assert f"root blocker prepared transaction {gid} holds up 1 session" in lock.text
+            assert "ROLLBACK PREPARED" in json.dumps(lock.blocks) and f"queue head: pid {reader.pid}" in json.dumps(lock.blocks)
+            assert gid in posts["Old prepared transaction"].text
+            with psycopg.connect(prepared_url, autocommit=True) as conn:
+                conn.execute(f"ROLLBACK PREPARED '{gid}'")
+            wait_for(lambda: reader.done, timeout=10, what="the reader to get its lock")
+            watch.run()
+            assert all(m.text.startswith("RESOLVED") for m in watch.posts()) and len(watch.posts()) == 2
+    finally:
+        with psycopg.connect(prepared_url, autocommit=True) as conn:
+            for (left,) in conn.execute("SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"):
+                conn.execute(f"ROLLBACK PREPARED '{left}'")
