@@ -41,8 +41,33 @@ class _Strict(BaseModel):
 
 
 class Backups(_Strict):
-    dir: Path = Path("backups")
+    # A local directory, or any fsspec URL (s3://bucket/prefix, gs://..., file:///..., memory://...).
+    dir: Path | str = Path("backups")
     keep: int = Field(3, ge=1)
+    # Local scratch space for dumps bound for a URL (verified here, then uploaded in chunks);
+    # default: the system's temporary directory.
+    staging_dir: Path | None = None
+    # Databases larger than this are dumped in directory format with `jobs` parallel workers.
+    parallel_above_bytes: int = Field(1 << 30, ge=0)
+    jobs: int | None = Field(None, ge=1, le=64)          # None: the number of CPUs
+    # The ladder's top rung on every backup: "full" reads every byte back (pg_restore -f /dev/null);
+    # "restore" also restores into a scratch database and compares row counts.
+    verify: Literal["full", "restore"] = "full"
+    # pg_dump --lock-wait-timeout, and the lock_timeout of a restore's own statements.
+    lock_wait_timeout: PgInterval = "30s"
+
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _directory_or_url(cls, value: Any) -> Any:
+        if isinstance(value, str) and "://" not in value:
+            return Path(value)
+        if isinstance(value, str) and not re.match(r"^[a-z][a-z0-9+.-]*://", value):
+            raise ValueError("must be a directory or a URL such as s3://bucket/prefix")
+        return value
+
+    @property
+    def is_url(self) -> bool:
+        return isinstance(self.dir, str)
 
 
 class Approvals(_Strict):
@@ -234,6 +259,9 @@ def _resolve_paths(settings: dict[str, Any], base: Path) -> None:
         if isinstance(backups, dict) and isinstance(backups.get("dir"), str) and "://" not in backups["dir"]:
             if not os.path.isabs(backups["dir"]):
                 backups["dir"] = str((base / backups["dir"]).resolve())
+        if isinstance(backups, dict) and isinstance(backups.get("staging_dir"), str):
+            if not os.path.isabs(backups["staging_dir"]):
+                backups["staging_dir"] = str((base / backups["staging_dir"]).resolve())
     state_url = settings.get("state_url")
     if isinstance(state_url, str) and state_url.startswith("sqlite:///") and not state_url.startswith("sqlite:////"):
         relative = state_url[len("sqlite:///"):]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy import ForeignKey, UniqueConstraint
 
@@ -43,6 +43,42 @@ class EventRow(Base):
     run_id: Mapped[str | None] = mapped_column(String(40))
 
     __table_args__ = (Index("ix_events_environment_at", "environment", "at"),)
+
+
+class BackupRow(Base):
+    """The backup catalogue (issue 3): one row per backup attempt, verified or not.
+
+    status: running -> verified | failed; verified -> expired when retention deletes the file.
+    Only `verified` rows are ever offered for restore. `level` is the highest rung of the
+    verification ladder passed: none < toc < full < restore.
+    """
+
+    __tablename__ = "backups"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    environment: Mapped[str] = mapped_column(String(40), nullable=False)
+    kind: Mapped[str] = mapped_column(String(10), nullable=False)           # full | schema | tables
+    format: Mapped[str] = mapped_column(String(10), nullable=False)         # custom | directory | plain
+    reason: Mapped[str] = mapped_column(String(20), nullable=False)         # manual | safety | migrate
+    status: Mapped[str] = mapped_column(String(10), nullable=False)
+    level: Mapped[str] = mapped_column(String(10), nullable=False, default="none")
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    location: Mapped[str] = mapped_column(Text, nullable=False)             # a path or an fsspec URL
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    duration_seconds: Mapped[float | None] = mapped_column(Float)
+    server_version: Mapped[str | None] = mapped_column(String(40))
+    tool_version: Mapped[str | None] = mapped_column(String(40))
+    revision: Mapped[list[str] | None] = mapped_column(JSON)               # Alembic revision(s) at dump time
+    tables: Mapped[list[str]] = mapped_column(JSON, default=list, nullable=False)
+    row_counts: Mapped[dict[str, int]] = mapped_column(JSON, default=dict, nullable=False)
+    actor: Mapped[str] = mapped_column(String(120), nullable=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+
+    __table_args__ = (Index("ix_backups_environment_status", "environment", "status", "id"),)
 
 
 class ApprovalRow(Base):

@@ -1,0 +1,1301 @@
+"""§2 and §6.2–6.4: verified backups, their catalogue and retention, and restores.
+
+Public API (bot/flows, bot/cli and bot/approvals build on it; names are stable):
+
+    backup(name, env, store, *, kind="full"|"schema"|"tables", tables=(), verify=None, actor=...,
+           reason="manual", progress=None, lock=None) -> Backup              raises BackupError
+    list_backups(store, name, *, limit=50) -> list[Backup]
+    get_backup(store, name, backup_id) -> Backup                                raises BackupError
+    latest_verified(store, name, kinds=("full",)) -> Backup | None
+    verify_backup(name, env, store, backup_id, *, level="full") -> Backup       re-runs the ladder
+    apply_retention(name, env, store) -> list[Backup]                            what it expired
+    plan_restore(name, env, store, backup_id, *, tables=()) -> RestorePlan      what would be replaced
+    restore(name, env, store, backup_id, *, expected_revision, tables=(), actor=..., progress=None,
+            lock=None) -> RestoreResult                                         raises BackupError
+    dump_in_progress(conn) -> list[DumpSession]                                 any pg_dump on this db
+
+How a backup runs (one advisory lock for the whole operation, runbook/guard.py):
+
+1. One REPEATABLE READ transaction on the target reads the server version, the tables, the
+   Alembic revision and exports its snapshot; pg_dump runs with `--snapshot`, and the rows are
+   counted in that same transaction while it dumps, so the recorded counts are exactly the
+   dump's (a live database changes underneath otherwise).
+2. Custom and plain dumps stream through the bot: every chunk is hashed, written to a hidden
+   `.partial-` file and fed to `pg_restore -f /dev/null` at the same time, so the full read
+   (reference/postgres.md §5: it catches the truncation that `pg_restore --list` passes) costs
+   almost nothing on top of the dump. Directory dumps (`-j`) are read back after.
+3. The ladder: toc (`pg_restore --list` of the stored file) < full (every block read and
+   decompressed) < restore (into a scratch database on the same server, row counts compared;
+   the scratch database is always dropped). A rung that fails marks the backup failed, deletes
+   the file, and it is never offered for restore.
+4. Only then is the file moved to its final name (or uploaded), marked verified, and
+   retention applied.
+
+Every BackupError is one line, scrubbed of the password.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import re
+import secrets
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from sqlalchemy import select, update
+
+from runbook import guard
+from runbook.config import Environment
+from runbook.pgtools import Tools, ToolError, client_env, conninfo_without_password, select_tools
+from runbook.revisions import AlembicProject, RevisionError
+from runbook.state.models import BackupRow
+from runbook.storage import (CHUNK, Storage, StorageError, archive_size, remove_local, sha256_directory,
+                             size_so_far)
+from runbook.target import Target, TargetError, redact
+from runbook.units import human_size
+
+log = logging.getLogger(__name__)
+
+KINDS = ("full", "schema", "tables")
+LEVELS = ("none", "toc", "full", "restore")
+VERIFY_LEVELS = ("full", "restore")
+# Partials older than this are leftovers of a crashed run (newer ones may belong to a run on
+# another environment that shares the directory).
+STALE_PARTIAL_SECONDS = 6 * 3600
+PLAIN_HEADER = b"-- PostgreSQL database dump"
+PLAIN_TRAILER = b"-- PostgreSQL database dump complete"
+SCRATCH_PREFIX = "runbook_bot_verify_"
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}(\.[A-Za-z_][A-Za-z0-9_$]{0,62})?$")
+
+
+class BackupError(Exception):
+    """A backup or restore was refused or failed; one line for a human, no secrets."""
+
+
+class BackupFailed(BackupError):
+    """The backup ran and failed (dump or a verification rung); `backup` is its catalogue entry."""
+
+    def __init__(self, message: str, backup: "Backup"):
+        super().__init__(message)
+        self.backup = backup
+
+
+# ---------------------------------------------------------------------------
+# What the engine returns
+
+
+@dataclass(frozen=True)
+class Backup:
+    """One catalogue entry."""
+
+    id: int
+    environment: str
+    kind: str                    # full | schema | tables
+    format: str                  # custom | directory | plain
+    reason: str                  # manual | safety | migrate
+    status: str                  # running | verified | failed | expired
+    level: str                   # none | toc | full | restore: the highest rung passed
+    name: str
+    location: str
+    size_bytes: int | None
+    sha256: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    duration_seconds: float | None
+    server_version: str | None
+    tool_version: str | None
+    revision: list[str] | None   # Alembic revision(s) at dump time; None when unknown
+    tables: list[str]            # schema.table: what the archive holds (kind tables: what was asked)
+    row_counts: dict[str, int]   # per table, counted in the dump's own snapshot
+    actor: str
+    error: str | None
+    details: dict[str, Any]
+
+    @property
+    def restorable(self) -> bool:
+        return self.status == "verified" and self.kind != "schema"
+
+    @classmethod
+    def of(cls, row: BackupRow) -> "Backup":
+        def aware(value: datetime | None) -> datetime | None:
+            if value is None:
+                return None
+            return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+        return cls(id=row.id, environment=row.environment, kind=row.kind, format=row.format, reason=row.reason,
+                   status=row.status, level=row.level, name=row.name, location=row.location,
+                   size_bytes=row.size_bytes, sha256=row.sha256, started_at=aware(row.started_at),
+                   finished_at=aware(row.finished_at), duration_seconds=row.duration_seconds,
+                   server_version=row.server_version, tool_version=row.tool_version,
+                   revision=list(row.revision) if row.revision is not None else None,
+                   tables=list(row.tables or []), row_counts=dict(row.row_counts or {}), actor=row.actor,
+                   error=row.error, details=dict(row.details or {}))
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a progress callback receives about once a second."""
+
+    elapsed: float               # seconds since the operation started
+    bytes_written: int           # archive bytes so far (phase "dump"), or bytes moved (others)
+    phase: str                   # dump | verify | upload | fetch | safety backup | restore
+    backup_id: int | None = None
+    pid: int | None = None       # the running pg_dump / pg_restore, when there is one
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class DumpSession:
+    pid: int
+    application: str
+    user: str | None
+    seconds: float
+    query: str
+
+
+@dataclass(frozen=True)
+class TableChange:
+    table: str
+    rows_now: int | None         # None: the table does not exist in the target now
+    rows_in_backup: int | None   # None: not in the backup (action "drop")
+    action: str                  # replace | create | drop
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    environment: str
+    target: str                   # host/db label
+    backup: Backup
+    mode: str                     # full | tables
+    tables: list[str]             # the tables the restore writes
+    current_revision: list[str]   # pass this as restore(expected_revision=...)
+    backup_revision: list[str] | None
+    changes: list[TableChange]
+    warnings: list[str]
+    blockers: list[str]           # non-empty: restore() will refuse, for these reasons
+
+    @property
+    def allowed(self) -> bool:
+        return not self.blockers
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    environment: str
+    backup: Backup
+    safety_backup: Backup
+    mode: str
+    tables: list[str]
+    revision_before: list[str]
+    revision_after: list[str]
+    row_counts_after: dict[str, int]
+    mismatches: dict[str, tuple[int | None, int | None]]   # table -> (in the backup, after the restore)
+    duration_seconds: float
+
+
+# ---------------------------------------------------------------------------
+# The catalogue
+
+
+def list_backups(store, environment: str, *, limit: int = 50) -> list[Backup]:
+    """Newest first, every status."""
+    query = (select(BackupRow).where(BackupRow.environment == environment)
+             .order_by(BackupRow.id.desc()).limit(limit))
+    with store.session() as session:
+        return [Backup.of(row) for row in session.scalars(query)]
+
+
+def get_backup(store, environment: str, backup_id: int | str) -> Backup:
+    """The entry, or BackupError naming what to do when the id is unknown."""
+    try:
+        wanted = int(str(backup_id).lstrip("#"))
+    except ValueError:
+        raise BackupError(f"'{str(backup_id)[:40]}' is not a backup id: ids are numbers, see `backups`") from None
+    with store.session() as session:
+        row = session.get(BackupRow, wanted)
+        if row is None or row.environment != environment:
+            raise BackupError(f"unknown backup id {wanted} for {environment}: see `backups {environment}` "
+                              "for the catalogue")
+        return Backup.of(row)
+
+
+def latest_verified(store, environment: str, kinds: Sequence[str] = ("full",)) -> Backup | None:
+    query = (select(BackupRow).where(BackupRow.environment == environment, BackupRow.status == "verified",
+                                     BackupRow.kind.in_(list(kinds)))
+             .order_by(BackupRow.id.desc()).limit(1))
+    with store.session() as session:
+        row = session.scalars(query).first()
+        return Backup.of(row) if row else None
+
+
+def last_backup_at(store, environment: str) -> datetime | None:
+    """When the newest verified full backup finished: precheck's "Backup completed successfully"."""
+    found = latest_verified(store, environment)
+    return found.finished_at if found else None
+
+
+def _insert(store, **values: Any) -> int:
+    row = BackupRow(**values)
+    with store.session() as session, session.begin():
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def _update(store, backup_id: int, *, only_if_status: str | None = None, **values: Any) -> bool:
+    """A conditional update (design rule 4): with only_if_status, only the winner changes the row."""
+    statement = update(BackupRow).where(BackupRow.id == backup_id).values(**values)
+    if only_if_status is not None:
+        statement = statement.where(BackupRow.status == only_if_status)
+    with store.session() as session, session.begin():
+        return session.execute(statement).rowcount == 1
+
+
+def _load(store, backup_id: int) -> Backup:
+    with store.session() as session:
+        return Backup.of(session.get(BackupRow, backup_id))
+
+
+def apply_retention(name: str, env: Environment, store, *, storage: Storage | None = None) -> list[Backup]:
+    """Keep the newest `backups.keep` verified backups of each kind (safety backups counted apart);
+    delete the older files and mark them expired. Never leaves the environment without a
+    verified backup. Call it while holding the operation lock."""
+    storage = storage or Storage(env.backups)
+    keep = env.backups.keep
+    query = (select(BackupRow).where(BackupRow.environment == name, BackupRow.status == "verified")
+             .order_by(BackupRow.id.desc()))
+    with store.session() as session:
+        verified = [Backup.of(row) for row in session.scalars(query)]
+    groups: dict[tuple[str, bool], list[Backup]] = {}
+    for item in verified:
+        groups.setdefault((item.kind, item.reason == "safety"), []).append(item)
+    remaining = len(verified)
+    expired: list[Backup] = []
+    for members in groups.values():
+        for old in members[keep:]:
+            if remaining <= 1:
+                break          # never the only verified one, whatever the configuration says
+            if _update(store, old.id, only_if_status="verified", status="expired",
+                       details={**old.details, "expired_at": _now().isoformat()}):
+                storage.delete(old.location)
+                remaining -= 1
+                expired.append(_load(store, old.id))
+    return expired
+
+
+# ---------------------------------------------------------------------------
+# Introspection of the target
+
+# User relations of the given kinds ('r' tables; 'v', 'm' views), not the catalogs', not extensions'.
+RELATIONS_SQL = """
+SELECT n.nspname, c.relname, c.relkind
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = ANY(%s)
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp\\_%%'
+   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                    AND d.objid = c.oid AND d.deptype = 'e')
+ ORDER BY 1, 2
+"""
+
+# Foreign keys between tables: restore order, and tables a table restore would touch.
+FOREIGN_KEYS_SQL = """
+SELECT cn.nspname || '.' || c.relname AS referencing, pn.nspname || '.' || p.relname AS referenced,
+       k.conname, k.confdeltype
+  FROM pg_constraint k
+  JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace
+  JOIN pg_class p ON p.oid = k.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace
+ WHERE k.contype = 'f'
+"""
+
+OWNED_SEQUENCES_SQL = """
+SELECT s.relname
+  FROM pg_depend d JOIN pg_class s ON s.oid = d.objid
+ WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+   AND d.refobjid = %s::regclass AND s.relkind = 'S' AND d.deptype IN ('a', 'i')
+"""
+
+DUMP_SESSIONS_SQL = """
+SELECT pid, coalesce(application_name, ''), usename,
+       extract(epoch FROM now() - backend_start)::float8, coalesce(query, '')
+  FROM pg_stat_activity
+ WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'
+   AND datname = current_database()
+   AND (application_name = 'pg_dump'
+        OR starts_with(application_name, 'runbook-bot/pg_dump')
+        OR (state = 'active' AND query ~* '^\\s*COPY\\s.*\\sTO\\s+stdout'))
+ ORDER BY backend_start
+"""
+
+
+def dump_in_progress(conn: psycopg.Connection) -> list[DumpSession]:
+    """Every session of a pg_dump on this database, the bot's or anyone's (postgres.md §5): a
+    migration must not start while one runs (its ALTER would abort a parallel dump or wait)."""
+    return [DumpSession(pid=r[0], application=r[1], user=r[2], seconds=float(r[3] or 0), query=r[4])
+            for r in conn.execute(DUMP_SESSIONS_SQL).fetchall()]
+
+
+def _user_tables(conn: psycopg.Connection) -> list[str]:
+    return [f"{schema}.{name}" for schema, name, _kind in conn.execute(RELATIONS_SQL, [["r"]]).fetchall()]
+
+
+def _user_views(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """(schema.name, relkind) of views ('v') and materialized views ('m')."""
+    return [(f"{schema}.{name}", kind) for schema, name, kind in conn.execute(RELATIONS_SQL, [["v", "m"]]).fetchall()]
+
+
+def _split(table: str) -> tuple[str, str]:
+    schema, _, name = table.partition(".")
+    return schema, name
+
+
+def _ident(table: str) -> sql.Composed:
+    schema, name = _split(table)
+    return sql.Identifier(schema, name)
+
+
+def _plain(table: str) -> str:
+    """How a table is shown: without `public.`."""
+    return table[len("public."):] if table.startswith("public.") else table
+
+
+def resolve_tables(requested: Sequence[str], existing: Sequence[str], where: str) -> list[str]:
+    """Validate user-supplied names against what exists: schema.table, or a bare name found in
+    exactly one schema. BackupError names the unknown table and what there is."""
+    resolved: list[str] = []
+    for raw in requested:
+        name = str(raw).strip()
+        if not _TABLE_NAME.match(name):
+            shown = name if len(name) <= 40 else name[:40] + "…"
+            raise BackupError(f"'{shown}' is not a table name: use table or schema.table")
+        if "." in name:
+            matches = [t for t in existing if t == name]
+        else:
+            matches = [t for t in existing if _split(t)[1] == name]
+        if not matches:
+            known = ", ".join(_plain(t) for t in existing[:15]) + (" …" if len(existing) > 15 else "")
+            raise BackupError(f"unknown table '{name}' in {where}; tables: {known or 'none'}")
+        if len(matches) > 1:
+            raise BackupError(f"table '{name}' exists in several schemas ({', '.join(matches)}): "
+                              "name it as schema.table")
+        if matches[0] not in resolved:
+            resolved.append(matches[0])
+    return resolved
+
+
+def _count_rows(conn: psycopg.Connection, tables: Sequence[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    tables = list(tables)
+    for start in range(0, len(tables), 100):
+        part = tables[start:start + 100]
+        query = sql.SQL(" UNION ALL ").join(
+            sql.SQL("SELECT {}, count(*) FROM {}").format(sql.Literal(t), _ident(t)) for t in part)
+        for table, count in conn.execute(query).fetchall():
+            counts[table] = int(count)
+    return counts
+
+
+def _foreign_keys(conn: psycopg.Connection) -> list[tuple[str, str, str, str]]:
+    return [tuple(r) for r in conn.execute(FOREIGN_KEYS_SQL).fetchall()]
+
+
+def _parents_first(tables: Sequence[str], fks: Sequence[tuple[str, str, str, str]]) -> list[str]:
+    """Referenced tables before the tables referencing them (cycles keep their given order)."""
+    chosen = list(tables)
+    needs = {t: {ref for (src, ref, _n, _d) in fks if src == t and ref in chosen and ref != t} for t in chosen}
+    ordered: list[str] = []
+    while needs:
+        ready = [t for t in chosen if t in needs and not (needs[t] - set(ordered))]
+        if not ready:                      # a cycle: take the rest as they are
+            ordered += [t for t in chosen if t in needs]
+            break
+        for t in ready:
+            ordered.append(t)
+            del needs[t]
+    return ordered
+
+
+# ---------------------------------------------------------------------------
+# Small helpers
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def target_of(env: Environment) -> Target:
+    return Target(env.dsn, connect_timeout=env.connect_timeout_seconds)
+
+
+def project_of(env: Environment) -> AlembicProject:
+    from runbook.precheck import project_of as precheck_project_of
+
+    return precheck_project_of(env)
+
+
+def _jobs(env: Environment) -> int:
+    return env.backups.jobs or max(1, os.cpu_count() or 1)
+
+
+def _first_error(text: str, tool: str) -> str:
+    """The line that says what went wrong in a client tool's stderr."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for marker in (f"{tool}: error:", "ERROR:", "FATAL:", "error:"):
+        for line in lines:
+            if marker in line:
+                return line
+    return lines[-1] if lines else "no message"
+
+
+def _dump_failure(stderr: str, lock_wait_timeout: str) -> str:
+    """pg_dump's failure as one line; a lock wait gets the reason and the way out."""
+    first = _first_error(stderr, "pg_dump")
+    if re.search(r"canceling statement due to (lock|statement) timeout|could not obtain lock", stderr):
+        return (f"pg_dump failed: a table stayed locked by another session for longer than lock_wait_timeout "
+                f"({lock_wait_timeout}); see `activity` for who holds it, then try again ({first})")
+    return f"pg_dump failed: {first}"
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def _timestamp(now: datetime) -> str:
+    return now.strftime("%Y%m%d_%H%M%S")
+
+
+def _archive_name(kind: str, fmt: str, now: datetime) -> tuple[str, str]:
+    stem = {"full": "backup", "schema": "schema_backup", "tables": "tables_backup"}[kind] + "_" + _timestamp(now)
+    return stem, {"custom": ".dump", "directory": ".dir", "plain": ".sql"}[fmt]
+
+
+def _table_pattern(table: str) -> str:
+    """A --table pattern that matches exactly this table (quoted: no wildcards, case kept)."""
+    schema, name = _split(table)
+    return '"' + schema.replace('"', '""') + '"."' + name.replace('"', '""') + '"'
+
+
+class _Ticker:
+    """Calls the progress callback about every `every` seconds from its own thread until stopped.
+    A failing callback is logged once and never stops the operation."""
+
+    def __init__(self, callback: ProgressCallback | None, every: float, started: float,
+                 measure: Callable[[], tuple[int, str, int | None, int | None]]):
+        self.callback = callback
+        self.every = every
+        self.started = started
+        self.measure = measure
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="backup-progress", daemon=True)
+        self._warned = False
+
+    def __enter__(self) -> "_Ticker":
+        if self.callback is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                written, phase, backup_id, pid = self.measure()
+                self.callback(Progress(elapsed=time.monotonic() - self.started, bytes_written=written,
+                                       phase=phase, backup_id=backup_id, pid=pid))
+            except Exception as exc:  # progress is a courtesy: never let it break a backup
+                if not self._warned:
+                    log.warning("progress callback failed: %s", redact(repr(exc)))
+                    self._warned = True
+
+
+@contextmanager
+def _operation_lock(target: Target, name: str, operation: str, lock: guard.Held | None) -> Iterator[guard.Held]:
+    if lock is not None:
+        yield lock
+        return
+    try:
+        with guard.exclusive(target, name, operation) as held:
+            yield held
+    except guard.OperationRunning as exc:
+        raise BackupError(str(exc)) from None
+
+
+# ---------------------------------------------------------------------------
+# Running the client tools
+
+
+@dataclass
+class _StreamOutcome:
+    returncode: int
+    bytes_written: int
+    sha256: str
+    stderr: str
+    verifier_rc: int | None
+    verifier_stderr: str
+    plain_ok: bool | None          # plain format: header and trailer seen
+    disk_error: OSError | None
+
+
+def _read_tmp(handle) -> str:
+    handle.flush()
+    handle.seek(0)
+    return handle.read().decode("utf-8", "replace")
+
+
+def _stream_dump(argv: list[str], env: dict[str, str], out_path: Path, *, verify_argv: list[str] | None,
+                 plain: bool, state: dict[str, Any]) -> _StreamOutcome:
+    """pg_dump -> (sha256, out_path, pg_restore -f /dev/null) in CHUNK pieces, never whole in memory.
+
+    A write error on out_path (disk full) stops pg_dump at once; `state` carries the byte count
+    and pid for the progress ticker."""
+    digest = hashlib.sha256()
+    written = 0
+    head = b""
+    tail = b""
+    disk_error: OSError | None = None
+    with tempfile.TemporaryFile() as dump_err, tempfile.TemporaryFile() as verify_err:
+        dump = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=dump_err, stdin=subprocess.DEVNULL, env=env)
+        state["pid"] = dump.pid
+        verifier = None
+        if verify_argv is not None:
+            verifier = subprocess.Popen(verify_argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                        stderr=verify_err, env=env)
+        try:
+            fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb", buffering=0) as out:
+                while True:
+                    chunk = dump.stdout.read1(CHUNK)
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    try:
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[out.write(view):]
+                    except OSError as exc:
+                        disk_error = exc
+                        dump.kill()
+                        break
+                    written += len(chunk)
+                    state["bytes"] = written
+                    if plain:
+                        if len(head) < 256:
+                            head += chunk[:256 - len(head)]
+                        tail = (tail + chunk)[-4096:]
+                    if verifier is not None and verifier.stdin is not None:
+                        try:
+                            verifier.stdin.write(chunk)
+                        except BrokenPipeError:   # the reader gave up: its exit code says why
+                            verifier.stdin = None
+                if disk_error is None:
+                    try:
+                        os.fsync(out.fileno())   # "verified" must mean on disk, not in the page cache
+                    except OSError as exc:
+                        disk_error = exc
+        finally:
+            if dump.poll() is None and disk_error is not None:
+                dump.kill()
+            dump.stdout.close()
+            rc = dump.wait()
+            verifier_rc = None
+            if verifier is not None:
+                if verifier.stdin is not None:
+                    try:
+                        verifier.stdin.close()
+                    except BrokenPipeError:
+                        pass
+                verifier_rc = verifier.wait()
+        plain_ok = None
+        if plain:
+            plain_ok = PLAIN_HEADER in head and PLAIN_TRAILER in tail
+        return _StreamOutcome(returncode=rc, bytes_written=written, sha256=digest.hexdigest(),
+                              stderr=_read_tmp(dump_err), verifier_rc=verifier_rc,
+                              verifier_stderr=_read_tmp(verify_err) if verifier is not None else "",
+                              plain_ok=plain_ok, disk_error=disk_error)
+
+
+def _run_tool(argv: list[str], env: dict[str, str], *, timeout: float | None = None,
+              state: dict[str, Any] | None = None) -> tuple[int, str, str]:
+    """(returncode, stdout, stderr) of a client tool; stdout is kept (it is small: a TOC)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
+        if state is not None:
+            state["pid"] = proc.pid
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+        return rc, _read_tmp(out), _read_tmp(err)
+
+
+_TOC_LINE = re.compile(r"^\d+;\s+\d+\s+\d+\s+(TABLE DATA|TABLE|SEQUENCE SET|MATERIALIZED VIEW DATA|MATERIALIZED VIEW|VIEW)"
+                       r"\s+(\S+)\s+(\S+)\s")
+
+
+def _toc_entries(listing: str) -> dict[str, set[str]]:
+    """From `pg_restore --list`: {"TABLE": {"public.expenses", ...}, "TABLE DATA": {...}, ...}."""
+    found: dict[str, set[str]] = {}
+    for line in listing.splitlines():
+        match = _TOC_LINE.match(line)
+        if match:
+            found.setdefault(match.group(1), set()).add(f"{match.group(2)}.{match.group(3)}")
+    return found
+
+
+# ---------------------------------------------------------------------------
+# Backups
+
+
+def backup(name: str, env: Environment, store, *, kind: str = "full", tables: Sequence[str] = (),
+           verify: str | None = None, actor: str = "runbook-bot", reason: str = "manual",
+           progress: ProgressCallback | None = None, progress_every: float = 1.0,
+           lock: guard.Held | None = None, project: AlembicProject | None = None) -> Backup:
+    """Dump, verify, catalogue, apply retention. Returns the verified entry.
+
+    BackupError before anything is recorded (bad input, unreachable target, tool too old,
+    another operation running); BackupFailed (a BackupError carrying the failed entry) when the
+    dump or a verification rung fails — its file is deleted and it is never restorable.
+    `lock`: the operation lock when the caller already holds it (restore, migrate)."""
+    if kind not in KINDS:
+        raise BackupError(f"unknown backup kind '{str(kind)[:20]}': use full, schema or tables")
+    if kind == "tables" and not tables:
+        raise BackupError("a table backup needs at least one table")
+    if kind != "tables" and tables:
+        raise BackupError("tables can only be given for a table backup")
+    verify = verify or env.backups.verify
+    if verify not in VERIFY_LEVELS:
+        raise BackupError(f"unknown verification '{str(verify)[:20]}': use full or restore")
+    target = target_of(env)
+    try:
+        storage = Storage(env.backups)
+    except StorageError as exc:
+        raise BackupError(str(exc)) from None
+    try:
+        with _operation_lock(target, name, "backup", lock):
+            return _backup_locked(name, env, store, target, storage, kind=kind, tables=tables, verify=verify,
+                                  actor=actor, reason=reason, progress=progress, progress_every=progress_every,
+                                  project=project or project_of(env))
+    except TargetError as exc:
+        raise BackupError(str(exc)) from None
+
+
+def _backup_locked(name: str, env: Environment, store, target: Target, storage: Storage, *, kind: str,
+                   tables: Sequence[str], verify: str, actor: str, reason: str,
+                   progress: ProgressCallback | None, progress_every: float,
+                   project: AlembicProject) -> Backup:
+    started_clock = time.monotonic()
+    started_at = _now()
+    storage.remove_stale_partials(STALE_PARTIAL_SECONDS)
+    backups_cfg = env.backups
+    with target.connect("backup", statement_timeout="0", lock_timeout=backups_cfg.lock_wait_timeout,
+                        autocommit=False) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        version_num, server_version, db_size = conn.execute(
+            "SELECT current_setting('server_version_num')::int, current_setting('server_version'), "
+            "pg_database_size(current_database())").fetchone()
+        try:
+            tools = select_tools(env.pg_bin_dir, version_num, server_version, name)
+        except ToolError as exc:
+            raise BackupError(str(exc)) from None
+        existing = _user_tables(conn)
+        chosen = resolve_tables(tables, existing, name) if kind == "tables" else []
+        counted = chosen if kind == "tables" else (existing if kind == "full" else [])
+        if kind == "tables":
+            dump_size = sum(conn.execute(sql.SQL("SELECT pg_total_relation_size({})").format(
+                sql.Literal(_ident(t).as_string(conn)))).fetchone()[0] for t in chosen)
+        else:
+            dump_size = db_size
+        fmt = "plain" if kind == "schema" else (
+            "directory" if dump_size > backups_cfg.parallel_above_bytes else "custom")
+        try:
+            revision: list[str] | None = project.current(conn)
+        except (RevisionError, psycopg.Error):
+            revision = None
+        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+
+        stem, suffix = _archive_name(kind, fmt, started_at)
+        try:
+            archive_name = storage.unique_name(stem, suffix)
+            partial = storage.partial_path(archive_name)
+        except StorageError as exc:
+            raise BackupError(str(exc)) from None
+        jobs = _jobs(env) if fmt == "directory" else 1
+        backup_id = _insert(
+            store, environment=name, kind=kind, format=fmt, reason=reason, status="running", level="none",
+            name=archive_name, location=storage.location_of(archive_name), started_at=started_at,
+            server_version=server_version, tool_version=tools.pg_dump.version, revision=revision,
+            tables=list(chosen) if kind == "tables" else list(existing), row_counts={}, actor=actor,
+            details={"jobs": jobs, "verify": verify, "database_size_bytes": db_size})
+        state: dict[str, Any] = {"bytes": 0, "pid": None, "phase": "dump"}
+
+        def measure() -> tuple[int, str, int | None, int | None]:
+            written = size_so_far(partial) if fmt == "directory" and state["phase"] == "dump" else state["bytes"]
+            return written, state["phase"], backup_id, state["pid"]
+
+        def fail(message: str, level: str = "none") -> BackupFailed:
+            remove_local(partial)
+            message = target.scrub(message)
+            _update(store, backup_id, status="failed", level=level, error=message, finished_at=_now(),
+                    duration_seconds=round(time.monotonic() - started_clock, 3))
+            return BackupFailed(message, _load(store, backup_id))
+
+        conninfo, password = conninfo_without_password(env.dsn, purpose="pg_dump")
+        argv = [str(tools.pg_dump.path), f"--dbname={conninfo}", f"--format={fmt}", "--no-password",
+                f"--lock-wait-timeout={backups_cfg.lock_wait_timeout}", f"--snapshot={snapshot}"]
+        if kind == "schema":
+            argv.append("--schema-only")
+        argv += [f"--table={_table_pattern(t)}" for t in chosen]
+
+        counts: dict[str, int] = {}
+        count_error: list[str] = []
+
+        def count_in_snapshot() -> None:
+            try:
+                counts.update(_count_rows(conn, counted))
+            except psycopg.Error as exc:
+                count_error.append(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+
+        counter = threading.Thread(target=count_in_snapshot, name="backup-count", daemon=True)
+        with client_env(password) as tool_env, _Ticker(progress, progress_every, started_clock, measure):
+            counter.start()
+            try:
+                if fmt == "directory":
+                    argv += [f"--jobs={jobs}", f"--file={partial}"]
+                    rc, _out, err = _run_tool(argv, tool_env, state=state)
+                    outcome = None
+                else:
+                    verify_argv = None if fmt == "plain" else [
+                        str(tools.pg_restore.path), "--file=/dev/null", "--format=custom"]
+                    outcome = _stream_dump(argv, tool_env, partial, verify_argv=verify_argv,
+                                           plain=fmt == "plain", state=state)
+                    rc, err = outcome.returncode, outcome.stderr
+            except OSError as exc:
+                counter.join()
+                raise fail(f"could not write the backup in {storage.staging}: {exc.strerror or exc}")
+            finally:
+                counter.join()
+            # the snapshot's transaction may end now: pg_dump has finished with it
+            conn.rollback()
+
+            written = outcome.bytes_written if outcome else size_so_far(partial)
+            disk_full = (outcome is not None and outcome.disk_error is not None) or "No space left" in err
+            if disk_full:
+                free = storage.free_bytes()
+                raise fail(f"disk full: no space left in {storage.staging} after {human_size(written)} "
+                           f"({human_size(free)} free); nothing was kept — free space or point backups.dir "
+                           "elsewhere")
+            if outcome is not None and outcome.disk_error is not None:
+                raise fail(f"could not write the backup in {storage.staging}: {outcome.disk_error.strerror}")
+            if rc < 0:
+                raise fail(f"pg_dump was killed ({_signal_name(rc)}) after {human_size(written)}; "
+                           "nothing was kept")
+            if rc != 0:
+                raise fail(_dump_failure(err, backups_cfg.lock_wait_timeout))
+            if count_error:
+                reason = count_error[0]
+                if "lock timeout" in reason:
+                    raise fail(_dump_failure(reason, backups_cfg.lock_wait_timeout))
+                raise fail(f"could not count rows in the dump's snapshot: {reason}")
+
+            # -- the ladder --------------------------------------------------------------
+            state["phase"] = "verify"
+            level = "none"
+            if fmt == "plain":
+                if not (outcome and outcome.plain_ok is not None and outcome.sha256):
+                    raise fail("the schema dump could not be read back")
+                if not outcome.plain_ok:
+                    raise fail("the schema dump is incomplete: it lacks pg_dump's closing line", level)
+                level = "full"
+                archive_tables = set(existing)
+                archive_views = set()
+            else:
+                rc, listing, err = _run_tool([str(tools.pg_restore.path), "--list", str(partial)], tool_env)
+                if rc != 0:
+                    raise fail(f"TOC read failed (pg_restore --list): {_first_error(err, 'pg_restore')}", level)
+                toc = _toc_entries(listing)
+                archive_tables = toc.get("TABLE", set())
+                archive_views = toc.get("VIEW", set()) | toc.get("MATERIALIZED VIEW", set())
+                missing = [t for t in counted if t not in toc.get("TABLE DATA", set())]
+                if missing:
+                    raise fail(f"TOC read: the archive has no data for {', '.join(_plain(t) for t in missing[:5])}",
+                               level)
+                level = "toc"
+                if fmt == "custom":
+                    if outcome.verifier_rc != 0:
+                        raise fail("full read failed (pg_restore -f /dev/null): "
+                                   f"{_first_error(outcome.verifier_stderr, 'pg_restore')}", level)
+                else:
+                    rc, _out, err = _run_tool([str(tools.pg_restore.path), "--file=/dev/null",
+                                               f"--jobs={jobs}", str(partial)], tool_env, state=state)
+                    if rc != 0:
+                        raise fail(f"full read failed (pg_restore -f /dev/null): {_first_error(err, 'pg_restore')}",
+                                   level)
+                level = "full"
+            if verify == "restore":
+                problem = _verify_by_restore(target, tools, tool_env, env, partial, kind=kind, fmt=fmt,
+                                             expected=counts, expected_tables=sorted(archive_tables), state=state)
+                if problem:
+                    raise fail(f"restore check failed: {problem}", level)
+                level = "restore"
+
+            if outcome is not None:
+                sha256, size = outcome.sha256, outcome.bytes_written
+            else:
+                sha256, size = sha256_directory(partial), archive_size(partial)
+
+            state["phase"] = "upload" if storage.is_url else "publish"
+            state["bytes"] = 0
+
+            def moved(n: int) -> None:
+                state["bytes"] += n
+
+            try:
+                location = storage.publish(partial, archive_name, moved)
+            except StorageError as exc:
+                raise fail(str(exc), level)
+
+    duration = round(time.monotonic() - started_clock, 3)
+    _update(store, backup_id, status="verified", level=level, location=location, size_bytes=size,
+            sha256=sha256, finished_at=_now(), duration_seconds=duration,
+            tables=sorted(archive_tables) if kind != "tables" else list(chosen), row_counts=counts,
+            details={"jobs": jobs, "verify": verify, "database_size_bytes": db_size,
+                     "views": sorted(archive_views)})
+    result = _load(store, backup_id)
+    try:
+        expired = apply_retention(name, env, store, storage=storage)
+    except Exception as exc:   # retention is housekeeping: the backup itself stands
+        log.warning("retention failed on %s: %s", name, redact(str(exc)))
+        expired = []
+    if expired:
+        _update(store, backup_id, details={**result.details, "expired": [b.id for b in expired]})
+        result = _load(store, backup_id)
+    return result
+
+
+def _scratch_conninfo(dsn: str, dbname: str, purpose: str) -> tuple[str, str]:
+    return conninfo_without_password(dsn, purpose=purpose, dbname=dbname)
+
+
+def _verify_by_restore(target: Target, tools: Tools, tool_env: dict[str, str], env: Environment, archive: Path, *,
+                       kind: str, fmt: str, expected: dict[str, int], expected_tables: list[str],
+                       state: dict[str, Any]) -> str | None:
+    """Restore into a scratch database on the same server and compare; None when it matches.
+    The scratch database is dropped whatever happens."""
+    scratch = SCRATCH_PREFIX + secrets.token_hex(6)
+    with target.connect("verify", statement_timeout="120s") as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
+    try:
+        conninfo, _password = _scratch_conninfo(target.dsn, scratch, "pg_restore")
+        if fmt == "plain":
+            argv = [str(tools.psql.path), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1",
+                    f"--dbname={conninfo}", f"--file={archive}"]
+            rc, _out, err = _run_tool(argv, tool_env, state=state)
+            tool = "psql"
+        else:
+            argv = [str(tools.pg_restore.path), "--exit-on-error", "--no-owner", "--no-privileges", "--no-password",
+                    f"--jobs={_jobs(env)}", f"--dbname={conninfo}"]
+            if kind == "tables":
+                # a table's foreign keys point at tables the archive does not hold: data, not constraints
+                argv += ["--section=pre-data", "--section=data"]
+            argv.append(str(archive))
+            rc, _out, err = _run_tool(argv, tool_env, state=state)
+            tool = "pg_restore"
+        if rc != 0:
+            return f"{tool} into a scratch database failed: {_first_error(err, tool)}"
+        scratch_dsn = make_conninfo(**{**conninfo_to_dict(target.dsn), "dbname": scratch})
+        scratch_target = Target(scratch_dsn, connect_timeout=target.connect_timeout)
+        with scratch_target.connect("verify", statement_timeout="0") as conn:
+            restored = _user_tables(conn)
+            if kind == "schema":
+                missing = [t for t in expected_tables if t not in restored]
+                return f"tables missing after restoring the schema: {', '.join(missing[:5])}" if missing else None
+            got = _count_rows(conn, [t for t in expected if t in restored])
+        differ = [f"{_plain(t)} {n} in the source, {got.get(t, 'missing')} restored"
+                  for t, n in sorted(expected.items()) if got.get(t) != n]
+        return "row counts differ: " + "; ".join(differ[:5]) if differ else None
+    finally:
+        try:
+            with target.connect("verify", statement_timeout="120s") as admin:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
+        except TargetError as exc:
+            log.error("could not drop the scratch database %s: %s", scratch, exc)
+
+
+def verify_backup(name: str, env: Environment, store, backup_id: int | str, *, level: str = "full") -> Backup:
+    """Run the ladder again on the stored archive (checksum, TOC, full read, optionally restore).
+
+    A backup that fails is marked failed (the file is kept for inspection) and is never
+    offered for restore again. Returns the updated entry; BackupError if it cannot start."""
+    if level not in VERIFY_LEVELS:
+        raise BackupError(f"unknown verification '{str(level)[:20]}': use full or restore")
+    item = get_backup(store, name, backup_id)
+    if item.status != "verified":
+        raise BackupError(f"backup {item.id} is {item.status}, not verified: there is nothing to re-check")
+    target = target_of(env)
+    storage = Storage(env.backups)
+    try:
+        with _operation_lock(target, name, "verify", None), target.connect("verify") as conn:
+            version_num, server_version = conn.execute(
+                "SELECT current_setting('server_version_num')::int, current_setting('server_version')").fetchone()
+            try:
+                tools = select_tools(env.pg_bin_dir, version_num, server_version, name)
+            except ToolError as exc:
+                raise BackupError(str(exc)) from None
+            problem, reached = _check_archive(item, storage, tools, target, env, level)
+    except TargetError as exc:
+        raise BackupError(str(exc)) from None
+    if problem:
+        _update(store, item.id, only_if_status="verified", status="failed", level=reached,
+                error=target.scrub(problem), details={**item.details, "failed_at": _now().isoformat()})
+    else:
+        _update(store, item.id, level=max(reached, item.level, key=LEVELS.index),
+                details={**item.details, "rechecked_at": _now().isoformat()})
+    return _load(store, item.id)
+
+
+def _check_archive(item: Backup, storage: Storage, tools: Tools, target: Target, env: Environment,
+                   level: str) -> tuple[str | None, str]:
+    """(problem or None, the highest level reached) for a stored archive."""
+    try:
+        with storage.fetch(item.location, directory=item.format == "directory") as (path, digest):
+            _conninfo, password = conninfo_without_password(env.dsn, purpose="pg_restore")
+            with client_env(password) as tool_env:
+                reached = "none"
+                notes = []
+                if digest != item.sha256:
+                    notes.append(f"checksum mismatch: the archive changed since it was verified "
+                                 f"(sha256 {digest[:12]}…, catalogue says {(item.sha256 or '?')[:12]}…)")
+                if item.format == "plain":
+                    with open(path, "rb") as handle:
+                        head = handle.read(256)
+                    if PLAIN_HEADER in head:
+                        reached = "toc"
+                        with open(path, "rb") as handle:
+                            handle.seek(max(0, path.stat().st_size - 4096))
+                            if PLAIN_TRAILER in handle.read():
+                                reached = "full"
+                            else:
+                                notes.append("full read: the schema dump lacks pg_dump's closing line (truncated)")
+                    else:
+                        notes.append("not a pg_dump schema file")
+                else:
+                    rc, _listing, err = _run_tool([str(tools.pg_restore.path), "--list", str(path)], tool_env)
+                    if rc != 0:
+                        notes.append(f"TOC read failed: {_first_error(err, 'pg_restore')}")
+                    else:
+                        reached = "toc"
+                        rc, _out, err = _run_tool([str(tools.pg_restore.path), "--file=/dev/null", str(path)],
+                                                  tool_env)
+                        if rc != 0:
+                            notes.append(f"full read failed (the TOC alone passes it): "
+                                         f"{_first_error(err, 'pg_restore')}")
+                        else:
+                            reached = "full"
+                if level == "restore" and reached == "full" and not notes:
+                    problem = _verify_by_restore(target, tools, tool_env, env, path, kind=item.kind, fmt=item.format,
+                                                 expected=item.row_counts, expected_tables=item.tables, state={})
+                    if problem:
+                        notes.append(f"restore check failed: {problem}")
+                    else:
+                        reached = "restore"
+                return ("; ".join(notes) if notes else None), reached
+    except StorageError as exc:
+        return str(exc), "none"
+
+
+# ---------------------------------------------------------------------------
+# Restores
+
+
+def _restorable(item: Backup) -> None:
+    if item.kind == "schema":
+        raise BackupError(f"backup {item.id} is schema-only (a reference, §2.2): restore a full or table backup")
+    if item.status != "verified":
+        why = f" ({item.error})" if item.error else ""
+        raise BackupError(f"backup {item.id} is {item.status}{why}: only verified backups can be restored")
+
+
+def _restore_tables(item: Backup, tables: Sequence[str]) -> tuple[str, list[str]]:
+    if not tables:
+        return ("tables" if item.kind == "tables" else "full"), list(item.tables)
+    return "tables", resolve_tables(tables, item.tables, f"backup {item.id}")
+
+
+def plan_restore(name: str, env: Environment, store, backup_id: int | str, *,
+                 tables: Sequence[str] = ()) -> RestorePlan:
+    """What a restore would replace, for the approval message; nothing is changed.
+
+    BackupError for an unknown id, a backup that is not restorable, or an unknown table."""
+    item = get_backup(store, name, backup_id)
+    _restorable(item)
+    mode, chosen = _restore_tables(item, tables)
+    target = target_of(env)
+    try:
+        with target.connect("restore-plan", statement_timeout="120s") as conn:
+            current = project_of(env).current(conn)
+            existing = _user_tables(conn)
+            fks = _foreign_keys(conn)
+            extras = [t for t in existing if t not in item.tables] if mode == "full" else []
+            now_counts = _count_rows(conn, [t for t in chosen + extras if t in existing])
+    except TargetError as exc:
+        raise BackupError(str(exc)) from None
+    changes = [TableChange(table=t, rows_now=now_counts.get(t), rows_in_backup=item.row_counts.get(t),
+                           action="replace" if t in existing else "create") for t in chosen]
+    changes += [TableChange(table=t, rows_now=now_counts.get(t), rows_in_backup=None, action="drop") for t in extras]
+    warnings: list[str] = []
+    blockers: list[str] = []
+    if item.revision is not None and sorted(item.revision) != sorted(current):
+        warnings.append(f"the database is at {', '.join(current) or 'no revision'}; the backup was taken at "
+                        f"{', '.join(item.revision) or 'no revision'}: the restore brings that revision back")
+    if mode == "full" and extras:
+        warnings.append(f"{len(extras)} table(s) created since the backup will be dropped: "
+                        + ", ".join(_plain(t) for t in extras[:10]))
+    if mode == "tables":
+        missing = [t for t in chosen if t not in existing]
+        if missing:
+            blockers.append(f"{', '.join(_plain(t) for t in missing)} no longer exist(s) in {name}: a table restore "
+                            "replaces rows only; use a full restore")
+        for src, ref, conname, deltype in fks:
+            if ref in chosen and src not in chosen:
+                if deltype in ("c", "n", "d"):
+                    blockers.append(f"{_plain(src)} references {_plain(ref)} with ON DELETE "
+                                    f"{ {'c': 'CASCADE', 'n': 'SET NULL', 'd': 'SET DEFAULT'}[deltype]} "
+                                    f"({conname}): replacing {_plain(ref)} would change {_plain(src)}; "
+                                    "restore both tables together")
+                else:
+                    warnings.append(f"{_plain(src)} references {_plain(ref)} ({conname}): if any of its rows "
+                                    f"point at rows the backup lacks, the restore fails and changes nothing")
+    return RestorePlan(environment=name, target=target.label, backup=item, mode=mode, tables=chosen,
+                       current_revision=current, backup_revision=item.revision, changes=changes,
+                       warnings=warnings, blockers=blockers)
+
+
+def restore(name: str, env: Environment, store, backup_id: int | str, *, expected_revision: Sequence[str],
+            tables: Sequence[str] = (), actor: str = "runbook-bot", progress: ProgressCallback | None = None,
+            progress_every: float = 1.0, lock: guard.Held | None = None) -> RestoreResult:
+    """Restore a verified backup (§6.2 full with --clean --if-exists, §6.3 chosen tables), in one
+    transaction: it applies completely or not at all.
+
+    In order, all under the operation lock: the archive exists and its sha256 matches; the
+    target's Alembic revision is still `expected_revision` (what the approvers saw); a safety
+    backup of the current state is taken and catalogued (reason "safety"); the restore runs;
+    the revision and row counts after are read back. Any refusal before the restore step
+    changes nothing. Raises BackupError."""
+    item = get_backup(store, name, backup_id)
+    _restorable(item)
+    mode, chosen = _restore_tables(item, tables)
+    target = target_of(env)
+    storage = Storage(env.backups)
+    started = time.monotonic()
+    try:
+        with _operation_lock(target, name, "restore", lock) as held:
+            return _restore_locked(name, env, store, target, storage, held, item, mode, chosen,
+                                   expected_revision=list(expected_revision), actor=actor, progress=progress,
+                                   progress_every=progress_every, started=started)
+    except TargetError as exc:
+        raise BackupError(str(exc)) from None
+
+
+def _restore_locked(name: str, env: Environment, store, target: Target, storage: Storage, held: guard.Held,
+                    item: Backup, mode: str, chosen: list[str], *, expected_revision: list[str], actor: str,
+                    progress: ProgressCallback | None, progress_every: float, started: float) -> RestoreResult:
+    state: dict[str, Any] = {"bytes": 0, "pid": None, "phase": "fetch"}
+
+    def measure() -> tuple[int, str, int | None, int | None]:
+        return state["bytes"], state["phase"], item.id, state["pid"]
+
+    def moved(n: int) -> None:
+        state["bytes"] += n
+
+    project = project_of(env)
+    with _Ticker(progress, progress_every, started, measure), ExitStack() as stack:
+        try:
+            # for URL storage: a staged download, kept until the restore has read it
+            path, digest = stack.enter_context(
+                storage.fetch(item.location, directory=item.format == "directory", on_bytes=moved))
+        except StorageError as exc:
+            raise BackupError(f"{exc}: nothing was restored") from None
+        if digest != item.sha256:
+            raise BackupError(f"checksum mismatch on backup {item.id}: the archive changed since it was verified "
+                              f"(sha256 {digest[:12]}…, catalogue {(item.sha256 or '?')[:12]}…); "
+                              "nothing was restored")
+        revision_before, safety = _restore_archive(name, env, store, target, held, item, mode, chosen, path,
+                                                   expected_revision=expected_revision, actor=actor,
+                                                   project=project, state=state)
+    with target.connect("restore", statement_timeout="0") as conn:
+        revision_after = project.current(conn)
+        counts_after = _count_rows(conn, chosen if mode == "tables" else _user_tables(conn))
+    mismatches = {t: (item.row_counts.get(t), counts_after.get(t)) for t in chosen
+                  if t in item.row_counts and item.row_counts.get(t) != counts_after.get(t)}
+    return RestoreResult(environment=name, backup=item, safety_backup=_load(store, safety.id), mode=mode,
+                         tables=chosen, revision_before=revision_before, revision_after=revision_after,
+                         row_counts_after=counts_after, mismatches=mismatches,
+                         duration_seconds=round(time.monotonic() - started, 3))
+
+
+def _restore_archive(name: str, env: Environment, store, target: Target, held: guard.Held, item: Backup,
+                     mode: str, chosen: list[str], path: Path, *, expected_revision: list[str], actor: str,
+                     project: AlembicProject, state: dict[str, Any]) -> tuple[list[str], Backup]:
+    """The revision check, the safety backup, the restore itself: (revision before, safety backup)."""
+    with target.connect("restore", statement_timeout="120s") as conn:
+        version_num, server_version = conn.execute(
+            "SELECT current_setting('server_version_num')::int, current_setting('server_version')").fetchone()
+        revision_before = project.current(conn)
+        existing = _user_tables(conn)
+        fks = _foreign_keys(conn)
+        sequences = {t: [r[0] for r in conn.execute(OWNED_SEQUENCES_SQL, [_ident(t).as_string(conn)])]
+                     for t in chosen if t in existing}
+    if sorted(revision_before) != sorted(expected_revision):
+        raise BackupError(f"the revision of {name} changed since the restore was requested (was "
+                          f"{', '.join(expected_revision) or 'none'}, now {', '.join(revision_before) or 'none'}): "
+                          "nothing was restored; ask again")
+    try:
+        tools = select_tools(env.pg_bin_dir, version_num, server_version, name)
+    except ToolError as exc:
+        raise BackupError(str(exc)) from None
+    if tools.pg_restore.major < int(str(item.tool_version or "0").split(".")[0]):
+        raise BackupError(f"pg_restore {tools.pg_restore.version} cannot read an archive written by pg_dump "
+                          f"{item.tool_version}: set pg_bin_dir to a newer PostgreSQL client")
+    if mode == "tables":
+        gone = [t for t in chosen if t not in existing]
+        if gone:
+            raise BackupError(f"{', '.join(_plain(t) for t in gone)} no longer exist(s) in {name}: "
+                              "a table restore replaces rows only; nothing was restored")
+        for src, ref, conname, deltype in fks:
+            if ref in chosen and src not in chosen and deltype in ("c", "n", "d"):
+                raise BackupError(f"{_plain(src)} references {_plain(ref)} with a cascading delete "
+                                  f"({conname}): restore both tables together; nothing was restored")
+
+    state["phase"] = "safety backup"
+    try:
+        safety = backup(name, env, store, kind="tables" if mode == "tables" else "full",
+                        tables=chosen if mode == "tables" else (), verify="full", actor=actor,
+                        reason="safety", lock=held, project=project)
+    except BackupError as exc:
+        raise BackupError(f"the safety backup failed ({exc}): nothing was restored") from None
+    _update(store, safety.id, details={**safety.details, "before_restore_of": item.id})
+
+    state["phase"] = "restore"
+    state["bytes"] = 0
+    extras = [t for t in existing if t not in item.tables] if mode == "full" else []
+    with target.connect("restore", statement_timeout="120s") as conn:
+        views = _user_views(conn) if mode == "full" else []
+        prologue = _restore_prologue(conn, env, mode, chosen, existing, extras, views, fks, item)
+    problem = _pipe_restore(tools, env, path, mode, chosen, sequences, fks, prologue, state)
+    if problem:
+        raise BackupError(f"the restore failed and was rolled back, {name} is unchanged "
+                          f"(safety backup {safety.id}): {target.scrub(problem)}")
+    return revision_before, safety
+
+
+def _restore_prologue(conn: psycopg.Connection, env: Environment, mode: str, chosen: list[str],
+                      existing: list[str], extras: list[str], views: list[tuple[str, str]],
+                      fks: Sequence[tuple[str, str, str, str]], item: Backup) -> str:
+    """The SQL that opens the restore's transaction: a bounded wait for the locks, then what
+    pg_restore's own script does not do (drop what the backup lacks; empty the tables it refills)."""
+    lines = [f"SET lock_timeout = {sql.Literal(env.backups.lock_wait_timeout).as_string(conn)};", "BEGIN;"]
+    present = [t for t in (chosen if mode == "tables" else existing)]
+    if present:
+        # pg_restore's script sets lock_timeout = 0: take every lock now, while ours still bounds the wait
+        lines.append(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE;").format(
+            sql.SQL(", ").join(_ident(t) for t in present)).as_string(conn))
+    if mode == "full":
+        backup_views = set(item.details.get("views", []))
+        for view, kind in views:
+            if view not in backup_views:
+                word = "MATERIALIZED VIEW" if kind == "m" else "VIEW"
+                lines.append(sql.SQL("DROP {} IF EXISTS {} CASCADE;").format(sql.SQL(word), _ident(view))
+                             .as_string(conn))
+        for table in extras:
+            lines.append(sql.SQL("DROP TABLE IF EXISTS {} CASCADE;").format(_ident(table)).as_string(conn))
+    else:
+        for table in reversed(_parents_first(chosen, fks)):
+            lines.append(sql.SQL("DELETE FROM {};").format(_ident(table)).as_string(conn))
+    return "\n".join(lines) + "\n"
+
+
+def _pipe_restore(tools: Tools, env: Environment, archive: Path, mode: str, chosen: list[str],
+                  sequences: dict[str, list[str]], fks: Sequence[tuple[str, str, str, str]], prologue: str,
+                  state: dict[str, Any]) -> str | None:
+    """prologue + pg_restore's script(s) + COMMIT into one psql with ON_ERROR_STOP: psql stops at
+    the first error, before COMMIT, so the target is left as it was. None on success."""
+    conninfo, password = conninfo_without_password(env.dsn, purpose="pg_restore")
+    if mode == "full":
+        scripts = [[str(tools.pg_restore.path), "--clean", "--if-exists", "--file=-", str(archive)]]
+    else:
+        scripts = []
+        for table in _parents_first(chosen, fks):
+            schema, name = _split(table)
+            argv = [str(tools.pg_restore.path), "--data-only", f"--schema={schema}", f"--table={name}"]
+            argv += [f"--table={seq}" for seq in sequences.get(table, [])]
+            scripts.append(argv + ["--file=-", str(archive)])
+    with client_env(password) as tool_env, tempfile.TemporaryFile() as psql_err, \
+            tempfile.TemporaryFile() as restore_err:
+        psql = subprocess.Popen([str(tools.psql.path), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1",
+                                 f"--dbname={conninfo}"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=psql_err, env=tool_env)
+        state["pid"] = psql.pid
+        broken = False
+        failed_tool: str | None = None
+        try:
+            psql.stdin.write(prologue.encode())
+            for argv in scripts:
+                producer = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=restore_err,
+                                            stdin=subprocess.DEVNULL, env=tool_env)
+                try:
+                    while chunk := producer.stdout.read1(CHUNK):
+                        psql.stdin.write(chunk)
+                        state["bytes"] += len(chunk)
+                finally:
+                    producer.stdout.close()
+                    if producer.wait() != 0 and failed_tool is None:
+                        failed_tool = "pg_restore"
+                if failed_tool:
+                    break
+            if failed_tool is None:
+                psql.stdin.write(b"COMMIT;\n")
+        except BrokenPipeError:
+            broken = True          # psql stopped at an error: its stderr says which
+        finally:
+            try:
+                psql.stdin.close()
+            except BrokenPipeError:
+                pass
+            rc = psql.wait()
+        if failed_tool:
+            # psql saw no COMMIT: closing its input ended the session and rolled everything back
+            return f"pg_restore: {_first_error(_read_tmp(restore_err), 'pg_restore')}"
+        if rc != 0 or broken:
+            return f"psql: {_first_error(_read_tmp(psql_err), 'psql')}"
+    return None
+
+
+__all__ = [
+    "BackupError", "BackupFailed", "Backup", "Progress", "ProgressCallback", "DumpSession", "TableChange",
+    "RestorePlan", "RestoreResult", "KINDS", "LEVELS", "VERIFY_LEVELS",
+    "backup", "list_backups", "get_backup", "latest_verified", "last_backup_at", "verify_backup",
+    "apply_retention", "plan_restore", "restore", "dump_in_progress", "resolve_tables",
+]
