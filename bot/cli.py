@@ -116,9 +116,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _open_store(settings: Settings):
     from runbook.state import Store
+    from runbook.state.runs import RunStore
 
     store = Store(settings.state_url)
     store.migrate()
+    # Every start looks for runs whose process died (issue 4): marked interrupted, never resumed.
+    for run in RunStore(store).reap(actor=cli_actor()):
+        print(f"runbook-bot: {run.kind} run {run.id} on {run.environment} was interrupted: {run.summary}",
+              file=sys.stderr)
     return store
 
 
@@ -181,6 +186,88 @@ def cmd_status(settings: Settings, args) -> int:
     return EXIT_OK
 
 
+def _emit(args, as_json, as_text) -> None:
+    """--json prints the contract, otherwise the terminal rendering."""
+    print(json.dumps(as_json(), indent=2) if args.json else as_text())
+
+
+def _run_supervised(settings: Settings, args, direction: str) -> int:
+    """`migrate` / `rollback`: the Slack path's guards, with --yes standing for the approval."""
+    from runbook import migrate, rollback
+    from runbook.revisions import RevisionError
+    from runbook.state import StateError
+    from runbook.target import TargetError
+
+    action = "migrate" if direction == "upgrade" else "rollback"
+    name, env = settings.environment(args.env)
+    if not args.yes:
+        print(f"runbook-bot: {action} changes the {name} database ({action} --to {args.to}): add --yes to "
+              "confirm (it is recorded as your approval)", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        store = _open_store(settings)
+        if direction == "downgrade":
+            rollback.check_downgrade(name, env, args.to)      # irreversible: refused before it is approved
+    except rollback.IrreversibleDowngrade as exc:
+        print(f"runbook-bot: {exc}", file=sys.stderr)
+        return EXIT_NO_GO
+    except (StateError, TargetError, RevisionError) as exc:
+        print(f"runbook-bot: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    actor = cli_actor()
+    store.record(actor=actor, action=f"{action}.approve", environment=name, outcome="yes",
+                 summary=f"--yes on `{action} --to {args.to}`", details={"target": args.to})
+
+    def progress(p) -> None:
+        if not args.json and p.phase == "migrating" and p.step_elapsed_seconds == 0:
+            print(f"  {p.direction} {p.step} ({p.step_index}/{p.step_count}), attempt {p.attempt}", file=sys.stderr)
+
+    def blocked(b) -> None:
+        from bot.text import blocker_text
+
+        print("  " + blocker_text(b), file=sys.stderr)
+
+    result = migrate.run(name, env, direction=direction, target=args.to, actor=actor, store=store,
+                         on_progress=progress, on_blocker=blocked)
+    from bot import text
+
+    _emit(args, lambda: migrate.result_to_json(result), lambda: text.migration_text(result))
+    if result.ok:
+        return EXIT_OK
+    return EXIT_ERROR if result.outcome == "error" else EXIT_NO_GO
+
+
+def cmd_migrate(settings: Settings, args) -> int:
+    return _run_supervised(settings, args, "upgrade")
+
+
+def cmd_rollback(settings: Settings, args) -> int:
+    return _run_supervised(settings, args, "downgrade")
+
+
+def cmd_validate(settings: Settings, args) -> int:
+    from runbook import validate
+    from runbook.state import StateError
+
+    name, env = settings.environment(args.env)
+    try:
+        store = _open_store(settings)
+    except StateError as exc:
+        print(f"runbook-bot: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    report = validate.validate(name, env)
+    outcome = "error" if report.error else ("pass" if report.passed else "fail")
+    store.record(actor=cli_actor(), action="validate", environment=name, outcome=outcome,
+                 summary=report.error or "; ".join(f"{c.name}: {c.detail}" for c in report.failed)[:2000],
+                 details={"checks": {c.name: c.status for c in report.checks}})
+    from bot import text
+
+    _emit(args, lambda: validate.report_to_json(report), lambda: text.validation_text(report))
+    if report.error:
+        return EXIT_ERROR
+    return EXIT_OK if report.passed else EXIT_NO_GO
+
+
 def cmd_serve(settings: Settings, args) -> int:
     from bot.server import serve
 
@@ -213,6 +300,7 @@ def cmd_activity(settings: Settings, args) -> int:
 
 
 COMMANDS = {"precheck": cmd_precheck, "status": cmd_status, "serve": cmd_serve, "activity": cmd_activity}
+COMMANDS.update(migrate=cmd_migrate, rollback=cmd_rollback, validate=cmd_validate)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ class Runtime:
             raise ConfigError("SLACK_BOT_TOKEN is not set: the bot needs its xoxb- token to post messages")
         store = Store(settings.state_url)
         store.migrate()
+        cls._reap_interrupted_runs(store)
         client = make_client(token, api_url or os.environ.get("SLACK_API_URL"))
         redactor = Redactor(settings, extra_secrets=known_secrets(settings) + (token, signing_secret or ""))
         flows = Flows(settings, store, client, redactor=redactor, max_workers=workers)
@@ -67,6 +68,16 @@ class Runtime:
         self.scheduler.start()
         # Pending approvals past their time turn "expired" (and lose their buttons) within a minute.
         self.scheduler.every("approvals-expiry", APPROVALS_EXPIRY_SECONDS, self.flows.approvals.expire_due)
+
+    @staticmethod
+    def _reap_interrupted_runs(store: Store) -> list[Any]:
+        """Runs whose process died are marked interrupted (with an event), never resumed (issue 4)."""
+        from runbook.state.runs import RunStore
+
+        reaped = RunStore(store).reap()
+        for run in reaped:
+            log.warning("%s run %s on %s was interrupted: %s", run.kind, run.id, run.environment, run.summary)
+        return reaped
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         ok = self.store.ping()

@@ -95,3 +95,68 @@ def activity_text(environment: str, target: str, activity) -> str:
     if len(out) == 1:
         out.append("Nothing over the thresholds.")
     return "\n".join(out)
+
+
+# -- issue 4: migrate / rollback / validate ---------------------------------------------------
+
+VALIDATION_MARK = {"pass": "ok  ", "fail": "FAIL", "skip": "skip"}
+
+
+def blocker_text(blocker) -> str:
+    """One lock-timeout report: who kept the migrator waiting, and what happens next."""
+    if not blocker.observed:
+        who = "its blocker was not seen (the wait ended between two looks)"
+    elif blocker.root_pid == 0:
+        who = f"root blocker: prepared transaction {blocker.prepared_gid}"
+    else:
+        xact = f", transaction open {blocker.xact_seconds:.0f}s" if blocker.xact_seconds is not None else ""
+        who = (f"root blocker: pid {blocker.root_pid} {blocker.user or '?'}/{blocker.application or '?'} "
+               f"({blocker.state or '?'}{xact}): {blocker.query}")
+    lock = f"{blocker.lock_mode or 'a lock'} on {blocker.relation}" if blocker.relation else (blocker.lock_mode or "a lock")
+    then = (f"retrying in {blocker.retry_in_seconds:.1f}s" if blocker.retry_in_seconds is not None
+            else "no retries left")
+    return f"lock timeout (attempt {blocker.attempt}) waiting for {lock}; {who}; {then}"
+
+
+def validation_text(report) -> str:
+    if report.error:
+        return f"Validation {report.environment} ({report.target}): ERROR\n  {report.error}"
+    verdict = "PASS" if report.passed else "FAIL"
+    out = [f"Validation {report.environment} ({report.target}): {verdict}  [{report.duration_seconds:.2f}s]"]
+    for check in report.checks:
+        detail = check.detail.replace("\n", "\n        ")
+        out.append(f"  [{VALIDATION_MARK[check.status]}] §{check.section} {check.name}: {detail}")
+    return "\n".join(out)
+
+
+def recommendation_text(rec) -> str:
+    out = [f"Recommended (§{rec.section}): {rec.headline}"]
+    out += [f"  - {step.question} {step.answer.upper()}: {step.evidence}" for step in rec.walk]
+    if rec.action != "escalate":
+        out.append("  - If that does not bring the service back: escalate (§7).")
+    return "\n".join(out)
+
+
+def migration_text(result) -> str:
+    frm = ", ".join(result.from_revisions) or "base"
+    to = ", ".join(result.to_revisions) or "base"
+    verb = "Migration" if result.direction == "upgrade" else "Rollback"
+    out = [f"{verb} {result.environment}: {result.outcome.upper()}  {frm} -> {to} (target {result.target})"
+           f"  [{result.duration_seconds:.1f}s, {result.attempts} attempt(s), run {result.run_id}]"]
+    if result.error:
+        out.append(f"  {result.error}")
+    for step in result.steps:
+        mark = "ok  " if step.ok else "FAIL"
+        retried = f", {step.attempts} attempts" if step.attempts > 1 else ""
+        out.append(f"  [{mark}] {result.direction} {step.target} ({step.seconds:.1f}s{retried})")
+    for blocker in result.blockers:
+        out.append("  " + blocker_text(blocker))
+    if result.validation is not None:
+        out += ["", validation_text(result.validation)]
+    if result.recommendation is not None:
+        out += ["", recommendation_text(result.recommendation)]
+    if result.log_path:
+        out += ["", f"Full log: {result.log_path}"]
+        if not result.ok and result.log_tail:
+            out += ["Last lines:", *[f"  {line}" for line in result.log_tail.splitlines()[-15:]]]
+    return "\n".join(out)

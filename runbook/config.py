@@ -105,13 +105,22 @@ class Migration(_Strict):
     statement_timeout: PgInterval = "0"
     retries: int = Field(3, ge=0, le=20)
     step_by_step: bool = False
+    # First pause before a lock-timeout retry; doubled each time (capped at 60 s), with jitter.
+    retry_backoff_seconds: float = Field(2.0, ge=0, le=600)
+    # Hard limit for one alembic subprocess: then its backend is cancelled and its process group killed.
+    timeout_seconds: float = Field(3600, gt=0, le=7 * 86400)
 
 
 class Validation(_Strict):
     tables: list[str] = []
     required_columns: dict[str, list[str]] = {}
-    smoke_command: list[str] | None = None
-    health_url: str | None = None
+    smoke_command: list[str] | None = Field(None, min_length=1)
+    smoke_timeout_seconds: float = Field(300, gt=0, le=86400)
+    health_url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s<>|]+$", max_length=2000)] | None = None
+    health_timeout_seconds: float = Field(10, gt=0, le=600)
+    # The validation queries' own limits: a count(*) must never queue behind a lock.
+    statement_timeout: PgInterval = "60s"
+    lock_timeout: PgInterval = "1s"
 
 
 class Environment(_Strict):

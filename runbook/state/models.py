@@ -182,3 +182,37 @@ class WatchStateRow(Base):
     last_poll_ok: Mapped[bool | None] = mapped_column(Boolean)
     last_poll_seconds: Mapped[float | None] = mapped_column(Float)
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+# -- issue 4: migrate / rollback / validate runs --------------------------------------------
+
+class RunRow(Base):
+    """One supervised run (migrate, rollback): who, what, where it got, and a heartbeat.
+
+    `state` moves running -> succeeded | failed | refused | interrupted by conditional UPDATEs
+    (runbook/state/runs.py). A run whose heartbeat went stale (its process died) is marked
+    interrupted by whoever starts next; it is never resumed on its own.
+    """
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20), nullable=False)              # migrate, rollback
+    environment: Mapped[str] = mapped_column(String(40), nullable=False)
+    actor: Mapped[str] = mapped_column(String(120), nullable=False)            # U0123ABC or cli:<user>
+    approval_id: Mapped[str | None] = mapped_column(String(40))
+    state: Mapped[str] = mapped_column(String(20), nullable=False)
+    from_revision: Mapped[str] = mapped_column(String(200), nullable=False, default="")
+    target_revision: Mapped[str] = mapped_column(String(200), nullable=False, default="")
+    step: Mapped[str] = mapped_column(String(200), nullable=False, default="")  # what it is doing now
+    host: Mapped[str] = mapped_column(String(255), nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    summary: Mapped[str] = mapped_column(Text, default="", nullable=False)
+    log_path: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    __table_args__ = (Index("ix_runs_state_heartbeat_at", "state", "heartbeat_at"),
+                      Index("ix_runs_environment_started_at", "environment", "started_at"))

@@ -18,7 +18,7 @@ from runbook.target import redact
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "runbook_bot_alembic_version"
 # The newest migration in migrations/versions; tests/test_state.py keeps the two in step.
-HEAD = "0004_alerts"
+HEAD = "0005_runs"
 
 
 class StateError(Exception):

@@ -1,0 +1,233 @@
+"""Supervised runs (migrate, rollback) in the state database: a row with a heartbeat.
+
+The process doing the run beats every few seconds. Whoever starts next (the bot's Runtime,
+any CLI command, another replica) reaps runs whose process is gone: on the same host a dead
+pid is enough; from anywhere, a heartbeat older than `stale_after_seconds`. A reaped run is
+marked `interrupted` and an event says so; it is never resumed on its own (the database may
+be anywhere between two revisions: a human looks first).
+
+Every state change is a conditional UPDATE on `state = 'running'`, so a late heartbeat of a
+run already reaped, or two replicas reaping at once, change nothing twice.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import select, update
+
+from runbook.state.models import RunRow, utcnow
+from runbook.state.store import Store
+
+RUNNING, SUCCEEDED, FAILED, REFUSED, INTERRUPTED = "running", "succeeded", "failed", "refused", "interrupted"
+FINAL_STATES = (SUCCEEDED, FAILED, REFUSED, INTERRUPTED)
+
+HEARTBEAT_SECONDS = 5.0
+# Six missed beats: long enough for a GC pause or a slow state database, short enough that a
+# replica notices a dead one within a minute.
+STALE_AFTER_SECONDS = 30.0
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    kind: str
+    environment: str
+    actor: str
+    approval_id: str | None
+    state: str
+    from_revision: str
+    target_revision: str
+    step: str
+    host: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+    finished_at: datetime | None
+    summary: str
+    log_path: str | None
+    result: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, row: RunRow) -> "Run":
+        return cls(row.id, row.kind, row.environment, row.actor, row.approval_id, row.state,
+                   row.from_revision, row.target_revision, row.step, row.host, row.pid,
+                   _aware(row.started_at), _aware(row.heartbeat_at), _aware(row.finished_at),
+                   row.summary or "", row.log_path, dict(row.result) if row.result is not None else None)
+
+
+def new_run_id() -> str:
+    """Opaque, short enough for an application_name (63 bytes) with a prefix."""
+    return uuid.uuid4().hex[:16]
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` is a live process on this host (a zombie counts as dead)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # "pid (comm) S ...": the state letter follows the last ')'
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+class RunStore:
+    """Run rows on top of the bot's Store (same engine, short sessions, thread-safe)."""
+
+    def __init__(self, store: Store, *, host: str | None = None):
+        self.store = store
+        self.host = host or socket.gethostname()
+
+    def start(self, *, kind: str, environment: str, actor: str, from_revision: str = "",
+              target_revision: str = "", approval_id: str | None = None, run_id: str | None = None) -> Run:
+        now = utcnow()
+        row = RunRow(id=run_id or new_run_id(), kind=kind, environment=environment, actor=actor,
+                     approval_id=approval_id, state=RUNNING, from_revision=from_revision[:200],
+                     target_revision=target_revision[:200], step="starting", host=self.host[:255],
+                     pid=os.getpid(), started_at=now, heartbeat_at=now, summary="")
+        with self.store.session() as session, session.begin():
+            session.add(row)
+        return Run.of(row)
+
+    def get(self, run_id: str) -> Run | None:
+        with self.store.session() as session:
+            row = session.get(RunRow, run_id)
+            return Run.of(row) if row else None
+
+    def list(self, *, environment: str | None = None, states: tuple[str, ...] | None = None,
+             limit: int = 20) -> list[Run]:
+        query = select(RunRow).order_by(RunRow.started_at.desc()).limit(limit)
+        if environment is not None:
+            query = query.where(RunRow.environment == environment)
+        if states is not None:
+            query = query.where(RunRow.state.in_(list(states)))
+        with self.store.session() as session:
+            return [Run.of(row) for row in session.scalars(query)]
+
+    def heartbeat(self, run_id: str, *, step: str | None = None) -> bool:
+        """False when the run is no longer running (e.g. another replica reaped it)."""
+        values: dict[str, Any] = {"heartbeat_at": utcnow()}
+        if step is not None:
+            values["step"] = step[:200]
+        with self.store.session() as session, session.begin():
+            return session.execute(update(RunRow).where(RunRow.id == run_id).where(RunRow.state == RUNNING)
+                                   .values(**values)).rowcount == 1
+
+    def finish(self, run_id: str, state: str, *, summary: str = "", result: dict[str, Any] | None = None,
+               log_path: str | None = None) -> bool:
+        if state not in FINAL_STATES:
+            raise ValueError(f"not a final run state: {state}")
+        values: dict[str, Any] = {"state": state, "finished_at": utcnow(), "heartbeat_at": utcnow(),
+                                  "summary": summary[:4000]}
+        if result is not None:
+            values["result"] = result
+        if log_path is not None:
+            values["log_path"] = log_path
+        with self.store.session() as session, session.begin():
+            return session.execute(update(RunRow).where(RunRow.id == run_id).where(RunRow.state == RUNNING)
+                                   .values(**values)).rowcount == 1
+
+    def set_revisions(self, run_id: str, from_revision: str, target_revision: str) -> None:
+        """Once the run has read the database under its lock: where it starts and where it goes."""
+        with self.store.session() as session, session.begin():
+            session.execute(update(RunRow).where(RunRow.id == run_id)
+                            .values(from_revision=from_revision[:200], target_revision=target_revision[:200]))
+
+    def set_log_path(self, run_id: str, log_path: str) -> None:
+        with self.store.session() as session, session.begin():
+            session.execute(update(RunRow).where(RunRow.id == run_id).values(log_path=log_path))
+
+    def reap(self, *, stale_after_seconds: float = STALE_AFTER_SECONDS, now: datetime | None = None,
+             actor: str = "runbook-bot") -> list[Run]:
+        """Mark runs whose process is gone `interrupted`, with an event each; returns them.
+
+        Gone: on this host, the pid is not alive; anywhere, no heartbeat for `stale_after_seconds`.
+        """
+        now = now or utcnow()
+        cutoff = now - timedelta(seconds=stale_after_seconds)
+        with self.store.session() as session:
+            running = [Run.of(row) for row in session.scalars(select(RunRow).where(RunRow.state == RUNNING))]
+        reaped: list[Run] = []
+        for run in running:
+            dead_here = run.host == self.host and run.pid != os.getpid() and not process_alive(run.pid)
+            stale = run.heartbeat_at < cutoff
+            if not (dead_here or stale):
+                continue
+            why = (f"its process (pid {run.pid} on {run.host}) is gone" if dead_here else
+                   f"no heartbeat from pid {run.pid} on {run.host} since {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC")
+            summary = (f"interrupted during '{run.step}': {why}. Not resumed: check the database's revision "
+                       "(runbook-bot status) and decide (validate, rollback or re-run)")
+            # Conditional on the heartbeat we read: a run that beats meanwhile is alive after all.
+            statement = (update(RunRow).where(RunRow.id == run.id).where(RunRow.state == RUNNING)
+                         .where(RunRow.heartbeat_at == self._stored(run.heartbeat_at))
+                         .values(state=INTERRUPTED, finished_at=now, summary=summary))
+            with self.store.session() as session, session.begin():
+                if session.execute(statement).rowcount != 1:
+                    continue
+            self.store.record(actor=actor, action=run.kind, environment=run.environment, outcome=INTERRUPTED,
+                              summary=summary, run_id=run.id,
+                              details={"step": run.step, "from": run.from_revision, "target": run.target_revision,
+                                       "host": run.host, "pid": run.pid})
+            reaped.append(self.get(run.id) or run)
+        return reaped
+
+    def _stored(self, value: datetime) -> datetime:
+        """A time as the database holds it: SQLite keeps naive UTC."""
+        return value.replace(tzinfo=None) if self.store.engine.dialect.name == "sqlite" else value
+
+
+class Heartbeat:
+    """Beats for a run from a daemon thread until stopped; `step` is what the run does now."""
+
+    def __init__(self, runs: RunStore, run_id: str, *, every_seconds: float = HEARTBEAT_SECONDS):
+        self.runs = runs
+        self.run_id = run_id
+        self.every_seconds = every_seconds
+        self.step: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id}", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def set_step(self, step: str) -> None:
+        self.step = step
+        self._safe_beat()
+
+    def _safe_beat(self) -> None:
+        try:
+            self.runs.heartbeat(self.run_id, step=self.step)
+        except Exception:  # a state database hiccup must not stop the migration; the next beat retries
+            pass
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every_seconds):
+            self._safe_beat()
+
+
+__all__ = ["Heartbeat", "Run", "RunStore", "new_run_id", "process_alive", "RUNNING", "SUCCEEDED", "FAILED",
+           "REFUSED", "INTERRUPTED", "FINAL_STATES", "HEARTBEAT_SECONDS", "STALE_AFTER_SECONDS"]

@@ -1,0 +1,88 @@
+"""Helpers for the migrate / rollback / validate tests: throwaway copies of the sample app with
+extra revisions, environments pointing at them, and a check that no secret leaked anywhere."""
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+from pathlib import Path
+
+from runbook.config import Environment, Settings
+from tests.support.configs import settings_for
+from tests.support.sample_app import APP_DIR, REV_0003
+
+PASSWORD = "s3cret-Migr4te-pw"
+
+REVISION_TEMPLATE = '''"""{message}
+
+Revision ID: {revision}
+Revises: {down}
+"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = "{revision}"
+down_revision = {down_literal}
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+{upgrade}
+
+
+def downgrade() -> None:
+{downgrade}
+'''
+
+
+def app_copy(tmp_path: Path, revisions: list[tuple[str, str, str]] | None = None, *, name: str = "app") -> Path:
+    """A copy of examples/home_budget in tmp_path with extra revisions appended after 0003.
+
+    `revisions`: (revision id, upgrade body, downgrade body), chained in order; bodies are
+    Python statements (indented here).
+    """
+    target = tmp_path / name
+    shutil.copytree(APP_DIR, target, ignore=shutil.ignore_patterns("__pycache__"))
+    down = REV_0003
+    for revision, upgrade, downgrade in revisions or []:
+        text = REVISION_TEMPLATE.format(
+            message=f"test revision {revision}", revision=revision, down=down, down_literal=json.dumps(down),
+            upgrade=textwrap.indent(textwrap.dedent(upgrade).strip(), "    "),
+            downgrade=textwrap.indent(textwrap.dedent(downgrade).strip(), "    "))
+        (target / "alembic" / "versions" / f"{revision}.py").write_text(text)
+        down = revision
+    return target
+
+
+def environment(tmp_path: Path, url: str, *, app_dir: Path | None = None, migration: dict | None = None,
+                validation: dict | None = None, state: str = "state.db") -> tuple[Settings, str, Environment]:
+    """(settings, name, env) for one environment 'production' on `url`, optionally on a copied app."""
+    extra = []
+    if migration is not None:
+        extra.append(f"    migration: {json.dumps(migration)}")
+    if validation is not None:
+        extra.append(f"    validation: {json.dumps(validation)}")
+    settings = settings_for(tmp_path, url, extra_env="\n".join(extra), state_url=f"sqlite:///{state}")
+    name, env = settings.environment(None)
+    if app_dir is not None:
+        env = env.model_copy(update={"app_dir": app_dir})
+        settings = settings.model_copy(update={"environments": {name: env}})
+    return settings, name, env
+
+
+def config_file(tmp_path: Path, url: str, *, app_dir: Path | None = None, migration: dict | None = None,
+                validation: dict | None = None) -> Path:
+    """The same environment as a configuration file, for the CLI."""
+    settings, _, _ = environment(tmp_path, url, migration=migration, validation=validation)
+    path = tmp_path / "runbook-bot.yaml"
+    if app_dir is not None:
+        path.write_text(path.read_text().replace(json.dumps(str(APP_DIR)), json.dumps(str(app_dir))))
+    return path
+
+
+def assert_no_secret(secret: str, *texts: object, files: tuple[Path, ...] = ()) -> None:
+    for text in texts:
+        assert secret not in str(text)
+    for path in files:
+        assert secret not in path.read_text(errors="replace"), f"{path} holds the password"
