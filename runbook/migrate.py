@@ -45,7 +45,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 
-from runbook import activity, guard
+from runbook import activity, backup, guard
 from runbook.config import Environment
 from runbook.precheck import project_of, target_of
 from runbook.revisions import AlembicProject, RevisionError, _last_error_line, _one_line
@@ -172,22 +172,6 @@ class MigrationResult:
 
 # ---------------------------------------------------------------------------
 # Guards
-
-
-# reference/postgres.md §5: a running dump is a session named pg_dump or a COPY ... TO stdout.
-DUMPS_SQL = """
-SELECT pid, coalesce(application_name, ''), extract(epoch FROM now() - backend_start)::float8
-  FROM pg_stat_activity
- WHERE pid <> pg_backend_pid() AND datname = current_database()
-   AND (application_name = 'pg_dump'
-        OR (state = 'active' AND query ~* '^\\s*COPY\\s.*\\sTO\\s+stdout'))
- ORDER BY backend_start
-"""
-
-
-def dumps_connected(conn: psycopg.Connection) -> list[tuple[int, str, float]]:
-    """(pid, application, seconds connected) of every pg_dump on the target's database."""
-    return [(r[0], r[1], float(r[2] or 0)) for r in conn.execute(DUMPS_SQL).fetchall()]
 
 
 def _pgoptions(env: Environment, app_name: str, server_version: int) -> str:
@@ -620,12 +604,12 @@ def _run_locked(result: MigrationResult, name: str, env: Environment, tgt: Targe
             sup = _Supervisor(name, env, result.run_id, direction, monitor, log, on_progress, progress_every,
                               timeout_seconds, clock)
             sup.report("checking")
-            dumps = dumps_connected(monitor)
+            dumps = backup.dump_in_progress(monitor)      # reference/postgres.md §5: never overlap the two
             if dumps:
-                pid, app, seconds = dumps[0]
-                return _refuse(result, log, f"a pg_dump is connected to {name} (pid {pid}, {app or 'pg_dump'}, "
-                                            f"{seconds:.0f} s): a migration would block it or make it fail; "
-                                            "try again when the dump has finished")
+                dump = dumps[0]
+                return _refuse(result, log, f"a pg_dump is connected to {name} (pid {dump.pid}, "
+                                            f"{dump.application or 'pg_dump'}, {dump.seconds:.0f} s): a migration "
+                                            "would block it or make it fail; try again when the dump has finished")
             current = project.current(monitor)
             if not result.from_revisions:
                 result.from_revisions = list(current)
@@ -891,5 +875,5 @@ def result_to_json(result: MigrationResult) -> dict[str, Any]:
 
 
 __all__ = ["BlockerReport", "MigrationResult", "Plan", "Progress", "RunLog", "StepResult",
-           "default_log_dir", "downgrade", "dumps_connected", "migrator_application_name", "plan", "result_to_json",
+           "default_log_dir", "downgrade", "error_line", "migrator_application_name", "plan", "result_to_json",
            "run", "upgrade"]

@@ -364,8 +364,8 @@ def _check_invalid_indexes(conn: psycopg.Connection) -> ValidationCheck:
     rows = conn.execute(INVALID_INDEXES_SQL).fetchall()
     if not rows:
         return ValidationCheck("invalid indexes", "pass", "none (every index is valid and ready)", "5.3", "index")
-    detail = "; ".join(f"{index} on {table} ({'not ready' if not ready else 'INVALID'})"
-                       for index, table, _valid, ready in rows)
+    detail = "; ".join(f"{index} on {table} ({'INVALID' if not valid else 'valid'}{'' if ready else ', not ready'})"
+                       for index, table, valid, ready in rows)
     return ValidationCheck("invalid indexes", "fail",
                            detail + ": drop it (DROP INDEX CONCURRENTLY) and build it again", "5.3", "index",
                            tuple(sorted({r[1] for r in rows})))

@@ -399,3 +399,30 @@ def test_plan_is_checked_against_the_scripts(tmp_path):
     down = migrate.plan(project, [REV_0003], "downgrade", "base", step_by_step=True)
     assert down.steps == [REV_0002, REV_0001, "base"] and down.expected_after[-1] == []
     assert migrate.plan(project, [REV_0003], "downgrade", "base", step_by_step=False).steps == ["base"]
+
+
+def test_the_backup_runs_first_under_the_same_lock(sample_db, tmp_path, pg_bin_dir):
+    """backup -> migrate -> validate is one run holding one advisory lock (design rule 13)."""
+    from runbook import backup, guard
+
+    url = sample_db(REV_0001)
+    settings, name, env = environment(tmp_path, url)
+    env = env.model_copy(update={"pg_bin_dir": pg_bin_dir})
+    store = _store(settings)
+    holders: list[guard.LockHolder | None] = []
+
+    def back_up(held: guard.Held) -> backup.Backup:
+        holders.append(guard.current_holder(held.target))
+        return backup.backup(name, env, store, lock=held, reason="migrate")
+
+    result = migrate.upgrade(name, env, target=REV_0002, store=store, before=back_up)
+    assert result.outcome == "succeeded" and _version(url) == [REV_0002]
+    assert holders[0] is not None and holders[0].operation == "migrate"
+    assert result.backup.status == "verified" and result.backup.revision == [REV_0001]
+
+    def broken(held: guard.Held):
+        raise backup.BackupError("disk full")
+
+    failed = migrate.upgrade(name, env, before=broken)
+    assert failed.outcome == "failed" and "the backup before the migration failed: disk full" in failed.error
+    assert failed.attempts == 0 and _version(url) == [REV_0002]

@@ -1,0 +1,84 @@
+"""Run rows with a heartbeat: a run whose process died is marked interrupted once, never resumed."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from runbook.state import Store
+from runbook.state.models import RunRow, utcnow
+from runbook.state.runs import Heartbeat, RunStore, process_alive
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    url = f"sqlite:///{tmp_path}/state.db" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    s = Store(url)
+    s.migrate()
+    yield s
+    s.close()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _set(store: Store, run_id: str, **values) -> None:
+    with store.session() as session, session.begin():
+        session.execute(update(RunRow).where(RunRow.id == run_id).values(**values))
+
+
+def test_a_dead_process_on_this_host_is_reaped_once(store):
+    runs = RunStore(store, host="bot-1")
+    run = runs.start(kind="migrate", environment="production", actor="U0ALICE01", from_revision="0001",
+                     target_revision="0003")
+    _set(store, run.id, pid=_dead_pid(), step="upgrade 0002 (1/2)")
+    mine = runs.start(kind="migrate", environment="staging", actor="cli:ops")     # this process: alive
+
+    reaped = runs.reap()
+    assert [r.id for r in reaped] == [run.id]
+    got = runs.get(run.id)
+    assert got.state == "interrupted" and got.finished_at is not None
+    assert "during 'upgrade 0002 (1/2)'" in got.summary and "Not resumed" in got.summary
+    assert runs.get(mine.id).state == "running"
+    events = [e for e in store.events(limit=10) if e.run_id == run.id]
+    assert len(events) == 1 and events[0].outcome == "interrupted" and events[0].action == "migrate"
+
+    assert RunStore(store, host="bot-1").reap() == []                 # a second reaper changes nothing
+    assert not runs.heartbeat(run.id) and not runs.finish(run.id, "succeeded")   # a late beat cannot revive it
+
+
+def test_another_replica_reaps_a_stale_heartbeat_but_not_a_fresh_one(store):
+    theirs = RunStore(store, host="bot-2")
+    stale = theirs.start(kind="rollback", environment="production", actor="U0ALICE01")
+    fresh = theirs.start(kind="migrate", environment="staging", actor="U0ALICE01")
+    _set(store, stale.id, heartbeat_at=utcnow() - timedelta(minutes=5))
+    reaped = RunStore(store, host="bot-1").reap(stale_after_seconds=30)
+    assert [r.id for r in reaped] == [stale.id]
+    assert "no heartbeat from pid" in reaped[0].summary
+    assert theirs.get(fresh.id).state == "running"
+
+
+def test_heartbeat_thread_beats_and_records_the_step(store):
+    runs = RunStore(store)
+    run = runs.start(kind="migrate", environment="production", actor="cli:ops")
+    _set(store, run.id, heartbeat_at=utcnow() - timedelta(minutes=5))
+    with Heartbeat(runs, run.id, every_seconds=0.05) as beat:
+        beat.set_step("upgrade 0003 (2/2)")
+    got = runs.get(run.id)
+    assert got.step == "upgrade 0003 (2/2)" and got.heartbeat_at > utcnow() - timedelta(seconds=30)
+    assert runs.finish(run.id, "succeeded", summary="done", result={"to": ["0003"]})
+    assert runs.get(run.id).result == {"to": ["0003"]}
+    with pytest.raises(ValueError):
+        runs.finish(run.id, "running")
+
+
+def test_process_alive():
+    assert process_alive(os.getpid())
+    assert not process_alive(_dead_pid()) and not process_alive(0)
