@@ -130,7 +130,7 @@ def validation_text(report) -> str:
 
 
 def recommendation_text(rec) -> str:
-    out = [f"Recommended (§{rec.section}): {rec.headline}"]
+    out = [f"Recommended: {rec.headline}"]
     out += [f"  - {step.question} {step.answer.upper()}: {step.evidence}" for step in rec.walk]
     if rec.action != "escalate":
         out.append("  - If that does not bring the service back: escalate (§7).")
@@ -159,4 +159,67 @@ def migration_text(result) -> str:
         out += ["", f"Full log: {result.log_path}"]
         if not result.ok and result.log_tail:
             out += ["Last lines:", *[f"  {line}" for line in result.log_tail.splitlines()[-15:]]]
+    return "\n".join(out)
+
+
+# -- backups (§2) and restores (§6.2–6.3) ---------------------------------------------------------
+
+def _table(name: str) -> str:
+    return name[len("public."):] if name.startswith("public.") else name
+
+
+def backup_text(backup) -> str:
+    """One backup: verified (level, size, sha256, location, rows) or failed (why)."""
+    head = (f"Backup #{backup.id} {backup.environment} ({backup.kind}, {backup.format}): "
+            f"{backup.status.upper()}")
+    if backup.status != "verified":
+        return "\n".join([head, f"  {backup.error or 'no reason recorded'}",
+                          "  Nothing was kept; this backup is never offered for restore."])
+    out = [head + f"  [{backup.duration_seconds or 0:.2f}s]",
+           f"  verified to: {backup.level}",
+           f"  location:    {backup.location}",
+           f"  size:        {human_size(backup.size_bytes)}",
+           f"  sha256:      {backup.sha256}",
+           f"  revision:    {', '.join(backup.revision) if backup.revision else 'unknown'}",
+           f"  PostgreSQL:  server {backup.server_version}, pg_dump {backup.tool_version}"]
+    if backup.row_counts:
+        out.append("  rows at dump time:")
+        out += [f"    {_table(t)}: {n}" for t, n in backup.row_counts.items()]
+    expired = backup.details.get("expired") or []
+    if expired:
+        out.append(f"  retention removed: {', '.join(f'#{i}' for i in expired)}")
+    return "\n".join(out)
+
+
+def backups_text(environment: str, backups) -> str:
+    """The catalogue, newest first."""
+    if not backups:
+        return f"Backups {environment}: none yet (take one with `runbook-bot backup`)"
+    out = [f"Backups {environment} (newest first; only verified ones can be restored)"]
+    for b in backups:
+        when = (b.finished_at or b.started_at).strftime("%Y-%m-%d %H:%M:%S")
+        kind = b.kind + (f" {','.join(_table(t) for t in b.tables)}" if b.kind == "tables" else "")
+        kind += " (safety)" if b.reason == "safety" else ""
+        if b.status == "verified":
+            tail = f"{human_size(b.size_bytes)}, {b.level}, rev {','.join(b.revision) if b.revision else '?'}"
+        elif b.status == "failed":
+            tail = f"failed: {b.error}"
+        else:
+            tail = b.status
+        out.append(f"  #{b.id:<4} {when} UTC  {b.status:<8} {kind:<16} {b.name}  {tail}")
+    return "\n".join(out)
+
+
+def restore_plan_text(plan) -> str:
+    """What a restore would replace (rows now vs in the backup), its warnings and blockers."""
+    out = [f"Restore plan {plan.environment} ({plan.target}): backup #{plan.backup.id} {plan.backup.name}, "
+           f"{plan.mode} restore",
+           f"  revision now {', '.join(plan.current_revision) or 'none'}; backup taken at "
+           f"{', '.join(plan.backup_revision or []) or 'unknown'}"]
+    for change in plan.changes:
+        now = "absent" if change.rows_now is None else f"{change.rows_now} rows"
+        then = "not in the backup" if change.rows_in_backup is None else f"{change.rows_in_backup} rows"
+        out.append(f"  {change.action:<8} {_table(change.table)}: {now} now -> {then}")
+    out += [f"  WARN {w}" for w in plan.warnings]
+    out += [f"  BLOCKED {b}" for b in plan.blockers]
     return "\n".join(out)

@@ -208,6 +208,20 @@ class RestoreResult:
     duration_seconds: float
 
 
+def backup_to_json(item: Backup) -> dict[str, Any]:
+    """The CLI's --json contract for one catalogue entry (README documents it)."""
+    return {
+        "id": item.id, "environment": item.environment, "kind": item.kind, "format": item.format,
+        "reason": item.reason, "status": item.status, "level": item.level, "restorable": item.restorable,
+        "name": item.name, "location": item.location, "size_bytes": item.size_bytes, "sha256": item.sha256,
+        "started_at": item.started_at.isoformat() if item.started_at else None,
+        "finished_at": item.finished_at.isoformat() if item.finished_at else None,
+        "duration_seconds": item.duration_seconds, "server_version": item.server_version,
+        "pg_dump_version": item.tool_version, "revision": item.revision, "tables": list(item.tables),
+        "row_counts": dict(item.row_counts), "actor": item.actor, "error": item.error,
+    }
+
+
 # ---------------------------------------------------------------------------
 # The catalogue
 
@@ -247,6 +261,14 @@ def last_backup_at(store, environment: str) -> datetime | None:
     """When the newest verified full backup finished: precheck's "Backup completed successfully"."""
     found = latest_verified(store, environment)
     return found.finished_at if found else None
+
+
+def remember_message(store, backup_id: int, channel: str, ts: str) -> None:
+    """Where the backup's Slack message is (design rule 6: updates go by the stored ts)."""
+    with store.session() as session, session.begin():
+        row = session.get(BackupRow, backup_id)
+        if row is not None:
+            row.details = {**(row.details or {}), "message": {"channel": channel, "ts": ts}}
 
 
 def _insert(store, **values: Any) -> int:
@@ -692,19 +714,33 @@ def backup(name: str, env: Environment, store, *, kind: str = "full", tables: Se
         storage = Storage(env.backups)
     except StorageError as exc:
         raise BackupError(str(exc)) from None
+    started: dict[str, Any] = {}       # the catalogue id and partial path, once there are any
     try:
         with _operation_lock(target, name, "backup", lock):
             return _backup_locked(name, env, store, target, storage, kind=kind, tables=tables, verify=verify,
                                   actor=actor, reason=reason, progress=progress, progress_every=progress_every,
-                                  project=project or project_of(env))
-    except TargetError as exc:
-        raise BackupError(str(exc)) from None
+                                  project=project or project_of(env), started=started)
+    except BackupFailed:
+        raise
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, (BackupError, TargetError)) else (
+            f"the backup stopped unexpectedly ({type(exc).__name__})")
+        if "id" not in started:
+            if isinstance(exc, TargetError):
+                raise BackupError(message) from None
+            raise
+        # started, then lost the target (or worse): no entry may stay "running", no partial file behind
+        remove_local(started["partial"])
+        message = target.scrub(message)
+        _update(store, started["id"], only_if_status="running", status="failed", error=message,
+                finished_at=_now())
+        raise BackupFailed(message, _load(store, started["id"])) from None
 
 
 def _backup_locked(name: str, env: Environment, store, target: Target, storage: Storage, *, kind: str,
                    tables: Sequence[str], verify: str, actor: str, reason: str,
                    progress: ProgressCallback | None, progress_every: float,
-                   project: AlembicProject) -> Backup:
+                   project: AlembicProject, started: dict[str, Any]) -> Backup:
     started_clock = time.monotonic()
     started_at = _now()
     storage.remove_stale_partials(STALE_PARTIAL_SECONDS)
@@ -749,6 +785,7 @@ def _backup_locked(name: str, env: Environment, store, target: Target, storage: 
             server_version=server_version, tool_version=tools.pg_dump.version, revision=revision,
             tables=list(chosen) if kind == "tables" else list(existing), row_counts={}, actor=actor,
             details={"jobs": jobs, "verify": verify, "database_size_bytes": db_size})
+        started.update(id=backup_id, partial=partial)
         state: dict[str, Any] = {"bytes": 0, "pid": None, "phase": "dump"}
 
         def measure() -> tuple[int, str, int | None, int | None]:
@@ -881,8 +918,7 @@ def _backup_locked(name: str, env: Environment, store, target: Target, storage: 
     _update(store, backup_id, status="verified", level=level, location=location, size_bytes=size,
             sha256=sha256, finished_at=_now(), duration_seconds=duration,
             tables=sorted(archive_tables) if kind != "tables" else list(chosen), row_counts=counts,
-            details={"jobs": jobs, "verify": verify, "database_size_bytes": db_size,
-                     "views": sorted(archive_views)})
+            details={**_load(store, backup_id).details, "views": sorted(archive_views)})
     result = _load(store, backup_id)
     try:
         expired = apply_retention(name, env, store, storage=storage)
@@ -1296,6 +1332,6 @@ def _pipe_restore(tools: Tools, env: Environment, archive: Path, mode: str, chos
 __all__ = [
     "BackupError", "BackupFailed", "Backup", "Progress", "ProgressCallback", "DumpSession", "TableChange",
     "RestorePlan", "RestoreResult", "KINDS", "LEVELS", "VERIFY_LEVELS",
-    "backup", "list_backups", "get_backup", "latest_verified", "last_backup_at", "verify_backup",
-    "apply_retention", "plan_restore", "restore", "dump_in_progress", "resolve_tables",
+    "backup", "list_backups", "get_backup", "latest_verified", "last_backup_at", "verify_backup", "remember_message",
+    "apply_retention", "plan_restore", "restore", "dump_in_progress", "resolve_tables", "backup_to_json",
 ]

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from runbook import activity as activity_checks
 from runbook.activity import Activity
@@ -117,7 +117,7 @@ def alembic_status(env: Environment, *, project: AlembicProject | None = None) -
 
 
 def run_precheck(name: str, env: Environment, *, project: AlembicProject | None = None,
-                 last_backup_at: datetime | None = None) -> PrecheckReport:
+                 last_backup_at: datetime | Callable[[], datetime | None] | None = None) -> PrecheckReport:
     """Run §1 against one environment. Never raises for the target's faults: they become checks."""
     started = datetime.now(timezone.utc)
     clock = time.monotonic()
@@ -176,7 +176,8 @@ def run_precheck(name: str, env: Environment, *, project: AlembicProject | None 
     else:
         checks.append(Check("alembic status", "fail", "not checked: no connection to the database", "1.2"))
 
-    checks.extend(_checklist(env, health, snapshot, last_backup_at))
+    # a callable is asked only now, so a caller can read the backup catalogue while the target answers
+    checks.extend(_checklist(env, health, snapshot, last_backup_at() if callable(last_backup_at) else last_backup_at))
     verdict, reasons = _verdict(checks, state)
     return PrecheckReport(
         environment=name, target=target.label, started_at=started,
