@@ -18,7 +18,7 @@ Time on the alert side comes from the caller (`now`), so tests drive it with the
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
@@ -70,14 +70,16 @@ class Observation:
         return self.error is None
 
 
-def needs_snapshot(counts: Poll, env: Environment) -> bool:
-    """Whether the poll saw anything that could be over a threshold (design rule 10).
+def lock_wait_possible(counts: Poll, env: Environment) -> bool:
+    """The poll's lock-wait age is the waiting query's age, an upper bound of the wait: below the
+    threshold no waiter can be over it, and the lock manager is left alone (design rule 10)."""
+    return bool(counts.lock_waiters and (counts.oldest_lock_wait_seconds or 0.0) >= env.thresholds.lock_wait_seconds)
 
-    The poll's lock-wait age is the waiting query's age, an upper bound of the wait: below the
-    threshold, no waiter can be over it and the lock manager is left alone.
-    """
-    lock_wait = counts.lock_waiters and (counts.oldest_lock_wait_seconds or 0.0) >= env.thresholds.lock_wait_seconds
-    return bool(lock_wait or counts.long_queries or counts.idle_in_transaction or counts.old_prepared)
+
+def needs_snapshot(counts: Poll, env: Environment) -> bool:
+    """Whether the poll saw anything that could be over a threshold."""
+    return bool(lock_wait_possible(counts, env) or counts.long_queries or counts.idle_in_transaction
+                or counts.old_prepared)
 
 
 def observe(name: str, env: Environment, *, clock=utcnow) -> Observation:
@@ -92,9 +94,12 @@ def observe(name: str, env: Environment, *, clock=utcnow) -> Observation:
                           idle_in_transaction_seconds=thresholds.idle_in_transaction_seconds)
             activity = None
             if needs_snapshot(counts, env):
+                # a long query alone does not earn the blocking tree: pg_blocking_pids and pg_locks
+                # are read only when a waiter may be over lock_wait_seconds
+                tree_counts = counts if lock_wait_possible(counts, env) else replace(counts, lock_waiters=0)
                 activity = snapshot(conn, long_query_seconds=thresholds.long_query_seconds,
                                     idle_in_transaction_seconds=thresholds.idle_in_transaction_seconds,
-                                    query_chars=QUERY_CHARS, counts=counts)
+                                    query_chars=QUERY_CHARS, counts=tree_counts)
     except TargetError as exc:
         return Observation(name, target.label, started_at, time.perf_counter() - started, error=str(exc))
     return Observation(name, target.label, started_at, time.perf_counter() - started, counts, activity)

@@ -439,3 +439,31 @@ def test_forgotten_prepared_transaction_is_an_alert_and_names_itself_as_root_blo
         with psycopg.connect(prepared_url, autocommit=True) as conn:
             for (left,) in conn.execute("SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"):
                 conn.execute(f"ROLLBACK PREPARED '{left}'")
+
+
+def test_lock_manager_is_left_alone_while_no_waiter_can_be_over_the_threshold(pg_url, make_watch, monkeypatch):
+    """A long query makes the watch take a snapshot; a waiter younger than lock_wait_seconds does not
+    make it read pg_blocking_pids or pg_locks (design rule 10). Once it may be over, it does."""
+    import runbook.activity as activity_module
+
+    trees: list[int] = []
+    real_tree = activity_module._blocking_tree
+    monkeypatch.setattr(activity_module, "_blocking_tree",
+                        lambda conn, params, activity, prepared: trees.append(1) or real_tree(conn, params, activity, prepared))
+    make_table(pg_url)
+    watch = make_watch(pg_url, thresholds={"long_query_seconds": 0.3, "lock_wait_seconds": 3600})
+    with Sessions(pg_url) as s:
+        long = s.start("SELECT pg_sleep(60) /* long */")
+        holder = s.open(autocommit=False)
+        holder.execute("SELECT count(*) FROM t")
+        alter = s.start("ALTER TABLE t ADD COLUMN c int")
+        s.wait_until_waiting(alter.pid)
+        wait_for(lambda: state_older_than(s, long.pid, 0.4), timeout=10, what="the long query to pass 0.4 s")
+        watch.run()
+        assert [m.text.split(":")[2].strip() for m in watch.posts()] == ["Long query"] and trees == []
+        watch.runner.settings = watch.settings = watch.settings.model_copy(update={"environments": {
+            "production": watch.settings.environments["production"].model_copy(update={
+                "thresholds": watch.settings.environments["production"].thresholds.model_copy(
+                    update={"lock_wait_seconds": 0.1})})}})
+        watch.run()
+        assert trees == [1] and any("Lock wait" in m.text for m in watch.posts())
