@@ -829,6 +829,61 @@ def _step_failed(sup: _Supervisor, result: MigrationResult, direction: str, step
 
 
 # ---------------------------------------------------------------------------
+# The request side: what an approval request shows, checked before anyone is asked
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """What `/migrate run` or `/migrate rollback` asks approvers to approve.
+
+    `refusal` is set (one line) when the request must not be made at all: an irreversible
+    downgrade, an unknown or backwards target, nothing to do. Approving pins `current`: the run
+    gets it back as `expected_current` and stops if the database moved meanwhile.
+    """
+
+    environment: str
+    direction: str
+    current: list[str]
+    target: str
+    revisions: list[Any]              # Revision, in run order
+    steps: list[str]
+    sql_preview: str = ""             # the upgrade SQL of the revisions concerned (offline)
+    touched_tables: list[str] = field(default_factory=list)
+    refusal: str | None = None
+
+
+def propose(name: str, env: Environment, *, direction: Direction = "upgrade", target: str | None = None,
+            project: AlembicProject | None = None) -> Proposal:
+    """Read the database and the scripts; TargetError when the database cannot be read."""
+    from runbook import rollback
+    from runbook.validate import tables_in_sql
+
+    target = target or ("head" if direction == "upgrade" else "-1")
+    project = project or project_of(env)
+    with target_of(env).connect("migrate-request") as conn:
+        current = project.current(conn)
+    try:
+        the_plan = plan(project, current, direction, target, env.migration.step_by_step)
+    except RevisionError as exc:
+        return Proposal(name, direction, current, target, [], [], refusal=str(exc))
+    refusal = rollback.irreversible_refusal(the_plan.revisions, name) if direction == "downgrade" else None
+    if not the_plan.steps:
+        refusal = f"nothing to do: {name} is already at {', '.join(current) or 'base'}"
+    preview = ""
+    if the_plan.steps:
+        if direction == "upgrade":
+            start, goal = current, the_plan.target
+        else:
+            start, goal = ([] if the_plan.target == "base" else [the_plan.target]), current[0]
+        try:
+            preview = project.sql_preview(env.dsn, start, goal)
+        except RevisionError as exc:
+            preview = f"-- the SQL could not be rendered offline: {exc}"
+    return Proposal(name, direction, current, the_plan.target, the_plan.revisions, the_plan.steps, preview,
+                    tables_in_sql(preview), refusal)
+
+
+# ---------------------------------------------------------------------------
 # Convenience and JSON
 
 
@@ -874,6 +929,6 @@ def result_to_json(result: MigrationResult) -> dict[str, Any]:
     }
 
 
-__all__ = ["BlockerReport", "MigrationResult", "Plan", "Progress", "RunLog", "StepResult",
-           "default_log_dir", "downgrade", "error_line", "migrator_application_name", "plan", "result_to_json",
-           "run", "upgrade"]
+__all__ = ["BlockerReport", "MigrationResult", "Plan", "Progress", "Proposal", "RunLog", "StepResult",
+           "default_log_dir", "downgrade", "error_line", "migrator_application_name", "plan", "propose",
+           "result_to_json", "run", "upgrade"]

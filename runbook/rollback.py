@@ -163,7 +163,7 @@ def decide(*, project: AlembicProject, start: Sequence[str] | None, current: Seq
         return _restore(walk, "full_restore", undo, backup_available,
                         "full restore (§6.2): validation found corrupt or lost data")
     if validation is None:
-        evidence = "no validation ran" + (f" ({failure})" if failure else "")
+        evidence = "no validation ran: the migration failed before it" if failure else "no validation ran"
     else:
         evidence = "validation found no orphans, no NULLs in required columns and no lost rows"
     walk.append(TreeStep("Data corruption detected?", "no" if validation is not None else "unknown", evidence))

@@ -426,3 +426,18 @@ def test_the_backup_runs_first_under_the_same_lock(sample_db, tmp_path, pg_bin_d
     failed = migrate.upgrade(name, env, before=broken)
     assert failed.outcome == "failed" and "the backup before the migration failed: disk full" in failed.error
     assert failed.attempts == 0 and _version(url) == [REV_0002]
+
+
+def test_propose_shows_what_approvers_approve_and_refuses_up_front(sample_db, tmp_path):
+    url = sample_db(REV_0001)
+    settings, name, env = environment(tmp_path, url)
+    up = migrate.propose(name, env)
+    assert up.refusal is None and up.current == [REV_0001] and up.target == REV_0003
+    assert [r.revision for r in up.revisions] == [REV_0002, REV_0003] and not up.revisions[1].reversible
+    assert "CREATE TABLE categories" in up.sql_preview and "expenses" in up.touched_tables
+    down = migrate.propose(name, env, direction="downgrade")
+    assert down.refusal is None and down.target == "base" and "DROP" not in down.sql_preview
+    migrate.upgrade(name, env, validate_after=False)
+    refused = migrate.propose(name, env, direction="downgrade", target=REV_0001)
+    assert refused.refusal.startswith("cannot roll back production: 0003_backfill_categories is irreversible")
+    assert migrate.propose(name, env).refusal == "nothing to do: production is already at 0003_backfill_categories"
