@@ -82,3 +82,20 @@ def test_heartbeat_thread_beats_and_records_the_step(store):
 def test_process_alive():
     assert process_alive(os.getpid())
     assert not process_alive(_dead_pid()) and not process_alive(0)
+
+
+def test_the_bot_reaps_at_start(tmp_path):
+    """Runtime.build (what `serve` runs) marks a dead run interrupted before taking any request."""
+    from bot.localslack import LocalSlack
+    from bot.server import Runtime
+    from tests.support.configs import settings_for
+
+    settings = settings_for(tmp_path, "postgresql://ops@127.0.0.1:1/unused")
+    store = Store(settings.state_url)
+    store.migrate()
+    run = RunStore(store).start(kind="rollback", environment="production", actor="U0ALICE01")
+    _set(store, run.id, pid=_dead_pid())
+    with LocalSlack() as slack:
+        runtime = Runtime.build(settings, bot_token="xoxb-test-token-1", api_url=slack.url, warm=False)
+        runtime.close()
+    assert RunStore(store).get(run.id).state == "interrupted"
