@@ -28,7 +28,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from runbook.activity import Activity, BlockingRoot, Poll, SessionInfo, poll, snapshot
 from runbook.config import ALERT_KINDS, Environment
-from runbook.state.models import AlertRow, JobClaimRow, WatchStateRow
+from runbook.state.models import AlertRow, JobClaimRow, WatchStateRow, utcnow
 from runbook.state.store import Store
 from runbook.target import Target, TargetError
 
@@ -36,10 +36,6 @@ MONITOR_PURPOSE = "watch"
 QUERY_CHARS = 300          # query text kept per session (Slack shows less; escaping is the edge's job)
 QUEUE_KEPT = 20            # waiters kept per lock alert (the count is always complete)
 CLAIMS_KEPT = timedelta(days=1)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def aware(value: datetime | None) -> datetime | None:
