@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -266,16 +267,20 @@ def _checklist(env: Environment, health, snapshot, last_backup_at: datetime | No
         busy = len(snapshot.long_queries) + len(snapshot.lock_waits) + len(snapshot.idle_in_transaction)
         items.append(Check("No long-running queries or locks on target tables", "fail" if busy else "ok",
                            f"{busy} session(s) in the way (see above)" if busy else "checked: none", "1.3"))
-    free = _free_bytes(Path(env.backups.dir))
+    # URL storage: dumps are written and verified in the local staging directory before the upload
+    local = Path(env.backups.staging_dir or tempfile.gettempdir()) if env.backups.is_url else Path(env.backups.dir)
+    where = f"in the staging directory {local} (backups go to {env.backups.dir})" if env.backups.is_url \
+        else "where backups go"
+    free = _free_bytes(local)
     if health is None or free is None:
         items.append(Check("Sufficient disk space available", "warn",
                            "not checked: " + ("database size unknown" if health is None
-                                              else f"cannot read free space at {env.backups.dir}"), "1.3"))
+                                              else f"cannot read free space at {local}"), "1.3"))
     else:
         size = health[0]
         status = "fail" if free < size else "warn" if free < 2 * size else "ok"
         items.append(Check("Sufficient disk space available", status,
-                           f"{human_size(free)} free where backups go, database is {human_size(size)}", "1.3"))
+                           f"{human_size(free)} free {where}, database is {human_size(size)}", "1.3"))
     items.append(Check(HUMAN_CHECKLIST[2][1], "warn", "left for a human", "1.3", False))
     items.append(Check(HUMAN_CHECKLIST[3][1], "warn", "left for a human", "1.3", False))
     return items

@@ -566,3 +566,11 @@ def test_precheck_backup_item_reads_the_catalogue(sample_db, pg_bin_dir, tmp_pat
     assert item().status == "warn"
     engine.backup(name, env, store)
     assert item().status == "ok" and "latest verified backup" in item().detail
+
+
+def test_precheck_measures_free_space_in_the_staging_directory_for_url_storage(sample_db, pg_bin_dir, tmp_path):
+    url = sample_db("head")
+    name, env, _store = environment(tmp_path, url, pg_bin_dir, dir="memory://rb-precheck/backups",
+                                    staging_dir=tmp_path)
+    item = next(c for c in run_precheck(name, env).checks if c.name == "Sufficient disk space available")
+    assert f"free in the staging directory {tmp_path} (backups go to memory://rb-precheck/backups)" in item.detail
