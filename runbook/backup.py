@@ -1241,6 +1241,9 @@ def _restore_archive(name: str, env: Environment, store, target: Target, held: g
         views = _user_views(conn) if mode == "full" else []
         prologue = _restore_prologue(conn, env, mode, chosen, existing, extras, views, fks, item)
     problem = _pipe_restore(tools, env, path, mode, chosen, sequences, fks, prologue, state)
+    if problem and "lock timeout" in problem:
+        problem = (f"other sessions kept the tables locked for longer than lock_wait_timeout "
+                   f"({env.backups.lock_wait_timeout}): stop the application first (§6.2 step 1) — {problem}")
     if problem:
         raise BackupError(f"the restore failed and was rolled back, {name} is unchanged "
                           f"(safety backup {safety.id}): {target.scrub(problem)}")

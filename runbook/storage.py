@@ -156,6 +156,7 @@ class Storage:
         if not self.is_url:
             try:
                 os.replace(partial, location)
+                _fsync_directory(Path(self.root))     # the rename itself must survive a crash too
             except OSError as exc:
                 raise StorageError(f"cannot move the backup into {self.root}: {_one_line(exc)}") from None
             return location
@@ -284,6 +285,14 @@ class Storage:
 
     def _path_of(self, location: str) -> str:
         return self._fs_of(location)[1]
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def remove_local(path: Path) -> None:

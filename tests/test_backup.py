@@ -574,3 +574,21 @@ def test_precheck_measures_free_space_in_the_staging_directory_for_url_storage(s
                                     staging_dir=tmp_path)
     item = next(c for c in run_precheck(name, env).checks if c.name == "Sufficient disk space available")
     assert f"free in the staging directory {tmp_path} (backups go to memory://rb-precheck/backups)" in item.detail
+
+
+def test_a_restore_waits_for_locks_only_as_long_as_configured(sample_db, pg_bin_dir, tmp_path):
+    url = sample_db("head")
+    name, env, store = environment(tmp_path, url, pg_bin_dir, lock_wait_timeout="300ms")
+    made = engine.backup(name, env, store)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM incomes")
+    before = fingerprint(url)
+    with Sessions(url) as sessions:
+        app = sessions.open(autocommit=False)
+        app.execute("SELECT count(*) FROM incomes")                 # the app, idle in a transaction
+        with pytest.raises(BackupError, match=r"^the restore failed and was rolled back, production is unchanged "
+                                              r"\(safety backup \d+\): other sessions kept the tables locked for "
+                                              r"longer than lock_wait_timeout \(300ms\): stop the application first"):
+            engine.restore(name, env, store, made.id, expected_revision=[REV_0003])
+        app.rollback()
+    assert fingerprint(url) == before
