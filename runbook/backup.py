@@ -585,6 +585,11 @@ def _read_tmp(handle) -> str:
     return handle.read().decode("utf-8", "replace")
 
 
+def _open_partial(path: Path):
+    """A new, private, unbuffered file for the archive (never an existing one)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb", buffering=0)
+
+
 def _stream_dump(argv: list[str], env: dict[str, str], out_path: Path, *, verify_argv: list[str] | None,
                  plain: bool, state: dict[str, Any]) -> _StreamOutcome:
     """pg_dump -> (sha256, out_path, pg_restore -f /dev/null) in CHUNK pieces, never whole in memory.
@@ -604,8 +609,7 @@ def _stream_dump(argv: list[str], env: dict[str, str], out_path: Path, *, verify
             verifier = subprocess.Popen(verify_argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                         stderr=verify_err, env=env)
         try:
-            fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb", buffering=0) as out:
+            with _open_partial(out_path) as out:
                 while True:
                     chunk = dump.stdout.read1(CHUNK)
                     if not chunk:

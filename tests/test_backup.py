@@ -351,9 +351,8 @@ def test_disk_full_leaves_no_file_and_a_failed_entry(pg_url, pg_bin_dir, tmp_pat
                              capture_output=True).returncode == 0
     try:
         if not mounted:
-            # no mount here: write the dump to /dev/full, which answers every write with ENOSPC
-            from runbook.storage import Storage
-            monkeypatch.setattr(Storage, "partial_path", lambda self, name: Path("/dev/full"))
+            # no mount here (not root): write the dump to /dev/full, which answers every write with ENOSPC
+            monkeypatch.setattr(engine, "_open_partial", lambda path: open("/dev/full", "wb", buffering=0))
         name, env, store = environment(tmp_path, pg_url, pg_bin_dir, dir=small)
         before = fingerprint(pg_url)
         with pytest.raises(BackupFailed) as caught:
