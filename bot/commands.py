@@ -6,8 +6,10 @@ what was wrong and what to do.
 """
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 
 class CommandError(Exception):
@@ -23,6 +25,8 @@ class ActionSpec:
     takes_env: bool = True
     max_args: int = 0
     choices: tuple[str, ...] = ()    # when set, the first argument must be one of these
+    # when set, called with the arguments; raises CommandError (so a bad shape is refused in the ack)
+    check_args: Callable[[tuple[str, ...]], Any] | None = None
 
 
 ACTIONS: dict[str, ActionSpec] = {
@@ -36,8 +40,38 @@ ACTIONS: dict[str, ActionSpec] = {
         ActionSpec("watch", "/migrate watch [env] on | off | status",
                    "pause, resume or show the scheduled lock and long-query alerts", "§4, §7.2",
                    max_args=1, choices=("on", "off", "status")),
+        ActionSpec("restore", "/migrate restore [env] ID [tables=a,b]",
+                   "restore a verified backup (all of it, or some tables), after approval", "§6.2–6.3",
+                   max_args=2, check_args=lambda args: restore_args(args)),
     )
 }
+
+
+_BACKUP_ID = re.compile(r"^#?\d{1,12}$")
+_TABLE_ARG = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}(\.[A-Za-z_][A-Za-z0-9_$]{0,62})?$")
+
+
+def restore_args(args: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """`ID [tables=a,b]` of `/migrate restore` -> (backup id, table names as typed). Shape only:
+    the flow checks both against the catalogue and the backup."""
+    usage = "Usage: `/migrate restore [env] ID [tables=a,b]` (ids: `/migrate backups`)."
+    ids = [a for a in args if not a.lower().startswith("tables=")]
+    table_args = [a for a in args if a.lower().startswith("tables=")]
+    if not ids:
+        raise CommandError(f"`/migrate restore` needs the id of a backup. {usage}")
+    if not _BACKUP_ID.match(ids[0]):
+        shown = ids[0] if len(ids[0]) <= 40 else ids[0][:40] + "…"
+        raise CommandError(f"'{shown}' is neither a configured environment nor a backup id (a number). {usage}")
+    if len(ids) > 1 or len(table_args) > 1:
+        raise CommandError(f"`/migrate restore` takes one backup id and at most one tables=… {usage}")
+    tables: tuple[str, ...] = ()
+    if table_args:
+        tables = tuple(t.strip() for t in table_args[0].split("=", 1)[1].split(","))
+        bad = next((t for t in tables if not _TABLE_ARG.match(t)), None)
+        if bad is not None:
+            shown = bad if len(bad) <= 40 else bad[:40] + "…"
+            raise CommandError(f"'{shown}' is not a table name: tables=a,b takes table or schema.table names. {usage}")
+    return ids[0].lstrip("#"), tables
 
 
 @dataclass(frozen=True)
@@ -97,6 +131,8 @@ def parse(text: str, environments: list[str] | tuple[str, ...]) -> Command:
             raise CommandError(f"`/migrate {action}` takes {', '.join(spec.choices[:-1])} or {spec.choices[-1]},"
                                f" not '{shown}'. Usage: `{spec.usage}`.")
         rest = [rest[0].lower(), *rest[1:]]
+    if spec.check_args is not None:
+        spec.check_args(tuple(rest))
     if spec.takes_env and environment is None and environments:
         environment = next(iter(environments))
     return Command(action, environment, tuple(rest))

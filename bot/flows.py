@@ -15,7 +15,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot import approvals, blocks
-from bot.commands import Command
+from bot.commands import Command, restore_args
 from runbook import precheck
 from runbook.config import ConfigError, Settings
 from runbook.revisions import AlembicProject, RevisionError
@@ -56,6 +56,7 @@ class Flows:
         self.approvals = approvals.ApprovalService(settings, store, client, redactor=redactor,
                                                    submit=self.submit_call,
                                                    user_errors=(TargetError, RevisionError))
+        self.approvals.register(restore_kind(settings, store, on_progress=self.approvals.progress))
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -221,6 +222,25 @@ class Flows:
         self.post(origin, blocks.watch_message(name, book.state(name), book.alerts(name), env.watch.every_seconds,
                                                changed=changed))
 
+    def do_restore(self, command: Command, origin: Origin) -> None:
+        """`/migrate restore [env] ID [tables=a,b]` (§6.2–6.3): checked against the catalogue and the
+        backup, shown with what it replaces, then asked for approval; the approvals service runs it."""
+        from runbook import backup as backups
+
+        name, env = self.settings.environment(command.environment)
+        backup_id, tables = restore_args(command.args)
+        try:
+            plan = backups.plan_restore(name, env, self.store, backup_id, tables=tables)
+            if plan.blockers:
+                raise approvals.ApprovalError("; ".join(plan.blockers))
+            request = self.approvals.request("restore", name, self.actor(origin), restore_params(plan),
+                                             channel=origin.channel_id)
+        except (backups.BackupError, approvals.ApprovalError) as exc:
+            self._fail(command, origin, f"`{command.text}` refused: {exc}")
+            return
+        if origin.channel_id and request.channel != origin.channel_id:
+            self.reply_ephemeral(origin, blocks.approval_pointer(request.channel, "restore", name))
+
 
 class Redactor:
     """Removes every secret the bot knows from texts, trees and messages before they leave."""
@@ -259,3 +279,75 @@ class Redactor:
 
         text = "".join(traceback.format_exception(exc))
         return self(text) == text
+
+
+# -- restore as an approval kind (Slack and the CLI's --yes share it) ----------------------------
+
+def restore_params(plan: Any) -> dict[str, Any]:
+    """A runbook.backup.RestorePlan as the request's params: what the executor needs (backup id,
+    tables, the revision the approvers saw) and the facts the request message shows."""
+    item = plan.backup
+    finished = item.finished_at or item.started_at
+    return {
+        "backup_id": item.id, "mode": plan.mode, "tables": list(plan.tables),
+        "expected_revision": list(plan.current_revision), "target": plan.target,
+        "backup": {"name": item.name, "kind": item.kind, "format": item.format, "level": item.level,
+                   "sha256": item.sha256, "size_bytes": item.size_bytes, "revision": item.revision,
+                   "finished_at": finished.isoformat() if finished else None},
+        "changes": [{"table": c.table, "rows_now": c.rows_now, "rows_in_backup": c.rows_in_backup, "action": c.action}
+                    for c in plan.changes],
+        "warnings": list(plan.warnings),
+    }
+
+
+def restore_kind(settings: Settings, store: Store, *,
+                 on_progress: Callable[[str, str], None] | None = None) -> "approvals.ApprovalKind":
+    """The restore kind: runbook.backup.restore once approved (it takes the operation lock and the
+    safety backup, and stops if the revision is no longer the one approved)."""
+    from runbook import backup as backups
+
+    def execute(request: Any) -> approvals.Outcome:
+        params = request.params
+        progress = None
+        if on_progress is not None:
+            def progress(p: Any) -> None:
+                on_progress(request.id, f"{p.phase}: {blocks.size(p.bytes_written)} after {blocks.duration(p.elapsed)}")
+        try:
+            result = backups.restore(request.environment, settings.environments[request.environment], store,
+                                     params["backup_id"], expected_revision=params["expected_revision"],
+                                     tables=params["tables"] if params["mode"] == "tables" else (),
+                                     actor=request.requester, progress=progress, progress_every=3.0)
+        except backups.BackupError as exc:
+            return approvals.Outcome(False, str(exc))
+        summary = (f"backup #{result.backup.id} restored into {request.environment}, now at revision "
+                   f"{', '.join(result.revision_after) or 'none'}; safety backup #{result.safety_backup.id}")
+        if result.mismatches:
+            summary += f"; {len(result.mismatches)} table(s) differ from the backup's row counts"
+        return approvals.Outcome(True, summary, {
+            "revision_before": result.revision_before, "revision_after": result.revision_after,
+            "row_counts_after": result.row_counts_after,
+            "mismatches": {t: list(v) for t, v in result.mismatches.items()},
+            "safety_backup_id": result.safety_backup.id, "duration_seconds": result.duration_seconds})
+
+    return approvals.ApprovalKind(
+        "restore", "Restore", execute,
+        summary=lambda r: blocks.restore_summary(r.params, r.environment),
+        describe=lambda r: blocks.restore_request_blocks(r.params),
+        result_blocks=lambda r: blocks.restore_result_blocks(r.result))
+
+
+def restore_with_yes(settings: Settings, store: Store, environment: str, backup_id: str, tables: Any, actor: str,
+                     *, redactor: "Redactor") -> Any:
+    """The CLI's `restore ID [--table T]... --yes`: the Slack path's plan and guards, `--yes` recorded
+    as `actor`'s approval (decision "yes" + an "approved" event), run in this process. Returns the
+    runbook.state.approvals.ApprovalRequest (state done or failed, `result`, `result_summary`).
+    Raises runbook.backup.BackupError or bot.approvals.ApprovalError when refused up front."""
+    from runbook import backup as backups
+
+    env = settings.environments[environment]
+    plan = backups.plan_restore(environment, env, store, backup_id, tables=tuple(tables or ()))
+    if plan.blockers:
+        raise approvals.ApprovalError("; ".join(plan.blockers))
+    service = approvals.ApprovalService(settings, store, None, redactor=redactor)
+    service.register(restore_kind(settings, store))
+    return service.run_confirmed("restore", environment, actor, restore_params(plan))

@@ -24,6 +24,7 @@ from bot.server import Runtime
 from runbook.state import Store
 from runbook.state.approvals import ApprovalRequest, ApprovalStore
 from tests.support.configs import settings_for, with_password
+from tests.support.waiting import wait_for
 from tests.support.slack import (  # noqa: F401  (fixtures)
     SIGNING_SECRET,
     block_actions_body,
@@ -83,11 +84,23 @@ class Bot:
         body = block_actions_body(action, request.id if value is None else value, user_id=user,
                                   channel_id=channel or request.channel,
                                   message_ts=message_ts or request.message_ts)
+        before = self.audited()
         answer = signed_post(self.server.url + "/slack/events", body)
         assert answer.status == 200 and answer.body in (b"", b"{}"), answer.text   # acked, nothing else
         if wait:
-            assert self.runtime.flows.wait_idle(timeout=30)
+            self.wait_audited(before + 1)
         return answer
+
+    def audited(self) -> int:
+        """How many events the state database holds: every approval click adds one."""
+        return len(self.runtime.store.events(limit=10_000))
+
+    def wait_audited(self, count: int, *others: "Bot") -> None:
+        """Until `count` events are recorded (the ack returns before the click is even submitted),
+        then until this bot's (and `others`') executors are idle."""
+        wait_for(lambda: self.audited() >= count, timeout=30, what=f"{count} audit events")
+        for bot in (self, *others):
+            assert bot.runtime.flows.wait_idle(timeout=60)
 
     def get(self, request: ApprovalRequest) -> ApprovalRequest:
         return self.service.requests.get(request.id)
@@ -330,9 +343,10 @@ def test_required_two_needs_two_distinct_approvers_and_a_double_click_counts_onc
 def test_simultaneous_double_clicks_count_once(make_bot):
     bot = make_bot(required=2)
     request = bot.ask()
+    before = bot.audited()
     with ThreadPoolExecutor(max_workers=6) as pool:
         list(pool.map(lambda _: bot.click(request, ALICE, wait=False), range(6)))
-    assert bot.runtime.flows.wait_idle(timeout=30)
+    bot.wait_audited(before + 6)
     assert bot.get(request).approvers == [ALICE] and bot.get(request).state == "pending"
     assert len(bot.ephemerals(ALICE)) == 5 and bot.exercise.runs == []
 
@@ -344,6 +358,7 @@ def test_concurrent_clicks_on_two_instances_execute_exactly_once(make_bot, pg_ur
     second = make_bot(state_url=pg_url, exercise=exercise)
     for _ in range(3):
         request = first.ask()
+        before = first.audited()
         clicks = [(bot, user) for user in (ALICE, BOB, CAROL) for bot in (first, second)]
         barrier = threading.Barrier(len(clicks))
 
@@ -354,7 +369,7 @@ def test_concurrent_clicks_on_two_instances_execute_exactly_once(make_bot, pg_ur
 
         with ThreadPoolExecutor(max_workers=len(clicks)) as pool:
             list(pool.map(click, clicks))
-        assert first.runtime.flows.wait_idle(timeout=60) and second.runtime.flows.wait_idle(timeout=60)
+        first.wait_audited(before + len(clicks) + 1, second)      # the clicks, and the execution's event
         final = second.get(request)
         assert final.state == "done", (first.events(request), first.slack.messages(kind="ephemeral"))
         assert exercise.runs.count(request.id) == 1
@@ -468,8 +483,10 @@ def test_approval_buttons_are_handled_before_the_fallback(make_bot, slack):
     """An action id outside the approval namespace still reaches the catch-all (acked, logged)."""
     bot = make_bot()
     request = bot.ask()
-    bot.click(request, ALICE, "something_else")
-    assert bot.ephemerals(ALICE) == [] and bot.get(request).state == "pending"
+    bot.click(request, ALICE, "something_else", wait=False)     # nothing to wait for: no handler acts
+    bot.click(request, ALICE, ACTION_REJECT)                    # the next click is decided normally
+    assert bot.ephemerals(ALICE) == [] and bot.get(request).state == "rejected"
+    assert [o for _, a, o in bot.events(request)] == ["requested", "rejected"]
 
 
 # --------------------------------------------------------------------------
