@@ -57,6 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--yes", action="store_true", help="stands for the approval; recorded as yours")
         p.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    p = sub.add_parser("backup", help="§2 verified backup; exit 0 verified, 1 failed, 2 error")
+    p.add_argument("--env", metavar="NAME")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--schema-only", action="store_true", help="§2.2 schema only, plain SQL")
+    what.add_argument("--table", metavar="T", action="append", default=[], help="§2.3 this table (repeatable)")
+    p.add_argument("--verify", choices=("full", "restore"),
+                   help="top rung of the verification ladder (default: backups.verify)")
+    p.add_argument("--json", action="store_true", help="print the catalogue entry as JSON")
+
+    p = sub.add_parser("backups", help="the backup catalogue, newest first")
+    p.add_argument("--env", metavar="NAME")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("restore", help="§6.2–6.3 restore a verified backup; exit 0 done, 1 failed or refused, 2 error")
+    p.add_argument("id", metavar="ID", help="backup id (see `backups`)")
+    p.add_argument("--env", metavar="NAME")
+    p.add_argument("--table", metavar="T", action="append", default=[], help="§6.3 only this table (repeatable)")
+    p.add_argument("--yes", action="store_true", help="stands for the approval; recorded as yours")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
     p = sub.add_parser("validate", help="§5 post-migration validation; exit 0 pass, 1 fail, 2 error")
     p.add_argument("--env", metavar="NAME")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -138,7 +158,16 @@ def cmd_precheck(settings: Settings, args) -> int:
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         opening = pool.submit(_open_store, settings)
-        report = precheck.run_precheck(name, env)
+
+        def latest_backup():
+            from runbook.backup import last_backup_at
+
+            try:
+                return last_backup_at(opening.result(), name)
+            except Exception:          # the store's own error is reported just below
+                return None
+
+        report = precheck.run_precheck(name, env, last_backup_at=latest_backup)
         try:
             store = opening.result()
         except StateError as exc:
@@ -268,6 +297,114 @@ def cmd_validate(settings: Settings, args) -> int:
     return EXIT_OK if report.passed else EXIT_NO_GO
 
 
+def _store_or_report(settings: Settings):
+    """The state store, or None after printing its one-line error."""
+    from runbook.state import StateError
+
+    try:
+        return _open_store(settings)
+    except StateError as exc:
+        print(f"runbook-bot: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_backup(settings: Settings, args) -> int:
+    import time
+
+    from runbook import backup as backups
+
+    name, env = settings.environment(args.env)
+    store = _store_or_report(settings)
+    if store is None:
+        return EXIT_ERROR
+    kind = "schema" if args.schema_only else ("tables" if args.table else "full")
+    shown = {"at": 0.0}
+
+    def progress(p) -> None:           # a long dump says it is alive, every few seconds, on stderr
+        if p.elapsed >= 3 and time.monotonic() - shown["at"] >= 5:
+            from runbook.units import human_size
+
+            print(f"  {p.phase}: {human_size(p.bytes_written)} after {p.elapsed:.0f}s", file=sys.stderr)
+            shown["at"] = time.monotonic()
+
+    actor = cli_actor()
+    try:
+        made = backups.backup(name, env, store, kind=kind, tables=tuple(args.table), verify=args.verify,
+                              actor=actor, progress=progress)
+    except backups.BackupFailed as exc:
+        made = exc.backup
+    except backups.BackupError as exc:
+        store.record(actor=actor, action="backup", environment=name, outcome="error", summary=str(exc))
+        print(f"runbook-bot: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    store.record(actor=actor, action="backup", environment=name, outcome=made.status,
+                 summary=f"#{made.id} {made.name}: {made.status}" + (f" ({made.error})" if made.error else ""),
+                 details={"backup_id": made.id, "level": made.level, "sha256": made.sha256,
+                          "location": made.location})
+    from bot import text
+
+    _emit(args, lambda: backups.backup_to_json(made), lambda: text.backup_text(made))
+    return EXIT_OK if made.status == "verified" else EXIT_NO_GO
+
+
+def cmd_backups(settings: Settings, args) -> int:
+    from runbook import backup as backups
+
+    name, _env = settings.environment(args.env)
+    store = _store_or_report(settings)
+    if store is None:
+        return EXIT_ERROR
+    found = backups.list_backups(store, name)
+    from bot import text
+
+    _emit(args, lambda: {"environment": name, "backups": [backups.backup_to_json(b) for b in found]},
+          lambda: text.backups_text(name, found))
+    return EXIT_OK
+
+
+def cmd_restore(settings: Settings, args) -> int:
+    """`restore ID [--table T]... --yes`: the Slack path's plan and guards (revision check, safety
+    backup, one transaction); --yes stands for the approval and is audited as yours."""
+    from bot import approvals
+    from bot.flows import Redactor, restore_with_yes
+    from runbook import backup as backups
+    from runbook.state import StateError
+
+    name, _env = settings.environment(args.env)
+    if not args.yes:
+        print(f"runbook-bot: restore replaces data in {name} (backup {args.id}"
+              + (f", tables {', '.join(args.table)}" if args.table else ", the whole database")
+              + "): add --yes to confirm (it is recorded as your approval)", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        store = _open_store(settings)
+        request = restore_with_yes(settings, store, name, args.id, args.table, cli_actor(),
+                                   redactor=Redactor(settings))
+    except StateError as exc:
+        print(f"runbook-bot: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except (backups.BackupError, approvals.ApprovalError) as exc:
+        print(f"runbook-bot: restore refused: {exc}", file=sys.stderr)
+        return EXIT_NO_GO
+    result = request.result or {}
+    done = request.state == "done"
+
+    def as_text() -> str:
+        out = [f"Restore {name} from backup #{request.params.get('backup_id')}: "
+               f"{'DONE' if done else 'FAILED'}", f"  {request.result_summary}"]
+        if done:
+            out.append(f"  revision: {', '.join(result.get('revision_before') or []) or 'none'} -> "
+                       f"{', '.join(result.get('revision_after') or []) or 'none'}")
+            out += [f"  {table}: {n} rows" for table, n in (result.get("row_counts_after") or {}).items()]
+        return "\n".join(out)
+
+    _emit(args, lambda: {"environment": name, "request": request.id, "state": request.state,
+                         "summary": request.result_summary, "backup_id": request.params.get("backup_id"),
+                         "mode": request.params.get("mode"), "tables": request.params.get("tables"),
+                         **result}, as_text)
+    return EXIT_OK if done else EXIT_NO_GO
+
+
 def cmd_serve(settings: Settings, args) -> int:
     from bot.server import serve
 
@@ -301,6 +438,7 @@ def cmd_activity(settings: Settings, args) -> int:
 
 COMMANDS = {"precheck": cmd_precheck, "status": cmd_status, "serve": cmd_serve, "activity": cmd_activity}
 COMMANDS.update(migrate=cmd_migrate, rollback=cmd_rollback, validate=cmd_validate)
+COMMANDS.update(backup=cmd_backup, backups=cmd_backups, restore=cmd_restore)
 
 
 if __name__ == "__main__":

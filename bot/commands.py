@@ -40,6 +40,10 @@ ACTIONS: dict[str, ActionSpec] = {
         ActionSpec("watch", "/migrate watch [env] on | off | status",
                    "pause, resume or show the scheduled lock and long-query alerts", "§4, §7.2",
                    max_args=1, choices=("on", "off", "status")),
+        ActionSpec("backup", "/migrate backup [env] [schema | tables=a,b]",
+                   "a verified backup: full, schema only, or some tables", "§2",
+                   max_args=1, check_args=lambda args: backup_args(args)),
+        ActionSpec("backups", "/migrate backups [env]", "the backup catalogue", "§2.5"),
         ActionSpec("restore", "/migrate restore [env] ID [tables=a,b]",
                    "restore a verified backup (all of it, or some tables), after approval", "§6.2–6.3",
                    max_args=2, check_args=lambda args: restore_args(args)),
@@ -72,6 +76,29 @@ def restore_args(args: Sequence[str]) -> tuple[str, tuple[str, ...]]:
             shown = bad if len(bad) <= 40 else bad[:40] + "…"
             raise CommandError(f"'{shown}' is not a table name: tables=a,b takes table or schema.table names. {usage}")
     return ids[0].lstrip("#"), tables
+
+
+def backup_args(args: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """`[schema | tables=a,b]` of `/migrate backup` -> (kind, table names as typed). Shape only:
+    the flow checks the tables against the database."""
+    usage = "Usage: `/migrate backup [env] [schema | tables=a,b]`."
+    if not args:
+        return "full", ()
+    arg = args[0]
+    if arg.lower() == "schema":
+        return "schema", ()
+    if arg.lower().startswith("tables="):
+        tables = tuple(t.strip() for t in arg.split("=", 1)[1].split(",") if t.strip())
+        if not tables:
+            raise CommandError(f"tables= needs at least one table name. {usage}")
+        bad = next((t for t in tables if not _TABLE_ARG.match(t)), None)
+        if bad is not None:
+            shown = bad if len(bad) <= 40 else bad[:40] + "…"
+            raise CommandError(f"'{shown}' is not a table name: tables=a,b takes table or schema.table names. {usage}")
+        return "tables", tables
+    shown = arg if len(arg) <= 40 else arg[:40] + "…"
+    raise CommandError(f"'{shown}' is neither a configured environment nor a backup option (schema, tables=a,b). "
+                       f"{usage}")
 
 
 @dataclass(frozen=True)

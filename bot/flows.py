@@ -15,7 +15,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot import approvals, blocks
-from bot.commands import Command, restore_args
+from bot.commands import Command, backup_args, restore_args
 from runbook import precheck
 from runbook.config import ConfigError, Settings
 from runbook.revisions import AlembicProject, RevisionError
@@ -163,6 +163,17 @@ class Flows:
             log.error("Slack refused a message in %s: %s", channel, exc.response.get("error"))
             return None
 
+    def update(self, channel: str, ts: str, message: "blocks.Message") -> bool:
+        """Replace a posted message in place (chat.update by its stored ts); False if Slack refused."""
+        message = self.redactor.message(message)
+        blocks.validate(message)
+        try:
+            self.client.chat_update(channel=channel, ts=ts, text=message.text, blocks=message.blocks)
+            return True
+        except SlackApiError as exc:
+            log.error("Slack refused an update in %s: %s", channel, exc.response.get("error"))
+            return False
+
     def reply_ephemeral(self, origin: Origin, message: "blocks.Message") -> None:
         message = self.redactor.message(message)
         blocks.validate(message)
@@ -181,8 +192,11 @@ class Flows:
         self.record(origin, "help", None, "ok")
 
     def do_precheck(self, command: Command, origin: Origin) -> None:
+        from runbook.backup import last_backup_at
+
         name, env = self.settings.environment(command.environment)
-        report = precheck.run_precheck(name, env, project=self.project(name))
+        report = precheck.run_precheck(name, env, project=self.project(name),
+                                       last_backup_at=last_backup_at(self.store, name))
         self.record(origin, "precheck", name, report.verdict, "; ".join(report.reasons)[:2000],
                     {"duration_seconds": round(report.duration_seconds, 3),
                      "checks": {c.name: c.status for c in report.checks},
@@ -240,6 +254,80 @@ class Flows:
             return
         if origin.channel_id and request.channel != origin.channel_id:
             self.reply_ephemeral(origin, blocks.approval_pointer(request.channel, "restore", name))
+
+    def do_backup(self, command: Command, origin: Origin) -> None:
+        """`/migrate backup [env] [schema | tables=a,b]` (§2): verified, catalogued; a dump that runs
+        longer than a few seconds posts one progress message and updates it, then the result."""
+        from runbook import backup as backups
+
+        name, env = self.settings.environment(command.environment)
+        kind, tables = backup_args(command.args)
+        live = BackupProgress(self, origin, name, kind, tables)
+        try:
+            made = backups.backup(name, env, self.store, kind=kind, tables=tables, actor=self.actor(origin),
+                                  progress=live, progress_every=live.every)
+        except backups.BackupFailed as exc:
+            made = exc.backup
+        except backups.BackupError as exc:
+            live.finish(blocks.error_message(f"`{command.text}` refused: {exc}"), or_post=False)
+            self._fail(command, origin, f"`{command.text}` refused: {exc}")
+            return
+        self.record(origin, "backup", name, made.status,
+                    f"#{made.id} {made.name}: {made.status}" + (f" ({made.error})" if made.error else
+                                                                 f", level {made.level}"),
+                    {"backup_id": made.id, "kind": made.kind, "level": made.level, "size_bytes": made.size_bytes,
+                     "sha256": made.sha256, "location": made.location, "tables": list(tables)})
+        live.finish(blocks.backup_message(name, made))
+
+    def do_backups(self, command: Command, origin: Origin) -> None:
+        """`/migrate backups [env]`: the catalogue, newest first."""
+        from runbook import backup as backups
+
+        name, _env = self.settings.environment(command.environment)
+        found = backups.list_backups(self.store, name, limit=30)
+        self.record(origin, "backups", name, "ok", f"{len(found)} listed")
+        self.post(origin, blocks.backups_message(name, found))
+
+
+class BackupProgress:
+    """The progress callback of a Slack backup: after `post_after` seconds it posts one message,
+    remembers its ts in the catalogue, and updates it every `every` seconds; `finish` turns it into
+    the result (or posts the result when the dump was quick)."""
+
+    post_after = 3.0
+    every = 1.0
+    update_every = 3.0
+
+    def __init__(self, flows: "Flows", origin: Origin, environment: str, kind: str, tables: tuple[str, ...]):
+        self.flows, self.origin, self.environment = flows, origin, environment
+        self.kind, self.tables = kind, tables
+        self.channel: str | None = None
+        self.ts: str | None = None
+        self._last_update = 0.0
+
+    def __call__(self, progress: Any) -> None:
+        import time
+
+        from runbook.backup import remember_message
+
+        if progress.elapsed < self.post_after:
+            return
+        message = blocks.backup_progress_message(self.environment, self.kind, self.tables, progress)
+        if self.ts is None:
+            self.channel = self.flows.channel_for(self.origin)
+            self.ts = self.flows.post(self.origin, message)
+            self._last_update = time.monotonic()
+            if self.ts and progress.backup_id is not None:
+                remember_message(self.flows.store, progress.backup_id, self.channel, self.ts)
+        elif time.monotonic() - self._last_update >= self.update_every:
+            self.flows.update(self.channel, self.ts, message)
+            self._last_update = time.monotonic()
+
+    def finish(self, message: "blocks.Message", *, or_post: bool = True) -> None:
+        if self.ts is not None and self.channel is not None:
+            self.flows.update(self.channel, self.ts, message)
+        elif or_post:
+            self.flows.post(self.origin, message)
 
 
 class Redactor:
