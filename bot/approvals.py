@@ -188,7 +188,7 @@ class ApprovalService:
         """Store and post a request for approval. `channel` is used only when `slack.channel`
         is not configured. `expires_in` overrides approvals.expire_minutes (a past time is allowed:
         the tests use it)."""
-        spec = self.kind(kind)
+        self.kind(kind)  # registered, or ApprovalError
         env = self._environment(environment)
         required = env.required_approvals
         self._check_approvers_suffice(environment, requester, required)
@@ -211,7 +211,7 @@ class ApprovalService:
             raise ApprovalError(f"Slack refused the approval request ({self.redactor(str(reason))}); "
                                 "nothing will run") from None
         self.requests.set_message(request.id, response["channel"] or target, response["ts"])
-        self._audit(requester, kind, environment, "requested", spec.summary(request), request,
+        self._audit(requester, kind, environment, "requested", self.summary(request), request,
                     {"required": required, "expires_at": expires_at.isoformat()})
         return self.requests.get(request.id)  # type: ignore[return-value]
 
@@ -231,8 +231,9 @@ class ApprovalService:
             return  # group sizes are only known at click time
         eligible = {a for a in approvals.approvers if approvals.allow_self_approval or a != requester}
         if len(eligible) < required:
-            raise ApprovalError(f"{environment} needs {required} approvals but only {len(eligible)} approver"
-                                f"{'s' if len(eligible) != 1 else ''} other than the requester "
+            who = "approver" + ("s" if len(eligible) != 1 else "")
+            besides = "" if approvals.allow_self_approval else " other than the requester"
+            raise ApprovalError(f"{environment} needs {required} approvals but only {len(eligible)} {who}{besides} "
                                 f"{'are' if len(eligible) != 1 else 'is'} configured: add to {key}.approvers "
                                 f"or lower {key}.required")
 
@@ -255,8 +256,10 @@ class ApprovalService:
             return refusal.outcome
         except Exception as exc:
             log.error("approval click failed: %s", self.redactor(repr(exc)))
+            self._audit(click.user_id or "unknown", decision, request.environment if request else None, "error",
+                        f"the click failed ({type(exc).__name__})", request, None)
             self._ephemeral(click, "Your click could not be handled (the bot's log has the details); "
-                                   "nothing was changed. Try again in a moment.")
+                                   "check the request message, then try again.")
             return "error"
 
     def _request_of(self, click: Click) -> ApprovalRequest:
@@ -298,7 +301,7 @@ class ApprovalService:
                           "closed")
         if decision == REJECT:
             won = self.requests.transition(request.id, [PENDING], REJECTED)
-            return self._after(request, click, decision, "rejected" if won else "counted")
+            return self._after(request, click, decision, "rejected" if won else "closed")
         count = self.requests.approval_count(request.id)
         if count < request.required:
             return self._after(request, click, decision, "counted", {"approvals": count})
@@ -316,7 +319,7 @@ class ApprovalService:
     def _after(self, request: ApprovalRequest, click: Click, decision: str, outcome: str,
                details: dict[str, Any] | None = None) -> str:
         self._audit(click.user_id, decision, request.environment, outcome,
-                    f"{decision} {self.kind(request.kind).summary(request)}", request, details)
+                    f"{decision} {self.summary(request)}", request, details)
         self.sync_message(request.id)
         return outcome
 
@@ -371,9 +374,8 @@ class ApprovalService:
             return False
         request = self.requests.get(request_id)
         if request is not None:
-            self._audit("runbook-bot", "expire", request.environment, "expired",
-                        f"expired: {self.kind(request.kind).summary(request)}"
-                        if request.kind in self._kinds else "expired", request, None)
+            self._audit("runbook-bot", "expire", request.environment, "expired", f"expired: {self.summary(request)}",
+                        request, None)
         self.sync_message(request_id)
         return True
 
@@ -424,13 +426,13 @@ class ApprovalService:
         """The CLI's `--yes`: `actor` (cli:<user>) stands for the approval. The request is stored
         approved with the actor's decision ("yes"), audited as such, and executed now, in this
         process; the returned request holds the result (state done or failed)."""
-        spec = self.kind(kind)
+        self.kind(kind)  # registered, or ApprovalError
         self._environment(environment)
         now = self._clock()
         request = self.requests.create(kind=kind, environment=environment, requester=actor, params=params,
                                        required=1, expires_at=now, state=APPROVED)
         self.requests.add_cli_decision(request.id, actor)
-        self._audit(actor, kind, environment, "approved", f"--yes: {spec.summary(request)}", request,
+        self._audit(actor, kind, environment, "approved", f"--yes: {self.summary(request)}", request,
                     {"via": "--yes"})
         final = self.execute(request.id)
         assert final is not None
@@ -444,7 +446,7 @@ class ApprovalService:
         message = blocks.approval_message(
             request,
             title=spec.title,
-            summary=self._safely(spec.summary, request, f"{request.kind} on {request.environment}"),
+            summary=self.summary(request),
             what=self._safely(spec.describe, request, []),
             result=self._safely(spec.result_blocks, request, []) if request.state in (DONE, FAILED) else [],
             approvers=list(env.approvals.approvers) if env else [],
@@ -453,6 +455,12 @@ class ApprovalService:
             action_ids=(ACTION_APPROVE, ACTION_REJECT),
         )
         return blocks.validate(self.redactor.message(message))
+
+    def summary(self, request: ApprovalRequest) -> str:
+        """The kind's one line about the request; a generic one when the kind cannot say."""
+        spec = self._kinds.get(request.kind)
+        fallback = f"{request.kind} on {request.environment}"
+        return self._safely(spec.summary, request, fallback) if spec is not None else fallback
 
     def _safely(self, render: Callable[[ApprovalRequest], Any], request: ApprovalRequest, fallback: Any) -> Any:
         try:

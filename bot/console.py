@@ -25,6 +25,7 @@ from typing import Any, Callable, TextIO
 
 from bot.sample_app import ALEMBIC_ARGV, APP_DIR as SAMPLE_APP
 DEMO_USER, DEMO_CHANNEL = "U0DEMO0001", "C0DEMO0001"
+DEMO_APPROVER = "U0APPROVER1"      # the demo's configured approver (demo_config): `click approve` acts as them
 SCRIPT = ("/migrate help", "/migrate status", "/migrate precheck")
 
 WIDTH = 100
@@ -201,8 +202,10 @@ class Demo:
 
     def run(self, text: str) -> int:
         text = text.strip()
+        if text.split()[:1] == ["click"]:
+            return self.click(text)
         if not text.startswith("/migrate"):
-            self.say("  (type a slash command, e.g. /migrate help, or 'quit')")
+            self.say("  (type a slash command, e.g. /migrate help, `click approve` on an approval request, or 'quit')")
             return 0
         seen = len(self.slack.messages())
         status, payload, ms = _slash(self.url, self.secret, text, self.slack.response_url())
@@ -221,6 +224,59 @@ class Demo:
         self.say("")
         return status
 
+    def click(self, text: str) -> int:
+        """`click approve|reject [as U…]`: press a button of the newest approval request, as that
+        user (by default the demo's configured approver), and show what the bot changed."""
+        parts = text.split()
+        if len(parts) not in (2, 4) or parts[1] not in ("approve", "reject") or (len(parts) == 4 and parts[2] != "as"):
+            self.say("  (usage: click approve|reject [as U0SOMEONE1])")
+            return 0
+        user = parts[3] if len(parts) == 4 else DEMO_APPROVER
+        action_id = f"approval_{parts[1]}"
+        message = next((m for m in reversed(self.slack.messages(kind="message"))
+                        if any(e.get("action_id") == action_id for b in m.blocks if b.get("type") == "actions"
+                               for e in b.get("elements", []))), None)
+        if message is None:
+            self.say("  (no approval request with buttons to click: ask for one, e.g. /migrate restore ID)")
+            return 0
+        [button] = [e for b in message.blocks if b.get("type") == "actions" for e in b["elements"]
+                    if e.get("action_id") == action_id]
+        before = [(m, m.updates) for m in self.slack.messages()]
+        calls = len(self.slack.calls())
+        status, ms = _click(self.url, self.secret, user, message.channel, message.ts, action_id, button["value"])
+        self.say(f"  {user} clicked {button['text']['text']}: ack {status} in {ms:.0f} ms")
+        # The ack comes before the click is decided: wait for its first answer (an update or an ephemeral).
+        deadline = time.monotonic() + 30
+        while len(self.slack.calls()) == calls and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.runtime.flows.wait_idle(timeout=300)
+        for m, updates in before:
+            if m.updates > updates:
+                self.say(f"\n── bot (updated in #{m.channel}) " + "─" * 40)
+                self.say(render_message(m))
+        for m in self.slack.messages()[len(before):]:
+            kind = "only visible to you" if m.ephemeral else f"posted in #{m.channel}"
+            self.say(f"\n── bot ({kind}) " + "─" * 40)
+            self.say(render_message(m))
+        self.say("")
+        return status
+
+
+def _click(url: str, secret: str, user: str, channel: str, ts: str, action_id: str, value: str) -> tuple[int, float]:
+    """A signed block_actions request, as Slack sends it when a button is pressed."""
+    payload = {
+        "type": "block_actions", "team": {"id": "T0DEMO0001"}, "user": {"id": user, "name": "demo"},
+        "channel": {"id": channel}, "container": {"type": "message", "message_ts": ts, "channel_id": channel},
+        "message": {"ts": ts}, "trigger_id": f"demo.{time.time_ns()}",
+        "actions": [{"type": "button", "action_id": action_id, "value": value, "action_ts": f"{time.time():.6f}"}],
+    }
+    body = urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
+    started = time.monotonic()
+    request = urllib.request.Request(url, data=body, headers=_signed(secret, body), method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+    return response.status, (time.monotonic() - started) * 1000
+
 
 def demo_config(url: str, bin_dir: Path) -> str:
     return textwrap.dedent(f"""\
@@ -233,7 +289,7 @@ def demo_config(url: str, bin_dir: Path) -> str:
             alembic: {json.dumps(ALEMBIC_ARGV)}
             pg_bin_dir: {json.dumps(str(bin_dir))}
             thresholds: {{long_query_seconds: 60, lock_wait_seconds: 10, idle_in_transaction_seconds: 60}}
-            approvals: {{approvers: [U0APPROVER1], required: 1}}
+            approvals: {{approvers: [{DEMO_APPROVER}], required: 1}}
         escalation:
           owner: {{slack: U0OWNER001, github: zeevbensender}}
         """)
@@ -247,7 +303,8 @@ def run_demo(scripted: bool = False, out: TextIO = sys.stdout) -> int:
                     demo.say(f"> {line}")
                     demo.run(line)
                 return 0
-            demo.say("Type /migrate commands as in Slack (try /migrate help); 'quit' or Ctrl-D to leave.")
+            demo.say("Type /migrate commands as in Slack (try /migrate help); `click approve` (or reject) presses\n"
+                     f"a button of the newest approval request as the approver {DEMO_APPROVER}; 'quit' or Ctrl-D to leave.")
             while True:
                 try:
                     line = input("> ")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -558,3 +559,52 @@ def test_bad_approvals_config_is_one_line(tmp_path, approvals, expected):
     with pytest.raises(ConfigError) as caught:
         settings_for(tmp_path, TARGET, approvals=approvals)
     assert expected in str(caught.value) and "\n" not in str(caught.value) and PASSWORD not in str(caught.value)
+
+
+def test_a_click_is_acked_before_any_web_api_call_and_decided_on_the_executor(make_bot, slack):
+    slack.set_usergroup("S0DBAS0001", [CAROL])
+    bot = make_bot(approvers=("S0DBAS0001",))
+    request = bot.ask()
+    submitted: list[tuple[float, str]] = []
+    decided: list[str] = []
+    flows = bot.runtime.flows
+    real_submit, real_handle = flows.submit_click, flows.approvals.handle_click
+
+    def submit_click(click):
+        submitted.append((time.monotonic(), threading.current_thread().name))
+        return real_submit(click)
+
+    def handle_click(click):
+        decided.append(threading.current_thread().name)
+        return real_handle(click)
+
+    flows.submit_click, flows.approvals.handle_click = submit_click, handle_click
+    calls_before = len(slack.calls())
+    answer = bot.click(request, CAROL)
+    assert answer.elapsed < 1.0
+    [(at, listener_thread)] = submitted
+    assert listener_thread.startswith("slack-listener")          # Bolt's sized pool, not the request thread
+    assert decided == [decided[0]] and decided[0].startswith("runbook-flow")  # our executor decides
+    click_calls = slack.calls()[calls_before:]
+    assert [c.method for c in click_calls][:1] == ["usergroups.users.list"]
+    assert all(c.at >= at for c in click_calls)                   # no Web API call before the hand-off
+    assert bot.get(request).state == "done"
+
+
+def test_a_click_that_fails_inside_is_audited_and_answered_without_a_trace(make_bot, slack, monkeypatch):
+    bot = make_bot()
+    request = bot.ask()
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError(f"state database exploded ({PASSWORD})")
+
+    monkeypatch.setattr(bot.service.requests, "add_decision", broken)
+    bot.click(request, ALICE)
+    assert bot.ephemerals(ALICE) == [":warning: Your click could not be handled (the bot's log has the details); "
+                                     "check the request message, then try again."]
+    assert bot.events(request)[-1] == (ALICE, "approve", "error")
+    assert bot.get(request).state == "pending" and bot.exercise.runs == []
+    monkeypatch.undo()
+    bot.click(request, ALICE)                                    # the next click works
+    assert bot.get(request).state == "done"
+    assert PASSWORD not in everything_slack_saw(slack)

@@ -252,3 +252,28 @@ def test_cli_yes_restore_is_audited_as_the_approval(restore_bot):
     with pytest.raises(backups.BackupError, match="unknown table 'nope'"):
         restore_with_yes(bot.runtime.settings, bot.runtime.store, "production", str(item.id), ["nope"], "cli:ops",
                          redactor=Redactor(bot.runtime.settings))
+
+
+def test_console_demo_can_press_the_approval_buttons():
+    """The console demo's `click approve [as U…]`: the requester is refused, the approver's click runs it."""
+    import io
+
+    from bot.console import DEMO_APPROVER, DEMO_USER, Demo
+
+    out = io.StringIO()
+    with Demo(out) as demo:
+        env = demo.runtime.settings.environments["production"]
+        item = backups.backup("production", env, demo.runtime.store, actor=DEMO_USER)
+        demo.run("click approve")                                     # nothing to click yet
+        demo.run(f"/migrate restore {item.id}")
+        wait_for(lambda: demo.runtime.flows.approvals.requests.list(), timeout=60, what="the approval request")
+        wait_for(lambda: demo.runtime.flows.approvals.requests.list()[0].message_ts, timeout=60, what="its message")
+        demo.run(f"click approve as {DEMO_USER}")
+        demo.run("click approve")
+        [request] = demo.runtime.flows.approvals.requests.list()
+        assert request.state == "done" and request.approvers == [DEMO_APPROVER]
+    text = out.getvalue()
+    assert "(no approval request with buttons to click" in text
+    assert f"{DEMO_USER} clicked Approve" in text and "You asked for this restore; someone else has to approve it." in text
+    assert f"{DEMO_APPROVER} clicked Approve" in text and "Restore production: done" in text
+    assert "Row counts after" in text and "Traceback" not in text
