@@ -277,3 +277,17 @@ def test_console_demo_can_press_the_approval_buttons():
     assert f"{DEMO_USER} clicked Approve" in text and "You asked for this restore; someone else has to approve it." in text
     assert f"{DEMO_APPROVER} clicked Approve" in text and "Restore production: done" in text
     assert "Row counts after" in text and "Traceback" not in text
+
+
+def test_a_restore_asked_elsewhere_is_posted_in_the_approvals_channel(restore_bot, local_slack):
+    bot = restore_bot
+    item = bot.backup()
+    before = bot.audited()
+    signed_post(bot.server.url + "/slack/events",
+                slash_command_body(f"restore {item.id}", user_id=REQUESTER, channel_id="C0ELSEWHERE"))
+    bot.settle(before)
+    [request] = bot.requests()
+    assert request.channel == CHANNEL and bot.message(request) is not None
+    [pointer] = [m for m in local_slack.messages(kind="ephemeral") if m.user == REQUESTER]
+    assert pointer.channel == "C0ELSEWHERE"
+    assert pointer.text == f"Approval for restore on production requested in <#{CHANNEL}>."
