@@ -24,8 +24,6 @@ from runbook.state.store import Store
 
 PENDING, APPROVED, EXECUTING, DONE, FAILED = "pending", "approved", "executing", "done", "failed"
 REJECTED, EXPIRED, CANCELLED = "rejected", "expired", "cancelled"
-STATES = (PENDING, APPROVED, EXECUTING, DONE, FAILED, REJECTED, EXPIRED, CANCELLED)
-FINAL_STATES = (DONE, FAILED, REJECTED, EXPIRED, CANCELLED)
 
 APPROVE, REJECT, YES = "approve", "reject", "yes"     # YES: the CLI's --yes, standing for the approval
 APPROVING_DECISIONS = (APPROVE, YES)
@@ -194,6 +192,6 @@ class ApprovalStore:
             return session.execute(statement).rowcount == 1
 
 
-__all__ = ["ApprovalRequest", "ApprovalStore", "Decision", "STATES", "FINAL_STATES", "PENDING", "APPROVED",
+__all__ = ["ApprovalRequest", "ApprovalStore", "Decision", "PENDING", "APPROVED",
            "EXECUTING", "DONE", "FAILED", "REJECTED", "EXPIRED", "CANCELLED", "APPROVE", "REJECT", "YES",
            "ID_PATTERN"]
