@@ -47,7 +47,7 @@ import tempfile
 import threading
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -741,6 +741,77 @@ def backup(name: str, env: Environment, store, *, kind: str = "full", tables: Se
         raise BackupFailed(message, _load(store, started["id"])) from None
 
 
+@dataclass(frozen=True)
+class _Facts:
+    """What the target says, in the dump's own snapshot, before anything is recorded."""
+
+    server_version: str
+    database_size: int
+    tools: Tools
+    existing: list[str]          # every user table
+    chosen: list[str]            # kind "tables": the tables asked for, validated
+    counted: list[str]           # the tables whose rows are counted (and must have data in the archive)
+    fmt: str                     # custom | directory | plain
+    revision: list[str] | None
+    snapshot: str
+
+
+def _read_facts(conn: psycopg.Connection, env: Environment, name: str, kind: str, tables: Sequence[str],
+                project: AlembicProject) -> _Facts:
+    """In the REPEATABLE READ transaction: versions (tools refused here), tables (unknown ones
+    refused here), size (format), Alembic revision, then the exported snapshot pg_dump will use."""
+    version_num, server_version, db_size = conn.execute(
+        "SELECT current_setting('server_version_num')::int, current_setting('server_version'), "
+        "pg_database_size(current_database())").fetchone()
+    try:
+        tools = select_tools(env.pg_bin_dir, version_num, server_version, name)
+    except ToolError as exc:
+        raise BackupError(str(exc)) from None
+    existing = _user_tables(conn)
+    chosen = resolve_tables(tables, existing, name) if kind == "tables" else []
+    counted = chosen if kind == "tables" else (existing if kind == "full" else [])
+    if kind == "tables":
+        dump_size = sum(conn.execute(sql.SQL("SELECT pg_total_relation_size({})").format(
+            sql.Literal(_ident(t).as_string(conn)))).fetchone()[0] for t in chosen)
+    else:
+        dump_size = db_size
+    fmt = "plain" if kind == "schema" else (
+        "directory" if dump_size > env.backups.parallel_above_bytes else "custom")
+    try:
+        revision: list[str] | None = project.current(conn)
+    except (RevisionError, psycopg.Error):
+        revision = None
+    snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+    return _Facts(server_version=server_version, database_size=db_size, tools=tools, existing=existing,
+                  chosen=chosen, counted=counted, fmt=fmt, revision=revision, snapshot=snapshot)
+
+
+class _Attempt:
+    """One backup from the moment it is catalogued: every way out verifies it or fails it, and a
+    failure removes the partial archive first. Also what the progress ticker measures."""
+
+    def __init__(self, store, target: Target, backup_id: int, partial: Path, fmt: str, started_clock: float):
+        self.store, self.target, self.id, self.partial, self.fmt = store, target, backup_id, partial, fmt
+        self.started_clock = started_clock
+        self.state: dict[str, Any] = {"bytes": 0, "pid": None, "phase": "dump"}
+
+    def measure(self) -> tuple[int, str, int | None, int | None]:
+        state = self.state
+        dumping_directory = self.fmt == "directory" and state["phase"] == "dump"
+        return (size_so_far(self.partial) if dumping_directory else state["bytes"]), state["phase"], self.id, \
+            state["pid"]
+
+    def moved(self, n: int) -> None:
+        self.state["bytes"] += n
+
+    def fail(self, message: str, level: str = "none") -> BackupFailed:
+        remove_local(self.partial)
+        message = self.target.scrub(message)
+        _update(self.store, self.id, status="failed", level=level, error=message, finished_at=_now(),
+                duration_seconds=round(time.monotonic() - self.started_clock, 3))
+        return BackupFailed(message, _load(self.store, self.id))
+
+
 def _backup_locked(name: str, env: Environment, store, target: Target, storage: Storage, *, kind: str,
                    tables: Sequence[str], verify: str, actor: str, reason: str,
                    progress: ProgressCallback | None, progress_every: float,
@@ -748,180 +819,47 @@ def _backup_locked(name: str, env: Environment, store, target: Target, storage: 
     started_clock = time.monotonic()
     started_at = _now()
     storage.remove_stale_partials(STALE_PARTIAL_SECONDS)
-    backups_cfg = env.backups
-    with target.connect("backup", statement_timeout="0", lock_timeout=backups_cfg.lock_wait_timeout,
+    _fail_interrupted(store, name)
+    with target.connect("backup", statement_timeout="0", lock_timeout=env.backups.lock_wait_timeout,
                         autocommit=False) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
-        version_num, server_version, db_size = conn.execute(
-            "SELECT current_setting('server_version_num')::int, current_setting('server_version'), "
-            "pg_database_size(current_database())").fetchone()
-        try:
-            tools = select_tools(env.pg_bin_dir, version_num, server_version, name)
-        except ToolError as exc:
-            raise BackupError(str(exc)) from None
-        existing = _user_tables(conn)
-        chosen = resolve_tables(tables, existing, name) if kind == "tables" else []
-        counted = chosen if kind == "tables" else (existing if kind == "full" else [])
-        if kind == "tables":
-            dump_size = sum(conn.execute(sql.SQL("SELECT pg_total_relation_size({})").format(
-                sql.Literal(_ident(t).as_string(conn)))).fetchone()[0] for t in chosen)
-        else:
-            dump_size = db_size
-        fmt = "plain" if kind == "schema" else (
-            "directory" if dump_size > backups_cfg.parallel_above_bytes else "custom")
-        try:
-            revision: list[str] | None = project.current(conn)
-        except (RevisionError, psycopg.Error):
-            revision = None
-        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
-
-        stem, suffix = _archive_name(kind, fmt, started_at)
+        facts = _read_facts(conn, env, name, kind, tables, project)
+        stem, suffix = _archive_name(kind, facts.fmt, started_at)
         try:
             archive_name = storage.unique_name(stem, suffix)
             partial = storage.partial_path(archive_name)
         except StorageError as exc:
             raise BackupError(str(exc)) from None
-        jobs = _jobs(env) if fmt == "directory" else 1
+        jobs = _jobs(env) if facts.fmt == "directory" else 1
         backup_id = _insert(
-            store, environment=name, kind=kind, format=fmt, reason=reason, status="running", level="none",
+            store, environment=name, kind=kind, format=facts.fmt, reason=reason, status="running", level="none",
             name=archive_name, location=storage.location_of(archive_name), started_at=started_at,
-            server_version=server_version, tool_version=tools.pg_dump.version, revision=revision,
-            tables=list(chosen) if kind == "tables" else list(existing), row_counts={}, actor=actor,
-            details={"jobs": jobs, "verify": verify, "database_size_bytes": db_size})
+            server_version=facts.server_version, tool_version=facts.tools.pg_dump.version,
+            revision=facts.revision, tables=list(facts.chosen) if kind == "tables" else list(facts.existing),
+            row_counts={}, actor=actor,
+            details={"jobs": jobs, "verify": verify, "database_size_bytes": facts.database_size})
         started.update(id=backup_id, partial=partial)
-        state: dict[str, Any] = {"bytes": 0, "pid": None, "phase": "dump"}
-
-        def measure() -> tuple[int, str, int | None, int | None]:
-            written = size_so_far(partial) if fmt == "directory" and state["phase"] == "dump" else state["bytes"]
-            return written, state["phase"], backup_id, state["pid"]
-
-        def fail(message: str, level: str = "none") -> BackupFailed:
-            remove_local(partial)
-            message = target.scrub(message)
-            _update(store, backup_id, status="failed", level=level, error=message, finished_at=_now(),
-                    duration_seconds=round(time.monotonic() - started_clock, 3))
-            return BackupFailed(message, _load(store, backup_id))
-
+        attempt = _Attempt(store, target, backup_id, partial, facts.fmt, started_clock)
         conninfo, password = conninfo_without_password(env.dsn, purpose="pg_dump")
-        argv = [str(tools.pg_dump.path), f"--dbname={conninfo}", f"--format={fmt}", "--no-password",
-                f"--lock-wait-timeout={backups_cfg.lock_wait_timeout}", f"--snapshot={snapshot}"]
-        if kind == "schema":
-            argv.append("--schema-only")
-        argv += [f"--table={_table_pattern(t)}" for t in chosen]
-
-        counts: dict[str, int] = {}
-        count_error: list[str] = []
-
-        def count_in_snapshot() -> None:
-            try:
-                counts.update(_count_rows(conn, counted))
-            except psycopg.Error as exc:
-                count_error.append(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-
-        counter = threading.Thread(target=count_in_snapshot, name="backup-count", daemon=True)
-        with client_env(password) as tool_env, _Ticker(progress, progress_every, started_clock, measure):
-            counter.start()
-            try:
-                if fmt == "directory":
-                    argv += [f"--jobs={jobs}", f"--file={partial}"]
-                    rc, _out, err = _run_tool(argv, tool_env, state=state)
-                    outcome = None
-                else:
-                    verify_argv = None if fmt == "plain" else [
-                        str(tools.pg_restore.path), "--file=/dev/null", "--format=custom"]
-                    outcome = _stream_dump(argv, tool_env, partial, verify_argv=verify_argv,
-                                           plain=fmt == "plain", state=state)
-                    rc, err = outcome.returncode, outcome.stderr
-            except OSError as exc:
-                counter.join()
-                raise fail(f"could not write the backup in {storage.staging}: {exc.strerror or exc}")
-            finally:
-                counter.join()
-            # the snapshot's transaction may end now: pg_dump has finished with it
-            conn.rollback()
-
-            written = outcome.bytes_written if outcome else size_so_far(partial)
-            disk_full = (outcome is not None and outcome.disk_error is not None) or "No space left" in err
-            if disk_full:
-                free = storage.free_bytes()
-                raise fail(f"disk full: no space left in {storage.staging} after {human_size(written)} "
-                           f"({human_size(free)} free); nothing was kept — free space or point backups.dir "
-                           "elsewhere")
-            if outcome is not None and outcome.disk_error is not None:
-                raise fail(f"could not write the backup in {storage.staging}: {outcome.disk_error.strerror}")
-            if rc < 0:
-                raise fail(f"pg_dump was killed ({_signal_name(rc)}) after {human_size(written)}; "
-                           "nothing was kept")
-            if rc != 0:
-                raise fail(_dump_failure(err, backups_cfg.lock_wait_timeout))
-            if count_error:
-                reason = count_error[0]
-                if "lock timeout" in reason:
-                    raise fail(_dump_failure(reason, backups_cfg.lock_wait_timeout))
-                raise fail(f"could not count rows in the dump's snapshot: {reason}")
-
-            # -- the ladder --------------------------------------------------------------
-            state["phase"] = "verify"
-            level = "none"
-            if fmt == "plain":
-                if not (outcome and outcome.plain_ok is not None and outcome.sha256):
-                    raise fail("the schema dump could not be read back")
-                if not outcome.plain_ok:
-                    raise fail("the schema dump is incomplete: it lacks pg_dump's closing line", level)
-                level = "full"
-                archive_tables = set(existing)
-                archive_views = set()
-            else:
-                rc, listing, err = _run_tool([str(tools.pg_restore.path), "--list", str(partial)], tool_env)
-                if rc != 0:
-                    raise fail(f"TOC read failed (pg_restore --list): {_first_error(err, 'pg_restore')}", level)
-                toc = _toc_entries(listing)
-                archive_tables = toc.get("TABLE", set())
-                archive_views = toc.get("VIEW", set()) | toc.get("MATERIALIZED VIEW", set())
-                missing = [t for t in counted if t not in toc.get("TABLE DATA", set())]
-                if missing:
-                    raise fail(f"TOC read: the archive has no data for {', '.join(_plain(t) for t in missing[:5])}",
-                               level)
-                level = "toc"
-                if fmt == "custom":
-                    if outcome.verifier_rc != 0:
-                        raise fail("full read failed (pg_restore -f /dev/null): "
-                                   f"{_first_error(outcome.verifier_stderr, 'pg_restore')}", level)
-                else:
-                    rc, _out, err = _run_tool([str(tools.pg_restore.path), "--file=/dev/null",
-                                               f"--jobs={jobs}", str(partial)], tool_env, state=state)
-                    if rc != 0:
-                        raise fail(f"full read failed (pg_restore -f /dev/null): {_first_error(err, 'pg_restore')}",
-                                   level)
-                level = "full"
-            if verify == "restore":
-                problem = _verify_by_restore(target, tools, tool_env, env, partial, kind=kind, fmt=fmt,
-                                             expected=counts, expected_tables=sorted(archive_tables), state=state)
-                if problem:
-                    raise fail(f"restore check failed: {problem}", level)
-                level = "restore"
-
+        with client_env(password) as tool_env, _Ticker(progress, progress_every, started_clock, attempt.measure):
+            outcome, counts = _dump_and_count(conn, attempt, facts, env, kind, jobs, conninfo, tool_env, storage)
+            attempt.state["phase"] = "verify"
+            level, archive_tables, archive_views = _climb_ladder(attempt, facts, env, kind, verify, jobs, outcome,
+                                                                 counts, tool_env)
             if outcome is not None:
                 sha256, size = outcome.sha256, outcome.bytes_written
             else:
                 sha256, size = sha256_directory(partial), archive_size(partial)
-
-            state["phase"] = "upload" if storage.is_url else "publish"
-            state["bytes"] = 0
-
-            def moved(n: int) -> None:
-                state["bytes"] += n
-
+            attempt.state.update(phase="upload" if storage.is_url else "publish", bytes=0)
             try:
-                location = storage.publish(partial, archive_name, moved)
+                location = storage.publish(partial, archive_name, attempt.moved)
             except StorageError as exc:
-                raise fail(str(exc), level)
+                raise attempt.fail(str(exc), level)
 
-    duration = round(time.monotonic() - started_clock, 3)
     _update(store, backup_id, status="verified", level=level, location=location, size_bytes=size,
-            sha256=sha256, finished_at=_now(), duration_seconds=duration,
-            tables=sorted(archive_tables) if kind != "tables" else list(chosen), row_counts=counts,
+            sha256=sha256, finished_at=_now(), duration_seconds=round(time.monotonic() - started_clock, 3),
+            tables=sorted(archive_tables) if kind != "tables" else list(facts.chosen), row_counts=counts,
             details={**_load(store, backup_id).details, "views": sorted(archive_views)})
     result = _load(store, backup_id)
     try:
@@ -933,6 +871,115 @@ def _backup_locked(name: str, env: Environment, store, target: Target, storage: 
         _update(store, backup_id, details={**result.details, "expired": [b.id for b in expired]})
         result = _load(store, backup_id)
     return result
+
+
+def _fail_interrupted(store, environment: str) -> None:
+    """Entries left `running` by a bot that died mid-backup (called under the operation lock, so
+    nothing of this target can still be running): failed, so they are never mistaken for live ones."""
+    with store.session() as session, session.begin():
+        session.execute(update(BackupRow).where(BackupRow.environment == environment, BackupRow.status == "running")
+                        .values(status="failed", error="interrupted: the bot stopped during this backup",
+                                finished_at=_now()))
+
+
+def _dump_and_count(conn: psycopg.Connection, attempt: _Attempt, facts: _Facts, env: Environment, kind: str,
+                    jobs: int, conninfo: str, tool_env: dict[str, str],
+                    storage: Storage) -> tuple[_StreamOutcome | None, dict[str, int]]:
+    """pg_dump in the exported snapshot while the same snapshot's rows are counted on `conn`;
+    (the stream's outcome, or None for a directory dump; the counts). Fails the attempt on any error."""
+    lock_wait = env.backups.lock_wait_timeout
+    argv = [str(facts.tools.pg_dump.path), f"--dbname={conninfo}", f"--format={facts.fmt}", "--no-password",
+            f"--lock-wait-timeout={lock_wait}", f"--snapshot={facts.snapshot}"]
+    if kind == "schema":
+        argv.append("--schema-only")
+    argv += [f"--table={_table_pattern(t)}" for t in facts.chosen]
+    counts: dict[str, int] = {}
+    count_error: list[str] = []
+
+    def count_in_snapshot() -> None:      # conn is this thread's alone until it is joined
+        try:
+            counts.update(_count_rows(conn, facts.counted))
+        except psycopg.Error as exc:
+            count_error.append(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+
+    counter = threading.Thread(target=count_in_snapshot, name="backup-count", daemon=True)
+    counter.start()
+    partial = attempt.partial
+    try:
+        if facts.fmt == "directory":
+            rc, _out, err = _run_tool(argv + [f"--jobs={jobs}", f"--file={partial}"], tool_env, state=attempt.state)
+            outcome = None
+        else:
+            verify_argv = None if facts.fmt == "plain" else [
+                str(facts.tools.pg_restore.path), "--file=/dev/null", "--format=custom"]
+            outcome = _stream_dump(argv, tool_env, partial, verify_argv=verify_argv, plain=facts.fmt == "plain",
+                                   state=attempt.state)
+            rc, err = outcome.returncode, outcome.stderr
+    except OSError as exc:
+        counter.join()
+        raise attempt.fail(f"could not write the backup in {storage.staging}: {exc.strerror or exc}")
+    counter.join()
+    conn.rollback()                       # the snapshot's transaction may end: pg_dump is done with it
+
+    written = outcome.bytes_written if outcome else size_so_far(partial)
+    disk_error = outcome.disk_error if outcome is not None else None
+    if (disk_error is not None and disk_error.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left" in err:
+        raise attempt.fail(f"disk full: no space left in {storage.staging} after {human_size(written)} "
+                           f"({human_size(storage.free_bytes())} free); nothing was kept — free space or point "
+                           "backups.dir elsewhere")
+    if disk_error is not None:
+        raise attempt.fail(f"could not write the backup in {storage.staging}: {disk_error.strerror or disk_error}")
+    if rc < 0:
+        raise attempt.fail(f"pg_dump was killed ({_signal_name(rc)}) after {human_size(written)}; nothing was kept")
+    if rc != 0:
+        raise attempt.fail(_dump_failure(err, lock_wait))
+    if count_error:
+        reason = count_error[0]
+        if "lock timeout" in reason:
+            raise attempt.fail(_dump_failure(reason, lock_wait))
+        raise attempt.fail(f"could not count rows in the dump's snapshot: {reason}")
+    return outcome, counts
+
+
+def _climb_ladder(attempt: _Attempt, facts: _Facts, env: Environment, kind: str, verify: str, jobs: int,
+                  outcome: _StreamOutcome | None, counts: dict[str, int],
+                  tool_env: dict[str, str]) -> tuple[str, set[str], set[str]]:
+    """toc < full < restore on the partial archive: (level reached, its tables, its views).
+    A rung that fails fails the attempt, with the level below it recorded."""
+    partial, pg_restore = attempt.partial, str(facts.tools.pg_restore.path)
+    level = "none"
+    if facts.fmt == "plain":
+        if outcome is None or not outcome.plain_ok:
+            raise attempt.fail("the schema dump is incomplete: it lacks pg_dump's closing line", level)
+        level, archive_tables, archive_views = "full", set(facts.existing), set()
+    else:
+        rc, listing, err = _run_tool([pg_restore, "--list", str(partial)], tool_env)
+        if rc != 0:
+            raise attempt.fail(f"TOC read failed (pg_restore --list): {_first_error(err, 'pg_restore')}", level)
+        toc = _toc_entries(listing)
+        archive_tables = toc.get("TABLE", set())
+        archive_views = toc.get("VIEW", set()) | toc.get("MATERIALIZED VIEW", set())
+        missing = [t for t in facts.counted if t not in toc.get("TABLE DATA", set())]
+        if missing:
+            raise attempt.fail(f"TOC read: the archive has no data for {', '.join(_plain(t) for t in missing[:5])}",
+                               level)
+        level = "toc"
+        if outcome is not None:           # custom: read in full while it streamed
+            rc, err = outcome.verifier_rc, outcome.verifier_stderr
+        else:
+            rc, _out, err = _run_tool([pg_restore, "--file=/dev/null", f"--jobs={jobs}", str(partial)], tool_env,
+                                      state=attempt.state)
+        if rc != 0:
+            raise attempt.fail(f"full read failed (pg_restore -f /dev/null): {_first_error(err, 'pg_restore')}",
+                               level)
+        level = "full"
+    if verify == "restore":
+        problem = _verify_by_restore(attempt.target, facts.tools, tool_env, env, partial, kind=kind, fmt=facts.fmt,
+                                     expected=counts, expected_tables=sorted(archive_tables), state=attempt.state)
+        if problem:
+            raise attempt.fail(f"restore check failed: {problem}", level)
+        level = "restore"
+    return level, archive_tables, archive_views
 
 
 def _scratch_conninfo(dsn: str, dbname: str, purpose: str) -> tuple[str, str]:

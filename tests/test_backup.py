@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import subprocess
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -591,3 +590,31 @@ def test_a_restore_waits_for_locks_only_as_long_as_configured(sample_db, pg_bin_
             engine.restore(name, env, store, made.id, expected_revision=[REV_0003])
         app.rollback()
     assert fingerprint(url) == before
+
+
+def test_an_entry_left_running_by_a_dead_bot_is_failed_by_the_next_backup(sample_db, pg_bin_dir, tmp_path):
+    from runbook.state.models import BackupRow
+
+    url = sample_db("head")
+    name, env, store = environment(tmp_path, url, pg_bin_dir)
+    with store.session() as session, session.begin():     # what a bot killed mid-dump leaves behind
+        session.add(BackupRow(environment=name, kind="full", format="custom", reason="manual", status="running",
+                              level="none", name="backup_20200101_000000.dump", location="/nowhere",
+                              tables=[], row_counts={}, actor="U0GONE0001", details={}))
+    made = engine.backup(name, env, store)
+    stale = engine.list_backups(store, name)[-1]
+    assert stale.status == "failed" and stale.error == "interrupted: the bot stopped during this backup"
+    assert not stale.restorable and made.status == "verified"
+
+
+def test_a_directory_archive_round_trips_through_url_storage(sample_db, pg_bin_dir, tmp_path):
+    url = sample_db("head")
+    name, env, store = environment(tmp_path, url, pg_bin_dir, dir="memory://rb-tests/directory",
+                                   staging_dir=tmp_path / "staging", parallel_above_bytes=0, jobs=2)
+    made = engine.backup(name, env, store)
+    assert made.format == "directory" and made.location.startswith("memory://")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM expenses WHERE id > 5")
+    engine.restore(name, env, store, made.id, expected_revision=[REV_0003])
+    assert counts(url, "expenses")["expenses"] == 50
+    assert files_in(tmp_path / "staging") == []
