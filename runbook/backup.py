@@ -13,6 +13,9 @@ Public API (bot/flows, bot/cli and bot/approvals build on it; names are stable):
     restore(name, env, store, backup_id, *, expected_revision, tables=(), actor=..., progress=None,
             lock=None) -> RestoreResult                                         raises BackupError
     dump_in_progress(conn) -> list[DumpSession]                                 any pg_dump on this db
+    last_backup_at(store, name) -> datetime | None          the newest verified full backup (precheck)
+    backup_to_json(backup) -> dict                           the CLI's --json contract
+    remember_message(store, backup_id, channel, ts)          where its Slack message is (updates by ts)
 
 How a backup runs (one advisory lock for the whole operation, runbook/guard.py):
 
@@ -23,7 +26,10 @@ How a backup runs (one advisory lock for the whole operation, runbook/guard.py):
 2. Custom and plain dumps stream through the bot: every chunk is hashed, written to a hidden
    `.partial-` file and fed to `pg_restore -f /dev/null` at the same time, so the full read
    (reference/postgres.md §5: it catches the truncation that `pg_restore --list` passes) costs
-   almost nothing on top of the dump. Directory dumps (`-j`) are read back after.
+   almost nothing on top of the dump. Directory dumps (`-j`) are read back after. (A custom
+   archive written through a pipe has no data offsets in its TOC: pg_restore then reads it in
+   order, so a one-table restore scans the file; parallel restore still works.)
+   The exact counts cost one more scan of every table on the server, concurrent with the dump.
 3. The ladder: toc (`pg_restore --list` of the stored file) < full (every block read and
    decompressed) < restore (into a scratch database on the same server, row counts compared;
    the scratch database is always dropped). A rung that fails marks the backup failed, deletes
