@@ -140,6 +140,17 @@ def _ack_text(payload: str) -> str:
         return payload
 
 
+def _hands_over(text: str, flows) -> bool:
+    """Whether the bot hands this command to its executor (a malformed one is answered in the ack)."""
+    from bot.commands import CommandError, parse
+
+    try:
+        parse(text.split(None, 1)[1] if " " in text else "", flows.environment_names())
+        return True
+    except CommandError:
+        return False
+
+
 def _ack_blocks(payload: str) -> list | None:
     try:
         return json.loads(payload).get("blocks")
@@ -208,13 +219,14 @@ class Demo:
             self.say("  (type a slash command, e.g. /migrate help, `click approve` on an approval request, or 'quit')")
             return 0
         seen = len(self.slack.messages())
+        submitted = self.runtime.flows.submitted
         status, payload, ms = _slash(self.url, self.secret, text, self.slack.response_url())
         self.say(f"  ack {status} in {ms:.0f} ms: {_mrkdwn(_ack_text(payload))}")
         ack_blocks = _ack_blocks(payload)
         if ack_blocks:
             self.say("\n── bot (reply only visible to you) " + "─" * 40)
             self.say(render_message({"blocks": ack_blocks}))
-        self.runtime.flows.wait_idle(timeout=120)
+        self.runtime.flows.wait_idle(timeout=300, after=submitted if _hands_over(text, self.runtime.flows) else None)
         for message in self.slack.messages()[seen:]:
             kind = "only visible to you" if message.get("ephemeral") else f"posted in #{message['channel']}"
             self.say(f"\n── bot ({kind}) " + "─" * 40)

@@ -52,6 +52,7 @@ class Flows:
         self._projects: dict[str, AlembicProject] = {}
         self._projects_lock = threading.Lock()
         self._in_flight = 0
+        self._submitted = 0
         self._idle = threading.Condition()
         self.approvals = approvals.ApprovalService(settings, store, client, redactor=redactor,
                                                    submit=self.submit_call,
@@ -79,6 +80,7 @@ class Flows:
             raise Busy("the bot is busy with too many commands; try again in a minute")
         with self._idle:
             self._in_flight += 1
+            self._submitted += 1
         future = self._executor.submit(self._logged, fn, *args)
         future.add_done_callback(self._finished)
         return future
@@ -101,10 +103,19 @@ class Flows:
             self._in_flight -= 1
             self._idle.notify_all()
 
-    def wait_idle(self, timeout: float) -> bool:
-        """Until no command is queued or running (the console demo and tests use it)."""
+    @property
+    def submitted(self) -> int:
+        """How many pieces of work were ever handed to the executor."""
         with self._idle:
-            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+            return self._submitted
+
+    def wait_idle(self, timeout: float, *, after: int | None = None) -> bool:
+        """Until no work is queued or running (the console demo and tests use it). With `after`,
+        first until more than `after` pieces of work were submitted: the ack of a command comes
+        back before its listener has handed the work over."""
+        with self._idle:
+            return self._idle.wait_for(
+                lambda: self._in_flight == 0 and (after is None or self._submitted > after), timeout)
 
     def shutdown(self, wait: bool = True) -> None:
         self._executor.shutdown(wait=wait, cancel_futures=not wait)

@@ -33,8 +33,10 @@ def start(settings, slack):
 
 
 def command(server, runtime, text, **kwargs):
+    submitted = runtime.flows.submitted
     answer = signed_post(server.url + "/slack/events", slash_command_body(text, **kwargs))
-    assert runtime.flows.wait_idle(timeout=60)
+    handed_over = not ack_text(answer).startswith(":warning:")
+    assert runtime.flows.wait_idle(timeout=60, after=submitted if handed_over else None)
     return answer
 
 

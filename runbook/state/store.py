@@ -58,7 +58,10 @@ class Store:
     def __init__(self, url: str):
         self.url = url
         try:
-            self.engine: Engine = create_engine(_sqlalchemy_url(url), pool_pre_ping=True)
+            # On PostgreSQL the bot's own sessions name themselves, so a state database that is
+            # also a monitored target never reports the bot's state traffic as activity.
+            connect_args = {"application_name": "runbook-bot/state"} if url.startswith("postgresql") else {}
+            self.engine: Engine = create_engine(_sqlalchemy_url(url), pool_pre_ping=True, connect_args=connect_args)
         except (SQLAlchemyError, ValueError) as exc:
             raise StateError(f"state_url is not usable: {redact(str(exc).splitlines()[0])}") from None
         if self.engine.dialect.name == "sqlite":
