@@ -21,6 +21,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/precheck.py
+	$(BIN)/python bench/backup.py
+	$(BIN)/python bench/monitor.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -35,6 +35,7 @@ import signal
 import subprocess
 import sys
 import threading
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -234,8 +235,13 @@ class RunLog:
 
 
 def default_log_dir(env: Environment) -> Path:
-    """Next to the backups (§2.5 storage): <backups.dir>/migration-logs."""
-    return Path(env.backups.dir) / "migration-logs"
+    """Next to the backups (§2.5 storage): <backups.dir>/migration-logs. Backups kept at a URL
+    (s3://…) have no local directory: the logs then go where dumps are staged."""
+    where = str(env.backups.dir)
+    if "://" in where:
+        staging = env.backups.staging_dir or Path(tempfile.gettempdir()) / "runbook-bot"
+        return Path(staging) / "migration-logs"
+    return Path(where) / "migration-logs"
 
 
 # ---------------------------------------------------------------------------

@@ -441,3 +441,16 @@ def test_propose_shows_what_approvers_approve_and_refuses_up_front(sample_db, tm
     refused = migrate.propose(name, env, direction="downgrade", target=REV_0001)
     assert refused.refusal.startswith("cannot roll back production: 0003_backfill_categories is irreversible")
     assert migrate.propose(name, env).refusal == "nothing to do: production is already at 0003_backfill_categories"
+
+
+def test_migration_logs_stay_local_when_backups_go_to_a_url(tmp_path):
+    from runbook.config import parse_settings
+    from runbook.migrate import default_log_dir
+
+    config = tmp_path / "runbook-bot.yaml"
+    config.write_text("environments:\n  production:\n    database_url: postgresql://x/y\n    app_dir: .\n"
+                      f"    backups: {{dir: 's3://bucket/backups', staging_dir: '{tmp_path}/stage'}}\n")
+    env = parse_settings(config.read_text(), source=config).environments["production"]
+    assert default_log_dir(env) == tmp_path / "stage" / "migration-logs"
+    local = parse_settings(config.read_text().replace("s3://bucket/backups", "dumps"), source=config)
+    assert default_log_dir(local.environments["production"]) == tmp_path / "dumps" / "migration-logs"
