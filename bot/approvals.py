@@ -96,7 +96,8 @@ class ApprovalKind:
     - `summary(request)` one line: the text fallback, the confirm dialog, the audit event;
     - `describe(request)` blocks saying what will happen (from `request.params`, which hold
       the facts captured when it was requested);
-    - `result_blocks(request)` blocks for `request.result` once done or failed.
+    - `result_blocks(request)` blocks for `request.result` once done or failed;
+    - `on_failed(request)` what a failed execution triggers (restore: the level-2 escalation).
     """
 
     name: str
@@ -105,6 +106,8 @@ class ApprovalKind:
     summary: Callable[[ApprovalRequest], str] = lambda r: f"{r.kind} on {r.environment}"
     describe: Callable[[ApprovalRequest], list[dict[str, Any]]] = _no_blocks
     result_blocks: Callable[[ApprovalRequest], list[dict[str, Any]]] = _no_blocks
+    # called with the final request when its execution failed, after the result is announced
+    on_failed: Callable[[ApprovalRequest], Any] | None = None
 
 
 def _short(value: Any, limit: int) -> str | None:
@@ -415,7 +418,19 @@ class ApprovalService:
         self.sync_message(request_id)
         final = self.requests.get(request_id)
         self._announce(final)
+        self._after_failure(final)
         return final
+
+    def _after_failure(self, request: ApprovalRequest | None) -> None:
+        """The kind's on_failed (a failed restore escalates, runbook §7.2); its own failure is logged."""
+        spec = self._kinds.get(request.kind) if request is not None else None
+        if request is None or request.state != FAILED or spec is None or spec.on_failed is None:
+            return
+        try:
+            spec.on_failed(request)
+        except Exception as exc:
+            log.error("after the failed %s %s, its follow-up failed: %s", request.kind, request.id,
+                      self.redactor(repr(exc)))
 
     def progress(self, request_id: str, text: str) -> None:
         """A running request's progress line, shown on its message (executors call it, throttled)."""

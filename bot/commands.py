@@ -47,8 +47,36 @@ ACTIONS: dict[str, ActionSpec] = {
         ActionSpec("restore", "/migrate restore [env] ID [tables=a,b]",
                    "restore a verified backup (all of it, or some tables), after approval", "§6.2–6.3",
                    max_args=2, check_args=lambda args: restore_args(args)),
+        ActionSpec("escalate", "/migrate escalate [env] [1 | 2 | 3] [reason]",
+                   "1: the runbook section for the current state; 2: tag the owner with the incident summary; "
+                   "3: emergency (owner and @here, pause the application)", "§7",
+                   max_args=1000, check_args=lambda args: escalate_args(args)),
     )
 }
+
+# runbook.escalation.MAX_REASON (the engine checks it again; tests keep the two equal)
+MAX_ESCALATION_REASON = 300
+
+
+def escalate_args(args: Sequence[str]) -> tuple[int, str]:
+    """`[1 | 2 | 3] [reason]` of `/migrate escalate` -> (level, reason). The level defaults to 1 and
+    comes first; the reason is the rest, one line."""
+    usage = "Usage: `/migrate escalate [env] [1 | 2 | 3] [reason]`."
+    if not args:
+        return 1, ""
+    first = args[0]
+    shown = first if len(first) <= 40 else first[:40] + "…"
+    if not re.fullmatch(r"[123]", first):
+        if re.fullmatch(r"[+-]?\d+", first):
+            raise CommandError(f"There is no escalation level {shown}: use 1 (self-service), 2 (owner) or "
+                               f"3 (emergency). {usage}")
+        raise CommandError(f"'{shown}' is neither a configured environment nor an escalation level (1, 2 or 3); "
+                           f"the level comes before the reason. {usage}")
+    reason = " ".join(" ".join(args[1:]).split())
+    if len(reason) > MAX_ESCALATION_REASON:
+        raise CommandError(f"The reason is {len(reason)} characters long: keep it to {MAX_ESCALATION_REASON} "
+                           f"(the incident summary carries the details). {usage}")
+    return int(first), reason
 
 
 _BACKUP_ID = re.compile(r"^#?\d{1,12}$")

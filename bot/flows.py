@@ -15,7 +15,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot import approvals, blocks
-from bot.commands import Command, backup_args, restore_args
+from bot.commands import Command, backup_args, escalate_args, restore_args
 from runbook import precheck
 from runbook.config import ConfigError, Settings
 from runbook.revisions import AlembicProject, RevisionError
@@ -57,7 +57,11 @@ class Flows:
         self.approvals = approvals.ApprovalService(settings, store, client, redactor=redactor,
                                                    submit=self.submit_call,
                                                    user_errors=(TargetError, RevisionError))
-        self.approvals.register(restore_kind(settings, store, on_progress=self.approvals.progress))
+        from bot.escalate import Escalator
+
+        self.escalator = Escalator(settings, store, client, redactor=redactor)
+        self.approvals.register(restore_kind(settings, store, on_progress=self.approvals.progress,
+                                             on_failed=self.escalator.after_restore))
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -159,20 +163,7 @@ class Flows:
 
     def post(self, origin: Origin, message: "blocks.Message", thread_ts: str | None = None) -> str | None:
         """Post a durable message (and its files) in the command's channel; returns its ts."""
-        message = self.redactor.message(message)
-        blocks.validate(message)
-        channel = self.channel_for(origin)
-        try:
-            response = self.client.chat_postMessage(channel=channel, text=message.text, blocks=message.blocks,
-                                                    thread_ts=thread_ts, unfurl_links=False)
-            ts = response.get("ts")
-            for upload in message.files:
-                self.client.files_upload_v2(channel=channel, thread_ts=ts, title=upload.title,
-                                            filename=upload.filename, content=upload.content)
-            return ts
-        except SlackApiError as exc:
-            log.error("Slack refused a message in %s: %s", channel, exc.response.get("error"))
-            return None
+        return post_message(self.client, self.redactor, self.channel_for(origin), message, thread_ts=thread_ts)[0]
 
     def update(self, channel: str, ts: str, message: "blocks.Message") -> bool:
         """Replace a posted message in place (chat.update by its stored ts); False if Slack refused."""
@@ -299,6 +290,47 @@ class Flows:
         self.record(origin, "backups", name, "ok", f"{len(found)} listed")
         self.post(origin, blocks.backups_message(name, found))
 
+    def do_escalate(self, command: Command, origin: Origin) -> None:
+        """`/migrate escalate [env] [1 | 2 | 3] [reason]` (§7.2): 1 points to the runbook section that
+        fits the current state; 2 tags the owner with the incident summary; 3 is the emergency (the
+        owner and @here, pause the application, the pause hook). The escalator posts and records it."""
+        name, _env = self.settings.environment(command.environment)
+        level, reason = escalate_args(command.args)
+        try:
+            report = self.escalator.escalate(name, level, reason=reason, actor=self.actor(origin),
+                                             origin_channel=origin.channel_id)
+        except ValueError as exc:
+            self._fail(command, origin, f"`{command.text}` refused: {exc}")
+            return
+        if report.ts is None:
+            self.reply_ephemeral(origin, blocks.error_message(
+                f"The level {level} escalation was recorded, but Slack refused its message "
+                f"({report.slack_error or 'no channel'}): tell the owner another way."))
+        elif origin.channel_id and report.channel != origin.channel_id:
+            self.reply_ephemeral(origin, blocks.escalation_pointer(report.channel, level, name))
+
+
+def post_message(client: Any, redactor: "Redactor", channel: str, message: "blocks.Message", *,
+                 thread_ts: str | None = None, broadcast: bool = False) -> tuple[str | None, str | None]:
+    """Post a durable message, redacted and validated, and upload its files into its thread (the
+    thread it went in, or its own). Returns (ts, None), or (None, Slack's error) when refused.
+    `broadcast`: a thread reply also shown in the channel."""
+    message = redactor.message(message)
+    blocks.validate(message)
+    try:
+        response = client.chat_postMessage(channel=channel, text=message.text, blocks=message.blocks,
+                                           thread_ts=thread_ts, unfurl_links=False,
+                                           **({"reply_broadcast": True} if broadcast and thread_ts else {}))
+        ts = response.get("ts")
+        for upload in message.files:
+            client.files_upload_v2(channel=channel, thread_ts=thread_ts or ts, title=upload.title,
+                                   filename=upload.filename, content=upload.content)
+        return ts, None
+    except SlackApiError as exc:
+        error = str(exc.response.get("error") or "unknown error")
+        log.error("Slack refused a message in %s: %s", channel, error)
+        return None, error
+
 
 class BackupProgress:
     """The progress callback of a Slack backup: after `post_after` seconds it posts one message,
@@ -400,9 +432,11 @@ def restore_params(plan: Any) -> dict[str, Any]:
 
 
 def restore_kind(settings: Settings, store: Store, *,
-                 on_progress: Callable[[str, str], None] | None = None) -> "approvals.ApprovalKind":
+                 on_progress: Callable[[str, str], None] | None = None,
+                 on_failed: Callable[[Any], Any] | None = None) -> "approvals.ApprovalKind":
     """The restore kind: runbook.backup.restore once approved (it takes the operation lock and the
-    safety backup, and stops if the revision is no longer the one approved)."""
+    safety backup, and stops if the revision is no longer the one approved). `on_failed(request)`:
+    what a failed restore triggers (the level-2 escalation, runbook §7.2)."""
     from runbook import backup as backups
 
     def execute(request: Any) -> approvals.Outcome:
@@ -432,7 +466,8 @@ def restore_kind(settings: Settings, store: Store, *,
         "restore", "Restore", execute,
         summary=lambda r: blocks.restore_summary(r.params, r.environment),
         describe=lambda r: blocks.restore_request_blocks(r.params),
-        result_blocks=lambda r: blocks.restore_result_blocks(r.result))
+        result_blocks=lambda r: blocks.restore_result_blocks(r.result),
+        on_failed=on_failed)
 
 
 def restore_with_yes(settings: Settings, store: Store, environment: str, backup_id: str, tables: Any, actor: str,

@@ -70,6 +70,8 @@ def known_secrets(settings: Settings | None) -> tuple[str, ...]:
     if settings is not None:
         secrets += [password_of(env.dsn) for env in settings.environments.values()]
         secrets.append(password_of(settings.state_url))
+        if settings.escalation.github is not None:        # the GitHub token of escalations (issue 6)
+            secrets.append(os.environ.get(settings.escalation.github.token_env, ""))
     return tuple(s for s in secrets if s and len(s) >= 3)
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -172,6 +173,80 @@ ALERT_KINDS: tuple[str, ...] = get_args(AlertKind)
 HttpUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s<>|]+$", max_length=2000)]
 
 
+# -- issue 6: escalation levels (runbook §7.2), the pause hook, GitHub issues, incident summaries --
+
+LevelNumber = Literal[1, 2, 3]
+
+
+def _notify_target(value: str) -> str:
+    if value in ("owner", "here") or re.fullmatch(r"[UWS][A-Z0-9]{2,}", value):
+        return value
+    raise ValueError("must be owner, here, or a Slack user or user group ID (U…, S…)")
+
+
+# Who a level tags: the configured owner, everyone active in the channel, or a user / user group ID.
+NotifyTarget = Annotated[str, AfterValidator(_notify_target)]
+EnvVarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=300)]
+
+
+class EscalationLevel(_Strict):
+    """One level of runbook §7.2 as data: what it is for, what to do, whom it tags, what it triggers."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=40)]
+    when: list[ShortText] = Field(default_factory=list, max_length=10)   # shown with the level
+    do: list[ShortText] = Field(default_factory=list, max_length=10)     # the instructions, in order
+    notify: list[NotifyTarget] = Field(default_factory=list, max_length=10)
+    summary: bool = False        # the §7.3 incident summary goes with it (message and Markdown file)
+    github_issue: bool = False   # opens an issue when escalation.github is configured
+    pause_hook: bool = False     # runs escalation.pause_hook
+
+
+# Mirrors runbook §7.2; a configured level is merged key by key over its default.
+DEFAULT_ESCALATION_LEVELS: dict[int, dict[str, Any]] = {
+    1: {"name": "Self-service",
+        "when": ["standard operations", "a failed step the runbook covers"],
+        "do": ["Follow the runbook section that fits the current state (below)",
+               "Check the migration guidelines for best practices",
+               "Review the migration log and error messages"]},
+    2: {"name": "Owner",
+        "when": ["a rollback or restore failed", "data integrity issues persist",
+                 "the migration blocks a production deployment"],
+        "do": ["The owner takes over: read the incident summary",
+               "Do not retry the migration, rollback or restore until the owner answers here"],
+        "notify": ["owner"], "summary": True, "github_issue": True},
+    3: {"name": "Emergency",
+        "when": ["a service outage affecting users", "data loss or corruption confirmed"],
+        "do": ["Pause the application: stop its writes to the database",
+               "Preserve logs: the migration log, the application's and PostgreSQL's logs",
+               "Change nothing else until the owner answers here"],
+        "notify": ["owner", "here"], "summary": True, "github_issue": True, "pause_hook": True},
+}
+
+
+class PauseHook(_Strict):
+    """A command that pauses the application (level 3): an argument list, run without a shell."""
+
+    argv: list[Annotated[str, StringConstraints(max_length=1000)]] = Field(min_length=1, max_length=100)
+    timeout_seconds: float = Field(60, gt=0, le=3600)
+
+
+class GitHubIssues(_Strict):
+    """Levels with github_issue open an issue in `repo`; the token is read from `token_env` at use."""
+
+    repo: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")]
+    token_env: EnvVarName = "GITHUB_TOKEN"
+    api_url: HttpUrl = "https://api.github.com"     # GitHub Enterprise: https://HOST/api/v3
+    labels: list[Annotated[str, StringConstraints(min_length=1, max_length=50)]] = Field(default_factory=list,
+                                                                                          max_length=10)
+    timeout_seconds: float = Field(10, gt=0, le=120)
+
+
+class IncidentSummary(_Strict):
+    # How many of the last lines of a run's log file the summary quotes.
+    log_lines: int = Field(40, ge=0, le=500)
+
+
 class Escalation(_Strict):
     owner: Owner = Owner()
     links: dict[str, str] = {}
@@ -180,6 +255,29 @@ class Escalation(_Strict):
     escalate_after_seconds: float = Field(600, gt=0, le=7 * 86400)
     # Which alert kinds escalate at all.
     escalate_kinds: list[AlertKind] = Field(default_factory=lambda: list(ALERT_KINDS))
+    levels: dict[LevelNumber, EscalationLevel] = Field(
+        default_factory=lambda: {n: EscalationLevel(**v) for n, v in DEFAULT_ESCALATION_LEVELS.items()})
+    pause_hook: PauseHook | None = None
+    github: GitHubIssues | None = None
+    incident: IncidentSummary = IncidentSummary()
+
+    @field_validator("levels", mode="before")
+    @classmethod
+    def _over_defaults(cls, value: Any) -> Any:
+        """Each configured level is merged over its default, so `levels: {3: {notify: [owner]}}` is enough."""
+        if not isinstance(value, dict):
+            return value
+        merged: dict[Any, Any] = {n: dict(v) for n, v in DEFAULT_ESCALATION_LEVELS.items()}
+        for key, level in value.items():
+            number = int(key) if isinstance(key, str) and key.isdigit() else key
+            if number in merged and isinstance(level, dict):
+                merged[number] = {**merged[number], **level}
+            else:
+                merged[number] = level       # an unknown level or a malformed one: validation names it
+        return merged
+
+    def level(self, number: int) -> EscalationLevel:
+        return self.levels[number]  # type: ignore[index]
 
 
 class Settings(_Strict):

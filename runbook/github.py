@@ -1,0 +1,87 @@
+"""GitHub issues for escalations (runbook §7.2: "Contact: @owner via GitHub issue").
+
+One REST call, `POST {api_url}/repos/{repo}/issues`, with the standard library's urllib: the
+token is read from the environment variable named in `escalation.github.token_env` at the
+moment of use, sent only in the Authorization header, and removed from every text this module
+returns or raises. `api_url` is configurable (GitHub Enterprise; the tests' loopback fake).
+"""
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from runbook.config import GitHubIssues
+from runbook.target import redact
+
+# GitHub refuses bodies over 65536 characters; leave room for the truncation note.
+MAX_BODY = 60000
+API_VERSION = "2022-11-28"
+
+
+class GitHubError(Exception):
+    """The issue could not be opened; one line, without the token."""
+
+
+@dataclass(frozen=True)
+class Issue:
+    number: int
+    url: str            # the issue's page (html_url)
+
+
+def token_of(config: GitHubIssues, environ: Mapping[str, str] | None = None) -> str:
+    """The token, or '' when its variable is not set."""
+    return (os.environ if environ is None else environ).get(config.token_env, "")
+
+
+def open_issue(config: GitHubIssues, title: str, body: str, *, extra_secrets: Sequence[str] = (),
+               environ: Mapping[str, str] | None = None) -> Issue:
+    """Open an issue in `config.repo`; GitHubError (one line) when it cannot."""
+    token = token_of(config, environ)
+    if not token:
+        raise GitHubError(f"escalation.github: the environment variable {config.token_env} is not set, "
+                          "so no issue was opened")
+    secrets = (token, *extra_secrets)
+    if len(body) > MAX_BODY:
+        body = body[:MAX_BODY] + "\n\n… (cut: the full summary is in the Slack thread and `runbook-bot incident`)"
+    payload = {"title": title[:250], "body": body}
+    if config.labels:
+        payload["labels"] = list(config.labels)
+    request = urllib.request.Request(
+        f"{config.api_url.rstrip('/')}/repos/{config.repo}/issues", method="POST",
+        data=json.dumps(payload).encode("utf-8"),
+        headers={"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
+                 "X-GitHub-Api-Version": API_VERSION, "Content-Type": "application/json",
+                 "User-Agent": "runbook-bot"})
+    try:
+        with urllib.request.urlopen(request, timeout=config.timeout_seconds) as response:
+            answer = json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        raise GitHubError(redact(f"GitHub refused the issue in {config.repo} (HTTP {exc.code}: "
+                                 f"{_message_of(exc)})", *secrets)) from None
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise GitHubError(redact(f"cannot reach GitHub at {config.api_url} ({reason})", *secrets)) from None
+    except ValueError:
+        raise GitHubError("GitHub answered with something that is not JSON; was an issue opened? "
+                          f"Check {config.repo}") from None
+    url, number = answer.get("html_url"), answer.get("number")
+    if not isinstance(url, str) or not isinstance(number, int):
+        raise GitHubError(f"GitHub's answer names no issue; check {config.repo}")
+    return Issue(number, redact(url, *secrets))
+
+
+def _message_of(exc: urllib.error.HTTPError) -> str:
+    """GitHub's own one-line `message`, else the HTTP reason."""
+    try:
+        message = json.loads(exc.read() or b"{}").get("message")
+    except (ValueError, AttributeError, OSError):
+        message = None
+    text = message if isinstance(message, str) and message else str(exc.reason)
+    return " ".join(text.split())[:200]
+
+
+__all__ = ["GitHubError", "Issue", "open_issue", "token_of"]
