@@ -131,7 +131,8 @@ class Escalator:
         hook = self.settings.escalation.pause_hook
         if escalation.config.pause_hook and hook is not None:
             report.hook = levels.run_pause_hook(hook, environment=environment, level=level, reason=escalation.reason,
-                                                run_id=escalation.run_id, secrets=self.secrets)
+                                                run_id=escalation.run_id, secrets=self.secrets,
+                                                withhold=levels.withheld_variables(self.settings))
             levels.record_hook(self.store, escalation, report.hook)
             if not report.hook.ok:
                 log.error("escalation level %s on %s: %s", level, environment, self.redactor(report.hook.line()))

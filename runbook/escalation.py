@@ -307,12 +307,22 @@ class HookResult:
         return f"the pause hook `{shown}` FAILED: {self.error}"
 
 
+# The bot's own credentials are none of the hook's business (it gets the rest of the environment).
+BOT_SECRET_VARIABLES = ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET")
+
+
+def withheld_variables(settings: Settings) -> tuple[str, ...]:
+    github = settings.escalation.github
+    return BOT_SECRET_VARIABLES + ((github.token_env,) if github is not None else ())
+
+
 def run_pause_hook(hook: PauseHook, *, environment: str, level: int, reason: str = "", run_id: str | None = None,
-                   secrets: Sequence[str] = ()) -> HookResult:
+                   secrets: Sequence[str] = (), withhold: Sequence[str] = BOT_SECRET_VARIABLES) -> HookResult:
     """Run the hook: its argv as given (no shell), stdin closed, in a session of its own so a
-    timeout kills everything it started. It learns the context from RUNBOOK_BOT_* variables."""
+    timeout kills everything it started. It learns the context from RUNBOOK_BOT_* variables;
+    the variables named in `withhold` (the bot's tokens) are left out of its environment."""
     argv = tuple(hook.argv)
-    env = dict(os.environ)
+    env = {name: value for name, value in os.environ.items() if name not in withhold}
     env.update(RUNBOOK_BOT_ENVIRONMENT=environment, RUNBOOK_BOT_LEVEL=str(level), RUNBOOK_BOT_REASON=reason,
                RUNBOOK_BOT_RUN_ID=run_id or "")
     started = time.monotonic()
@@ -400,4 +410,5 @@ def open_github_issue(settings: Settings, store, escalation: Escalation, *, secr
 
 __all__ = ["ACTION", "Escalation", "HookResult", "MAX_REASON", "SECTIONS", "Situation", "already_escalated", "assess",
            "automatic_level", "check_reason", "open_github_issue", "prepare", "record", "record_hook",
-           "render_markdown", "run_pause_hook", "section_anchor", "section_title", "section_url", "secrets_of"]
+           "render_markdown", "run_pause_hook", "section_anchor", "section_title", "section_url", "secrets_of",
+           "withheld_variables"]

@@ -51,6 +51,7 @@ GROUP = "S0DBTEAM01"
 FAILING = ("0004_divide_by_zero", "op.execute('SELECT 1/0')", "pass")
 HOOK_BODY = """import os, sys
 print("pausing", os.environ["RUNBOOK_BOT_ENVIRONMENT"], "level", os.environ["RUNBOOK_BOT_LEVEL"])
+print("bot token:", os.environ.get("SLACK_BOT_TOKEN", "withheld"), "github:", os.environ.get("GITHUB_TOKEN", "withheld"))
 print("connected with", {url!r})
 print("reason:", os.environ["RUNBOOK_BOT_REASON"], file=sys.stderr)
 """
@@ -212,14 +213,18 @@ def test_level_2_tags_the_owner_group_with_the_summary_and_opens_a_github_issue(
 
 
 def test_level_3_tags_owner_and_here_and_posts_the_pause_hooks_redacted_output(
-        sample_db, tmp_path, local_slack, bots, log_lines):
+        sample_db, tmp_path, local_slack, bots, log_lines, monkeypatch):
     url = with_password(sample_db(REV_0003), PASSWORD)
     hook = hook_script(tmp_path, HOOK_BODY.format(url=url))
+    monkeypatch.setenv("SLACK_BOT_TOKEN", BOT_TOKEN)          # as `serve` has them: the hook gets neither
+    monkeypatch.setenv("GITHUB_TOKEN", GITHUB_TOKEN)
     bot = make_bot(tmp_path, url, local_slack,
-                   escalation=f"  pause_hook: {{argv: {dumps(hook)}, timeout_seconds: 30}}\n")
+                   escalation=f"  pause_hook: {{argv: {dumps(hook)}, timeout_seconds: 30}}\n"
+                              "  github: {repo: acme/home_budget, api_url: 'http://127.0.0.1:1'}\n")
     bots.append(bot)
     bot.command("escalate 3 users see 500s")
-    message, hook_reply = bot.posted()
+    message, github_reply, hook_reply = bot.posted()
+    assert github_reply.text.startswith(":warning: No GitHub issue: cannot reach GitHub at http://127.0.0.1:1")
     for text in (message.text, dumps(message.blocks)):
         assert "<!here>" in text and f"<@{OWNER}>" in text
     rendered = dumps(message.blocks)
@@ -231,6 +236,7 @@ def test_level_3_tags_owner_and_here_and_posts_the_pause_hooks_redacted_output(
     output = dumps(hook_reply.blocks)
     assert "pausing production level 3" in output and "reason: users see 500s" in output
     assert "connected with postgresql://postgres:***@" in output and PASSWORD not in output
+    assert "bot token: withheld github: withheld" in output
     [ran] = bot.store.events(action="escalate.pause_hook")
     assert ran.outcome == "ok" and ran.details["exit_code"] == 0 and PASSWORD not in dumps(ran.details)
     assert PASSWORD not in bot.everything() + log_lines.getvalue()
