@@ -32,6 +32,16 @@ class Issue:
     url: str            # the issue's page (html_url)
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect would carry the Authorization header to wherever it points: refuse it instead."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: N802 (urllib's name)
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def token_of(config: GitHubIssues, environ: Mapping[str, str] | None = None) -> str:
     """The token, or '' when its variable is not set."""
     return (os.environ if environ is None else environ).get(config.token_env, "")
@@ -57,7 +67,7 @@ def open_issue(config: GitHubIssues, title: str, body: str, *, extra_secrets: Se
                  "X-GitHub-Api-Version": API_VERSION, "Content-Type": "application/json",
                  "User-Agent": "runbook-bot"})
     try:
-        with urllib.request.urlopen(request, timeout=config.timeout_seconds) as response:
+        with _OPENER.open(request, timeout=config.timeout_seconds) as response:
             answer = json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
         raise GitHubError(redact(f"GitHub refused the issue in {config.repo} (HTTP {exc.code}: "

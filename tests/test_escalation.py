@@ -302,11 +302,16 @@ def test_github_failures_are_posted_and_recorded(sample_db, tmp_path, local_slac
         monkeypatch.setenv("RB_TEST_GITHUB_TOKEN", GITHUB_TOKEN)
         github.fail_next(401, "Bad credentials")
         bot.command("escalate 2")
+        with FakeGitHub() as elsewhere:          # a redirect would carry the token there: refused
+            github.fail_next(307, "Temporary Redirect", {"Location": elsewhere.url + "/repos/acme/home_budget/issues"})
+            bot.command("escalate 2")
+        assert elsewhere.requests == []
     replies = [m.text for m in bot.posted() if m.thread_ts]
     assert replies[0] == (":warning: No GitHub issue: escalation.github: the environment variable "
                           "RB_TEST_GITHUB_TOKEN is not set, so no issue was opened")
     assert replies[1] == ":warning: No GitHub issue: GitHub refused the issue in acme/home_budget (HTTP 401: Bad credentials)"
-    assert [e.outcome for e in bot.store.events(action="escalate.github")] == ["error", "error"]
+    assert replies[2].startswith(":warning: No GitHub issue: GitHub refused the issue in acme/home_budget (HTTP 307")
+    assert [e.outcome for e in bot.store.events(action="escalate.github")] == ["error", "error", "error"]
     assert GITHUB_TOKEN not in bot.everything()
 
 

@@ -23,7 +23,7 @@ class IssueRequest:
 class FakeGitHub:
     def __init__(self) -> None:
         self.requests: list[IssueRequest] = []
-        self._faults: list[tuple[int, str]] = []
+        self._faults: list[tuple[int, str, dict[str, str]]] = []
         self._lock = threading.Lock()
         fake = self
 
@@ -44,7 +44,7 @@ class FakeGitHub:
                     number = len(fake.requests)
                     fault = fake._faults.pop(0) if fake._faults else None
                 if fault is not None:
-                    self._send(fault[0], {"message": fault[1]})
+                    self._send(fault[0], {"message": fault[1]}, fault[2])
                 elif match is None:
                     self._send(404, {"message": "Not Found"})
                 else:
@@ -52,9 +52,11 @@ class FakeGitHub:
                     self._send(201, {"number": number, "html_url": f"https://github.example/{owner}/{repo}/issues/{number}",
                                      "title": body.get("title")})
 
-            def _send(self, status: int, payload: dict[str, Any]) -> None:
+            def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -67,9 +69,9 @@ class FakeGitHub:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def fail_next(self, status: int, message: str) -> None:
+    def fail_next(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         with self._lock:
-            self._faults.append((status, message))
+            self._faults.append((status, message, dict(headers or {})))
 
     def __enter__(self) -> "FakeGitHub":
         self._thread.start()
