@@ -462,3 +462,16 @@ def test_after_run_is_what_the_slack_migrate_side_calls(sample_db, tmp_path, loc
                            target=REV_0003)
     assert fine.ok and bot.runtime.flows.escalator.after_run(fine.run_id) is None
     assert os.environ.get("GITHUB_TOKEN") != GITHUB_TOKEN
+
+
+def test_an_escalation_slack_refuses_is_still_recorded_and_the_asker_told(tmp_path, local_slack, bots):
+    bot = make_bot(tmp_path, "postgresql://app@127.0.0.1:1/budget", local_slack)
+    bots.append(bot)
+    local_slack.fail_next("chat.postMessage", error="channel_not_found")
+    bot.command("escalate 2 nobody answers")
+    [told] = local_slack.messages(kind="ephemeral")
+    assert told.user == ASKER and told.text.endswith(
+        "The level 2 escalation was recorded, but Slack refused its message (channel_not_found): "
+        "tell the owner another way.")
+    [event] = bot.store.events(action="escalate")
+    assert event.outcome == "level 2" and event.details["posted"] is False and event.details["ts"] is None
