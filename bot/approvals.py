@@ -349,6 +349,14 @@ class ApprovalService:
         raise Refusal(f"You are not an approver on {request.environment} (approvers: {who}); "
                       "nothing was changed.", "unauthorised")
 
+    def is_approver(self, environment: str, user_id: str) -> bool:
+        """Whether `user_id` is one of the environment's approvers, directly or through a user group
+        (Refusal "unverifiable" when Slack cannot say who is in a group)."""
+        approvers = self.settings.environments[environment].approvals.approvers
+        if user_id in approvers:
+            return True
+        return any(user_id in self._group_members(group) for group in approvers if group.startswith("S"))
+
     def _group_members(self, group: str) -> list[str]:
         """Asked on every click that needs it, so a removal from the group counts at once."""
         try:

@@ -618,6 +618,11 @@ def precheck_message(report: Any) -> Message:
     alembic_checks = [c for c in report.checks if c.automatic and str(c.section) == "1.2"]
     if alembic_checks:
         blocks.append(_checks_section("*§1.2 checks*", alembic_checks))
+    if getattr(report, "risk", None) is not None:
+        from bot.review_blocks import risk_blocks
+        from runbook.review import review_to_json
+
+        blocks.extend(risk_blocks(review_to_json(report.risk), environment=report.environment))
     sql_blocks, files = _sql_blocks(report.sql_preview, report.environment)
     blocks.extend(sql_blocks)
 

@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=int, choices=(1, 2, 3), default=1, help="1 (default), 2 or 3")
     p.add_argument("reason", metavar="REASON", nargs="*", help="why, in a few words")
 
+    p = sub.add_parser("ack-risk", help="acknowledge a reviewed HIGH risk rating of a pending revision (recorded "
+                                        "as yours); exit 0 recorded, 1 refused, 2 error")
+    p.add_argument("--env", metavar="NAME")
+    p.add_argument("revision", metavar="REV", help="a pending revision (id or unique prefix)")
+    p.add_argument("--reason", required=True, help="why its risk is acceptable (shown with the rating, audited)")
+
     p = sub.add_parser("serve", help="run the bot (Socket Mode or HTTP)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--socket", action="store_true", help="Socket Mode (default; needs SLACK_APP_TOKEN)")
@@ -177,7 +183,15 @@ def cmd_precheck(settings: Settings, args) -> int:
             except Exception:          # the store's own error is reported just below
                 return None
 
-        report = precheck.run_precheck(name, env, last_backup_at=latest_backup)
+        def acknowledgements():
+            from runbook.review import acknowledgements as recorded
+
+            try:
+                return recorded(opening.result(), name)
+            except Exception:          # the store's own error is reported just below
+                return []
+
+        report = precheck.run_precheck(name, env, last_backup_at=latest_backup, acknowledgements=acknowledgements)
         try:
             store = opening.result()
         except StateError as exc:
@@ -278,6 +292,33 @@ def _run_supervised(settings: Settings, args, direction: str) -> int:
         return EXIT_OK
     _after_failure(settings, store, lambda escalator: escalator.after_run(result.run_id))
     return EXIT_ERROR if result.outcome == "error" else EXIT_NO_GO
+
+
+def cmd_ack_risk(settings: Settings, args) -> int:
+    """`ack-risk [--env NAME] REV --reason TEXT` (issue 7): the CLI's acknowledgement, recorded as
+    cli:<user> like --yes; bound to the revision file as it is now."""
+    from runbook import precheck, review
+    from runbook.revisions import RevisionError
+    from runbook.state import StateError
+    from runbook.target import TargetError
+
+    name, env = settings.environment(args.env)
+    try:
+        store = _open_store(settings)
+        project = precheck.project_of(env)
+        with precheck.target_of(env).connect("ack-risk") as conn:
+            current = project.current(conn)
+        ack = review.acknowledge(store, name, env, args.revision, args.reason, cli_actor(), project=project,
+                                 current=current)
+    except review.AcknowledgeError as exc:
+        print(f"runbook-bot: ack-risk refused: {exc}", file=sys.stderr)
+        return EXIT_NO_GO
+    except (StateError, TargetError, RevisionError) as exc:
+        print(f"runbook-bot: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"Risk of {ack.revision} on {name} acknowledged by {ack.actor}: {ack.reason} "
+          f"(bound to {ack.file_sha256[:12]}…; an edit to the file needs a new acknowledgement)")
+    return EXIT_OK
 
 
 def cmd_migrate(settings: Settings, args) -> int:
@@ -567,6 +608,7 @@ COMMANDS = {"precheck": cmd_precheck, "status": cmd_status, "serve": cmd_serve, 
 COMMANDS.update(migrate=cmd_migrate, rollback=cmd_rollback, validate=cmd_validate)
 COMMANDS.update(backup=cmd_backup, backups=cmd_backups, restore=cmd_restore)
 COMMANDS.update(incident=cmd_incident, escalate=cmd_escalate)
+COMMANDS["ack-risk"] = cmd_ack_risk
 
 
 if __name__ == "__main__":

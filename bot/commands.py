@@ -47,6 +47,9 @@ ACTIONS: dict[str, ActionSpec] = {
         ActionSpec("restore", "/migrate restore [env] ID [tables=a,b]",
                    "restore a verified backup (all of it, or some tables), after approval", "§6.2–6.3",
                    max_args=2, check_args=lambda args: restore_args(args)),
+        ActionSpec("ack-risk", "/migrate ack-risk [env] REV reason",
+                   "acknowledge a reviewed HIGH risk rating of a pending revision (approvers; audited)", "§1.2",
+                   max_args=1000, check_args=lambda args: ack_risk_args(args)),
         ActionSpec("escalate", "/migrate escalate [env] [1 | 2 | 3] [reason]",
                    "1: the runbook section for the current state; 2: tag the owner with the incident summary; "
                    "3: emergency (owner and @here, pause the application)", "§7",
@@ -127,6 +130,31 @@ def backup_args(args: Sequence[str]) -> tuple[str, tuple[str, ...]]:
     shown = arg if len(arg) <= 40 else arg[:40] + "…"
     raise CommandError(f"'{shown}' is neither a configured environment nor a backup option (schema, tables=a,b). "
                        f"{usage}")
+
+
+# runbook.review.MAX_ACK_REASON (the engine checks it again)
+MAX_ACK_REASON = 300
+# A revision id or a unique prefix, before the scripts are asked (the flow checks it is pending).
+_ACK_REVISION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,79}$")
+
+
+def ack_risk_args(args: Sequence[str]) -> tuple[str, str]:
+    """`REV reason` of `/migrate ack-risk` -> (revision as typed, reason). Shape only: the flow checks
+    the revision against the environment's pending revisions."""
+    usage = f"Usage: `{ACTIONS['ack-risk'].usage}`."
+    if not args:
+        raise CommandError(f"`/migrate ack-risk` needs the revision and why its risk is acceptable. {usage}")
+    revision = args[0]
+    shown = revision if len(revision) <= 40 else revision[:40] + "…"
+    if not _ACK_REVISION.match(revision):
+        raise CommandError(f"'{shown}' is neither a configured environment nor a revision id. {usage}")
+    reason = " ".join(" ".join(args[1:]).split())
+    if not reason:
+        raise CommandError(f"Say why the risk of {shown} is acceptable (it is shown with the rating and kept in the "
+                           f"audit trail). {usage}")
+    if len(reason) > MAX_ACK_REASON:
+        raise CommandError(f"The reason is {len(reason)} characters long: keep it to {MAX_ACK_REASON}. {usage}")
+    return revision, reason
 
 
 @dataclass(frozen=True)

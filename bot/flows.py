@@ -125,7 +125,7 @@ class Flows:
         self._executor.shutdown(wait=wait, cancel_futures=not wait)
 
     def _run(self, command: Command, origin: Origin) -> None:
-        handler: Callable[[Command, Origin], None] = getattr(self, "do_" + command.action)
+        handler: Callable[[Command, Origin], None] = getattr(self, "do_" + command.action.replace("-", "_"))
         try:
             handler(command, origin)
         except (ConfigError, TargetError, RevisionError, StateError) as exc:
@@ -197,13 +197,49 @@ class Flows:
         from runbook.backup import last_backup_at
 
         name, env = self.settings.environment(command.environment)
+        from runbook.review import acknowledgements
+
         report = precheck.run_precheck(name, env, project=self.project(name),
-                                       last_backup_at=last_backup_at(self.store, name))
+                                       last_backup_at=last_backup_at(self.store, name),
+                                       acknowledgements=lambda: acknowledgements(self.store, name))
         self.record(origin, "precheck", name, report.verdict, "; ".join(report.reasons)[:2000],
                     {"duration_seconds": round(report.duration_seconds, 3),
                      "checks": {c.name: c.status for c in report.checks},
                      "pending": [r.revision for r in (report.alembic.pending if report.alembic else [])]})
         self.post(origin, blocks.precheck_message(report))
+
+    def do_ack_risk(self, command: Command, origin: Origin) -> None:
+        """`/migrate ack-risk [env] REV reason` (issue 7): an approver of the environment records that a
+        pending revision's HIGH risk rating was reviewed; the precheck then counts it as cleared. An
+        append-only event, bound to the revision file as it is now."""
+        from bot.commands import ack_risk_args
+        from bot.review_blocks import ack_message
+        from runbook import review
+
+        revision, reason = ack_risk_args(command.args)
+        name, env = self.settings.environment(command.environment)
+        try:
+            allowed = self.approvals.is_approver(name, origin.user_id)
+        except approvals.Refusal as exc:
+            self._fail(command, origin, str(exc))
+            return
+        if not allowed:
+            who = ", ".join(blocks.mention(a) for a in env.approvals.approvers[:10]) or "nobody"
+            self.record(origin, review.ACK_ACTION, name, "refused", f"not an approver: {revision}")
+            self.reply_ephemeral(origin, blocks.error_message(
+                f"Only an approver on {name} may acknowledge a risk (approvers: {who}); "
+                "no acknowledgement was recorded."))
+            return
+        project = self.project(name)
+        with precheck.target_of(env).connect("ack-risk") as conn:
+            current = project.current(conn)
+        try:
+            ack = review.acknowledge(self.store, name, env, revision, reason, self.actor(origin), project=project,
+                                     current=current)
+        except review.AcknowledgeError as exc:
+            self._fail(command, origin, f"`/migrate ack-risk` refused: {exc}")
+            return
+        self.post(origin, ack_message(ack))
 
     def do_status(self, command: Command, origin: Origin) -> None:
         name, env = self.settings.environment(command.environment)

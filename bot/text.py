@@ -43,6 +43,11 @@ def precheck_text(report: PrecheckReport) -> str:
                        f"   heads: {', '.join(report.alembic.heads)}")
             out.append("  pending (oldest first):")
             out += _pending_lines(report.alembic)
+            if getattr(report, "risk", None) is not None:
+                from bot.review_blocks import risk_text
+                from runbook.review import review_to_json
+
+                out += risk_text(review_to_json(report.risk), environment=report.environment)
     if report.sql_preview:
         out += ["", "SQL preview (pending range only):", report.sql_preview.rstrip()]
     if report.database_size_bytes is not None:

@@ -14,6 +14,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -124,6 +125,55 @@ class Validation(_Strict):
     lock_timeout: PgInterval = "1s"
 
 
+# -- issue 7: the risk review of pending revisions, and the promotion gate ----------------------
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|kB|KB|KiB|MB|MiB|GB|GiB|TB|TiB)?$")
+_SIZE_UNITS = {None: 1, "B": 1, "kB": 1 << 10, "KB": 1 << 10, "KiB": 1 << 10, "MB": 1 << 20, "MiB": 1 << 20,
+               "GB": 1 << 30, "GiB": 1 << 30, "TB": 1 << 40, "TiB": 1 << 40}
+
+
+def _byte_size(value: Any) -> Any:
+    """100MB, 2 GB, 512kB or a number of bytes; binary units, as every size the bot shows."""
+    if isinstance(value, bool):
+        raise ValueError("must be a size such as 100MB, 2GB or a number of bytes")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        match = _SIZE.match(value.strip())
+        if match:
+            return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    raise ValueError("must be a size such as 100MB, 2GB or a number of bytes")
+
+
+ByteSize = Annotated[int, BeforeValidator(_byte_size), Field(ge=0)]
+SquawkRule = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{1,60}$")]
+
+
+class Review(_Strict):
+    """The risk review (issue 7): each pending revision's SQL linted by squawk, every finding
+    weighed against the live table it touches."""
+
+    enabled: bool = True
+    # A size-dependent finding (a build, scan or rewrite under a lock) on a table at least this
+    # large is rated high; at least medium_table_bytes, medium; smaller, low.
+    large_table_bytes: ByteSize = 100 << 20
+    medium_table_bytes: ByteSize = 10 << 20
+    # squawk rules not reported at all. The bot sets lock_timeout and statement_timeout itself
+    # (PGOPTIONS, design rule 14), which squawk cannot see in the SQL (reference/postgres.md §3.1).
+    exclude_rules: list[SquawkRule] = Field(
+        default_factory=lambda: ["require-lock-timeout", "require-statement-timeout"], max_length=60)
+    # The squawk command (argv, no shell); default: the one installed with runbook-bot, else PATH.
+    squawk: list[Annotated[str, StringConstraints(min_length=1, max_length=1000)]] | None = Field(
+        None, min_length=1, max_length=20)
+    squawk_timeout_seconds: float = Field(30, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Review":
+        if self.medium_table_bytes > self.large_table_bytes:
+            raise ValueError("medium_table_bytes must not be larger than large_table_bytes")
+        return self
+
+
 class Environment(_Strict):
     database_url: SecretStr
     app_dir: Path
@@ -138,6 +188,9 @@ class Environment(_Strict):
     watch: Watch = Watch()
     migration: Migration = Migration()
     validation: Validation = Validation()
+    review: Review = Review()
+    # Migrate only to revisions applied and validated by the bot on this environment first.
+    promote_from: EnvName | None = None
 
     @field_validator("database_url")
     @classmethod
@@ -293,6 +346,27 @@ class Settings(_Strict):
             raise ValueError("state_url: must be sqlite:///FILE or postgresql://...")
         return self
 
+    @model_validator(mode="after")
+    def _promotion_sources(self) -> "Settings":
+        """promote_from names another configured environment, and the chain never comes back."""
+        for name, env in self.environments.items():
+            source = env.promote_from
+            if source is None:
+                continue
+            where = f"environments.{name}.promote_from"
+            if source == name:
+                raise ValueError(f"{where}: an environment cannot be promoted from itself")
+            if source not in self.environments:
+                raise ValueError(f"{where}: '{source}' is not a configured environment (configured: "
+                                 + ", ".join(sorted(self.environments)) + ")")
+            seen = [name]
+            while source is not None:
+                if source in seen:
+                    raise ValueError(f"{where}: promotion cycle {' -> '.join([*seen, source])}")
+                seen.append(source)
+                source = self.environments[source].promote_from
+        return self
+
     def environment(self, name: str | None) -> tuple[str, Environment]:
         """Resolve an environment name; it may be omitted when exactly one exists."""
         if name is None:
@@ -348,6 +422,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{where}: unknown key"
     if kind == "missing":
         return f"{where}: required key is missing"
+    if kind == "value_error" and not error["loc"]:      # a check across keys names them itself
+        return str(error["ctx"]["error"])
     if kind == "string_pattern_mismatch":
         return f"{where}: not a valid value here (expected pattern {error['ctx']['pattern']})"
     return f"{where}: {error['msg']}"

@@ -563,7 +563,8 @@ def run(name: str, env: Environment, *, direction: Direction = "upgrade", target
         _run_locked(result, name, env, tgt, project, direction, target, expected_current, before, validate_after,
                     on_progress, on_blocker, log, event, beat, progress_every, lock_wait_seconds,
                     env.migration.retry_backoff_seconds if backoff_seconds is None else backoff_seconds,
-                    env.migration.timeout_seconds if timeout_seconds is None else timeout_seconds, sleep, clock)
+                    env.migration.timeout_seconds if timeout_seconds is None else timeout_seconds, sleep, clock,
+                    store=store)
     except Exception as exc:  # last resort: the run ends recorded, with one redacted line
         result.outcome = "error"
         result.error = log.scrub(_one_line(f"{type(exc).__name__}: {exc}"))
@@ -592,8 +593,9 @@ def run(name: str, env: Environment, *, direction: Direction = "upgrade", target
 def _run_locked(result: MigrationResult, name: str, env: Environment, tgt: Target, project: AlembicProject,
                 direction: str, target: str, expected_current: Sequence[str] | None, before, validate_after: bool,
                 on_progress, on_blocker, log: RunLog, event, beat, progress_every: float,
-                lock_wait_seconds: float, backoff_seconds: float, timeout_seconds: float, sleep, clock: float) -> None:
-    from runbook import rollback, validate
+                lock_wait_seconds: float, backoff_seconds: float, timeout_seconds: float, sleep, clock: float,
+                *, store: Any = None) -> None:
+    from runbook import promotion, rollback, validate
 
     operation = "migrate" if direction == "upgrade" else "rollback"
     try:
@@ -638,6 +640,11 @@ def _run_locked(result: MigrationResult, name: str, env: Environment, tgt: Targe
                 refusal = rollback.irreversible_refusal(the_plan.revisions, name)
                 if refusal:
                     return _refuse(result, log, refusal)
+            if direction == "upgrade" and the_plan.steps and env.promote_from:
+                gate = promotion.check(store, name, env, the_plan.target, project)
+                log.write(gate.reason)
+                if not gate.allowed:
+                    return _refuse(result, log, gate.reason)
             if not the_plan.steps:
                 result.outcome = "nothing to do"
                 log.write(f"nothing to do: {name} is at {', '.join(current) or 'base'}")
@@ -856,25 +863,46 @@ class Proposal:
     sql_preview: str = ""             # the upgrade SQL of the revisions concerned (offline)
     touched_tables: list[str] = field(default_factory=list)
     refusal: str | None = None
+    # issue 7: runbook.review.RiskReview of the revisions an upgrade applies (None: a downgrade, review
+    # disabled, or nothing to do); `risk_error` when squawk could not run; `promotion` the gate's
+    # runbook.promotion.PromotionCheck on an environment with promote_from.
+    risk: Any = None
+    risk_error: str | None = None
+    promotion: Any = None
 
 
 def propose(name: str, env: Environment, *, direction: Direction = "upgrade", target: str | None = None,
-            project: AlembicProject | None = None) -> Proposal:
-    """Read the database and the scripts; TargetError when the database cannot be read."""
-    from runbook import rollback
+            project: AlembicProject | None = None, store: Any = None) -> Proposal:
+    """Read the database and the scripts; TargetError when the database cannot be read.
+
+    `store` (the state Store) gives the risk review its acknowledgements and the promotion gate
+    its evidence; an environment with promote_from is refused without it."""
+    from runbook import promotion, review, rollback
     from runbook.validate import tables_in_sql
 
     target = target or ("head" if direction == "upgrade" else "-1")
     project = project or project_of(env)
+    risk, risk_error = None, None
     with target_of(env).connect("migrate-request") as conn:
         current = project.current(conn)
-    try:
-        the_plan = plan(project, current, direction, target, env.migration.step_by_step)
-    except RevisionError as exc:
-        return Proposal(name, direction, current, target, [], [], refusal=str(exc))
+        try:
+            the_plan = plan(project, current, direction, target, env.migration.step_by_step)
+        except RevisionError as exc:
+            return Proposal(name, direction, current, target, [], [], refusal=str(exc))
+        if direction == "upgrade" and the_plan.revisions and env.review.enabled:
+            try:
+                acks = review.acknowledgements(store, name) if store is not None else []
+                risk = review.review(name, env, conn, project=project, revisions=the_plan.revisions,
+                                     acknowledgements=acks)
+            except review.ReviewError as exc:
+                risk_error = str(exc)
     refusal = rollback.irreversible_refusal(the_plan.revisions, name) if direction == "downgrade" else None
     if not the_plan.steps:
         refusal = f"nothing to do: {name} is already at {', '.join(current) or 'base'}"
+    gate = None
+    if direction == "upgrade" and the_plan.steps and env.promote_from:
+        gate = promotion.check(store, name, env, the_plan.target, project)
+        refusal = refusal or (None if gate.allowed else gate.reason)
     preview = ""
     if the_plan.steps:
         if direction == "upgrade":
@@ -886,7 +914,7 @@ def propose(name: str, env: Environment, *, direction: Direction = "upgrade", ta
         except RevisionError as exc:
             preview = f"-- the SQL could not be rendered offline: {exc}"
     return Proposal(name, direction, current, the_plan.target, the_plan.revisions, the_plan.steps, preview,
-                    tables_in_sql(preview), refusal)
+                    tables_in_sql(preview), refusal, risk=risk, risk_error=risk_error, promotion=gate)
 
 
 # ---------------------------------------------------------------------------

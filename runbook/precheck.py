@@ -13,14 +13,15 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 from runbook import activity as activity_checks
+from runbook import review as risk_review
 from runbook.activity import Activity
 from runbook.config import Environment
 from runbook.revisions import AlembicProject, AlembicState, RevisionError
 from runbook.target import Target, TargetError
-from runbook.units import human_size
+from runbook.units import human_size, short_duration
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -49,6 +50,7 @@ class PrecheckReport:
     alembic: AlembicState | None = None
     sql_preview: str = ""
     errors: list[str] = field(default_factory=list)
+    risk: risk_review.RiskReview | None = None     # issue 7: the pending revisions' risk review
 
 
 # ---------------------------------------------------------------------------
@@ -101,13 +103,7 @@ def _free_bytes(directory: Path) -> int | None:
         return None
 
 
-def _seconds(value: float) -> str:
-    value = int(value)
-    if value < 120:
-        return f"{value}s"
-    if value < 7200:
-        return f"{value // 60}m{value % 60:02d}s"
-    return f"{value // 3600}h{(value % 3600) // 60:02d}m"
+_seconds = short_duration
 
 
 def alembic_status(env: Environment, *, project: AlembicProject | None = None) -> AlembicState:
@@ -118,8 +114,13 @@ def alembic_status(env: Environment, *, project: AlembicProject | None = None) -
 
 
 def run_precheck(name: str, env: Environment, *, project: AlembicProject | None = None,
-                 last_backup_at: datetime | Callable[[], datetime | None] | None = None) -> PrecheckReport:
-    """Run §1 against one environment. Never raises for the target's faults: they become checks."""
+                 last_backup_at: datetime | Callable[[], datetime | None] | None = None,
+                 acknowledgements: Sequence[risk_review.Acknowledgement]
+                 | Callable[[], Sequence[risk_review.Acknowledgement]] = ()) -> PrecheckReport:
+    """Run §1 against one environment. Never raises for the target's faults: they become checks.
+
+    `acknowledgements`: the risk acknowledgements recorded for this environment (or a callable
+    returning them, asked only when a review runs)."""
     started = datetime.now(timezone.utc)
     clock = time.monotonic()
     target = target_of(env)
@@ -130,6 +131,8 @@ def run_precheck(name: str, env: Environment, *, project: AlembicProject | None 
     snapshot = None
     state: AlembicState | None = None
     revision_error: str | None = None
+    risk: risk_review.RiskReview | None = None
+    risk_error: str | None = None
 
     try:
         with target.connect("precheck") as conn:
@@ -144,6 +147,13 @@ def run_precheck(name: str, env: Environment, *, project: AlembicProject | None 
                 state = project.state(conn)
             except RevisionError as exc:
                 revision_error = str(exc)
+            if state is not None and state.pending and state.problem is None and env.review.enabled:
+                try:
+                    acks = acknowledgements() if callable(acknowledgements) else acknowledgements
+                    risk = risk_review.review(name, env, conn, project=project, revisions=state.pending,
+                                              acknowledgements=acks)
+                except risk_review.ReviewError as exc:
+                    risk_error = str(exc)
         checks.append(Check("connectivity", "ok", f"connected to {target.label} in {connected_ms:.0f} ms "
                                                   f"(PostgreSQL {health[1]})"))
     except TargetError as exc:
@@ -171,6 +181,8 @@ def run_precheck(name: str, env: Environment, *, project: AlembicProject | None 
             except RevisionError as exc:
                 errors.append(str(exc))
                 checks.append(Check("SQL preview", "fail", f"could not render offline: {exc}", "1.2"))
+        if state.pending and state.problem is None and env.review.enabled:
+            checks.append(_risk_check(name, risk, risk_error))
     elif revision_error is not None:
         errors.append(revision_error)
         checks.append(Check("alembic scripts", "fail", revision_error, "1.2"))
@@ -184,8 +196,34 @@ def run_precheck(name: str, env: Environment, *, project: AlembicProject | None 
         environment=name, target=target.label, started_at=started,
         duration_seconds=time.monotonic() - clock, checks=checks, verdict=verdict, reasons=reasons,
         database_size_bytes=health[0] if health else None, server_version=health[1] if health else None,
-        activity=snapshot, alembic=state, sql_preview=preview, errors=errors,
+        activity=snapshot, alembic=state, sql_preview=preview, errors=errors, risk=risk,
     )
+
+
+def _risk_check(name: str, risk: risk_review.RiskReview | None, error: str | None) -> Check:
+    """§1.2 "risk review": fail on a high rating not acknowledged (or live), warn on medium."""
+    if risk is None:
+        return Check("risk review", "fail", f"not reviewed: {error or 'no review'}", "1.2")
+    blocking = risk.blocking
+    if blocking:
+        parts = []
+        for r in blocking:
+            if r.status == "error" or r.live_high:
+                parts.append(f"{r.revision} HIGH: {r.reason}")
+            else:
+                stale = " (the acknowledgement on record is for an earlier version of the file)" \
+                    if r.stale_acknowledgement else ""
+                parts.append(f"{r.revision} HIGH: {r.reason}{stale}; once reviewed: "
+                             f"`{risk_review.ack_hint(name, r.revision)}`")
+        return Check("risk review", "fail", "; ".join(parts), "1.2")
+    acked = [r for r in risk.revisions if r.rating == "high" and r.acknowledgement is not None]
+    medium = [r for r in risk.revisions if r.rating == "medium"]
+    notes = [f"{r.revision} HIGH, acknowledged by {r.acknowledgement.actor}: {r.acknowledgement.reason}"
+             for r in acked if r.acknowledgement is not None]
+    notes += [f"{r.revision} medium: {r.reason}" for r in medium]
+    if notes:
+        return Check("risk review", "warn", "; ".join(notes), "1.2")
+    return Check("risk review", "ok", f"{len(risk.revisions)} revision(s) linted by squawk: all low", "1.2")
 
 
 def _activity_checks(snapshot: activity_checks.Activity, env: Environment) -> list[Check]:
@@ -344,4 +382,5 @@ def report_to_json(report: PrecheckReport) -> dict:
             {"gid": p.gid, "owner": p.owner, "seconds": round(p.seconds, 1)} for p in (act.prepared if act else [])
         ],
         "errors": list(report.errors),
+        "risk": risk_review.review_to_json(report.risk),
     }

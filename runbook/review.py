@@ -1,0 +1,898 @@
+"""The risk review of pending revisions (issue 7): lint each revision's own SQL, weigh it live.
+
+For every pending revision, oldest first:
+
+1. Its own SQL, rendered offline by the app's Alembic (`upgrade <prev>:<rev> --sql`, through
+   AlembicProject.sql_preview and its cache). A revision that cannot be rendered offline (it
+   reads rows: `op.get_bind()`…) is marked "cannot be reviewed offline", never left out.
+2. squawk (`--reporter json`, `--pg-version` = the server's major), run as an argv subprocess
+   with a timeout. Each finding keeps its revision file and the line of that SQL.
+3. A module-level allowlist in the revision file, read with `ast` (never imported):
+   `squawk_allow = {"require-concurrent-index-creation": "table is tiny, reviewed by @x"}`
+   silences exactly that rule for that revision; the reason is shown.
+4. The live database, read once for all revisions: size (pg_total_relation_size) and row
+   estimate (reltuples) of every table the SQL names, and pg_locks for those relations only —
+   who holds (or queues for) a lock that the migration's statements would wait behind.
+
+Each revision is rated low / medium / high with one line a reviewer can act on. A high
+rating from the findings can be acknowledged (`acknowledge`: an audited event, bound to the
+revision file's sha256); a conflicting lock held right now cannot: it is live, and goes away
+when that session ends.
+
+Everything here returns plain dataclasses; `review_to_json` is the --json form, and what an
+approval request keeps.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence
+
+from runbook.config import Environment
+from runbook.revisions import AlembicProject, Revision, RevisionError, _one_line
+from runbook.units import human_size, short_duration
+
+Rating = Literal["low", "medium", "high"]
+RATINGS: tuple[Rating, ...] = ("low", "medium", "high")
+ACK_ACTION = "risk.ack"
+ALLOWLIST_NAME = "squawk_allow"
+MAX_ACK_REASON = 300
+
+# squawk 2.70's rules (crates/squawk_linter/src/lib.rs): an allowlist naming anything else is a typo.
+SQUAWK_RULES = frozenset("""
+adding-field-with-default adding-foreign-key-constraint adding-not-nullable-field adding-required-field
+adding-serial-primary-key-field ban-alter-domain-with-add-constraint ban-char-field
+ban-concurrent-index-creation-in-transaction ban-create-domain-with-constraint ban-drop-column
+ban-drop-database ban-drop-not-null ban-drop-table ban-duplicate-column-assignments ban-truncate-cascade
+ban-uncommitted-transaction changing-column-type constraint-missing-not-valid disallowed-unique-constraint
+identifier-too-long prefer-bigint-over-int prefer-bigint-over-smallint prefer-identity prefer-repack
+prefer-robust-stmts prefer-text-field prefer-timestamptz renaming-column renaming-table
+require-concurrent-index-creation require-concurrent-index-deletion require-concurrent-partition-detach
+require-concurrent-reindex require-enum-value-ordering require-lock-timeout require-statement-timeout
+require-table-schema require-timeout-settings transaction-nesting syntax-error unused-ignore
+""".split())
+
+# Rules whose cost grows with the table: a build, scan or rewrite while a lock is held.
+# rule -> what happens, phrased after "<what> on <table>, <size>: ".
+SIZE_RULES = {
+    "require-concurrent-index-creation": ("CREATE INDEX without CONCURRENTLY", "writes blocked for the build"),
+    "adding-not-nullable-field": ("SET NOT NULL", "reads and writes blocked while every row is checked"),
+    "constraint-missing-not-valid": ("constraint without NOT VALID", "writes blocked while every row is checked"),
+    "adding-foreign-key-constraint": ("FOREIGN KEY without NOT VALID",
+                                      "writes to both tables blocked while every row is checked"),
+    "disallowed-unique-constraint": ("UNIQUE constraint", "reads and writes blocked while its index is built"),
+    "changing-column-type": ("column type change", "reads and writes blocked while the table is rewritten"),
+    "adding-field-with-default": ("column with a volatile default",
+                                  "reads and writes blocked while the table is rewritten"),
+    "adding-serial-primary-key-field": ("serial primary key", "reads and writes blocked while the table is rewritten"),
+    "require-concurrent-reindex": ("REINDEX without CONCURRENTLY", "writes blocked for the rebuild"),
+    "require-concurrent-index-deletion": ("DROP INDEX without CONCURRENTLY", "reads and writes wait for the lock"),
+    "require-concurrent-partition-detach": ("DETACH PARTITION without CONCURRENTLY",
+                                            "reads and writes blocked for the detach"),
+    "prefer-repack": ("a table rewrite", "reads and writes blocked while it runs"),
+}
+# Rules that are serious whatever the size: rating and what to tell the reviewer.
+FIXED_RULES: dict[str, tuple[Rating, str]] = {
+    "ban-drop-table": ("high", "drops a table: its data is gone (only a restore brings it back)"),
+    "ban-drop-database": ("high", "drops a database"),
+    "ban-truncate-cascade": ("high", "TRUNCATE … CASCADE empties every table that references it"),
+    "ban-concurrent-index-creation-in-transaction": (
+        "high", "CREATE INDEX CONCURRENTLY inside a transaction fails: wrap it in op.get_context().autocommit_block()"),
+    "ban-drop-column": ("medium", "drops a column: its data is gone, and the running app must no longer use it"),
+    "renaming-column": ("medium", "renames a column: the running app's queries break until it is deployed"),
+    "renaming-table": ("medium", "renames a table: the running app's queries break until it is deployed"),
+    "ban-drop-not-null": ("medium", "drops NOT NULL: the running app may not expect NULLs"),
+    "ban-duplicate-column-assignments": ("medium", "assigns one column twice in an UPDATE: PostgreSQL refuses it"),
+    "ban-uncommitted-transaction": ("medium", "leaves a transaction open"),
+    "transaction-nesting": ("medium", "nests transactions: BEGIN inside Alembic's own transaction"),
+    "syntax-error": ("medium", "squawk could not parse the SQL: review it by hand"),
+}
+# Rules about a constraint: the constrained table is scanned, whatever it references.
+_CONSTRAINED_TABLE_RULES = {"adding-foreign-key-constraint", "constraint-missing-not-valid"}
+# Everything else squawk reports (prefer-*, identifier-too-long, ...) is low; an unknown rule medium.
+
+
+class ReviewError(Exception):
+    """The review could not run (squawk missing or broken); one line."""
+
+
+class AllowlistError(Exception):
+    """A malformed `squawk_allow` in a revision file; one line naming the file and line."""
+
+
+# ---------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """A session holding (or queued for) a lock the migration would wait behind."""
+
+    relation: str
+    mode: str                      # AccessShareLock, RowExclusiveLock, ...
+    granted: bool
+    pid: int | None                # None: a prepared transaction
+    state: str | None              # active, idle in transaction, ...
+    application: str | None
+    user: str | None
+    xact_seconds: float | None
+    query: str
+    prepared_gid: str | None = None
+
+    @property
+    def idle(self) -> bool:
+        return self.pid is None or (self.state or "").startswith("idle in transaction")
+
+    def describe(self) -> str:
+        if self.pid is None:
+            who = f"prepared transaction {self.prepared_gid or '?'}"
+        else:
+            age = f" for {short_duration(self.xact_seconds)}" if self.xact_seconds is not None else ""
+            who = f"pid {self.pid} ({self.application or '?'}, {self.state or '?'}{age})"
+        verb = "holds" if self.granted else "queues for"
+        return f"{who} {verb} {self.mode} on {self.relation}"
+
+
+@dataclass(frozen=True)
+class TableFacts:
+    name: str                      # as the SQL names it
+    exists: bool
+    size_bytes: int | None = None
+    rows: int | None = None        # reltuples; None when never analyzed
+    holders: tuple[LockHolder, ...] = ()
+
+    def describe(self) -> str:
+        if not self.exists:
+            return "not there yet"
+        rows = f", ~{self.rows:,} rows" if self.rows is not None else ""
+        return f"{human_size(self.size_bytes)}{rows}"
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    message: str
+    help: str
+    line: int                      # 1-based, in the revision's own rendered SQL
+    column: int
+    statement: str                 # the statement it is about, one line
+    tables: tuple[str, ...]
+    rating: Rating
+    reason: str
+    allowed: str | None = None     # the allowlist's reason when silenced
+
+
+@dataclass(frozen=True)
+class Acknowledgement:
+    environment: str
+    revision: str
+    file_sha256: str
+    actor: str
+    reason: str
+    at: datetime
+    event_id: int | None = None
+
+
+@dataclass
+class RevisionReview:
+    revision: str
+    path: str                      # the revision file, relative to app_dir when inside it
+    file_sha256: str
+    status: Literal["reviewed", "not reviewable offline", "error"]
+    rating: Rating
+    reason: str                    # one line a reviewer can act on
+    findings: list[Finding] = field(default_factory=list)     # reported (not silenced)
+    silenced: list[Finding] = field(default_factory=list)     # silenced by the allowlist
+    allowlist: dict[str, str] = field(default_factory=dict)
+    unused_allows: list[str] = field(default_factory=list)    # allowed rules squawk did not report
+    tables: list[TableFacts] = field(default_factory=list)
+    live: list[str] = field(default_factory=list)             # conflicting locks held now
+    findings_rating: Rating = "low"                           # without the live locks
+    acknowledgement: Acknowledgement | None = None
+    stale_acknowledgement: Acknowledgement | None = None      # for an earlier version of the file
+    sql_lines: int = 0
+    problem: str | None = None                                # why it is not reviewed / an error
+
+    @property
+    def live_high(self) -> bool:
+        return self.rating == "high" and self.findings_rating != "high"
+
+    @property
+    def blocking(self) -> bool:
+        """High and not cleared: unacknowledged findings, a live lock conflict, or an error."""
+        if self.rating != "high":
+            return False
+        if self.status == "error" or self.live_high:
+            return True
+        return self.acknowledgement is None
+
+
+@dataclass
+class RiskReview:
+    environment: str
+    revisions: list[RevisionReview]
+    server_major: int | None = None
+    squawk_version: str | None = None
+    squawk_seconds: float = 0.0    # squawk's own run time, all revisions
+    render_seconds: float = 0.0    # offline rendering (cached renderings cost nothing)
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def highest(self) -> Rating:
+        return max((r.rating for r in self.revisions), key=RATINGS.index, default="low")
+
+    @property
+    def blocking(self) -> list[RevisionReview]:
+        return [r for r in self.revisions if r.blocking]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.blocking
+
+
+# ---------------------------------------------------------------------------
+# The allowlist
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_allowlist(path: Path) -> dict[str, str]:
+    """`squawk_allow = {"rule": "reason", ...}` at module level, read with ast; {} when absent."""
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except SyntaxError as exc:
+        raise AllowlistError(f"{path.name} line {exc.lineno}: cannot parse the file") from None
+    found: dict[str, str] | None = None
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign):
+            targets, value = stmt.targets, stmt.value
+        elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+            targets, value = [stmt.target], stmt.value
+        else:
+            continue
+        if not any(isinstance(t, ast.Name) and t.id == ALLOWLIST_NAME for t in targets):
+            continue
+        where = f"{path.name} line {stmt.lineno}: {ALLOWLIST_NAME}"
+        try:
+            literal = ast.literal_eval(value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            raise AllowlistError(f"{where} must be a literal dict of squawk rule -> reason "
+                                 "(runbook-bot reads it without running the file)") from None
+        if not isinstance(literal, dict):
+            raise AllowlistError(f"{where} must be a dict of squawk rule -> reason, "
+                                 f"e.g. {{\"require-concurrent-index-creation\": \"table is tiny\"}}")
+        for rule, reason in literal.items():
+            if not isinstance(rule, str) or rule not in SQUAWK_RULES:
+                near = difflib.get_close_matches(str(rule), sorted(SQUAWK_RULES), n=1)
+                hint = f" (did you mean {near[0]}?)" if near else ""
+                raise AllowlistError(f"{where}: {str(rule)[:60]!r} is not a squawk rule{hint}")
+            if not isinstance(reason, str) or not reason.strip():
+                raise AllowlistError(f"{where}: {rule} needs a reason (who reviewed it and why it is safe)")
+        found = {rule: " ".join(reason.split()) for rule, reason in literal.items()}
+    return found or {}
+
+
+# ---------------------------------------------------------------------------
+# squawk
+
+
+def squawk_argv(env: Environment) -> list[str]:
+    """review.squawk, else the squawk installed next to this Python (squawk-cli), else PATH."""
+    if env.review.squawk:
+        return list(env.review.squawk)
+    beside = Path(sys.executable).parent / "squawk"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
+    found = shutil.which("squawk")
+    if found:
+        return [found]
+    raise ReviewError("squawk not found: install it (pip install squawk-cli) or set review.squawk")
+
+
+def squawk_version(argv: Sequence[str], timeout: float = 10) -> str | None:
+    try:
+        out = subprocess.run([*argv, "--version"], capture_output=True, text=True, timeout=timeout,
+                             stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (out.stdout or out.stderr).strip()
+    return text.split()[-1] if text else None
+
+
+def run_squawk(sql: str, argv: Sequence[str], *, pg_major: int | None, exclude: Sequence[str], cwd: Path,
+               timeout: float) -> list[dict[str, Any]]:
+    """squawk's JSON findings for `sql` (on stdin). Exit 0 = clean, 1 = findings, else an error."""
+    command = [*argv, "--reporter", "json"]
+    if pg_major:
+        command += ["--pg-version", str(pg_major)]
+    if exclude:
+        command += ["--exclude", ",".join(exclude)]
+    try:
+        out = subprocess.run(command, input=sql, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    except FileNotFoundError:
+        raise ReviewError(f"cannot run {argv[0]!r}: not found (pip install squawk-cli, or set review.squawk)") \
+            from None
+    except subprocess.TimeoutExpired:
+        raise ReviewError(f"squawk did not finish within {timeout:g} s (review.squawk_timeout_seconds)") from None
+    except OSError as exc:
+        raise ReviewError(f"cannot run {argv[0]!r}: {_one_line(str(exc))}") from None
+    if out.returncode not in (0, 1):
+        raise ReviewError(f"squawk failed (exit {out.returncode}): {_one_line(out.stderr or out.stdout, 300)}")
+    text = out.stdout.strip()
+    if not text:
+        return []
+    try:
+        findings = json.loads(text)
+    except json.JSONDecodeError:
+        raise ReviewError(f"squawk's output is not JSON: {_one_line(text, 200)}") from None
+    if not isinstance(findings, list):
+        raise ReviewError("squawk's JSON output is not a list of findings")
+    return [f for f in findings if isinstance(f, dict)]
+
+
+# ---------------------------------------------------------------------------
+# Statements: which tables each one locks, and how strongly (PostgreSQL's explicit-locking table)
+
+LOCK_MODES = ("AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareLock",
+              "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock")
+_CONFLICTS = {
+    "AccessShareLock": {"AccessExclusiveLock"},
+    "RowShareLock": {"ExclusiveLock", "AccessExclusiveLock"},
+    "RowExclusiveLock": {"ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"},
+    "ShareUpdateExclusiveLock": {"ShareUpdateExclusiveLock", "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock",
+                                 "AccessExclusiveLock"},
+    "ShareLock": {"RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareRowExclusiveLock", "ExclusiveLock",
+                  "AccessExclusiveLock"},
+    "ShareRowExclusiveLock": {"RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareLock", "ShareRowExclusiveLock",
+                              "ExclusiveLock", "AccessExclusiveLock"},
+    "ExclusiveLock": set(LOCK_MODES[1:]),
+    "AccessExclusiveLock": set(LOCK_MODES),
+}
+# ALTER TABLE subcommands that take less than ACCESS EXCLUSIVE (the ALTER TABLE reference page).
+_SHARE_UPDATE_EXCLUSIVE_CMDS = {"AT_ValidateConstraint", "AT_SetStatistics", "AT_SetOptions", "AT_ResetOptions",
+                                "AT_ClusterOn", "AT_DropCluster", "AT_SetRelOptions", "AT_ResetRelOptions",
+                                "AT_ReplaceRelOptions", "AT_DetachPartitionFinalize"}
+_SHARE_ROW_EXCLUSIVE_CMDS = {"AT_EnableTrig", "AT_EnableAlwaysTrig", "AT_EnableReplicaTrig", "AT_DisableTrig",
+                             "AT_EnableTrigAll", "AT_DisableTrigAll", "AT_EnableTrigUser", "AT_DisableTrigUser"}
+
+
+def conflicts(wanted: str, held: str) -> bool:
+    return held in _CONFLICTS.get(wanted, set())
+
+
+@dataclass(frozen=True)
+class Statement:
+    start: int                     # byte offsets in the rendered SQL
+    end: int
+    line: int                      # 1-based line of its first character
+    text: str                      # one line
+    locks: tuple[tuple[str, str], ...]   # (relation as named, lock mode), strongest per relation
+    indexes: tuple[str, ...] = ()  # index names whose table the database tells (DROP INDEX)
+
+
+def _name(range_var: Any) -> str:
+    schema = getattr(range_var, "schemaname", None)
+    return f"{schema}.{range_var.relname}" if schema else range_var.relname
+
+
+def _stronger(a: str | None, b: str) -> str:
+    return b if a is None or LOCK_MODES.index(b) > LOCK_MODES.index(a) else a
+
+
+def _statement_locks(node: Any) -> tuple[dict[str, str], list[str]]:
+    """{relation: lock mode} a statement takes on existing relations, and index names it drops."""
+    kind = type(node).__name__
+    locks: dict[str, str] = {}
+    indexes: list[str] = []
+
+    def take(range_var: Any, mode: str) -> None:
+        if range_var is not None and getattr(range_var, "relname", None):
+            name = _name(range_var)
+            locks[name] = _stronger(locks.get(name), mode)
+
+    if kind == "IndexStmt":
+        take(node.relation, "ShareUpdateExclusiveLock" if node.concurrent else "ShareLock")
+    elif kind == "AlterTableStmt":
+        for cmd in node.cmds or ():
+            sub = cmd.subtype.name if hasattr(cmd.subtype, "name") else str(cmd.subtype)
+            constraint = cmd.def_ if type(cmd.def_).__name__ == "Constraint" else None
+            if constraint is not None and constraint.contype.name == "CONSTR_FOREIGN":
+                take(node.relation, "ShareRowExclusiveLock")
+                take(constraint.pktable, "ShareRowExclusiveLock")
+            elif sub in _SHARE_UPDATE_EXCLUSIVE_CMDS:
+                take(node.relation, "ShareUpdateExclusiveLock")
+            elif sub in _SHARE_ROW_EXCLUSIVE_CMDS:
+                take(node.relation, "ShareRowExclusiveLock")
+            else:
+                take(node.relation, "AccessExclusiveLock")
+    elif kind in ("RenameStmt",):
+        take(node.relation, "AccessExclusiveLock")
+    elif kind == "TruncateStmt":
+        for rel in node.relations or ():
+            take(rel, "AccessExclusiveLock")
+    elif kind in ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
+        take(node.relation, "RowExclusiveLock")
+    elif kind == "ReindexStmt":
+        take(node.relation, "ShareLock")
+    elif kind == "DropStmt":
+        type_name = node.removeType.name
+        for obj in node.objects or ():
+            parts = [getattr(p, "sval", "") for p in obj] if isinstance(obj, (tuple, list)) else []
+            if not parts or not all(parts):
+                continue
+            name = ".".join(parts)
+            if type_name == "OBJECT_TABLE":
+                locks[name] = "AccessExclusiveLock"
+            elif type_name == "OBJECT_INDEX":
+                indexes.append(name)
+    elif kind == "CreateStmt":
+        for element in node.tableElts or ():
+            for constraint in getattr(element, "constraints", None) or ([element] if type(element).__name__ ==
+                                                                         "Constraint" else []):
+                if constraint.contype.name == "CONSTR_FOREIGN":
+                    take(constraint.pktable, "ShareRowExclusiveLock")
+    return locks, indexes
+
+
+def statements(sql: str) -> list[Statement]:
+    """The statements of a rendered revision with the locks they take; [] when pglast cannot parse it."""
+    import pglast
+
+    data = sql.encode("utf-8")
+    try:
+        parsed = pglast.parse_sql(sql)
+    except Exception:  # pglast.parser.ParseError: squawk reports syntax-error itself
+        return []
+    out = []
+    for raw in parsed:
+        start = raw.stmt_location or 0
+        end = start + (raw.stmt_len or (len(data) - start))
+        chunk = data[start:end].decode("utf-8", errors="replace")
+        lead = len(chunk) - len(chunk.lstrip())
+        body = "\n".join(line for line in chunk.strip().splitlines() if not line.lstrip().startswith("--"))
+        line = data[:start + len(chunk[:lead].encode())].count(b"\n") + 1
+        # leading comment lines are part of the chunk: the statement starts after them
+        for text_line in chunk[lead:].splitlines():
+            if text_line.lstrip().startswith("--") or not text_line.strip():
+                line += 1
+                continue
+            break
+        locks, indexes = _statement_locks(raw.stmt)
+        out.append(Statement(start, end, line, " ".join(body.split()), tuple(locks.items()), tuple(indexes)))
+    return out
+
+
+def _statement_at(stmts: Sequence[Statement], sql: str, line0: int, column: int) -> Statement | None:
+    lines = sql.split("\n")
+    offset = sum(len(text.encode()) + 1 for text in lines[:line0]) + len(
+        (lines[line0] if line0 < len(lines) else "")[:column].encode())
+    for stmt in stmts:
+        if stmt.start <= offset <= stmt.end:
+            return stmt
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The live database: sizes, row estimates, and who holds locks on those relations (read once)
+
+TABLE_FACTS_SQL = """
+SELECT want.name,
+       coalesce(i.indrelid, c.oid)                                        AS table_oid,
+       coalesce(i.indrelid::regclass::text, c.oid::regclass::text)        AS table_name,
+       pg_total_relation_size(coalesce(i.indrelid, c.oid))                AS size_bytes,
+       (SELECT t.reltuples::bigint FROM pg_class t WHERE t.oid = coalesce(i.indrelid, c.oid)) AS rows
+  FROM unnest(%s::text[]) AS want(name)
+  JOIN pg_class c ON c.oid = to_regclass(want.name)
+  LEFT JOIN pg_index i ON i.indexrelid = c.oid
+"""
+
+# pg_locks for the named relations only (design rule 10: never the whole lock table), with the
+# session (or prepared transaction) behind each lock; our own connection left out.
+LOCK_HOLDERS_SQL = """
+SELECT l.relation, l.relation::regclass::text, l.mode, l.granted, l.pid, a.state, a.application_name, a.usename,
+       extract(epoch FROM now() - coalesce(a.xact_start, p.prepared)), left(coalesce(a.query, ''), 300), p.gid
+  FROM pg_locks l
+  LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+  LEFT JOIN pg_prepared_xacts p ON l.pid IS NULL AND l.virtualtransaction = '-1/' || p.transaction::text
+ WHERE l.locktype = 'relation'
+   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+   AND l.relation = ANY(%s::oid[])
+   AND l.pid IS DISTINCT FROM pg_backend_pid()
+ ORDER BY l.granted DESC, l.pid
+"""
+
+
+def _quoted(name: str) -> str:
+    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
+
+
+def live_facts(conn, names: Iterable[str]) -> dict[str, TableFacts]:
+    """Facts of every relation named (a dropped index counts as its table); one query each."""
+    names = sorted(set(names))
+    if not names:
+        return {}
+    rows = conn.execute(TABLE_FACTS_SQL, [[_quoted(n) for n in names]]).fetchall()
+    found = {row[0]: row for row in rows}
+    oids = sorted({row[1] for row in rows})
+    holders: dict[int, list[LockHolder]] = {}
+    if oids:
+        for (oid, relation, mode, granted, pid, state, app, user, xact, query, gid) in conn.execute(
+                LOCK_HOLDERS_SQL, [oids]).fetchall():
+            holders.setdefault(oid, []).append(LockHolder(relation, mode, granted, pid, state, app, user,
+                                                          float(xact) if xact is not None else None,
+                                                          " ".join((query or "").split()), gid))
+    facts = {}
+    for name in names:
+        row = found.get(_quoted(name))
+        if row is None:
+            facts[name] = TableFacts(name, False)
+            continue
+        rows_estimate = int(row[4]) if row[4] is not None and row[4] >= 0 else None
+        facts[name] = TableFacts(row[2], True, int(row[3]), rows_estimate, tuple(holders.get(row[1], ())))
+    return facts
+
+
+# ---------------------------------------------------------------------------
+# Rating
+
+
+def _size_rating(env: Environment, facts: TableFacts | None) -> Rating:
+    if facts is None:
+        return "medium"                       # the size could not be told
+    if not facts.exists:
+        return "low"                          # created by an earlier pending revision: empty
+    size = facts.size_bytes or 0
+    if size >= env.review.large_table_bytes:
+        return "high"
+    if size >= env.review.medium_table_bytes:
+        return "medium"
+    return "low"
+
+
+def rate_finding(env: Environment, rule: str, table: str | None, facts: TableFacts | None) -> tuple[Rating, str]:
+    """(rating, one line) for one squawk finding on one table, weighed against the live table."""
+    where = f" on {table}" if table else ""
+    size = f", {facts.describe()}" if facts is not None else (", size unknown" if table else "")
+    if rule in SIZE_RULES:
+        what, effect = SIZE_RULES[rule]
+        rating = _size_rating(env, facts) if table else "medium"
+        return rating, f"{what}{where}{size}: {effect}"
+    if rule == "adding-required-field":
+        has_rows = facts is not None and facts.exists and (facts.rows or 0) > 0
+        if facts is not None and facts.exists and facts.rows is None:
+            has_rows = (facts.size_bytes or 0) > 16384      # never analyzed: a few pages may be empty
+        return ("high" if has_rows else "low"), (
+            f"NOT NULL column without a default{where}{size}: "
+            + ("fails on the existing rows" if has_rows else "fine while the table is empty"))
+    if rule in FIXED_RULES:
+        rating, text = FIXED_RULES[rule]
+        return rating, f"{text}{where}{size}" if table else text
+    if rule in SQUAWK_RULES:
+        return "low", f"{rule}{where}"
+    return "medium", f"{rule}{where} (a squawk rule runbook-bot does not know: review it)"
+
+
+def _live_conflicts(stmts: Sequence[Statement], facts: dict[str, TableFacts],
+                    index_tables: dict[str, str]) -> list[tuple[Rating, str]]:
+    """Locks held (or queued for) now that a statement of the revision would wait behind."""
+    out: list[tuple[Rating, str]] = []
+    seen: set[tuple[str, int | None, str]] = set()
+    for stmt in stmts:
+        wanted = list(stmt.locks) + [(index_tables[i], "AccessExclusiveLock") for i in stmt.indexes
+                                     if i in index_tables]
+        for relation, mode in wanted:
+            table = facts.get(relation)
+            if table is None or not table.exists:
+                continue
+            for holder in table.holders:
+                if not conflicts(mode, holder.mode):
+                    continue
+                key = (table.name, holder.pid, holder.mode)
+                if key in seen:
+                    continue
+                seen.add(key)
+                verb = stmt.text.split(" ")[0:2]
+                what = " ".join(verb) if verb else "the statement"
+                if holder.idle:
+                    out.append(("high", f"{holder.describe()}: {what} ({mode}) would wait behind it and queue "
+                                        f"every query on {table.name}; end that transaction first"))
+                else:
+                    out.append(("medium", f"{holder.describe()}: {what} ({mode}) would wait until it finishes"))
+    return out
+
+
+def _raise(rating: Rating) -> Rating:
+    return RATINGS[min(RATINGS.index(rating) + 1, len(RATINGS) - 1)]
+
+
+# ---------------------------------------------------------------------------
+# The review
+
+
+@dataclass
+class _Rendered:
+    revision: Revision
+    sql: str | None
+    problem: str | None
+    seconds: float
+
+
+def _render(project: AlembicProject, dsn: str, rev: Revision, timeout: float) -> _Rendered:
+    started = time.monotonic()
+    if len(rev.down_revisions) > 1:
+        return _Rendered(rev, None, "a merge revision: its parents are reviewed on their own", 0.0)
+    start = list(rev.down_revisions)
+    try:
+        sql = project.sql_preview(dsn, start, rev.revision, timeout=timeout)
+    except RevisionError as exc:
+        hint = _reads_data(rev.path)
+        return _Rendered(rev, None, f"cannot be reviewed offline: {exc}" + (f" ({hint})" if hint else ""),
+                         time.monotonic() - started)
+    return _Rendered(rev, sql, None, time.monotonic() - started)
+
+
+def _reads_data(path: Path) -> str | None:
+    """Where upgrade() reads the database (op.get_bind()), the usual reason offline rendering fails."""
+    try:
+        tree = ast.parse(path.read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "upgrade":
+            for call in ast.walk(node):
+                if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and \
+                        call.func.attr == "get_bind":
+                    return f"it reads the database: op.get_bind() at line {call.lineno}"
+    return None
+
+
+def _relative(path: Path, app_dir: Path) -> str:
+    try:
+        return str(path.relative_to(app_dir))
+    except ValueError:
+        return path.name
+
+
+def review(name: str, env: Environment, conn, *, project: AlembicProject, revisions: Sequence[Revision],
+           acknowledgements: Sequence[Acknowledgement] = ()) -> RiskReview:
+    """Review `revisions` (oldest first, all pending on `conn`'s database); never raises for a
+    revision's own problems: they are in its status. ReviewError when squawk cannot run at all."""
+    clock = time.monotonic()
+    server_major = conn.info.server_version // 10000 if conn is not None else None
+    out = RiskReview(name, [], server_major=server_major)
+    if not revisions:
+        return out
+    argv = squawk_argv(env)
+    timeout = env.review.squawk_timeout_seconds
+    with ThreadPoolExecutor(max_workers=min(4, len(revisions)), thread_name_prefix="review-render") as pool:
+        rendered = list(pool.map(lambda r: _render(project, env.dsn, r, max(60.0, timeout)), revisions))
+    out.render_seconds = sum(r.seconds for r in rendered)
+
+    drafts: list[tuple[RevisionReview, list[dict[str, Any]], list[Statement], str]] = []
+    for item in rendered:
+        rev = item.revision
+        entry = RevisionReview(rev.revision, _relative(rev.path, project.app_dir), file_sha256(rev.path),
+                               "reviewed", "low", "")
+        try:
+            entry.allowlist = read_allowlist(rev.path)
+        except AllowlistError as exc:
+            entry.status, entry.problem = "error", str(exc)
+        if item.sql is None:
+            if entry.status != "error":
+                entry.status, entry.problem = "not reviewable offline", item.problem
+            drafts.append((entry, [], [], ""))
+            continue
+        entry.sql_lines = item.sql.count("\n") + 1
+        started = time.monotonic()
+        raw = run_squawk(item.sql, argv, pg_major=server_major, exclude=env.review.exclude_rules,
+                         cwd=project.app_dir, timeout=timeout)
+        out.squawk_seconds += time.monotonic() - started
+        drafts.append((entry, raw, statements(item.sql), item.sql))
+
+    # Every relation the SQL names, and the indexes it drops: read from the database once.
+    names: set[str] = set()
+    for entry, raw, stmts, _ in drafts:
+        for stmt in stmts:
+            names.update(rel for rel, _ in stmt.locks)
+            names.update(stmt.indexes)
+    names.discard(project.version_table)
+    facts = live_facts(conn, names) if conn is not None else {}
+    index_tables = {n: f.name for n, f in facts.items() if f.exists}
+
+    for entry, raw, stmts, sql in drafts:
+        _weigh(env, entry, raw, stmts, sql, facts, index_tables, project.version_table)
+        _acknowledged(entry, name, acknowledgements)
+        out.revisions.append(entry)
+    out.squawk_version = squawk_version(argv)
+    out.seconds = time.monotonic() - clock
+    return out
+
+
+def _weigh(env: Environment, entry: RevisionReview, raw: list[dict[str, Any]], stmts: list[Statement], sql: str,
+           facts: dict[str, TableFacts], index_tables: dict[str, str], version_table: str) -> None:
+    if entry.status == "not reviewable offline":
+        entry.rating = entry.findings_rating = "medium"
+        entry.reason = f"{entry.problem}; review its upgrade() by hand"
+        return
+    if entry.status == "error":
+        entry.rating = entry.findings_rating = "high"
+        entry.reason = f"{entry.problem}; fix the file"
+        return
+    reported_rules: set[str] = set()
+    for item in raw:
+        rule = str(item.get("rule_name") or "unknown")
+        line0 = int(item.get("line") or 0)
+        column = int(item.get("column") or 0)
+        stmt = _statement_at(stmts, sql, line0, column)
+        tables = tuple(dict.fromkeys(
+            [facts[r].name if r in facts and facts[r].exists else r for r, _ in (stmt.locks if stmt else ())
+             if r != version_table]
+            + [index_tables[i] for i in (stmt.indexes if stmt else ()) if i in index_tables]))
+        worst: tuple[Rating, str] | None = None
+        for table in tables or (None,):
+            rated = rate_finding(env, rule, table, facts.get(table) if table else None)
+            if rule in _CONSTRAINED_TABLE_RULES and worst is not None:
+                break        # the constrained table (named first) is the one scanned
+            if worst is None or RATINGS.index(rated[0]) > RATINGS.index(worst[0]):
+                worst = rated
+        assert worst is not None
+        finding = Finding(rule, str(item.get("message") or ""), str(item.get("help") or ""), line0 + 1, column,
+                          stmt.text[:300] if stmt else "", tables, worst[0], worst[1],
+                          entry.allowlist.get(rule))
+        reported_rules.add(rule)
+        (entry.silenced if finding.allowed is not None else entry.findings).append(finding)
+    entry.unused_allows = sorted(set(entry.allowlist) - reported_rules)
+    touched = {r for stmt in stmts for r, _ in stmt.locks if r != version_table}
+    entry.tables = [facts[r] for r in sorted(touched) if r in facts]
+
+    top = max(entry.findings, key=lambda f: RATINGS.index(f.rating), default=None)
+    entry.findings_rating = top.rating if top else "low"
+    if top is not None:
+        more = len(entry.findings) - 1
+        entry.reason = top.reason + (f" (+{more} more finding{'s' if more != 1 else ''})" if more else "")
+    elif entry.silenced:
+        entry.reason = f"no findings left after the allowlist ({len(entry.silenced)} silenced)"
+    else:
+        entry.reason = "squawk found nothing"
+    entry.rating = entry.findings_rating
+
+    live = _live_conflicts(stmts, facts, index_tables)
+    if live:
+        entry.live = [text for _, text in live]
+        live_rating = max((r for r, _ in live), key=RATINGS.index)
+        raised = max(live_rating, _raise(entry.findings_rating) if entry.findings else live_rating, key=RATINGS.index)
+        if RATINGS.index(raised) > RATINGS.index(entry.rating):
+            entry.rating = raised
+            entry.reason = live[0][1] + f"; and {entry.reason}" if top is not None else live[0][1]
+
+
+def _acknowledged(entry: RevisionReview, environment: str, acknowledgements: Sequence[Acknowledgement]) -> None:
+    mine = [a for a in acknowledgements if a.revision == entry.revision and a.environment == environment]
+    if not mine:
+        return
+    newest = max(mine, key=lambda a: a.at)
+    if newest.file_sha256 == entry.file_sha256:
+        entry.acknowledgement = newest
+    else:
+        entry.stale_acknowledgement = newest
+
+
+# ---------------------------------------------------------------------------
+# Acknowledgements: audited events in the bot's own database
+
+
+def acknowledgements(store, environment: str, limit: int = 500) -> list[Acknowledgement]:
+    """Every acknowledgement recorded for `environment`, newest first."""
+    out = []
+    for event in store.events(environment=environment, action=ACK_ACTION, limit=limit):
+        details = event.details or {}
+        if event.outcome != "ok" or not details.get("revision") or not details.get("file_sha256"):
+            continue
+        out.append(Acknowledgement(environment, str(details["revision"]), str(details["file_sha256"]), event.actor,
+                                   str(details.get("reason") or ""), event.at, event.id))
+    return out
+
+
+class AcknowledgeError(Exception):
+    """An acknowledgement that cannot be recorded; one line saying what to do."""
+
+
+def acknowledge(store, name: str, env: Environment, revision: str, reason: str, actor: str, *,
+                project: AlembicProject, current: Sequence[str]) -> Acknowledgement:
+    """Record that `actor` reviewed the risk of pending `revision` on `name` (an event, append-only),
+    bound to the revision file as it is now: an edit to the file needs a new acknowledgement."""
+    reason = " ".join((reason or "").split())
+    if not reason:
+        raise AcknowledgeError("say why it is acceptable: the reason is shown with the rating and kept in the audit "
+                               "trail")
+    if len(reason) > MAX_ACK_REASON:
+        raise AcknowledgeError(f"the reason is {len(reason)} characters long: keep it to {MAX_ACK_REASON}")
+    try:
+        rev = project.get(revision)
+    except RevisionError as exc:
+        raise AcknowledgeError(str(exc)) from None
+    pending = [r.revision for r in project.pending(list(current))]
+    if rev.revision not in pending:
+        at = ", ".join(current) or "base"
+        raise AcknowledgeError(f"{rev.revision} is not pending on {name} (at {at}"
+                               + (f"; pending: {', '.join(pending)}" if pending else "; nothing pending") + ")")
+    sha = file_sha256(rev.path)
+    event = store.record(actor=actor, action=ACK_ACTION, environment=name, outcome="ok",
+                         summary=f"risk of {rev.revision} acknowledged: {reason}",
+                         details={"revision": rev.revision, "file_sha256": sha, "reason": reason,
+                                  "path": _relative(rev.path, project.app_dir)})
+    return Acknowledgement(name, rev.revision, sha, actor, reason, event.at, event.id)
+
+
+# ---------------------------------------------------------------------------
+# JSON
+
+
+def _holder_json(h: LockHolder) -> dict[str, Any]:
+    return {"relation": h.relation, "mode": h.mode, "granted": h.granted, "pid": h.pid, "state": h.state,
+            "application": h.application, "user": h.user,
+            "xact_seconds": None if h.xact_seconds is None else round(h.xact_seconds, 1), "query": h.query,
+            "prepared_gid": h.prepared_gid}
+
+
+def _finding_json(f: Finding) -> dict[str, Any]:
+    return {"rule": f.rule, "message": f.message, "help": f.help, "line": f.line, "column": f.column,
+            "statement": f.statement, "tables": list(f.tables), "rating": f.rating, "reason": f.reason,
+            "allowed": f.allowed}
+
+
+def _ack_json(a: Acknowledgement | None) -> dict[str, Any] | None:
+    if a is None:
+        return None
+    return {"actor": a.actor, "reason": a.reason, "at": a.at.isoformat(), "file_sha256": a.file_sha256,
+            "event_id": a.event_id}
+
+
+def review_to_json(r: RiskReview | None) -> dict[str, Any] | None:
+    """The `risk` key of `precheck --json`, and what a migration request keeps in its params."""
+    if r is None:
+        return None
+    return {
+        "environment": r.environment, "highest": r.highest, "ok": r.ok,
+        "blocking": [x.revision for x in r.blocking], "server_major": r.server_major,
+        "squawk_version": r.squawk_version, "squawk_seconds": round(r.squawk_seconds, 4),
+        "render_seconds": round(r.render_seconds, 3), "seconds": round(r.seconds, 3), "errors": list(r.errors),
+        "revisions": [{
+            "revision": x.revision, "path": x.path, "file_sha256": x.file_sha256, "status": x.status,
+            "rating": x.rating, "findings_rating": x.findings_rating, "reason": x.reason, "problem": x.problem,
+            "blocking": x.blocking, "sql_lines": x.sql_lines,
+            "findings": [_finding_json(f) for f in x.findings],
+            "silenced": [_finding_json(f) for f in x.silenced],
+            "unused_allows": list(x.unused_allows),
+            "tables": [{"name": t.name, "exists": t.exists, "size_bytes": t.size_bytes, "rows": t.rows,
+                        "holders": [_holder_json(h) for h in t.holders]} for t in x.tables],
+            "live": list(x.live),
+            "acknowledgement": _ack_json(x.acknowledgement),
+            "stale_acknowledgement": _ack_json(x.stale_acknowledgement),
+        } for x in r.revisions],
+    }
+
+
+def ack_hint(environment: str, revision: str) -> str:
+    return f"/migrate ack-risk {environment} {revision} REASON"
+
+
+__all__ = ["ACK_ACTION", "Acknowledgement", "AcknowledgeError", "AllowlistError", "Finding", "LockHolder",
+           "RATINGS", "ReviewError", "RevisionReview", "RiskReview", "TableFacts", "ack_hint", "acknowledge",
+           "acknowledgements", "conflicts", "live_facts", "rate_finding", "read_allowlist", "review",
+           "review_to_json", "run_squawk", "squawk_argv", "statements"]
