@@ -86,13 +86,20 @@ def risk_blocks(risk: Mapping[str, Any] | None, *, environment: str, error: str 
     lines: list[str] = []
     for rev in ranked[:50]:
         lines.extend(_revision_lines(rev, environment))
-    body = bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1, more="… and {n} more lines (see `precheck --json`)")
+    body = bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
+                         more="… and {n} more lines (see `precheck --json`)")
     squawk = f"squawk {escape(risk.get('squawk_version') or '?')}"
     server = f"PostgreSQL {risk.get('server_major')}" if risk.get("server_major") else "the server's version"
     note = (f"Each revision's own SQL (`alembic upgrade PREV:REV --sql`) linted by {squawk} for {server}, weighed "
             "against the live tables (size, row estimate, locks held now) · silence a reviewed rule with "
             "`squawk_allow = {\"rule\": \"reason\"}` in the revision file")
     return [section(title + "\n" + body), context(truncate(note, MAX_CONTEXT_TEXT))]
+
+
+def request_risk_blocks(params: Mapping[str, Any], environment: str) -> list[dict[str, Any]]:
+    """For a migrate approval request (bot/migrations.py's `describe_risk`): the review kept in the
+    request's params by `runbook.review.risk_params(proposal)`, rendered as it was when requested."""
+    return risk_blocks(params.get("risk"), environment=environment, error=params.get("risk_error"))
 
 
 def risk_text(risk: Mapping[str, Any] | None, *, environment: str, error: str | None = None) -> list[str]:
@@ -121,14 +128,14 @@ def risk_text(risk: Mapping[str, Any] | None, *, environment: str, error: str | 
     return out
 
 
-def ack_message(ack: Any, rating: str | None = None) -> Message:
+def ack_message(ack: Any) -> Message:
     """The reply to `/migrate ack-risk`: what was recorded, by whom."""
     line = (f":ballot_box_with_check: {_who(ack.actor)} acknowledged the risk of {code(ack.revision, 60)} on "
             f"{escape(one_line(ack.environment, 40))}: _{escape(one_line(ack.reason, 300))}_")
-    note = (f"bound to the file as it is now (sha256 {ack.file_sha256[:12]}…): an edit needs a new acknowledgement · "
+    note = (f"bound to the file as it is now (sha256 {ack.file_sha256[:12]}…): an edit needs a new one · "
             "a lock held at migration time is never covered")
     return validate(Message(text=f"Risk of {escape(ack.revision)} on {escape(ack.environment)} acknowledged",
                             blocks=[section(line), context(note)]))
 
 
-__all__ = ["RATING_MARK", "ack_message", "risk_blocks", "risk_text"]
+__all__ = ["RATING_MARK", "ack_message", "request_risk_blocks", "risk_blocks", "risk_text"]

@@ -25,7 +25,9 @@ approval request keeps.
 from __future__ import annotations
 
 import ast
+import bisect
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -304,7 +306,8 @@ def squawk_argv(env: Environment) -> list[str]:
     raise ReviewError("squawk not found: install it (pip install squawk-cli) or set review.squawk")
 
 
-def squawk_version(argv: Sequence[str], timeout: float = 10) -> str | None:
+@functools.lru_cache(maxsize=8)
+def _squawk_version(argv: tuple[str, ...], timeout: float) -> str | None:
     try:
         out = subprocess.run([*argv, "--version"], capture_output=True, text=True, timeout=timeout,
                              stdin=subprocess.DEVNULL)
@@ -312,6 +315,11 @@ def squawk_version(argv: Sequence[str], timeout: float = 10) -> str | None:
         return None
     text = (out.stdout or out.stderr).strip()
     return text.split()[-1] if text else None
+
+
+def squawk_version(argv: Sequence[str], timeout: float = 10) -> str | None:
+    """squawk's version, asked once per command per process."""
+    return _squawk_version(tuple(argv), timeout)
 
 
 def run_squawk(sql: str, argv: Sequence[str], *, pg_major: int | None, exclude: Sequence[str], cwd: Path,
@@ -477,14 +485,25 @@ def statements(sql: str) -> list[Statement]:
     return out
 
 
-def _statement_at(stmts: Sequence[Statement], sql: str, line0: int, column: int) -> Statement | None:
-    lines = sql.split("\n")
-    offset = sum(len(text.encode()) + 1 for text in lines[:line0]) + len(
-        (lines[line0] if line0 < len(lines) else "")[:column].encode())
-    for stmt in stmts:
-        if stmt.start <= offset <= stmt.end:
-            return stmt
-    return None
+class _Locator:
+    """squawk's (0-based line, column) -> the statement there; bisects, so 5,000 findings stay cheap."""
+
+    def __init__(self, stmts: Sequence[Statement], sql: str):
+        self.stmts = list(stmts)
+        self.starts = [s.start for s in self.stmts]
+        self.lines = sql.split("\n")
+        self.line_offsets = [0]
+        for text in self.lines:
+            self.line_offsets.append(self.line_offsets[-1] + len(text.encode()) + 1)
+
+    def at(self, line0: int, column: int) -> Statement | None:
+        if not 0 <= line0 < len(self.lines):
+            return None
+        offset = self.line_offsets[line0] + len(self.lines[line0][:column].encode())
+        index = bisect.bisect_right(self.starts, offset) - 1
+        if index >= 0 and self.stmts[index].start <= offset <= self.stmts[index].end:
+            return self.stmts[index]
+        return None
 
 
 # ---------------------------------------------------------------------------
@@ -564,7 +583,8 @@ def _size_rating(env: Environment, facts: TableFacts | None) -> Rating:
     return "low"
 
 
-def rate_finding(env: Environment, rule: str, table: str | None, facts: TableFacts | None) -> tuple[Rating, str]:
+def rate_finding(env: Environment, rule: str, table: str | None, facts: TableFacts | None,
+                 message: str = "") -> tuple[Rating, str]:
     """(rating, one line) for one squawk finding on one table, weighed against the live table."""
     where = f" on {table}" if table else ""
     size = f", {facts.describe()}" if facts is not None else (", size unknown" if table else "")
@@ -582,9 +602,10 @@ def rate_finding(env: Environment, rule: str, table: str | None, facts: TableFac
     if rule in FIXED_RULES:
         rating, text = FIXED_RULES[rule]
         return rating, f"{text}{where}{size}" if table else text
+    said = f": {_one_line(message, 160)}" if message else ""
     if rule in SQUAWK_RULES:
-        return "low", f"{rule}{where}"
-    return "medium", f"{rule}{where} (a squawk rule runbook-bot does not know: review it)"
+        return "low", f"{rule}{where}{said}"
+    return "medium", f"{rule}{where}{said} (a squawk rule runbook-bot does not know: review it)"
 
 
 def _live_conflicts(stmts: Sequence[Statement], facts: dict[str, TableFacts],
@@ -718,7 +739,7 @@ def review(name: str, env: Environment, conn, *, project: AlembicProject, revisi
         _weigh(env, entry, raw, stmts, sql, facts, index_tables, project.version_table)
         _acknowledged(entry, name, acknowledgements)
         out.revisions.append(entry)
-    out.squawk_version = squawk_version(argv)
+    out.squawk_version = squawk_version(argv, timeout)
     out.seconds = time.monotonic() - clock
     return out
 
@@ -734,18 +755,19 @@ def _weigh(env: Environment, entry: RevisionReview, raw: list[dict[str, Any]], s
         entry.reason = f"{entry.problem}; fix the file"
         return
     reported_rules: set[str] = set()
+    locate = _Locator(stmts, sql)
     for item in raw:
         rule = str(item.get("rule_name") or "unknown")
         line0 = int(item.get("line") or 0)
         column = int(item.get("column") or 0)
-        stmt = _statement_at(stmts, sql, line0, column)
+        stmt = locate.at(line0, column)
         tables = tuple(dict.fromkeys(
             [facts[r].name if r in facts and facts[r].exists else r for r, _ in (stmt.locks if stmt else ())
              if r != version_table]
             + [index_tables[i] for i in (stmt.indexes if stmt else ()) if i in index_tables]))
         worst: tuple[Rating, str] | None = None
         for table in tables or (None,):
-            rated = rate_finding(env, rule, table, facts.get(table) if table else None)
+            rated = rate_finding(env, rule, table, facts.get(table) if table else None, str(item.get("message") or ""))
             if rule in _CONSTRAINED_TABLE_RULES and worst is not None:
                 break        # the constrained table (named first) is the one scanned
             if worst is None or RATINGS.index(rated[0]) > RATINGS.index(worst[0]):
@@ -760,7 +782,9 @@ def _weigh(env: Environment, entry: RevisionReview, raw: list[dict[str, Any]], s
     touched = {r for stmt in stmts for r, _ in stmt.locks if r != version_table}
     entry.tables = [facts[r] for r in sorted(touched) if r in facts]
 
-    top = max(entry.findings, key=lambda f: RATINGS.index(f.rating), default=None)
+    # the worst finding speaks for the revision; among equals, one about locks and size over a style rule
+    top = max(entry.findings, key=lambda f: (RATINGS.index(f.rating), f.rule in SIZE_RULES or f.rule in FIXED_RULES,
+                                             f.rule != "constraint-missing-not-valid"), default=None)
     entry.findings_rating = top.rating if top else "low"
     if top is not None:
         more = len(entry.findings) - 1
@@ -888,6 +912,12 @@ def review_to_json(r: RiskReview | None) -> dict[str, Any] | None:
     }
 
 
+def risk_params(proposal: Any) -> dict[str, Any]:
+    """What a migrate approval request keeps of a runbook.migrate.Proposal's review (JSON)."""
+    return {"risk": review_to_json(getattr(proposal, "risk", None)),
+            "risk_error": getattr(proposal, "risk_error", None)}
+
+
 def ack_hint(environment: str, revision: str) -> str:
     return f"/migrate ack-risk {environment} {revision} REASON"
 
@@ -895,4 +925,4 @@ def ack_hint(environment: str, revision: str) -> str:
 __all__ = ["ACK_ACTION", "Acknowledgement", "AcknowledgeError", "AllowlistError", "Finding", "LockHolder",
            "RATINGS", "ReviewError", "RevisionReview", "RiskReview", "TableFacts", "ack_hint", "acknowledge",
            "acknowledgements", "conflicts", "live_facts", "rate_finding", "read_allowlist", "review",
-           "review_to_json", "run_squawk", "squawk_argv", "statements"]
+           "review_to_json", "risk_params", "run_squawk", "squawk_argv", "statements"]

@@ -6,6 +6,8 @@ the sample app (tests/support/migrations.py)."""
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -450,3 +452,46 @@ def test_cli_precheck_json_carries_the_review_and_ack_risk_clears_it(risky_app, 
     out = capsys.readouterr().out
     assert "risk review (squawk" in out and f"HIGH   {INDEX[0]}: CREATE INDEX without CONCURRENTLY" in out
     assert "acknowledged by cli:" in out and PASSWORD not in out
+
+
+@pytest.mark.parametrize("squawk, timeout, expected", [
+    (["/nonexistent/squawk"], 30, "cannot run '/nonexistent/squawk': not found (pip install squawk-cli"),
+    ([sys.executable, "-c", "import time; time.sleep(30)"], 0.5,
+     "squawk did not finish within 0.5 s (review.squawk_timeout_seconds)"),
+    ([sys.executable, "-c", "print('not json')"], 30, "squawk's output is not JSON: not json"),
+    ([sys.executable, "-c", "import sys; sys.exit(3)"], 30, "squawk failed (exit 3)"),
+])
+def test_a_squawk_that_cannot_run_fails_the_review_in_one_line(risky_app, squawk, timeout, expected):
+    settings, name, env, url, app = risky_app([INDEX])
+    settings, env = _with_review(settings, name, squawk=squawk, squawk_timeout_seconds=timeout)
+    started = time.monotonic()
+    report = precheck.run_precheck(name, env)
+    assert time.monotonic() - started < 20              # a hung squawk is stopped, not waited for
+    check = next(c for c in report.checks if c.name == "risk review")
+    assert check.status == "fail" and check.detail.startswith("not reviewed: ") and expected in check.detail
+    assert report.verdict == "no-go" and report.risk is None and "\n" not in check.detail
+
+
+def test_the_approval_request_renders_the_review_from_its_stored_params_within_slack_limits(risky_app):
+    from bot.blocks import Message, validate
+    from bot.review_blocks import request_risk_blocks
+
+    settings, name, env, url, app = risky_app([INDEX, NOT_NULL, FOREIGN_KEY])
+    proposal = migrate.propose(name, env)
+    assert proposal.refusal is None and [r.revision for r in proposal.risk.revisions] == [
+        INDEX[0], NOT_NULL[0], FOREIGN_KEY[0]]
+    params = json.loads(json.dumps(review.risk_params(proposal)))      # as the approvals table keeps it
+    blocks = request_risk_blocks(params, name)
+    rendered = json.dumps(blocks)
+    assert "require-concurrent-index-creation" in rendered
+    assert "CREATE INDEX without CONCURRENTLY on expenses" in rendered
+    validate(Message(text="request", blocks=blocks))
+    # a long review is cut with a pointer, never over Slack's limits, and HIGH ratings come first
+    many = dict(params["risk"])
+    many["revisions"] = [dict(params["risk"]["revisions"][2], revision=f"{n:04d}_x", reason="r" * 380)
+                         for n in range(60)] + [params["risk"]["revisions"][0]]
+    cut = request_risk_blocks({"risk": many}, name)
+    validate(Message(text="request", blocks=cut))
+    assert len(cut) == 2 and INDEX[0] in cut[0]["text"]["text"] and "more lines" in cut[0]["text"]["text"]
+    failed = request_risk_blocks({"risk": None, "risk_error": "squawk not found: install it"}, name)
+    assert "not reviewed — squawk not found" in failed[0]["text"]["text"]
