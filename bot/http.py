@@ -1,8 +1,11 @@
 """The two transports around one Bolt app (design rules 2 and 9).
 
 HTTP: `make_wsgi_app(app, health=...)` is one WSGI app serving
-    POST /slack/events   Slack's slash commands and interactions (signature always verified)
-    GET  /health         JSON; 200 when health() says ok, else 503
+    POST /slack/events   Slack's slash commands and interactions (signature always verified);
+                         503 once the bot is draining (SIGTERM): it takes no new work
+    GET  /health         JSON; 200 when health() says ok, else 503 (readiness: also 503 while draining)
+    GET  /health?check=live   200 while the process serves at all (liveness: never kills a pod
+                         that is draining or waiting for its state database)
     GET  /metrics        Prometheus text
 and `serve_http(wsgi_app, host, port)` runs it under waitress (port 0 allowed).
 
@@ -16,6 +19,7 @@ import json
 import logging
 import threading
 from typing import Any, Callable, Iterable
+from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from slack_bolt import App
@@ -29,6 +33,7 @@ log = logging.getLogger("runbook_bot.http")
 EVENTS_PATH = "/slack/events"
 MAX_BODY_BYTES = 2 * 1024 * 1024     # Slack's payloads are far smaller; bigger bodies are refused (413)
 HealthCheck = Callable[[], "tuple[bool, dict[str, Any]]"]
+DRAINING_BODY = b'{"error": "runbook-bot is shutting down; try again in a minute"}'
 
 
 def _always_ok() -> tuple[bool, dict[str, Any]]:
@@ -39,7 +44,7 @@ class WsgiApp:
     """POST /slack/events, GET /health, GET /metrics, 404 for anything else."""
 
     def __init__(self, app: App | None, *, health: HealthCheck | None = None, metrics: Metrics | None = None,
-                 events_path: str = EVENTS_PATH) -> None:
+                 events_path: str = EVENTS_PATH, draining: Callable[[], bool] | None = None) -> None:
         if app is not None:
             if not isinstance(app, BotApp) or not app.verifies_signatures:
                 raise ValueError("HTTP mode needs SLACK_SIGNING_SECRET: Slack's requests are always verified")
@@ -47,6 +52,7 @@ class WsgiApp:
         self.slack = SlackRequestHandler(app, path=events_path) if app is not None else None
         self.events_path = events_path
         self.health = health or _always_ok
+        self.draining = draining or (lambda: False)
         if metrics is None:
             metrics = app.metrics if isinstance(app, BotApp) else Metrics()
         self.metrics = metrics
@@ -58,11 +64,17 @@ class WsgiApp:
             if method != "POST":
                 return _reply(start_response, 405, b"Method Not Allowed", "text/plain; charset=utf-8",
                               [("Allow", "POST")])
+            if self.draining():
+                return _reply(start_response, 503, DRAINING_BODY, "application/json", [("Retry-After", "30")])
             return self.slack(environ, start_response)
         if path == "/health":
             if method not in ("GET", "HEAD"):
                 return _reply(start_response, 405, b"Method Not Allowed", "text/plain; charset=utf-8",
                               [("Allow", "GET")])
+            if parse_qs(environ.get("QUERY_STRING") or "").get("check") == ["live"]:
+                return _reply(start_response, 200, json.dumps({"ok": True, "live": True,
+                                                               "draining": bool(self.draining())}).encode(),
+                              "application/json", [("Cache-Control", "no-store")])
             return self._health(start_response)
         if path == "/metrics":
             if method not in ("GET", "HEAD"):
@@ -74,6 +86,8 @@ class WsgiApp:
     def _health(self, start_response: Callable[..., Any]) -> Iterable[bytes]:
         try:
             ok, details = self.health()
+            if self.draining():
+                ok, details = False, {**(details or {}), "draining": True}
             payload = {"ok": bool(ok), **(details or {})}
         except Exception as exc:  # a failing check is a 503, never a stack trace
             log.error("health check failed (%s)", type(exc).__name__, exc_info=exc)
@@ -92,9 +106,10 @@ def _reply(start_response: Callable[..., Any], status: int, body: bytes, content
 
 
 def make_wsgi_app(app: App | None, *, health: HealthCheck | None = None, metrics: Metrics | None = None,
-                  events_path: str = EVENTS_PATH) -> WsgiApp:
-    """One WSGI app; `app=None` serves only /health and /metrics (Socket Mode)."""
-    return WsgiApp(app, health=health, metrics=metrics, events_path=events_path)
+                  events_path: str = EVENTS_PATH, draining: Callable[[], bool] | None = None) -> WsgiApp:
+    """One WSGI app; `app=None` serves only /health and /metrics (Socket Mode). `draining()` true:
+    Slack's requests get 503 and /health says so (503), for the load balancer to stop sending."""
+    return WsgiApp(app, health=health, metrics=metrics, events_path=events_path, draining=draining)
 
 
 class HttpServer:
@@ -182,6 +197,50 @@ def socket_mode_handler(app: App, app_token: str, *, concurrency: int = 10,
     return SocketModeHandler(app, app_token=app_token, concurrency=concurrency, ping_interval=ping_interval)
 
 
+class BoundedHealth:
+    """A health check that answers within `timeout` seconds, whatever the check does.
+
+    A state database that stopped answering (a partition, a black-holed host) can hold a
+    connect or a query for minutes: the check runs on its own thread, one at a time, and a caller
+    that would wait longer gets a 503 with "timeout". Probes keep coming every few seconds, so
+    without this they would pile up on the HTTP server's threads and starve Slack's requests.
+    """
+
+    def __init__(self, check: HealthCheck, timeout: float = 3.0, *,
+                 on_timeout: dict[str, Any] | None = None) -> None:
+        self.check = check
+        self.timeout = timeout
+        self.on_timeout = on_timeout or {"error": "health check timed out"}
+        self._lock = threading.Lock()
+        self._probe: _Probe | None = None
+
+    def __call__(self) -> tuple[bool, dict[str, Any]]:
+        with self._lock:
+            if self._probe is None or self._probe.done.is_set():
+                self._probe = _Probe(self.check)
+            probe = self._probe
+        if not probe.done.wait(self.timeout):
+            return False, dict(self.on_timeout)
+        return probe.result
+
+
+class _Probe:
+    """One run of a health check on its own thread; `result` once `done` is set."""
+
+    def __init__(self, check: HealthCheck) -> None:
+        self.done = threading.Event()
+        self.result: tuple[bool, dict[str, Any]] = (False, {"error": "health check failed"})
+        threading.Thread(target=self._run, args=(check,), name="health-check", daemon=True).start()
+
+    def _run(self, check: HealthCheck) -> None:
+        try:
+            self.result = check()
+        except Exception as exc:  # reported as a 503, never a stack trace
+            log.error("health check failed (%s)", type(exc).__name__, exc_info=exc)
+        finally:
+            self.done.set()
+
+
 def socket_mode_health(handler: SocketModeHandler, health: HealthCheck | None = None) -> HealthCheck:
     """`health` plus the websocket: not ok while disconnected."""
     inner = health or _always_ok
@@ -194,5 +253,5 @@ def socket_mode_health(handler: SocketModeHandler, health: HealthCheck | None = 
     return check
 
 
-__all__ = ["EVENTS_PATH", "HttpServer", "WsgiApp", "make_wsgi_app", "serve_http", "socket_mode_handler",
-           "socket_mode_health"]
+__all__ = ["BoundedHealth", "EVENTS_PATH", "HttpServer", "WsgiApp", "make_wsgi_app", "serve_http",
+           "socket_mode_handler", "socket_mode_health"]

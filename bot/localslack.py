@@ -740,6 +740,15 @@ class LocalSocketMode:
             connection.send(json.dumps({"type": "disconnect", "reason": reason,
                                         "debug_info": {"host": "localslack"}}))
 
+    def drop_connections(self) -> int:
+        """Close every connection from this side without a word, as a network failure would; the
+        client is expected to notice and reconnect. Returns how many were dropped."""
+        with self._cond:
+            connections = list(self._connections)
+        for connection in connections:
+            connection.close()
+        return len(connections)
+
     def acks(self) -> dict[str, SocketAck]:
         with self._cond:
             return dict(self._acks)

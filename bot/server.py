@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from runbook.config import ConfigError, Settings
@@ -18,6 +17,8 @@ from runbook.state import Store
 log = logging.getLogger(__name__)
 
 APPROVALS_EXPIRY_SECONDS = 30
+# /health answers within this, even when the state database hangs (bot.http.BoundedHealth).
+HEALTH_TIMEOUT_SECONDS = 3.0
 
 
 @dataclass
@@ -28,6 +29,8 @@ class Runtime:
     flows: Any
     app: Any
     scheduler: Any = None       # bot.scheduler.WatchScheduler, started by serve() (start_scheduler)
+    # Set on SIGTERM (bot/shutdown.py): /health and Slack's requests answer 503 from then on.
+    draining: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
     def build(cls, settings: Settings, *, bot_token: str | None = None, api_url: str | None = None,
@@ -79,14 +82,25 @@ class Runtime:
             log.warning("%s run %s on %s was interrupted: %s", run.kind, run.id, run.environment, run.summary)
         return reaped
 
+    def stop_scheduler(self) -> None:
+        """No scheduled run starts any more; the leader's session closes, and its advisory lock with it."""
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)
+
     def health(self) -> tuple[bool, dict[str, Any]]:
         ok = self.store.ping()
         return ok, {"state_database": "ok" if ok else "unreachable"}
 
+    def bounded_health(self):
+        from bot.http import BoundedHealth
+
+        return BoundedHealth(self.health, HEALTH_TIMEOUT_SECONDS, on_timeout={"state_database": "timeout"})
+
     def wsgi(self, *, with_events: bool = True):
         from bot.http import make_wsgi_app
 
-        return make_wsgi_app(self.app if with_events else None, health=self.health, metrics=self.app.metrics)
+        return make_wsgi_app(self.app if with_events else None, health=self.bounded_health(),
+                             metrics=self.app.metrics, draining=self.draining.is_set)
 
     def serve_http(self, host: str, port: int, *, background: bool = False):
         from bot.http import serve_http
@@ -104,39 +118,46 @@ class Runtime:
 
 
 def serve(settings: Settings, *, mode: str, host: str, port: int) -> int:
-    """`runbook-bot serve`: blocks until SIGTERM/SIGINT."""
+    """`runbook-bot serve`: blocks until SIGTERM/SIGINT, then shuts down gracefully (bot/shutdown.py)."""
+    from bot.shutdown import Signals, drain, exit_now, grace_seconds
+
     signing_secret = os.environ.get("SLACK_SIGNING_SECRET")
     if mode == "http" and not signing_secret:
         raise ConfigError("SLACK_SIGNING_SECRET is not set: HTTP mode verifies every request's signature")
     app_token = os.environ.get("SLACK_APP_TOKEN")
     if mode == "socket" and not app_token:
         raise ConfigError("SLACK_APP_TOKEN is not set: Socket Mode needs an xapp- token with connections:write")
+    grace = grace_seconds()
     runtime = Runtime.build(settings, signing_secret=signing_secret)
     try:
         runtime.start_scheduler()
     except Exception:
         runtime.close()
         raise
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    signals = Signals().install()
+    handler = None
     try:
         if mode == "http":
             server = runtime.serve_http(host, port, background=True)
             log.info("serving Slack requests on http://%s:%s/slack/events", host, server.port)
-            stop.wait()
-            server.close()
         else:
-            from bot.http import socket_mode_handler, socket_mode_health, make_wsgi_app, serve_http
+            from bot.http import make_wsgi_app, serve_http, socket_mode_handler, socket_mode_health
 
             handler = socket_mode_handler(runtime.app, app_token)
             handler.connect()
-            side = serve_http(make_wsgi_app(None, health=socket_mode_health(handler, runtime.health),
-                                            metrics=runtime.app.metrics), host, port, background=True)
-            log.info("Socket Mode connected; /health and /metrics on port %s", side.port)
-            stop.wait()
-            handler.close()
-            side.close()
+            server = serve_http(make_wsgi_app(None, health=socket_mode_health(handler, runtime.bounded_health()),
+                                              metrics=runtime.app.metrics, draining=runtime.draining.is_set),
+                                host, port, background=True)
+            log.info("Socket Mode connected; /health and /metrics on port %s", server.port)
+        signals.stop.wait()
+        log.info("stopping: no new work; running work has %g s to finish", grace)
+        runtime.draining.set()
+        if handler is not None:
+            handler.close()           # Slack sends to the other connections from now on
+        drained = drain(runtime, grace, signals.hurry)
+        server.close()
+        if not drained.finished:
+            exit_now(0)               # the interrupted work's threads would hold the interpreter's exit
     finally:
         runtime.close()
     return 0

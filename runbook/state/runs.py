@@ -174,21 +174,36 @@ class RunStore:
                 continue
             why = (f"its process (pid {run.pid} on {run.host}) is gone" if dead_here else
                    f"no heartbeat from pid {run.pid} on {run.host} since {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC")
-            summary = (f"interrupted during '{run.step}': {why}. Not resumed: check the database's revision "
-                       "(runbook-bot status) and decide (validate, rollback or re-run)")
             # Conditional on the heartbeat we read: a run that beats meanwhile is alive after all.
-            statement = (update(RunRow).where(RunRow.id == run.id).where(RunRow.state == RUNNING)
-                         .where(RunRow.heartbeat_at == self._stored(run.heartbeat_at))
-                         .values(state=INTERRUPTED, finished_at=now, summary=summary))
-            with self.store.session() as session, session.begin():
-                if session.execute(statement).rowcount != 1:
-                    continue
-            self.store.record(actor=actor, action=run.kind, environment=run.environment, outcome=INTERRUPTED,
-                              summary=summary, run_id=run.id,
-                              details={"step": run.step, "from": run.from_revision, "target": run.target_revision,
-                                       "host": run.host, "pid": run.pid})
-            reaped.append(self.get(run.id) or run)
+            marked = self._interrupt(run, why, now, actor, RunRow.heartbeat_at == self._stored(run.heartbeat_at))
+            if marked is not None:
+                reaped.append(marked)
         return reaped
+
+    def interrupt_own(self, why: str, *, actor: str = "runbook-bot") -> list[Run]:
+        """This process's runs still running, marked interrupted now (with an event each): the bot is
+        stopping and will not wait for them (bot/shutdown.py). `why` ends "...: <why>. Not resumed"."""
+        with self.store.session() as session:
+            mine = [Run.of(row) for row in session.scalars(
+                select(RunRow).where(RunRow.state == RUNNING).where(RunRow.host == self.host[:255])
+                .where(RunRow.pid == os.getpid()))]
+        marked = (self._interrupt(run, why, utcnow(), actor) for run in mine)
+        return [run for run in marked if run is not None]
+
+    def _interrupt(self, run: Run, why: str, now: datetime, actor: str, *conditions: Any) -> Run | None:
+        """running -> interrupted (conditional), and its event; None when someone else moved it first."""
+        summary = (f"interrupted during '{run.step}': {why}. Not resumed: check the database's revision "
+                   "(runbook-bot status) and decide (validate, rollback or re-run)")
+        statement = (update(RunRow).where(RunRow.id == run.id).where(RunRow.state == RUNNING).where(*conditions)
+                     .values(state=INTERRUPTED, finished_at=now, summary=summary))
+        with self.store.session() as session, session.begin():
+            if session.execute(statement).rowcount != 1:
+                return None
+        self.store.record(actor=actor, action=run.kind, environment=run.environment, outcome=INTERRUPTED,
+                          summary=summary, run_id=run.id,
+                          details={"step": run.step, "from": run.from_revision, "target": run.target_revision,
+                                   "host": run.host, "pid": run.pid})
+        return self.get(run.id) or run
 
     def _stored(self, value: datetime) -> datetime:
         """A time as the database holds it: SQLite keeps naive UTC."""
