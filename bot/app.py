@@ -87,6 +87,32 @@ class BotApp(App):
         """Stop taking listener work; running listeners finish when `wait`."""
         self.listener_executor.shutdown(wait=wait, cancel_futures=not wait)
 
+    @property
+    def registered(self) -> list[tuple[str, Any]]:
+        """Every listener registered, as (kind, constraint): ("command", "/migrate"), ("action",
+        re.compile("^approval_")), ... The Slack app manifest is generated from it (bot/manifest.py)."""
+        return self.__dict__.setdefault("_registered", [])
+
+
+def _recording(kind: str) -> Any:
+    register = getattr(App, kind)
+
+    def recorded(self: BotApp, constraint: Any = "", *args: Any, **kwargs: Any) -> Any:
+        self.registered.append((kind, constraint))
+        return register(self, constraint, *args, **kwargs)
+
+    recorded.__name__ = recorded.__qualname__ = kind
+    recorded.__doc__ = register.__doc__
+    return recorded
+
+
+# Every way to register a listener goes through the record, so the manifest cannot miss one.
+LISTENER_KINDS = ("command", "action", "block_action", "shortcut", "global_shortcut", "message_shortcut", "view",
+                  "view_submission", "view_closed", "options", "block_suggestion", "event", "message", "function",
+                  "attachment_action", "dialog_submission", "dialog_suggestion", "dialog_cancellation")
+for _kind in LISTENER_KINDS:
+    setattr(BotApp, _kind, _recording(_kind))
+
 
 # --------------------------------------------------------------------------
 # Web API client

@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="console demo on the embedded PostgreSQL")
     p.add_argument("--scripted", action="store_true", help="play a fixed walkthrough and exit")
+
+    p = sub.add_parser("manifest", help="print the Slack app manifest (YAML) generated from the registered listeners")
+    p.add_argument("--socket", action="store_true", help="Socket Mode: no request URLs")
+    p.add_argument("--url", metavar="URL", help="the bot's public https:// address (HTTP mode)")
     return parser
 
 
@@ -133,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bot.console import run_demo
 
         return run_demo(scripted=args.scripted)
+    if args.command == "manifest":      # needs no configuration: it describes the app, not a deployment
+        return cmd_manifest(args)
     try:
         settings = load_settings(args.config)
         setup_logging(settings, logging.INFO if args.command == "serve" else logging.WARNING)
@@ -460,6 +466,17 @@ def cmd_restore(settings: Settings, args) -> int:
                          "mode": request.params.get("mode"), "tables": request.params.get("tables"),
                          **result}, as_text)
     return EXIT_OK if done else EXIT_NO_GO
+
+
+def cmd_manifest(args) -> int:
+    from bot.manifest import ManifestError, generate
+
+    try:
+        print(generate(socket=args.socket, url=args.url), end="")
+    except ManifestError as exc:
+        print(f"runbook-bot: manifest: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
 
 
 def cmd_serve(settings: Settings, args) -> int:
