@@ -30,6 +30,7 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot import blocks
 from bot.approvals import ACTION_PATTERN as APPROVAL_ACTIONS, Click
+from bot.migration_blocks import ACTION_PATTERN as MIGRATION_ACTIONS
 from bot.logs import install_log_redaction
 from bot.commands import ACTIONS, Command, CommandError, parse
 
@@ -240,15 +241,13 @@ def build_app(settings: Any, client: WebClient, flows: FlowsLike, *, signing_sec
     @app.action(APPROVAL_ACTIONS)
     def on_approval_click(ack: Ack, body: dict[str, Any], respond: Any) -> None:
         ack()  # first: the click is decided on Flows' executor (database, usergroups, chat.update)
-        click = Click.of(body)
-        submit_click = getattr(app.flows, "submit_click", None)
-        if submit_click is None:
-            log.warning("approval click %s, but these flows take no clicks", _safe(click.action_id) or "?")
-            return
-        try:
-            submit_click(click)
-        except Exception as exc:
-            _report_submit_failure(app, exc, "an approval click", respond, click.response_url)
+        _hand_over_click(app, body, respond, "submit_click", "an approval click")
+
+    # "Back up first" and the recommended action after a failed run or validation (bot/migrations.py).
+    @app.action(MIGRATION_ACTIONS)
+    def on_migration_click(ack: Ack, body: dict[str, Any], respond: Any) -> None:
+        ack()  # first: the click is checked and acted on on Flows' executor
+        _hand_over_click(app, body, respond, "submit_migration_click", "a migration button")
 
     # Fallback: a click nobody handles is still acked (no error icon in Slack) and logged.
     @app.action(re.compile(r".*"))
@@ -294,6 +293,19 @@ def _handle_migrate(app: BotApp, ack: Ack, body: dict[str, Any], respond: Any) -
         flows.submit(command, origin)
     except Exception as exc:
         _report_submit_failure(app, exc, command.action, respond, origin.response_url)
+
+
+def _hand_over_click(app: BotApp, body: dict[str, Any], respond: Any, submit_name: str, what: str) -> None:
+    """A button click, acked already: parsed without I/O and handed to `flows.<submit_name>` (Flows' executor)."""
+    click = Click.of(body)
+    submit = getattr(app.flows, submit_name, None)
+    if submit is None:
+        log.warning("%s (%s), but these flows take no such clicks", what, _safe(click.action_id) or "?")
+        return
+    try:
+        submit(click)
+    except Exception as exc:
+        _report_submit_failure(app, exc, what, respond, click.response_url)
 
 
 def _report_submit_failure(app: BotApp, exc: Exception, what: str, respond: Any, response_url: str | None) -> None:

@@ -251,8 +251,13 @@ def _emit(args, as_json, as_text) -> None:
 
 
 def _run_supervised(settings: Settings, args, direction: str) -> int:
-    """`migrate` / `rollback`: the Slack path's guards, with --yes standing for the approval."""
-    from runbook import migrate, rollback
+    """`migrate` / `rollback`: the Slack path's checks and run (bot/migrations.py), with --yes standing for
+    the approval: recorded by ApprovalService.run_confirmed, the same audit trail as a click in Slack."""
+    from bot import text
+    from bot.flows import Redactor
+    from bot.logs import known_secrets
+    from bot.migrations import NothingToDo, Refused, RunWatcher, checked_proposal, run_with_yes
+    from runbook import migrate
     from runbook.revisions import RevisionError
     from runbook.state import StateError
     from runbook.target import TargetError
@@ -263,41 +268,62 @@ def _run_supervised(settings: Settings, args, direction: str) -> int:
         print(f"runbook-bot: {action} changes the {name} database ({action} --to {args.to}): add --yes to "
               "confirm (it is recorded as your approval)", file=sys.stderr)
         return EXIT_ERROR
+
+    class Printed(RunWatcher):
+        """Progress and lock-timeout reports on stderr; the result kept for the report."""
+
+        result = None
+
+        def progress(self, p) -> None:
+            if not args.json and p.phase == "migrating" and p.step_elapsed_seconds == 0:
+                print(f"  {p.direction} {p.step} ({p.step_index}/{p.step_count}), attempt {p.attempt}",
+                      file=sys.stderr)
+
+        def blocker(self, b) -> None:
+            print("  " + text.blocker_text(b), file=sys.stderr)
+
+        def finished(self, result, backup) -> None:
+            self.result = result
+
+    watcher = Printed()
     try:
         store = _open_store(settings)
-        if direction == "downgrade":
-            rollback.check_downgrade(name, env, args.to)      # irreversible: refused before it is approved
-    except rollback.IrreversibleDowngrade as exc:
+        proposal = checked_proposal(name, env, direction, args.to, f"{action} --to {args.to}", store=store,
+                                    cli=True)
+        _warn_without_fresh_backup(store, name, env)
+        request = run_with_yes(settings, store, proposal, args.to, cli_actor(),
+                               redactor=Redactor(settings, extra_secrets=known_secrets(settings)),
+                               watcher=watcher)
+    except NothingToDo as exc:
+        print(f"runbook-bot: {exc}", file=sys.stderr)
+        return EXIT_OK
+    except Refused as exc:
         print(f"runbook-bot: {exc}", file=sys.stderr)
         return EXIT_NO_GO
     except (StateError, TargetError, RevisionError) as exc:
         print(f"runbook-bot: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    from runbook.state.runs import new_run_id
-
-    actor = cli_actor()
-    run_id = new_run_id()          # known before the run, so the approval is recorded against it
-    store.record(actor=actor, action=f"{action}.approve", environment=name, outcome="yes",
-                 summary=f"--yes on `{action} --to {args.to}`", details={"target": args.to}, run_id=run_id)
-
-    def progress(p) -> None:
-        if not args.json and p.phase == "migrating" and p.step_elapsed_seconds == 0:
-            print(f"  {p.direction} {p.step} ({p.step_index}/{p.step_count}), attempt {p.attempt}", file=sys.stderr)
-
-    def blocked(b) -> None:
-        from bot.text import blocker_text
-
-        print("  " + blocker_text(b), file=sys.stderr)
-
-    result = migrate.run(name, env, direction=direction, target=args.to, actor=actor, store=store,
-                         on_progress=progress, on_blocker=blocked, run_id=run_id)
-    from bot import text
-
+    result = watcher.result
+    if result is None:                 # the executor failed before the run could report
+        print(f"runbook-bot: {action} failed: {request.result_summary}", file=sys.stderr)
+        return EXIT_ERROR
     _emit(args, lambda: migrate.result_to_json(result), lambda: text.migration_text(result))
     if result.ok:
         return EXIT_OK
     _after_failure(settings, store, lambda escalator: escalator.after_run(result.run_id))
     return EXIT_ERROR if result.outcome == "error" else EXIT_NO_GO
+
+
+def _warn_without_fresh_backup(store, name: str, env) -> None:
+    """The Slack path backs up first when no verified backup is fresh; --yes leaves it to you, and says so."""
+    from bot.migrations import fresh_backup
+
+    latest, fresh = fresh_backup(store, name, env)
+    if not fresh:
+        print(f"runbook-bot: warning: no verified backup of {name} in the last "
+              f"{env.approvals.require_backup_within_minutes} min (§2"
+              + (f"; the latest is #{latest.id}" if latest is not None else "; there is none")
+              + "): `runbook-bot backup` takes one", file=sys.stderr)
 
 
 def cmd_ack_risk(settings: Settings, args) -> int:

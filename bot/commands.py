@@ -35,6 +35,14 @@ ACTIONS: dict[str, ActionSpec] = {
         ActionSpec("help", "/migrate help", "what the bot can do", "", takes_env=False),
         ActionSpec("status", "/migrate status [env]", "current and pending revisions, last event", "§1.2"),
         ActionSpec("precheck", "/migrate precheck [env]", "the pre-migration checklist with a go / no-go", "§1"),
+        ActionSpec("run", "/migrate run [env] [head | +1 | REV]",
+                   "migrate (default: to head), after approval; watched live, validated after", "§3–§5",
+                   max_args=1, check_args=lambda args: run_args(args)),
+        ActionSpec("rollback", "/migrate rollback [env] [-1 | REV]",
+                   "Alembic downgrade (default: one revision), after approval; irreversible ones are refused",
+                   "§6.1", max_args=1, check_args=lambda args: rollback_args(args)),
+        ActionSpec("validate", "/migrate validate [env]", "post-migration validation, with what to do if it fails",
+                   "§5, §6.5"),
         ActionSpec("activity", "/migrate activity [env]",
                    "live picture: long queries, idle in transaction, blocking tree", "§4"),
         ActionSpec("watch", "/migrate watch [env] on | off | status",
@@ -130,6 +138,63 @@ def backup_args(args: Sequence[str]) -> tuple[str, tuple[str, ...]]:
     shown = arg if len(arg) <= 40 else arg[:40] + "…"
     raise CommandError(f"'{shown}' is neither a configured environment nor a backup option (schema, tables=a,b). "
                        f"{usage}")
+
+
+# runbook.review.MAX_ACK_REASON (the engine checks it again)
+MAX_ACK_REASON = 300
+# A revision id or a unique prefix, before the scripts are asked (the flow checks it is pending).
+_ACK_REVISION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,79}$")
+
+
+def ack_risk_args(args: Sequence[str]) -> tuple[str, str]:
+    """`REV reason` of `/migrate ack-risk` -> (revision as typed, reason). Shape only: the flow checks
+    the revision against the environment's pending revisions."""
+    usage = f"Usage: `{ACTIONS['ack-risk'].usage}`."
+    if not args:
+        raise CommandError(f"`/migrate ack-risk` needs the revision and why its risk is acceptable. {usage}")
+    revision = args[0]
+    shown = revision if len(revision) <= 40 else revision[:40] + "…"
+    if not _ACK_REVISION.match(revision):
+        raise CommandError(f"'{shown}' is neither a configured environment nor a revision id. {usage}")
+    reason = " ".join(" ".join(args[1:]).split())
+    if not reason:
+        raise CommandError(f"Say why the risk of {shown} is acceptable (it is shown with the rating and kept in the "
+                           f"audit trail). {usage}")
+    if len(reason) > MAX_ACK_REASON:
+        raise CommandError(f"The reason is {len(reason)} characters long: keep it to {MAX_ACK_REASON}. {usage}")
+    return revision, reason
+
+
+# What a revision argument may look like before the scripts are asked: an id or a unique prefix, a
+# branch label (name@head), head/heads/base, or relative steps (+N, -N, REV+N, head-N).
+_REVISION_ARG = re.compile(r"^(?:[+-]\d{1,4}|[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,79})$")
+
+
+def _revision_arg(args: Sequence[str], *, action: str, default: str, other: str, hint: str) -> str:
+    """The one revision argument of `run` / `rollback`, shape only: the flow resolves it against the
+    app's scripts (an unknown revision is refused there, also in one line). `other`: the action a
+    relative step of the opposite sign belongs to."""
+    usage = f"Usage: `{ACTIONS[action].usage}`."
+    if not args:
+        return default
+    arg = args[0]
+    shown = arg if len(arg) <= 40 else arg[:40] + "…"
+    if not _REVISION_ARG.match(arg):
+        raise CommandError(f"'{shown}' is neither a configured environment nor a revision ({hint}). {usage}")
+    opposite = "-" if action == "run" else "+"
+    if arg.startswith(opposite) and arg[1:].isdigit():
+        raise CommandError(f"{shown} goes the other way: that is `/migrate {other}`. {usage}")
+    return arg
+
+
+def run_args(args: Sequence[str]) -> str:
+    """`[head | +1 | REV]` of `/migrate run` -> the target as typed (default head)."""
+    return _revision_arg(args, action="run", default="head", other="rollback", hint="head, +1 or a revision id")
+
+
+def rollback_args(args: Sequence[str]) -> str:
+    """`[-1 | REV]` of `/migrate rollback` -> the target as typed (default -1)."""
+    return _revision_arg(args, action="rollback", default="-1", other="run", hint="-1, base or a revision id")
 
 
 # runbook.review.MAX_ACK_REASON (the engine checks it again)

@@ -36,7 +36,8 @@ WIDTH = 100
 EMOJI = {
     ":white_check_mark:": "✔", ":warning:": "⚠", ":x:": "✘", ":white_large_square:": "☐",
     ":rotating_light:": "‼", ":page_facing_up:": "📄", ":no_entry:": "⛔", ":hourglass_flowing_sand:": "⏳",
-    ":lock:": "🔒", ":information_source:": "ℹ",
+    ":lock:": "🔒", ":information_source:": "ℹ", ":floppy_disk:": "💾", ":heavy_minus_sign:": "–",
+    ":point_right:": "👉", ":arrow_right:": "→", ":sos:": "🆘",
 }
 
 
@@ -249,7 +250,7 @@ class Demo:
                         if any(e.get("action_id") == action_id for b in m.blocks if b.get("type") == "actions"
                                for e in b.get("elements", []))), None)
         if message is None:
-            self.say("  (no approval request with buttons to click: ask for one, e.g. /migrate restore ID)")
+            self.say("  (no approval request with buttons to click: ask for one, e.g. /migrate run)")
             return 0
         [button] = [e for b in message.blocks if b.get("type") == "actions" for e in b["elements"]
                     if e.get("action_id") == action_id]
@@ -315,8 +316,9 @@ def run_demo(scripted: bool = False, out: TextIO = sys.stdout) -> int:
                     demo.say(f"> {line}")
                     demo.run(line)
                 return 0
-            demo.say("Type /migrate commands as in Slack (try /migrate help); `click approve` (or reject) presses\n"
-                     f"a button of the newest approval request as the approver {DEMO_APPROVER}; 'quit' or Ctrl-D to leave.")
+            demo.say("Type /migrate commands as in Slack (try /migrate help, or /migrate run); `click approve` (or\n"
+                     f"reject) presses a button of the newest approval request as the approver {DEMO_APPROVER};\n"
+                     "'quit' or Ctrl-D to leave.")
             while True:
                 try:
                     line = input("> ")

@@ -62,6 +62,9 @@ class Flows:
         self.escalator = Escalator(settings, store, client, redactor=redactor)
         self.approvals.register(restore_kind(settings, store, on_progress=self.approvals.progress,
                                              on_failed=self.escalator.after_restore))
+        from bot.migrations import Migrations
+
+        self.migrations = Migrations(self, escalate=self.escalator.escalate, after_run=self.escalator.after_run)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -100,6 +103,10 @@ class Flows:
     def submit_click(self, click: "approvals.Click") -> Future:
         """An Approve/Reject click, acked already; decided on the executor."""
         return self.submit_call(self.approvals.handle_click, click)
+
+    def submit_migration_click(self, click: "approvals.Click") -> Future:
+        """A "Back up first" or recommended-action click (bot/migrations.py), acked already."""
+        return self.submit_call(self.migrations.handle_click, click)
 
     def _finished(self, _future: Future) -> None:
         self._slots.release()
@@ -273,6 +280,38 @@ class Flows:
         self.record(origin, "watch", name, "ok", verb if changed is not False else f"{verb} (unchanged)")
         self.post(origin, blocks.watch_message(name, book.state(name), book.alerts(name), env.watch.every_seconds,
                                                changed=changed))
+
+    def do_run(self, command: Command, origin: Origin) -> None:
+        """`/migrate run [env] [head | +1 | REV]` (§3): resolved against the scripts, refused up front in
+        one line or asked for approval; bot/migrations.py runs it once approved, watched live."""
+        from bot.commands import run_args
+
+        self._ask_migration(command, origin, "upgrade", run_args(command.args))
+
+    def do_rollback(self, command: Command, origin: Origin) -> None:
+        """`/migrate rollback [env] [-1 | REV]` (§6.1): an irreversible downgrade is refused before anyone
+        is asked (pointing to `/migrate restore`); otherwise the same approval and supervised run."""
+        from bot.commands import rollback_args
+
+        self._ask_migration(command, origin, "downgrade", rollback_args(command.args))
+
+    def _ask_migration(self, command: Command, origin: Origin, direction: str, typed: str) -> None:
+        from bot.migrations import Refused
+
+        name, _env = self.settings.environment(command.environment)
+        try:
+            request = self.migrations.request(name, direction, typed, self.actor(origin), command.text,
+                                              origin.channel_id)
+        except Refused as exc:
+            self._fail(command, origin, str(exc))
+            return
+        if origin.channel_id and request.channel != origin.channel_id:
+            self.reply_ephemeral(origin, blocks.approval_pointer(request.channel, command.action, name))
+
+    def do_validate(self, command: Command, origin: Origin) -> None:
+        """`/migrate validate [env]` (§5): the report; a failure gets the §6.5 recommendation in its thread."""
+        name, _env = self.settings.environment(command.environment)
+        self.migrations.validate(name, origin)
 
     def do_restore(self, command: Command, origin: Origin) -> None:
         """`/migrate restore [env] ID [tables=a,b]` (§6.2–6.3): checked against the catalogue and the

@@ -17,6 +17,9 @@ from runbook.state import Store
 log = logging.getLogger(__name__)
 
 APPROVALS_EXPIRY_SECONDS = 30
+# How often a running bot looks for runs another replica left behind when it died (their heartbeat
+# goes stale after runbook.state.runs.STALE_AFTER_SECONDS).
+RUNS_REAPER_SECONDS = 30
 # /health answers within this, even when the state database hangs (bot.http.BoundedHealth).
 HEALTH_TIMEOUT_SECONDS = 3.0
 
@@ -45,10 +48,11 @@ class Runtime:
             raise ConfigError("SLACK_BOT_TOKEN is not set: the bot needs its xoxb- token to post messages")
         store = Store(settings.state_url)
         store.migrate()
-        cls._reap_interrupted_runs(store)
+        reaped = cls._reap_interrupted_runs(store)
         client = make_client(token, api_url or os.environ.get("SLACK_API_URL"))
         redactor = Redactor(settings, extra_secrets=known_secrets(settings) + (token, signing_secret or ""))
         flows = Flows(settings, store, client, redactor=redactor, max_workers=workers)
+        flows.migrations.announce_interrupted(reaped)      # posted once: only the reaper sees them
         app = build_app(settings, client, flows, signing_secret=signing_secret)
         if warm:
             warm_up(app)
@@ -71,6 +75,14 @@ class Runtime:
         self.scheduler.start()
         # Pending approvals past their time turn "expired" (and lose their buttons) within a minute.
         self.scheduler.every("approvals-expiry", APPROVALS_EXPIRY_SECONDS, self.flows.approvals.expire_due)
+        # A replica that died mid-run is noticed by the others too, and said once (conditional reap).
+        self.scheduler.every("runs-reaper", RUNS_REAPER_SECONDS, self.reap_interrupted_runs)
+
+    def reap_interrupted_runs(self) -> list[Any]:
+        """Runs whose process died: marked interrupted (never resumed), posted once by whoever reaped them."""
+        reaped = self._reap_interrupted_runs(self.store)
+        self.flows.migrations.announce_interrupted(reaped)
+        return reaped
 
     @staticmethod
     def _reap_interrupted_runs(store: Store) -> list[Any]:

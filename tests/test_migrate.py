@@ -344,11 +344,13 @@ def test_cli_migrate_and_rollback_need_yes_and_record_it(sample_db, tmp_path):
     assert bare.returncode == 2 and bare.stdout == "" and len(bare.stderr.strip().splitlines()) == 1
     assert "--yes" in bare.stderr and _version(url) == [REV_0001]
 
-    bad = _cli(config, "migrate", "--to", "zzz", "--yes")
-    assert bad.returncode == 1 and "unknown revision 'zzz'" in bad.stdout and "Traceback" not in bad.stderr
+    bad = _cli(config, "migrate", "--to", "zzz", "--yes")               # refused before anything is recorded
+    assert bad.returncode == 1 and "unknown revision 'zzz'" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.stdout == "" and len(bad.stderr.strip().splitlines()) == 1
 
     done = _cli(config, "migrate", "--to", REV_0002, "--yes", "--json")
     assert done.returncode == 0, done.stderr
+    assert "warning: no verified backup of production in the last 60 min" in done.stderr   # --yes backs up nothing
     payload = json.loads(done.stdout)
     assert payload["outcome"] == "succeeded" and payload["to"] == [REV_0002] and payload["validation"]["passed"]
 
@@ -361,10 +363,17 @@ def test_cli_migrate_and_rollback_need_yes_and_record_it(sample_db, tmp_path):
     assert irreversible.returncode == 1 and "irreversible" in irreversible.stderr
     assert len(irreversible.stderr.strip().splitlines()) == 1 and _version(url) == [REV_0003]
 
+    at_head = _cli(config, "migrate", "--yes")
+    assert at_head.returncode == 0 and "nothing to do: production is already at" in at_head.stderr
+
+    # --yes is an approval like a click in Slack: a request approved by the CLI user, then its run
     store = Store(f"sqlite:///{tmp_path / 'state.db'}")
-    approvals = [e for e in store.events(limit=50) if e.action.endswith(".approve")]
-    assert approvals and all(e.actor.startswith("cli:") and e.outcome == "yes" for e in approvals)
-    for out in (bare, bad, done, back, irreversible):
+    approvals = [e for e in store.events(limit=50) if e.outcome == "approved"]
+    assert [e.action for e in reversed(approvals)] == ["migrate", "rollback", "migrate"]
+    assert all(e.actor.startswith("cli:") and e.details["via"] == "--yes" for e in approvals)
+    runs = RunStore(store).list(limit=10)
+    assert len(runs) == 3 and all(r.approval_id in {e.run_id for e in approvals} for r in runs)
+    for out in (bare, bad, done, back, irreversible, at_head):
         assert_no_secret(PASSWORD, out.stdout, out.stderr)
 
 

@@ -1,0 +1,434 @@
+"""Block Kit renderers of issue 4's Slack half: the migrate / rollback approval request, the live
+monitor of a run (§4), lock-timeout reports, the §5 validation report, the §6.5 recommendation
+with its one button, and interrupted runs.
+
+Pure like bot/blocks.py (dataclasses and dicts in, `Message` or blocks out), and built from its
+helpers: untrusted text through `escape()`/`code()`, mentions only through its helpers, every
+message through `validate()`. Kept in a module of its own so the renderers of one feature stay
+together; the session, lock and root lines of the §4 picture are bot/blocks.py's, shared with
+`/migrate activity` and the watch.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Mapping, Sequence
+
+from bot.blocks import (
+    MAX_BLOCKS,
+    MAX_CONTEXT_TEXT,
+    MAX_SECTION_TEXT,
+    SQL_INLINE_LIMIT,
+    FileUpload,
+    Message,
+    _lock_line,
+    _revs,
+    _root_line,
+    _session_line,
+    _who,
+    actions,
+    bounded_lines,
+    button,
+    code,
+    code_block,
+    context,
+    divider,
+    duration,
+    escape,
+    header,
+    mention,
+    one_line,
+    section,
+    size,
+    slack_time,
+    truncate,
+    validate,
+)
+
+# Action ids of the buttons this feature adds; bot/app.py routes every `migrate_*` one to bot/migrations.py.
+ACTION_BACKUP_FIRST = "migrate_backup_first"
+ACTION_RECOMMENDED = "migrate_recommended"
+ACTION_PATTERN = re.compile(r"^migrate_")
+
+VERBS = {"upgrade": "Migration", "downgrade": "Rollback"}
+CHECK_MARK = {"pass": ":white_check_mark:", "fail": ":x:", "skip": ":heavy_minus_sign:"}
+LEVELS = {"none": "not verified", "toc": "TOC read", "full": "full read", "restore": "restored into a scratch database"}
+# How many sessions of each kind the live monitor lists; the rest is counted.
+MONITOR_ROWS = 8
+
+
+def _rev_text(revisions: Sequence[str]) -> str:
+    return _revs(list(revisions)) if revisions else "`base`"
+
+
+def _target_text(target: str) -> str:
+    return "`base`" if target == "base" else code(target, 60)
+
+
+# --------------------------------------------------------------------------
+# the approval request
+
+def migration_summary(params: Mapping[str, Any], environment: str) -> str:
+    """One line: the text fallback, the confirm dialog, the audit event."""
+    steps = params.get("revisions") or []
+    current = ", ".join(params.get("current") or []) or "base"
+    n = len(steps)
+    if params.get("direction") == "downgrade":
+        return (f"Roll back {environment} from {current} to {params.get('target')} "
+                f"(undoes {n} revision{'s' if n != 1 else ''})")
+    return f"Migrate {environment} from {current} to {params.get('target')} ({n} revision{'s' if n != 1 else ''})"
+
+
+def _revision_line(rev: Mapping[str, Any]) -> str:
+    message = escape(one_line(rev.get("message"), 120)) if rev.get("message") else "_(no message)_"
+    if rev.get("reversible"):
+        tail = "reversible"
+    else:
+        reason = rev.get("irreversible_reason")
+        tail = ":rotating_light: *IRREVERSIBLE*" + (f" ({escape(one_line(reason, 160))})" if reason else "")
+    return f"• {code(rev.get('revision'), 60)} {message} — {tail}"
+
+
+def backup_line(backup: Any) -> str:
+    """A catalogue entry (runbook.backup.Backup) in one line: number, time, level, size."""
+    finished = backup.finished_at or backup.started_at
+    return (f"#{backup.id} {code(backup.name, 80)} · {slack_time(finished)} · "
+            f"verified: {escape(LEVELS.get(backup.level, backup.level))} · {size(backup.size_bytes)}")
+
+
+def migration_request_blocks(params: Mapping[str, Any], *, request_id: str, pending: bool, backup: Any,
+                             backup_fresh: bool, fresh_minutes: int,
+                             risk: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """What approvers approve: current -> target, the revisions (with reversibility), the SQL preview
+    (inline when short, else a file in the request's thread), the tables touched, the backup that
+    stands behind it, and the guards the run keeps. `backup`: the latest verified full backup or None;
+    without a fresh one (and while pending) a "Back up first" button."""
+    downgrade = params.get("direction") == "downgrade"
+    revisions = params.get("revisions") or []
+    steps = params.get("steps") or []
+    head = (f"*{'Now at' if not downgrade else 'From'}* {_rev_text(params.get('current') or [])} → "
+            f"*{'target' if not downgrade else 'back to'}* {_target_text(str(params.get('target')))}"
+            f" · {len(steps)} alembic call{'s' if len(steps) != 1 else ''}"
+            + (" (one revision at a time, §3.2)" if len(steps) > 1 else ""))
+    title = "*Revisions undone* (newest first)" if downgrade else "*Revisions applied* (in order)"
+    lines = [_revision_line(r) for r in revisions[:200]]
+    out = [section(head), section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
+                                                                total=len(revisions)))]
+    tables = params.get("touched_tables") or []
+    if tables:
+        out.append(section(truncate("*Tables touched* " + ", ".join(code(t, 60) for t in tables[:30])
+                                    + (f" … and {len(tables) - 30} more" if len(tables) > 30 else ""),
+                                    MAX_SECTION_TEXT)))
+    sql = str(params.get("sql_preview") or "")
+    if not sql.strip():
+        out.append(section("*SQL preview*: none (the revisions could not be rendered offline)"))
+    elif sql_inline(sql):
+        out.append(section(f"*SQL preview* (these revisions only)\n{code_block(sql.strip())}"))
+    else:
+        out.append(section(f"*SQL preview*: {sql.count(chr(10)) + 1} lines, attached as a file in this "
+                           "message's thread :page_facing_up:"))
+    out.extend(list(risk))
+    if backup is not None and backup_fresh:
+        out.append(section(f":floppy_disk: *Latest verified backup* {backup_line(backup)}"))
+    else:
+        latest = f"the latest is {backup_line(backup)}" if backup is not None else "there is none"
+        out.append(section(truncate(
+            f":warning: *No verified backup in the last {fresh_minutes} min* ({latest}). Approving takes one "
+            "first, under the migration's own lock; or take it now.", MAX_SECTION_TEXT)))
+        if pending:
+            out.append(actions(button("Back up first", ACTION_BACKUP_FIRST, request_id),
+                               block_id="migrate_backup_first"))
+    current = _rev_text(params.get("current") or [])
+    out.append(context(truncate(
+        f"The run stops, changing nothing, if the database is no longer at {current} when it starts · "
+        "one operation at a time (advisory lock) · lock timeouts retried with backoff · "
+        "validated after (§5) · live progress in this thread", MAX_CONTEXT_TEXT)))
+    return out
+
+
+def sql_inline(sql: str) -> bool:
+    """Whether a SQL preview fits in the request message (else it goes up as a file)."""
+    return len(code_block(sql.strip())) + 60 <= SQL_INLINE_LIMIT and sql.count("\n") < 60
+
+
+def sql_file(sql: str, environment: str, direction: str) -> FileUpload:
+    name = "".join(c if c.isalnum() or c in "_.-" else "_" for c in environment)[:40] or "env"
+    verb = "rollback" if direction == "downgrade" else "migration"
+    return FileUpload(f"SQL preview of the {verb} — {environment}", f"{verb}-sql-{name}.sql", sql)
+
+
+def migration_result_blocks(result: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Under the request once it ran: where the database is, what ran, and for how long."""
+    if not result:
+        return []
+    frm, to = result.get("from") or [], result.get("to") or []
+    bits = [f"*Revision* {_rev_text(frm)} → {_rev_text(to)}",
+            f"{result.get('attempts', 0)} attempt{'s' if result.get('attempts') != 1 else ''}",
+            f"took {duration(result.get('duration_seconds'))}"]
+    validation = result.get("validation")
+    if validation is not None:
+        bits.append("validation " + (":white_check_mark: passed" if validation else ":x: failed"))
+    if result.get("backup_id"):
+        bits.append(f"backup #{escape(result['backup_id'])} before it")
+    bits.append(f"run {code(result.get('run_id', '?'), 20)}")
+    return [section(truncate(" · ".join(bits), MAX_SECTION_TEXT))]
+
+
+# --------------------------------------------------------------------------
+# the live monitor (§4): one message in the request's thread, updated in place
+
+PHASES = {"locking": "taking the operation lock", "checking": "checking", "backup": "taking the backup first",
+          "migrating": "running alembic", "waiting to retry": "waiting to retry after a lock timeout",
+          "validating": "validating (§5)", "done": "finished"}
+
+
+def _migrator_marked(line: str) -> str:
+    return ":point_right: *the migration* " + line.lstrip("• ")
+
+
+def monitor_message(progress: Any, activity: Any, *, run_id: str, migrator_app: str,
+                    outcome: str | None = None, notes: Sequence[str] = ()) -> Message:
+    """The run as it stands: the step, elapsed time, active queries, idle transactions, lock waits
+    with their roots; the migration's own session marked, and called out when it waits on a lock.
+    `progress`: runbook.migrate.Progress; `activity`: runbook.activity.Activity or None (unreadable)."""
+    verb = VERBS.get(progress.direction, "Run")
+    env = one_line(progress.environment, 40)
+    if outcome is None:
+        state = PHASES.get(progress.phase, escape(progress.phase))
+        emoji = ":rotating_light:" if progress.waiting_on_lock else ":hourglass_flowing_sand:"
+    else:
+        state = outcome
+        emoji = ":white_check_mark:" if outcome in ("succeeded", "nothing to do") else ":x:"
+    step = "no step yet"
+    if progress.step:
+        step = (f"{'upgrade' if progress.direction == 'upgrade' else 'downgrade'} to {code(progress.step, 60)} "
+                f"(step {progress.step_index} of {progress.step_count}), attempt {progress.attempt}")
+    fields = ([f"*Took*\n{duration(progress.elapsed_seconds)}", f"*Attempts*\n{progress.attempt}"]
+              if outcome is not None else
+              [f"*Elapsed*\n{duration(progress.elapsed_seconds)}",
+               f"*This attempt*\n{duration(progress.step_elapsed_seconds)}"])
+    blocks: list[dict[str, Any]] = [header(f"{emoji} {verb} {env}: {state}"),
+                                    section(f"*{'Last step' if outcome is not None else 'Step'}* {step}",
+                                            fields=fields)]
+    pid = progress.migrator_pid
+
+    def ours(item: Any) -> bool:
+        return (pid is not None and item.pid == pid) or getattr(item, "application", None) == migrator_app
+
+    if progress.waiting_on_lock and outcome is None:
+        blocker = progress.blocker
+        who = "a session the monitor could not see"
+        if blocker is not None and blocker.root_pid is not None:
+            who = (f"pid {blocker.root_pid} (app {code(blocker.application or '?', 40)}, "
+                   f"{escape(blocker.state or '?')}"
+                   + (f", transaction open {duration(blocker.xact_seconds)}" if blocker.xact_seconds is not None
+                      else "") + f"): {code(blocker.query, 200)}")
+        lock = ""
+        if blocker is not None and (blocker.lock_mode or blocker.relation):
+            lock = f" for {escape(blocker.lock_mode or 'a lock')}" + (
+                f" on {code(blocker.relation, 60)}" if blocker.relation else "")
+        blocks.append(section(truncate(f":rotating_light: *The migration (pid {pid or '?'}) is waiting{lock}*, "
+                                       f"blocked by {who}. `lock_timeout` ends the attempt; it is then retried.",
+                                       MAX_SECTION_TEXT)))
+    if activity is None:
+        blocks.append(section("_The activity could not be read this time._"))
+    else:
+        active = sorted(activity.long_queries, key=lambda s: (not ours(s), -s.seconds))
+        lines = [_migrator_marked(_session_line(s)) if ours(s) else _session_line(s) for s in active[:MONITOR_ROWS]]
+        title = f"*Active queries* ({len(active)})"
+        blocks.append(section(title + ("\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
+                                                            total=len(active)) if lines else ": none")))
+        idle = activity.idle_in_transaction
+        if idle:
+            title = f"*Idle in transaction* ({len(idle)})"
+            lines = [_session_line(s, seconds_label="idle ") for s in idle[:MONITOR_ROWS]]
+            blocks.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
+                                                               total=len(idle))))
+        if activity.lock_waits:
+            title = (f"*Lock waits* ({len(activity.lock_waits)}) · blocking tree: "
+                     f"{len(activity.roots)} root{'s' if len(activity.roots) != 1 else ''}")
+            roots = [_root_line(r) for r in activity.roots[:MONITOR_ROWS]]
+            waits = sorted(activity.lock_waits, key=lambda w: not ours(w))
+            lines = roots + [_migrator_marked(_lock_line(w)) if ours(w) else _lock_line(w)
+                             for w in waits[:MONITOR_ROWS]]
+            blocks.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1)))
+        else:
+            blocks.append(section("*Lock waits*: none"))
+    for note in notes[:5]:
+        blocks.append(section(truncate(escape(one_line(note, 500)), MAX_SECTION_TEXT)))
+    blocks.append(context(f"run {code(run_id, 20)} · the migration's session is "
+                          f"{code(migrator_app, 40)} · updated in place at most every 2 s · runbook §4"))
+    text = f"{verb} {escape(env)}: {state}" + (f" — {escape(one_line(progress.step, 60))}" if progress.step else "")
+    return validate(Message(text=text, blocks=blocks[:MAX_BLOCKS]))
+
+
+def blocker_message(blocker: Any, environment: str) -> Message:
+    """A lock timeout ended an attempt: who held the lock (root blocker: pid, application, transaction
+    age, query) and what happens next. `blocker`: runbook.migrate.BlockerReport."""
+    lock = escape(blocker.lock_mode or "a lock") + (f" on {code(blocker.relation, 60)}" if blocker.relation else "")
+    if not blocker.observed:
+        who = "Its blocker was not seen (the wait ended between two looks)."
+    elif blocker.root_pid == 0:
+        who = (f"*Root blocker*: prepared transaction {code(blocker.prepared_gid or '?', 80)} "
+               "(no session: COMMIT PREPARED or ROLLBACK PREPARED it).")
+    else:
+        xact = f", transaction open {duration(blocker.xact_seconds)}" if blocker.xact_seconds is not None else ""
+        who = (f"*Root blocker*: pid {blocker.root_pid} · app {code(blocker.application or '?', 60)} · "
+               f"user {code(blocker.user or '?', 40)} · {escape(blocker.state or '?')}{xact}\n"
+               f"{code(blocker.query, 400)}")
+    then = (f"Retrying in {duration(blocker.retry_in_seconds)}." if blocker.retry_in_seconds is not None
+            else "No retries left: the run stops here, with the database where it was.")
+    line = (f":lock: *Lock timeout* on attempt {blocker.attempt}: the migration (pid {blocker.migrator_pid or '?'}) "
+            f"waited {duration(blocker.waited_seconds)} for {lock}.")
+    text = f"Lock timeout on {one_line(environment, 40)} (attempt {blocker.attempt}): " + (
+        f"root blocker pid {blocker.root_pid}" if blocker.observed else "blocker not seen")
+    return validate(Message(text=escape(text), blocks=[section(truncate(f"{line}\n{who}\n{then}",
+                                                                        MAX_SECTION_TEXT))]))
+
+
+def log_file(log_text: str, environment: str, direction: str, run_id: str, filename: str) -> FileUpload:
+    verb = VERBS.get(direction, "Run")
+    return FileUpload(f"{verb} log — {environment}, run {run_id} (§3.3)", filename, log_text)
+
+
+# --------------------------------------------------------------------------
+# validation (§5)
+
+def validation_message(report: Any) -> Message:
+    """The §5 report: verdict, then each check (failures first). `report`: runbook.validate.ValidationReport."""
+    env = one_line(report.environment, 40)
+    if report.error:
+        verdict, emoji = "could not run", ":x:"
+    else:
+        verdict, emoji = ("PASS", ":white_check_mark:") if report.passed else ("FAIL", ":x:")
+    blocks: list[dict[str, Any]] = [header(f"{emoji} Validation {env}: {verdict}"),
+                                    context(truncate(f"target {code(report.target, 80)} · expected revision "
+                                                     f"{_rev_text(report.expected)} · {slack_time(report.started_at)}"
+                                                     f", took {duration(report.duration_seconds)}",
+                                                     MAX_CONTEXT_TEXT))]
+    if report.error:
+        blocks.append(section(truncate(f":x: {escape(one_line(report.error, 1500))}", MAX_SECTION_TEXT)))
+    order = {"fail": 0, "skip": 2, "pass": 1}
+    checks = sorted(report.checks, key=lambda c: order.get(c.status, 3))
+    if checks:
+        failed = len(report.failed)
+        title = f"*Checks* ({len(report.checks) - failed} passed or skipped, {failed} failed)"
+        lines = [f"{CHECK_MARK.get(c.status, ':grey_question:')} §{escape(c.section)} *{escape(one_line(c.name, 80))}*"
+                 + (f" — {escape(one_line(c.detail, 400))}" if c.detail else "") for c in checks[:200]]
+        blocks.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
+                                                           total=len(checks))))
+    blocks.append(context("Runbook §5 · read-only: nothing was changed by this check"))
+    text = f"Validation {escape(env)}: {verdict}" + (
+        " — " + escape(", ".join(c.name for c in report.failed)[:200]) if report.failed else "")
+    return validate(Message(text=text, blocks=blocks))
+
+
+# --------------------------------------------------------------------------
+# §6.5: what to do now, with one button
+
+BUTTON_TEXT = {"downgrade": "Ask to roll back to {target}",
+               "table_restore": "Ask to restore {n} table{s} from #{backup}",
+               "full_restore": "Ask for a full restore from #{backup}",
+               "escalate": "Escalate to the owner"}
+
+
+def recommendation_message(rec: Mapping[str, Any], facts: Mapping[str, Any], *, recommendation_id: str | None,
+                           backup: Any, owner: str | None, followed: str | None = None) -> Message:
+    """The §6.5 tree walked with its evidence, the facts of what went wrong (revision, time, error, log
+    tail, backup), and ONE button for the recommended action (none when there is nothing to do or
+    nothing to do it with). `rec`: runbook.rollback.recommendation_to_json; `facts`: what happened
+    (environment, what, from, to, at, error, log_tail, run_id). `followed` (mrkdwn): who followed the
+    recommendation and what it opened, shown instead of the button."""
+    env = one_line(facts.get("environment", "?"), 40)
+    what = one_line(facts.get("what", "The run"), 60)
+    blocks: list[dict[str, Any]] = [header(f":x: {what} {env} failed: what now (§6.5)"),
+                                    section(truncate(f"*Recommended*: {escape(one_line(rec.get('headline'), 1200))}",
+                                                     MAX_SECTION_TEXT))]
+    walk = [f"{i}. {escape(one_line(s.get('question'), 120))} *{escape(s.get('answer', '?')).upper()}* — "
+            f"{escape(one_line(s.get('evidence'), 500))}" for i, s in enumerate(rec.get("walk") or [], 1)]
+    if walk:
+        title = "*The decision tree, walked*"
+        blocks.append(section(title + "\n" + bounded_lines(walk, MAX_SECTION_TEXT - len(title) - 1)))
+    at = facts.get("at")
+    fields = [f"*Revision*\n{_rev_text(facts.get('from') or [])} → now {_rev_text(facts.get('to') or [])}",
+              f"*When*\n{slack_time(at) if isinstance(at, datetime) else 'unknown'}",
+              "*Backup*\n" + (backup_line(backup) if backup is not None else "_none verified_"),
+              f"*Run*\n{code(facts.get('run_id') or 'none', 20)}"]
+    blocks.append(section("", fields=fields))
+    if facts.get("error"):
+        blocks.append(section(truncate(f"*Error* {code(facts['error'], 1500)}", MAX_SECTION_TEXT)))
+    tail = str(facts.get("log_tail") or "").strip()
+    if tail:
+        lines = tail.splitlines()[-15:]
+        body = truncate("\n".join(lines), MAX_SECTION_TEXT - 60)
+        blocks.append(section(f"*Last lines of the log*\n{code_block(body)}"))
+    label = recommended_button_text(rec, backup)
+    if followed is not None:
+        note = f":arrow_right: Followed by {followed}"
+    elif label is not None and recommendation_id is not None:
+        confirm = None
+        if rec.get("action") == "escalate":
+            confirm = {"title": {"type": "plain_text", "text": "Escalate?"},
+                       "text": {"type": "mrkdwn", "text": "This tags the owner with what is known (§7.2)."},
+                       "confirm": {"type": "plain_text", "text": "Escalate"},
+                       "deny": {"type": "plain_text", "text": "Cancel"}}
+        blocks.append(actions(button(label, ACTION_RECOMMENDED, recommendation_id, style="primary", confirm=confirm),
+                              block_id="migrate_recommended"))
+        note = ("The button asks for approval; nothing runs before approvers approve it."
+                if rec.get("action") != "escalate" else "The button tags the owner.")
+    elif rec.get("action") in ("escalate", "table_restore", "full_restore") and owner:
+        note = f"Escalate (§7): {mention(owner)}" + (" — there is no verified backup to restore from"
+                                                      if rec.get("action") != "escalate" else "")
+    else:
+        note = "No action to take from here."
+    blocks.append(context(truncate(f"{note} · runbook §{escape(rec.get('section', '6.5'))}", MAX_CONTEXT_TEXT)))
+    text = f"{escape(what)} {escape(env)} failed. Recommended: {escape(one_line(rec.get('headline'), 300))}"
+    return validate(Message(text=text, blocks=blocks[:MAX_BLOCKS]))
+
+
+def recommended_button_text(rec: Mapping[str, Any], backup: Any) -> str | None:
+    """The one button's label, or None when the recommendation has no action (or a restore has no backup)."""
+    action = rec.get("action")
+    if action not in BUTTON_TEXT or (action in ("table_restore", "full_restore") and backup is None):
+        return None
+    tables = rec.get("tables") or []
+    return truncate(BUTTON_TEXT[action].format(target=rec.get("target_revision") or "?", n=len(tables),
+                                               s="s" if len(tables) != 1 else "",
+                                               backup=backup.id if backup is not None else "?"), 75)
+
+
+def escalation_contact_message(environment: str, owner: str | None, reason: str, clicked_by: str) -> Message:
+    """The escalate button without the escalation feature: the configured owner, really mentioned."""
+    who = mention(owner) if owner else "_nobody: set escalation.owner.slack_"
+    line = (f":sos: {_who(clicked_by)} escalates {escape(one_line(environment, 40))} (§7.2 level 2): {who}, "
+            f"please take over. {escape(one_line(reason, 500))}")
+    return validate(Message(text=line, blocks=[section(truncate(line, MAX_SECTION_TEXT))]))
+
+
+# --------------------------------------------------------------------------
+# interrupted runs (crash safety)
+
+def interrupted_runs_message(runs: Sequence[Any]) -> Message:
+    """Runs whose process died, found at start: what is known, and that nothing resumes on its own."""
+    lines = []
+    for run in runs[:50]:
+        approval = f" · approval `{escape(run.approval_id[:8])}`" if run.approval_id else ""
+        lines.append(f"• *{escape(run.kind)}* on {code(run.environment, 40)} by {_who(run.actor)} · "
+                     f"{escape(run.from_revision or '?')} → {escape(run.target_revision or '?')} · started "
+                     f"{slack_time(run.started_at)} · last step {code(run.step or '?', 80)} · run "
+                     f"{code(run.id, 20)}{approval}\n    {escape(one_line(run.summary, 400))}")
+    n = len(runs)
+    blocks = [header(f":warning: {n} interrupted run{'s' if n != 1 else ''} found at start"),
+              section(bounded_lines(lines, MAX_SECTION_TEXT, total=n)),
+              divider(),
+              section("Not resumed: the database may be anywhere between two revisions. Check it with "
+                      "`/migrate status`, then `/migrate validate`, and decide: `/migrate rollback`, "
+                      "`/migrate run` again, or `/migrate restore`.")]
+    text = f"{n} interrupted run{'s' if n != 1 else ''} found at start; not resumed"
+    return validate(Message(text=text, blocks=blocks))
+
+
+__all__ = ["ACTION_BACKUP_FIRST", "ACTION_PATTERN", "ACTION_RECOMMENDED", "backup_line", "blocker_message",
+           "escalation_contact_message", "interrupted_runs_message", "log_file", "migration_request_blocks", "migration_result_blocks",
+           "migration_summary", "monitor_message", "recommendation_message", "recommended_button_text", "sql_file",
+           "sql_inline", "validation_message"]

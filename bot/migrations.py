@@ -1,0 +1,698 @@
+"""Issue 4, the Slack half: `/migrate run`, `/migrate rollback`, `/migrate validate`, and what
+follows a run (runbook §3–§6.5). The engine (runbook/migrate.py, validate.py, rollback.py) does
+the work; this module asks, watches and reports.
+
+* Asking. `request(...)` resolves the typed target against the app's scripts (migrate.propose),
+  refuses up front in one line what must not be asked at all (unknown revision, nothing to do,
+  an irreversible downgrade, which points to `/migrate restore`), and otherwise posts an approval
+  request (kinds "migrate" and "rollback" of bot/approvals.py) pinned to the current revision;
+  a long SQL preview goes up as a file in the request's thread.
+* Running. The kinds' executor (`migration_kind`) runs migrate.run on Flows' executor with
+  `expected_current` from the request (the run stops, changing nothing, if the database moved),
+  and, when the catalogue has no verified full backup newer than
+  `approvals.require_backup_within_minutes`, takes one first through `before=`, under the
+  migration's own lock. The request message shows the backup it relies on, or a "Back up first"
+  button that takes one now.
+* Watching (§4). `LiveRun` posts ONE message in the request's thread and updates it in place
+  (chat.update by its ts) at most every `LiveRun.every` seconds from its own thread: the step,
+  elapsed time, active queries, idle transactions and lock waits with their roots, from
+  runbook.activity.snapshot on a monitor connection of its own; the migration's session
+  (application_name rbmigrate/<run id>) is marked, and called out when it waits on a lock. A lock
+  timeout's root blocker is posted in the thread as it happens. At the end: the log file (§3.3),
+  the validation report (§5), and, when something went wrong, the §6.5 recommendation.
+* Following up. A recommendation is stored as a request-like row (kind "recommendation" in the
+  approvals table: its opaque id is all its one button carries) and its button opens the
+  recommended request: a rollback, a table or full restore from the backup, or an escalation.
+  Every click on a `migrate_*` button is re-loaded, matched to its message and authorised on
+  the server; exactly one click follows a recommendation (a conditional UPDATE decides).
+* Crash safety. Runs found interrupted at start (runbook.state.runs.RunStore.reap) are posted
+  once in slack.channel, never resumed.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from slack_sdk.errors import SlackApiError
+
+from bot import approvals, blocks
+from bot import migration_blocks as mblocks
+from runbook import activity as activities
+from runbook import backup as backups
+from runbook import migrate, rollback, validate
+from runbook.config import ConfigError, Environment, Settings
+from runbook.revisions import RevisionError
+from runbook.state import StateError
+from runbook.state.approvals import DONE, EXECUTING, ID_PATTERN, PENDING, ApprovalRequest, ApprovalStore
+from runbook.state.models import utcnow
+from runbook.state.runs import new_run_id
+from runbook.target import Target, TargetError
+
+log = logging.getLogger(__name__)
+
+KIND_OF_DIRECTION = {"upgrade": "migrate", "downgrade": "rollback"}
+COMMAND_OF_DIRECTION = {"upgrade": "run", "downgrade": "rollback"}
+RECOMMENDATION = "recommendation"
+# A recommendation's button stays usable this long; what it opens is checked against the database
+# as it is then (a new request, pinned to the revision of that moment).
+RECOMMENDATION_TTL = timedelta(hours=24)
+# How often the supervisor hands progress over; the monitor renders at most every LiveRun.every.
+PROGRESS_EVERY = 0.5
+_REQUEST_ID = re.compile(ID_PATTERN)
+_SLACK_ID = re.compile(r"^[A-Z0-9]{2,40}$")
+
+
+class Refused(Exception):
+    """A request refused before anyone is asked; one line for the requester."""
+
+
+class NothingToDo(Refused):
+    """The database is at the target already (the CLI exits 0 for it)."""
+
+
+# ---------------------------------------------------------------------------
+# Facts shared by the request, the executor and the buttons
+
+
+def fresh_backup(store, name: str, env: Environment, now: datetime | None = None) -> tuple[Any, bool]:
+    """(latest verified full backup or None, whether it is newer than require_backup_within_minutes)."""
+    latest = backups.latest_verified(store, name)
+    if latest is None:
+        return None, False
+    finished = latest.finished_at or latest.started_at
+    window = timedelta(minutes=env.approvals.require_backup_within_minutes)
+    return latest, finished >= (now or utcnow()) - window
+
+
+def proposal_params(proposal: migrate.Proposal, typed: str) -> dict[str, Any]:
+    """What a migrate / rollback request holds: the executor's inputs (direction, the resolved
+    target, the revision approved at) and the facts the message shows, the risk review among them."""
+    from runbook.review import review_to_json
+
+    return {
+        "direction": proposal.direction, "target": proposal.target, "typed": typed,
+        "current": list(proposal.current), "steps": list(proposal.steps),
+        "revisions": [{"revision": r.revision, "message": r.message, "reversible": r.reversible,
+                       "irreversible_reason": r.irreversible_reason} for r in proposal.revisions],
+        "sql_preview": proposal.sql_preview, "touched_tables": list(proposal.touched_tables),
+        "risk": review_to_json(proposal.risk), "risk_error": proposal.risk_error,
+    }
+
+
+def irreversible_refusal(command_text: str, proposal: migrate.Proposal, *, cli: bool = False) -> str | None:
+    """An irreversible downgrade, refused in one line pointing to restore (`/migrate restore`, or the
+    CLI's `restore`)."""
+    bad = [r for r in proposal.revisions if not r.reversible] if proposal.direction == "downgrade" else []
+    if not bad:
+        return None
+    first, env = bad[0], proposal.environment
+    more = f" (and {len(bad) - 1} more irreversible)" if len(bad) > 1 else ""
+    how = ("`runbook-bot backups`, then `runbook-bot restore ID [--table T]... --yes`" if cli else
+           f"`/migrate backups {env}`, then `/migrate restore {env} ID [tables=a,b]`")
+    return (f"`{command_text}` refused: {first.revision} is irreversible ({first.irreversible_reason}){more}, so "
+            f"nobody is asked to approve it. Restore from a backup instead: {how}.")
+
+
+def checked_proposal(name: str, env: Environment, direction: str, typed: str, command_text: str, *, store,
+                     project: Any = None, cli: bool = False) -> migrate.Proposal:
+    """migrate.propose, or Refused / NothingToDo (one line) when nobody should be asked at all (the
+    promotion gate's refusal among them: `store` holds its evidence and the risk acknowledgements)."""
+    proposal = migrate.propose(name, env, direction=direction, target=typed, project=project, store=store)
+    refusal = irreversible_refusal(command_text, proposal, cli=cli)
+    if refusal is not None:
+        raise Refused(refusal)
+    if proposal.refusal and not proposal.steps and proposal.target in (proposal.current or ["base"]):
+        raise NothingToDo(proposal.refusal)
+    if proposal.refusal:
+        raise Refused(f"`{command_text}` refused: {proposal.refusal}")
+    return proposal
+
+
+def outcome_line(result: migrate.MigrationResult) -> str:
+    """One line for the request message and the audit trail."""
+    frm = ", ".join(result.from_revisions) or "base"
+    to = ", ".join(result.to_revisions) or "base"
+    name = result.environment
+    if result.outcome == "succeeded":
+        validation = "" if result.validation is None else (
+            "; validation passed" if result.validation.passed else "; validation FAILED")
+        return f"{name} went from {frm} to {to} in {blocks.duration(result.duration_seconds)}{validation}"
+    if result.outcome == "nothing to do":
+        return f"nothing to do: {name} was already at {to}"
+    if result.outcome == "refused":
+        return f"stopped before changing anything: {result.error}"
+    return (f"{result.outcome}: {result.error or 'see the log'}; {name} is at {to}; what to do now is in "
+            "this thread")
+
+
+def result_details(result: migrate.MigrationResult, backup_id: int | None) -> dict[str, Any]:
+    """What the request keeps of the run (the runs table keeps all of it)."""
+    return {"run_id": result.run_id, "outcome": result.outcome, "from": list(result.from_revisions),
+            "to": list(result.to_revisions), "target": result.target, "attempts": result.attempts,
+            "duration_seconds": round(result.duration_seconds, 3), "error": result.error,
+            "validation": None if result.validation is None else result.validation.passed,
+            "backup_id": backup_id, "log_path": result.log_path}
+
+
+# ---------------------------------------------------------------------------
+# The approval kinds (Slack and the CLI's --yes share them)
+
+
+class RunWatcher:
+    """What an executing run reports to: the CLI prints, Slack posts (LiveRun)."""
+
+    def progress(self, progress: migrate.Progress) -> None: ...
+
+    def blocker(self, report: migrate.BlockerReport) -> None: ...
+
+    def finished(self, result: migrate.MigrationResult, backup: Any) -> None: ...
+
+
+def migration_kind(settings: Settings, store, direction: str, *,
+                   watch: Callable[[ApprovalRequest, str], RunWatcher | None] | None = None,
+                   project: Callable[[str], Any] | None = None,
+                   backup_first: bool = True) -> approvals.ApprovalKind:
+    """The "migrate" (upgrade) or "rollback" (downgrade) kind. `watch(request, run_id)` gives the
+    run's watcher; `project(name)` the environment's cached AlembicProject. `backup_first`: without a
+    fresh verified backup, take one under the run's lock before anything changes (the CLI leaves it
+    to the operator)."""
+    name_of_kind = KIND_OF_DIRECTION[direction]
+
+    def execute(request: ApprovalRequest) -> approvals.Outcome:
+        name, params = request.environment, request.params
+        env = settings.environments[name]
+        run_id = new_run_id()
+        latest, fresh = fresh_backup(store, name, env)
+        before = None
+        if backup_first and not fresh:
+            def before(held: Any) -> Any:
+                return backups.backup(name, env, store, lock=held, reason="migrate", actor=request.requester)
+        watcher = watch(request, run_id) if watch is not None else None
+        result = migrate.run(name, env, direction=direction, target=params["target"],
+                             expected_current=params["current"], actor=request.requester, store=store,
+                             approval_id=request.id, run_id=run_id, before=before,
+                             on_progress=watcher.progress if watcher else None,
+                             on_blocker=watcher.blocker if watcher else None,
+                             project=project(name) if project else None, progress_every=PROGRESS_EVERY)
+        backup = result.backup if result.backup is not None else latest
+        if watcher is not None:
+            watcher.finished(result, backup)
+        return approvals.Outcome(result.ok, outcome_line(result),
+                                 result_details(result, getattr(backup, "id", None)))
+
+    def describe(request: ApprovalRequest) -> list[dict[str, Any]]:
+        from bot.review_blocks import risk_blocks
+
+        env = settings.environments[request.environment]
+        latest, fresh = fresh_backup(store, request.environment, env)
+        risk = risk_blocks(request.params.get("risk"), environment=request.environment,
+                           error=request.params.get("risk_error"))
+        return mblocks.migration_request_blocks(request.params, request_id=request.id,
+                                                pending=request.state == PENDING, backup=latest, backup_fresh=fresh,
+                                                fresh_minutes=env.approvals.require_backup_within_minutes, risk=risk)
+
+    return approvals.ApprovalKind(
+        name_of_kind, "Migration" if direction == "upgrade" else "Rollback", execute,
+        command=COMMAND_OF_DIRECTION[direction],
+        summary=lambda r: mblocks.migration_summary(r.params, r.environment),
+        describe=describe,
+        result_blocks=lambda r: mblocks.migration_result_blocks(r.result))
+
+
+def run_with_yes(settings: Settings, store, proposal: migrate.Proposal, typed: str, actor: str, *,
+                 redactor: Any, watcher: RunWatcher) -> ApprovalRequest:
+    """The CLI's `migrate|rollback [--to REV] --yes` once `checked_proposal(..., cli=True)` let it through:
+    `--yes` recorded as `actor`'s approval (ApprovalService.run_confirmed: the same audit trail as a
+    click) and the run, in this process, reporting to `watcher`. Returns the request (done or failed).
+    Unlike Slack it takes no backup on its own: `runbook-bot backup` is one command away (the CLI
+    warns when none is fresh)."""
+    direction = proposal.direction
+    service = approvals.ApprovalService(settings, store, None, redactor=redactor)
+    service.register(migration_kind(settings, store, direction, watch=lambda _request, _run_id: watcher,
+                                    backup_first=False))
+    return service.run_confirmed(KIND_OF_DIRECTION[direction], proposal.environment, actor,
+                                 proposal_params(proposal, typed))
+
+
+# ---------------------------------------------------------------------------
+# The live monitor (§4)
+
+
+class LiveRun(RunWatcher):
+    """One run's messages in its request's thread: the monitor (posted once, then chat.update by its
+    ts at most every `every` seconds, from a thread of its own so Slack never slows the supervisor),
+    lock-timeout reports as they happen, and at the end the log, validation and recommendation."""
+
+    every = 2.0
+
+    def __init__(self, desk: "Migrations", request: ApprovalRequest, run_id: str):
+        self.desk, self.request, self.run_id = desk, request, run_id
+        self.env = desk.settings.environments[request.environment]
+        self.migrator_app = migrate.migrator_application_name(run_id)
+        self.ts: str | None = None
+        self._latest: tuple[migrate.Progress, float] | None = None     # (progress, when it arrived)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._written_at = 0.0
+        self._outcome: str | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- what the supervisor calls (its thread) ----------------------------------------------
+
+    def progress(self, progress: migrate.Progress) -> None:
+        with self._lock:
+            self._latest = (progress, time.monotonic())
+            start = self._thread is None and progress.phase not in ("locking", "checking")
+            if start:
+                self._thread = threading.Thread(target=self._watch, name=f"monitor-{self.run_id}", daemon=True)
+        if start:
+            self._thread.start()
+
+    def blocker(self, report: migrate.BlockerReport) -> None:
+        self.desk.post_in_thread(self.request, mblocks.blocker_message(report, self.request.environment))
+
+    def finished(self, result: migrate.MigrationResult, backup: Any) -> None:
+        self._outcome = result.outcome
+        self._stop.set()
+        if self._thread is None:
+            return                      # refused before it started: the request's result says why
+        self._thread.join(timeout=60)
+        self._upload_log(result)
+        if result.validation is not None:
+            self.desk.post_in_thread(self.request, mblocks.validation_message(result.validation))
+        if result.recommendation is not None:
+            self.desk.recommend(result.environment, rollback.recommendation_to_json(result.recommendation),
+                                run_facts(result), backup=backup, requester=self.request.requester,
+                                thread=(self.request.channel, self.request.message_ts))
+        if not result.ok and result.outcome != "refused" and self.desk.after_run is not None:
+            try:
+                self.desk.after_run(result.run_id, thread=(self.request.channel, self.request.message_ts))
+            except Exception as exc:   # the failure is reported already; a follow-up must not hide it
+                log.error("run %s: after_run failed: %s", result.run_id, self.desk.redactor(repr(exc)))
+
+    # -- the monitor's own thread ----------------------------------------------------------
+
+    def _watch(self) -> None:
+        target = Target(self.env.dsn, connect_timeout=self.env.connect_timeout_seconds)
+        try:
+            with target.connect("migrate-live", statement_timeout=self.env.watch.statement_timeout,
+                                lock_timeout=self.env.watch.lock_timeout) as conn:
+                self._render_until_stopped(conn)
+        except TargetError as exc:
+            log.warning("run %s: the live monitor has no connection (%s)", self.run_id, self.desk.redactor(str(exc)))
+            self._render_until_stopped(None)
+
+    def _render_until_stopped(self, conn: Any) -> None:
+        while not self._stop.wait(max(0.0, self._written_at + self.every - time.monotonic())):
+            self._write(conn)
+        # the last word waits for its turn too: never two writes within `every`
+        remaining = self._written_at + self.every - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
+        self._write(conn, final=True)
+
+    def _write(self, conn: Any, final: bool = False) -> None:
+        from dataclasses import replace
+
+        with self._lock:
+            progress, arrived = self._latest if self._latest else (None, 0.0)
+        if progress is None:
+            return
+        if not final:      # the elapsed time keeps counting between two reports of the supervisor
+            late = time.monotonic() - arrived
+            progress = replace(progress, elapsed_seconds=progress.elapsed_seconds + late,
+                               step_elapsed_seconds=progress.step_elapsed_seconds + late
+                               if progress.step_elapsed_seconds else 0.0)
+        notes: list[str] = []
+        snapshot = None
+        if conn is not None:
+            try:
+                snapshot = activities.snapshot(conn, long_query_seconds=0.0, idle_in_transaction_seconds=0.0,
+                                               query_chars=300)
+            except Exception as exc:      # psycopg errors and a lost connection alike: say so, keep going
+                notes.append(f"activity not read: {type(exc).__name__}")
+        message = mblocks.monitor_message(progress, snapshot, run_id=self.run_id, migrator_app=self.migrator_app,
+                                          outcome=self._outcome if final else None, notes=notes)
+        try:
+            if self.ts is None:
+                self.ts = self.desk.post_in_thread(self.request, message)
+            else:
+                self.desk.flows.update(self.request.channel, self.ts, message)
+        except Exception as exc:   # a Slack hiccup must never stop the monitor, let alone the run
+            log.warning("run %s: monitor message not written (%s)", self.run_id, type(exc).__name__)
+        self._written_at = time.monotonic()
+
+    def _upload_log(self, result: migrate.MigrationResult) -> None:
+        if not result.log_path:
+            return
+        try:
+            text = Path(result.log_path).read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            self.desk.post_in_thread(self.request, blocks.error_message(f"The log could not be read ({exc.strerror})."))
+            return
+        upload = mblocks.log_file(text, result.environment, result.direction, result.run_id,
+                                  Path(result.log_path).name)
+        self.desk.upload_in_thread(self.request.channel, self.request.message_ts, upload)
+
+
+def run_facts(result: migrate.MigrationResult) -> dict[str, Any]:
+    return {"environment": result.environment, "what": mblocks.VERBS.get(result.direction, "The run"),
+            "from": list(result.from_revisions), "to": list(result.to_revisions),
+            "at": result.started_at.isoformat(), "error": result.error, "log_tail": result.log_tail,
+            "run_id": result.run_id}
+
+
+# ---------------------------------------------------------------------------
+# The desk: asking, following up, clicks
+
+
+@dataclass(frozen=True)
+class _Where:
+    channel: str
+    ts: str
+
+
+class Migrations:
+    """Issue 4's flows; Flows owns one and hands it commands and `migrate_*` clicks."""
+
+    def __init__(self, flows: Any, *, escalate: Callable[..., Any] | None = None,
+                 after_run: Callable[..., Any] | None = None):
+        """Hooks into the escalation feature (bot/escalate.py), each optional:
+        `escalate(environment, level, reason=, actor=, run_id=, thread=)`: what the escalate button
+        calls; without it the button tags escalation.owner. `after_run(run_id, thread=)`: called once a
+        run that failed has posted its log and recommendation (incident summary, automatic escalation)."""
+        self.flows = flows
+        self.settings: Settings = flows.settings
+        self.store = flows.store
+        self.client = flows.client
+        self.redactor = flows.redactor
+        self.approvals: approvals.ApprovalService = flows.approvals
+        self.requests = ApprovalStore(flows.store)
+        self.escalate = escalate
+        self.after_run = after_run
+        for direction in ("upgrade", "downgrade"):
+            self.approvals.register(migration_kind(self.settings, self.store, direction, watch=self._watch,
+                                                   project=flows.project))
+
+    def _watch(self, request: ApprovalRequest, run_id: str) -> RunWatcher | None:
+        return LiveRun(self, request, run_id) if request.channel and request.message_ts else None
+
+    # -- posting ---------------------------------------------------------------------------
+
+    def _origin(self, channel: str, user: str = ""):
+        from bot.flows import Origin
+
+        return Origin(user_id=user, channel_id=channel)
+
+    def post_in_thread(self, request: ApprovalRequest, message: blocks.Message) -> str | None:
+        if not request.channel or not request.message_ts:
+            return None
+        return self.flows.post(self._origin(request.channel), message, thread_ts=request.message_ts)
+
+    def upload_in_thread(self, channel: str | None, thread_ts: str | None, upload: blocks.FileUpload) -> None:
+        if not channel or not thread_ts:
+            return
+        upload = blocks.FileUpload(self.redactor(upload.title), upload.filename,
+                                   self.redactor(upload.content) if isinstance(upload.content, str) else upload.content)
+        try:
+            self.client.files_upload_v2(channel=channel, thread_ts=thread_ts, title=upload.title,
+                                        filename=upload.filename, content=upload.content)
+        except SlackApiError as exc:
+            log.error("Slack refused the file %s: %s", upload.filename, exc.response.get("error"))
+
+    # -- /migrate run and /migrate rollback --------------------------------------------------
+
+    def request(self, name: str, direction: str, typed: str, requester: str, command_text: str,
+                channel: str | None) -> ApprovalRequest:
+        """Resolve, refuse up front (Refused, one line) or post the approval request."""
+        env = self.settings.environments[name]
+        try:
+            proposal = checked_proposal(name, env, direction, typed, command_text, store=self.store,
+                                        project=self.flows.project(name))
+        except NothingToDo as exc:
+            raise Refused(f"`{command_text}` refused: {exc}") from None
+        try:
+            request = self.approvals.request(KIND_OF_DIRECTION[direction], name, requester,
+                                             proposal_params(proposal, typed), channel=channel)
+        except approvals.ApprovalError as exc:
+            raise Refused(f"`{command_text}` refused: {exc}") from None
+        sql = proposal.sql_preview
+        if sql.strip() and not mblocks.sql_inline(sql):
+            self.upload_in_thread(request.channel, request.message_ts, mblocks.sql_file(sql, name, direction))
+        return request
+
+    # -- /migrate validate -----------------------------------------------------------------
+
+    def validate(self, name: str, origin: Any) -> validate.ValidationReport:
+        """§5 on demand, posted; a failure gets the §6.5 recommendation in its thread."""
+        env = self.settings.environments[name]
+        project = self.flows.project(name)
+        report = validate.validate(name, env, project=project)
+        outcome = "error" if report.error else ("pass" if report.passed else "fail")
+        self.flows.record(origin, "validate", name, outcome,
+                          report.error or "; ".join(f"{c.name}: {c.detail}" for c in report.failed)[:2000],
+                          {"checks": {c.name: c.status for c in report.checks}})
+        ts = self.flows.post(origin, mblocks.validation_message(report))
+        if report.failed and not report.error:
+            latest = backups.latest_verified(self.store, name)
+            rec = rollback.decide(project=project, start=None, current=report.current, validation=report,
+                                  backup_available=latest is not None)
+            facts = {"environment": name, "what": "Validation", "from": list(report.current),
+                     "to": list(report.current), "at": report.started_at.isoformat(),
+                     "error": "; ".join(f"{c.name}: {c.detail}" for c in report.failed), "log_tail": "",
+                     "run_id": None}
+            channel = self.flows.channel_for(origin)
+            self.recommend(name, rollback.recommendation_to_json(rec), facts, backup=latest,
+                           requester=origin.user_id, thread=(channel, ts) if ts else None)
+        return report
+
+    # -- §6.5: the recommendation and its one button ----------------------------------------
+
+    def recommend(self, name: str, rec: dict[str, Any], facts: dict[str, Any], *, backup: Any, requester: str,
+                  thread: tuple[str | None, str | None] | None) -> str | None:
+        """Post the recommendation (in `thread`), its button carrying the id of a stored
+        recommendation row; returns that id (None when it has no button)."""
+        channel, thread_ts = thread if thread is not None else (None, None)
+        channel = channel or (self.settings.slack.channel if self.settings.slack is not None else None)
+        if channel is None:
+            return None
+        has_button = mblocks.recommended_button_text(rec, backup) is not None
+        row_id = None
+        if has_button:
+            params = {"recommendation": rec, "facts": facts, "backup_id": getattr(backup, "id", None),
+                      "requester": requester, "thread_ts": thread_ts}
+            row = self.requests.create(kind=RECOMMENDATION, environment=name, requester=requester,
+                                       params=self.redactor.tree(params), required=1,
+                                       expires_at=utcnow() + RECOMMENDATION_TTL)
+            row_id = row.id
+        message = self._recommendation_message(name, rec, facts, backup, row_id)
+        ts = self.flows.post(self._origin(channel), message, thread_ts=thread_ts)
+        if row_id is not None and ts is not None:
+            self.requests.set_message(row_id, channel, ts)
+        self.store.record(actor="runbook-bot", action="recommend", environment=name, outcome=rec.get("action", "?"),
+                          summary=self.redactor(str(rec.get("headline", ""))), run_id=facts.get("run_id"),
+                          details={"recommendation_id": row_id, "section": rec.get("section")})
+        return row_id
+
+    def _recommendation_message(self, name: str, rec: Mapping[str, Any], facts: Mapping[str, Any], backup: Any,
+                                row_id: str | None, followed: str | None = None) -> blocks.Message:
+        shown = dict(facts)
+        if isinstance(shown.get("at"), str):
+            shown["at"] = datetime.fromisoformat(shown["at"])
+        owner = self.settings.escalation.owner.slack
+        return mblocks.recommendation_message(rec, shown, recommendation_id=row_id, backup=backup, owner=owner,
+                                              followed=followed)
+
+    # -- clicks on migrate_* buttons ---------------------------------------------------------
+
+    def handle_click(self, click: approvals.Click) -> str:
+        """A "Back up first" or recommended-action click, on Flows' executor. Returns the audit
+        outcome; a refused click gets a one-line ephemeral and changes nothing."""
+        action = {mblocks.ACTION_BACKUP_FIRST: "backup_first", mblocks.ACTION_RECOMMENDED: "follow"}.get(
+            click.action_id, "click")
+        row: ApprovalRequest | None = None
+        try:
+            row = self._row_of(click)
+            if action == "backup_first":
+                return self._backup_first(click, row)
+            return self._follow(click, row)
+        except approvals.Refusal as refusal:
+            self._audit(click.user_id or "unknown", action, row, refusal.outcome, str(refusal),
+                        {"button_value": click.value[:40]} if row is None else None)
+            self._tell(click, str(refusal))
+            return refusal.outcome
+        except Exception as exc:
+            log.error("a %s click failed: %s", action, self.redactor(repr(exc)))
+            self._audit(click.user_id or "unknown", action, row, "error", f"the click failed ({type(exc).__name__})",
+                        None)
+            self._tell(click, "Your click could not be handled (the bot's log has the details); try again in a "
+                             "moment.")
+            return "error"
+
+    def _tell(self, click: approvals.Click, text: str) -> None:
+        if click.channel_id and _SLACK_ID.match(click.user_id or ""):
+            self.flows.reply_ephemeral(self._origin(click.channel_id, click.user_id), blocks.error_message(text))
+
+    def _row_of(self, click: approvals.Click) -> ApprovalRequest:
+        nothing = "nothing was changed"
+        expected = {mblocks.ACTION_BACKUP_FIRST: ("migrate", "rollback"), mblocks.ACTION_RECOMMENDED: (RECOMMENDATION,)}
+        if click.action_id not in expected:
+            raise approvals.Refusal(f"That button is not one the bot knows; {nothing}.", "invalid")
+        if not _SLACK_ID.match(click.user_id):
+            raise approvals.Refusal(f"That click carries no Slack user; {nothing}.", "invalid")
+        if not _REQUEST_ID.match(click.value):
+            raise approvals.Refusal(f"That button does not carry an id the bot gave out; {nothing}.", "invalid")
+        row = self.requests.get(click.value)
+        if row is None or row.kind not in expected[click.action_id]:
+            raise approvals.Refusal(f"That button's request does not exist; {nothing}.", "invalid")
+        if (click.channel_id, click.message_ts) != (row.channel, row.message_ts):
+            raise approvals.Refusal(f"That button does not belong to this message; {nothing}.", "invalid")
+        if row.environment not in self.settings.environments:
+            raise approvals.Refusal(f"This bot no longer knows {row.environment}; {nothing}.", "invalid")
+        return row
+
+    def _authorise(self, row: ApprovalRequest, user: str, what: str) -> None:
+        """The requester, or anyone who may approve on the environment."""
+        if user == row.requester or self.approvals.is_approver(row.environment, user):
+            return
+        approvers = self.settings.environments[row.environment].approvals.approvers
+        who = ", ".join(blocks.mention(a) for a in approvers[:10]) or "nobody"
+        raise approvals.Refusal(f"Only the requester or an approver on {row.environment} (approvers: {who}) may "
+                                f"{what}; nothing was changed.", "unauthorised")
+
+    def _backup_first(self, click: approvals.Click, request: ApprovalRequest) -> str:
+        if request.state != PENDING or request.is_due(utcnow()):
+            state = request.state if request.state != PENDING else "expired"
+            raise approvals.Refusal(f"This request is already {state}; no backup was taken for it.", "closed")
+        self._authorise(request, click.user_id, "take this backup")
+        name = request.environment
+        env = self.settings.environments[name]
+        latest, fresh = fresh_backup(self.store, name, env)
+        if fresh:
+            self.approvals.sync_message(request.id)
+            raise approvals.Refusal(f"Backup #{latest.id} is fresh already (newer than "
+                                    f"{env.approvals.require_backup_within_minutes} min); no second one was taken.",
+                                    "duplicate")
+        self.post_in_thread(request, blocks.Message(
+            text=f"{blocks.user(click.user_id)} takes a backup of {name} before the migration…",
+            blocks=[blocks.section(f":floppy_disk: {blocks.user(click.user_id)} takes a full backup of "
+                                   f"{blocks.escape(name)} before the migration (§2)…")]))
+        try:
+            made = backups.backup(name, env, self.store, actor=click.user_id, reason="migrate")
+        except backups.BackupFailed as exc:
+            made = exc.backup
+        except backups.BackupError as exc:
+            raise approvals.Refusal(f"No backup was taken: {exc}", "refused") from None
+        self.post_in_thread(request, blocks.backup_message(name, made))
+        self.approvals.sync_message(request.id)
+        outcome = "ok" if made.status == "verified" else "error"
+        self._audit(click.user_id, "backup_first", request, outcome,
+                    f"#{made.id} {made.name}: {made.status}", {"backup_id": made.id})
+        return outcome
+
+    def _follow(self, click: approvals.Click, row: ApprovalRequest) -> str:
+        if row.state != PENDING:
+            done = f" ({row.result_summary})" if row.result_summary else ""
+            raise approvals.Refusal(f"This recommendation was followed already{done}; nothing was changed.",
+                                    "closed")
+        if row.is_due(utcnow()):
+            raise approvals.Refusal("This recommendation is older than a day: check `/migrate status` and ask "
+                                    "again; nothing was changed.", "expired")
+        self._authorise(row, click.user_id, "follow this recommendation")
+        if not self.requests.transition(row.id, [PENDING], EXECUTING):
+            raise approvals.Refusal("Someone is following this recommendation already; nothing was changed.",
+                                    "closed")
+        try:
+            line = self._open_recommended(row, click.user_id)
+        except (Refused, approvals.ApprovalError, backups.BackupError, RevisionError, TargetError, ConfigError,
+                StateError, ValueError) as exc:
+            self.requests.transition(row.id, [EXECUTING], PENDING)          # someone may try again
+            raise approvals.Refusal(blocks.one_line(str(exc), 400), "refused") from None
+        self.requests.transition(row.id, [EXECUTING], DONE, result_summary=line)
+        params = row.params
+        backup = self._backup(row.environment, params.get("backup_id"))
+        self.flows.update(row.channel, row.message_ts, self._recommendation_message(
+            row.environment, params["recommendation"], params["facts"], backup, None,
+            followed=f"{blocks.user(click.user_id)}: {blocks.escape(line)}"))
+        self._audit(click.user_id, "follow", row, "ok", line, {"action": params["recommendation"].get("action")})
+        return "ok"
+
+    def _backup(self, name: str, backup_id: Any) -> Any:
+        if backup_id is None:
+            return None
+        try:
+            return backups.get_backup(self.store, name, backup_id)
+        except backups.BackupError:
+            return None
+
+    def _open_recommended(self, row: ApprovalRequest, user: str) -> str:
+        """What the button does: ask for the recommended request (or escalate). One line of what it did."""
+        name, params = row.environment, row.params
+        rec = params["recommendation"]
+        action = rec.get("action")
+        if action == "downgrade":
+            target = str(rec.get("target_revision") or "-1")
+            request = self.request(name, "downgrade", target, user, f"/migrate rollback {name} {target}",
+                                   row.channel)
+            return f"asked to roll back to {target} (request {request.id[:8]} in {self._where(request)})"
+        if action in ("table_restore", "full_restore"):
+            from bot.flows import restore_params
+
+            backup_id = params.get("backup_id")
+            if backup_id is None:
+                raise Refused("there is no verified backup to restore from: escalate (§7)")
+            tables = tuple(rec.get("tables") or ()) if action == "table_restore" else ()
+            plan = backups.plan_restore(name, self.settings.environments[name], self.store, backup_id, tables=tables)
+            if plan.blockers:
+                raise Refused("; ".join(plan.blockers))
+            request = self.approvals.request("restore", name, user, restore_params(plan), channel=row.channel)
+            what = f"{len(plan.tables)} table(s)" if action == "table_restore" else "a full restore"
+            return f"asked for {what} from backup #{backup_id} (request {request.id[:8]} in {self._where(request)})"
+        if action == "escalate":
+            facts = params.get("facts") or {}
+            what, error = facts.get("what", "a run"), facts.get("error") or rec.get("headline")
+            reason = blocks.one_line(f"{what} failed: {error}", 280)
+            thread = (row.channel, params.get("thread_ts") or row.message_ts)
+            if self.escalate is not None:
+                self.escalate(name, 2, reason=reason, actor=user, run_id=facts.get("run_id"), thread=thread)
+            else:
+                message = mblocks.escalation_contact_message(name, self.settings.escalation.owner.slack, reason, user)
+                self.flows.post(self._origin(row.channel), message, thread_ts=thread[1])
+                self.store.record(actor=user, action="escalate", environment=name, outcome="level 2",
+                                  summary=self.redactor(reason), run_id=facts.get("run_id"),
+                                  details={"level": 2, "owner": self.settings.escalation.owner.slack})
+            return "escalated to the owner (§7.2 level 2)"
+        raise Refused(f"the recommendation '{action}' has no action to take")
+
+    def _where(self, request: ApprovalRequest) -> str:
+        return f"<#{request.channel}>" if request.channel else "the approvals channel"
+
+    def _audit(self, actor: str, action: str, row: ApprovalRequest | None, outcome: str, summary: str,
+               details: dict[str, Any] | None) -> None:
+        facts = {"kind": row.kind} if row is not None else {}
+        facts.update(details or {})
+        try:
+            self.store.record(actor=actor[:120], action=action[:40], environment=row.environment if row else None,
+                              outcome=outcome[:20], summary=self.redactor(summary), details=self.redactor.tree(facts),
+                              run_id=row.id if row is not None else None)
+        except StateError as exc:
+            log.error("could not record a %s click: %s", action, self.redactor(str(exc)))
+
+    # -- crash safety ----------------------------------------------------------------------
+
+    def announce_interrupted(self, runs: Sequence[Any]) -> str | None:
+        """Post runs found interrupted (whoever reaped them posts them: once) in slack.channel."""
+        if not runs or self.settings.slack is None:
+            return None
+        return self.flows.post(self._origin(self.settings.slack.channel), mblocks.interrupted_runs_message(runs))
+
+
+__all__ = ["LiveRun", "Migrations", "NothingToDo", "RECOMMENDATION", "Refused", "RunWatcher", "checked_proposal",
+           "fresh_backup", "irreversible_refusal", "migration_kind", "outcome_line", "proposal_params",
+           "result_details", "run_facts", "run_with_yes"]
