@@ -140,31 +140,6 @@ def backup_args(args: Sequence[str]) -> tuple[str, tuple[str, ...]]:
                        f"{usage}")
 
 
-# runbook.review.MAX_ACK_REASON (the engine checks it again)
-MAX_ACK_REASON = 300
-# A revision id or a unique prefix, before the scripts are asked (the flow checks it is pending).
-_ACK_REVISION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,79}$")
-
-
-def ack_risk_args(args: Sequence[str]) -> tuple[str, str]:
-    """`REV reason` of `/migrate ack-risk` -> (revision as typed, reason). Shape only: the flow checks
-    the revision against the environment's pending revisions."""
-    usage = f"Usage: `{ACTIONS['ack-risk'].usage}`."
-    if not args:
-        raise CommandError(f"`/migrate ack-risk` needs the revision and why its risk is acceptable. {usage}")
-    revision = args[0]
-    shown = revision if len(revision) <= 40 else revision[:40] + "…"
-    if not _ACK_REVISION.match(revision):
-        raise CommandError(f"'{shown}' is neither a configured environment nor a revision id. {usage}")
-    reason = " ".join(" ".join(args[1:]).split())
-    if not reason:
-        raise CommandError(f"Say why the risk of {shown} is acceptable (it is shown with the rating and kept in the "
-                           f"audit trail). {usage}")
-    if len(reason) > MAX_ACK_REASON:
-        raise CommandError(f"The reason is {len(reason)} characters long: keep it to {MAX_ACK_REASON}. {usage}")
-    return revision, reason
-
-
 # What a revision argument may look like before the scripts are asked: an id or a unique prefix, a
 # branch label (name@head), head/heads/base, or relative steps (+N, -N, REV+N, head-N).
 _REVISION_ARG = re.compile(r"^(?:[+-]\d{1,4}|[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,79})$")

@@ -17,11 +17,11 @@ from runbook.state import Store
 log = logging.getLogger(__name__)
 
 APPROVALS_EXPIRY_SECONDS = 30
+# /health answers within this, even when the state database hangs (bot.http.BoundedHealth).
+HEALTH_TIMEOUT_SECONDS = 3.0
 # How often a running bot looks for runs another replica left behind when it died (their heartbeat
 # goes stale after runbook.state.runs.STALE_AFTER_SECONDS).
 RUNS_REAPER_SECONDS = 30
-# /health answers within this, even when the state database hangs (bot.http.BoundedHealth).
-HEALTH_TIMEOUT_SECONDS = 3.0
 
 
 @dataclass
