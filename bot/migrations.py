@@ -34,7 +34,7 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -189,14 +189,15 @@ def migration_kind(settings: Settings, store, direction: str, *,
         env = settings.environments[name]
         run_id = new_run_id()
         latest, fresh = fresh_backup(store, name, env)
-        before = None
-        if backup_first and not fresh:
-            def before(held: Any) -> Any:
-                return backups.backup(name, env, store, lock=held, reason="migrate", actor=request.requester)
+
+        def back_up(held: Any) -> Any:     # under the run's own lock: nothing can change in between
+            return backups.backup(name, env, store, lock=held, reason="migrate", actor=request.requester)
+
         watcher = watch(request, run_id) if watch is not None else None
         result = migrate.run(name, env, direction=direction, target=params["target"],
                              expected_current=params["current"], actor=request.requester, store=store,
-                             approval_id=request.id, run_id=run_id, before=before,
+                             approval_id=request.id, run_id=run_id,
+                             before=back_up if backup_first and not fresh else None,
                              on_progress=watcher.progress if watcher else None,
                              on_blocker=watcher.blocker if watcher else None,
                              project=project(name) if project else None, progress_every=PROGRESS_EVERY)
@@ -318,8 +319,6 @@ class LiveRun(RunWatcher):
         self._write(conn, final=True)
 
     def _write(self, conn: Any, final: bool = False) -> None:
-        from dataclasses import replace
-
         with self._lock:
             progress, arrived = self._latest if self._latest else (None, 0.0)
         if progress is None:
@@ -370,12 +369,6 @@ def run_facts(result: migrate.MigrationResult) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------
 # The desk: asking, following up, clicks
-
-
-@dataclass(frozen=True)
-class _Where:
-    channel: str
-    ts: str
 
 
 class Migrations:
