@@ -42,6 +42,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
+import psycopg
+
 from runbook.config import Environment
 from runbook.revisions import AlembicProject, Revision, RevisionError, _one_line
 from runbook.units import human_size, short_duration
@@ -154,12 +156,13 @@ class TableFacts:
     size_bytes: int | None = None
     rows: int | None = None        # reltuples; None when never analyzed
     holders: tuple[LockHolder, ...] = ()
+    exact_size: bool = True        # False: locked now, so the size is the catalog's (relpages) estimate
 
     def describe(self) -> str:
         if not self.exists:
             return "not there yet"
         rows = f", ~{self.rows:,} rows" if self.rows is not None else ""
-        return f"{human_size(self.size_bytes)}{rows}"
+        return f"{'' if self.exact_size else '~'}{human_size(self.size_bytes)}{rows}"
 
 
 @dataclass(frozen=True)
@@ -509,16 +512,25 @@ class _Locator:
 # ---------------------------------------------------------------------------
 # The live database: sizes, row estimates, and who holds locks on those relations (read once)
 
+# Catalog only, so it never waits on a lock: which table each name is (a dropped index counts as its
+# table), its row estimate, and a size from relpages (table, its indexes, its TOAST) for when the exact
+# size cannot be read.
 TABLE_FACTS_SQL = """
-SELECT want.name,
-       coalesce(i.indrelid, c.oid)                                        AS table_oid,
-       coalesce(i.indrelid::regclass::text, c.oid::regclass::text)        AS table_name,
-       pg_total_relation_size(coalesce(i.indrelid, c.oid))                AS size_bytes,
-       (SELECT t.reltuples::bigint FROM pg_class t WHERE t.oid = coalesce(i.indrelid, c.oid)) AS rows
+SELECT want.name, t.oid, t.oid::regclass::text, t.reltuples::bigint,
+       (t.relpages::bigint
+        + coalesce((SELECT sum(ic.relpages) FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid
+                     WHERE x.indrelid = t.oid), 0)
+        + coalesce((SELECT tc.relpages FROM pg_class tc WHERE tc.oid = t.reltoastrelid), 0))
+       * current_setting('block_size')::bigint
   FROM unnest(%s::text[]) AS want(name)
   JOIN pg_class c ON c.oid = to_regclass(want.name)
   LEFT JOIN pg_index i ON i.indexrelid = c.oid
+  JOIN pg_class t ON t.oid = coalesce(i.indrelid, c.oid)
 """
+
+# pg_total_relation_size takes ACCESS SHARE: behind a lock held (or queued for) ACCESS EXCLUSIVE it
+# fails after the monitor connection's lock_timeout, and the catalog's estimate stands in.
+TABLE_SIZES_SQL = "SELECT oid, pg_total_relation_size(oid) FROM unnest(%s::oid[]) AS oid"
 
 # pg_locks for the named relations only (design rule 10: never the whole lock table), with the
 # session (or prepared transaction) behind each lock; our own connection left out.
@@ -548,6 +560,7 @@ def live_facts(conn, names: Iterable[str]) -> dict[str, TableFacts]:
     rows = conn.execute(TABLE_FACTS_SQL, [[_quoted(n) for n in names]]).fetchall()
     found = {row[0]: row for row in rows}
     oids = sorted({row[1] for row in rows})
+    sizes = _exact_sizes(conn, oids)
     holders: dict[int, list[LockHolder]] = {}
     if oids:
         for (oid, relation, mode, granted, pid, state, app, user, xact, query, gid) in conn.execute(
@@ -561,9 +574,34 @@ def live_facts(conn, names: Iterable[str]) -> dict[str, TableFacts]:
         if row is None:
             facts[name] = TableFacts(name, False)
             continue
-        rows_estimate = int(row[4]) if row[4] is not None and row[4] >= 0 else None
-        facts[name] = TableFacts(row[2], True, int(row[3]), rows_estimate, tuple(holders.get(row[1], ())))
+        rows_estimate = int(row[3]) if row[3] is not None and row[3] >= 0 else None
+        size = sizes.get(row[1])
+        facts[name] = TableFacts(row[2], True, int(row[4] if size is None else size), rows_estimate,
+                                 tuple(holders.get(row[1], ())), exact_size=size is not None)
     return facts
+
+
+def _exact_sizes(conn, oids: Sequence[int]) -> dict[int, int]:
+    """pg_total_relation_size of each table; a table that is locked now is left out (see above)."""
+    if not oids:
+        return {}
+    try:
+        return dict(conn.execute(TABLE_SIZES_SQL, [list(oids)]).fetchall())
+    except psycopg.errors.LockNotAvailable:
+        _recover(conn)
+    out = {}
+    for oid in oids:                                   # one at a time: only the locked ones are missing
+        try:
+            out.update(conn.execute(TABLE_SIZES_SQL, [[oid]]).fetchall())
+        except psycopg.errors.LockNotAvailable:
+            _recover(conn)
+    return out
+
+
+def _recover(conn) -> None:
+    """After a failed statement: an explicit transaction must be rolled back to go on."""
+    if not conn.autocommit:
+        conn.rollback()
 
 
 # ---------------------------------------------------------------------------
@@ -732,7 +770,11 @@ def review(name: str, env: Environment, conn, *, project: AlembicProject, revisi
             names.update(rel for rel, _ in stmt.locks)
             names.update(stmt.indexes)
     names.discard(project.version_table)
-    facts = live_facts(conn, names) if conn is not None else {}
+    try:
+        facts = live_facts(conn, names) if conn is not None else {}
+    except psycopg.Error as exc:
+        raise ReviewError(f"cannot read the sizes and locks of {', '.join(sorted(names))}: "
+                          f"{_one_line(str(exc), 200)}") from None
     index_tables = {n: f.name for n, f in facts.items() if f.exists}
 
     for entry, raw, stmts, sql in drafts:
@@ -904,6 +946,7 @@ def review_to_json(r: RiskReview | None) -> dict[str, Any] | None:
             "silenced": [_finding_json(f) for f in x.silenced],
             "unused_allows": list(x.unused_allows),
             "tables": [{"name": t.name, "exists": t.exists, "size_bytes": t.size_bytes, "rows": t.rows,
+                        "exact_size": t.exact_size,
                         "holders": [_holder_json(h) for h in t.holders]} for t in x.tables],
             "live": list(x.live),
             "acknowledgement": _ack_json(x.acknowledgement),

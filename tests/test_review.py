@@ -495,3 +495,18 @@ def test_the_approval_request_renders_the_review_from_its_stored_params_within_s
     assert len(cut) == 2 and INDEX[0] in cut[0]["text"]["text"] and "more lines" in cut[0]["text"]["text"]
     failed = request_risk_blocks({"risk": None, "risk_error": "squawk not found: install it"}, name)
     assert "not reviewed — squawk not found" in failed[0]["text"]["text"]
+
+
+def test_a_table_locked_access_exclusive_is_still_weighed_from_the_catalog(risky_app):
+    settings, name, env, url, app = risky_app([INDEX])
+    with Sessions(url) as sessions:
+        locker = sessions.open(application_name="maintenance", autocommit=False)
+        locker.execute("LOCK TABLE expenses IN ACCESS EXCLUSIVE MODE")   # pg_total_relation_size would wait
+        report = precheck.run_precheck(name, env)
+        index = _by_revision(report)[INDEX[0]]
+        assert next(c for c in report.checks if c.name == "connectivity").status == "ok"
+        [expenses] = index.tables
+        assert not expenses.exact_size and expenses.size_bytes > 0 and expenses.describe().startswith("~")
+        assert index.rating == "high" and index.live and index.blocking
+        assert index.reason.startswith(f"pid {locker.info.backend_pid} (maintenance, idle in transaction")
+        assert "holds AccessExclusiveLock on expenses" in index.reason
