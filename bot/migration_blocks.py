@@ -408,8 +408,9 @@ def escalation_contact_message(environment: str, owner: str | None, reason: str,
 # --------------------------------------------------------------------------
 # interrupted runs (crash safety)
 
-def interrupted_runs_message(runs: Sequence[Any]) -> Message:
-    """Runs whose process died, found at start: what is known, and that nothing resumes on its own."""
+def interrupted_runs_message(runs: Sequence[Any], *, when: str = "found at start") -> Message:
+    """Runs whose process died (found at start or by the reaper) or that a shutdown stopped (`when`):
+    what is known, and that nothing resumes on its own."""
     lines = []
     for run in runs[:50]:
         approval = f" · approval `{escape(run.approval_id[:8])}`" if run.approval_id else ""
@@ -418,13 +419,13 @@ def interrupted_runs_message(runs: Sequence[Any]) -> Message:
                      f"{slack_time(run.started_at)} · last step {code(run.step or '?', 80)} · run "
                      f"{code(run.id, 20)}{approval}\n    {escape(one_line(run.summary, 400))}")
     n = len(runs)
-    blocks = [header(f":warning: {n} interrupted run{'s' if n != 1 else ''} found at start"),
+    blocks = [header(f":warning: {n} interrupted run{'s' if n != 1 else ''} {when}"),
               section(bounded_lines(lines, MAX_SECTION_TEXT, total=n)),
               divider(),
               section("Not resumed: the database may be anywhere between two revisions. Check it with "
                       "`/migrate status`, then `/migrate validate`, and decide: `/migrate rollback`, "
                       "`/migrate run` again, or `/migrate restore`.")]
-    text = f"{n} interrupted run{'s' if n != 1 else ''} found at start; not resumed"
+    text = f"{n} interrupted run{'s' if n != 1 else ''} {when}; not resumed"
     return validate(Message(text=text, blocks=blocks))
 
 

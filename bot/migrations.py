@@ -679,11 +679,13 @@ class Migrations:
 
     # -- crash safety ----------------------------------------------------------------------
 
-    def announce_interrupted(self, runs: Sequence[Any]) -> str | None:
-        """Post runs found interrupted (whoever reaped them posts them: once) in slack.channel."""
+    def announce_interrupted(self, runs: Sequence[Any], *, when: str = "found at start") -> str | None:
+        """Post runs found interrupted (whoever reaped them posts them: once) in slack.channel; a shutdown
+        that interrupts its own runs posts them too (`when`: "at shutdown")."""
         if not runs or self.settings.slack is None:
             return None
-        return self.flows.post(self._origin(self.settings.slack.channel), mblocks.interrupted_runs_message(runs))
+        return self.flows.post(self._origin(self.settings.slack.channel),
+                               mblocks.interrupted_runs_message(runs, when=when))
 
 
 __all__ = ["LiveRun", "Migrations", "NothingToDo", "RECOMMENDATION", "Refused", "RunWatcher", "checked_proposal",

@@ -115,7 +115,7 @@ def drain(runtime: Any, grace: float, hurry: threading.Event | None = None) -> D
     if killed:
         log.warning("shutdown: killed child process(es) %s", ", ".join(map(str, killed)))
     try:     # said in Slack now: no reaper will find these runs later
-        runtime.flows.migrations.announce_interrupted(interrupted)
+        runtime.flows.migrations.announce_interrupted(interrupted, when="at shutdown")
     except Exception as exc:
         log.error("shutdown: could not post the interrupted runs (%s)", type(exc).__name__)
     return Drained(False, waited, interrupted, killed)
