@@ -4,7 +4,8 @@ state database and one (local) Slack, as a Deployment with two pods would.
 * a click reaches either replica; whichever gets it, the approved action runs once;
 * the watch schedules on both, one leads (a session advisory lock) and sends the alert once;
   when the leader is killed (-9) the other takes the schedule at the very next slot;
-* a migration runs once: two at the same time, one is refused by the target's advisory lock.
+* a migration runs once: approved on both replicas at once, it runs on one; two started at the same
+  time (the CLI), one is refused by the target's advisory lock.
 
 Everything is real but Slack: PostgreSQL, pg_dump/pg_restore, alembic subprocesses, signed HTTP.
 """
@@ -232,5 +233,38 @@ def test_two_migrations_at_once_one_is_refused_by_the_advisory_lock(sample_db, p
     try:
         states = sorted(run.state for run in RunStore(store).list(environment="production"))
         assert states == ["refused", "succeeded"]
+    finally:
+        store.close()
+
+
+def test_approving_a_migration_on_both_replicas_at_once_runs_it_once(sample_db, pg_state_url, tmp_path, pg_bin_dir,
+                                                                     local_slack, replicas):
+    target = sample_db(REV_0003)
+    config = write_replica_config(tmp_path, target, pg_state_url, pg_bin_dir,
+                                  app_dir=app_copy(tmp_path, [SLOW_REVISION]))
+    a, b = replicas(config)
+    store = Store(pg_state_url)
+    try:
+        assert b.post(slash_command_body("run", user_id=REQUESTER, channel_id=CHANNEL)).status == 200
+        requests = ApprovalStore(store)
+        request = wait_for(lambda: next((r for r in requests.list() if r.kind == "migrate" and r.message_ts), None),
+                           timeout=60, what="the migrate request, posted")
+
+        def click(bot, user):
+            return lambda: bot.post(block_actions_body(ACTION_APPROVE, request.id, user_id=user,
+                                                       channel_id=request.channel, message_ts=request.message_ts))
+
+        answers = clicks_at_once(click(a, ALICE), click(b, BOB), click(a, BOB), click(b, ALICE))
+        assert [answer.status for answer in answers] == [200] * 4
+        final = wait_for(lambda: (r := requests.get(request.id)).state in ("done", "failed") and r,
+                         timeout=180, what="the migration to finish")
+        assert final.state == "done", final.result_summary
+        [run] = RunStore(store).list(environment="production")                 # one run, on one replica
+        assert run.state == "succeeded" and run.approval_id == request.id
+        assert run.pid in (a.pid, b.pid)
+        with psycopg.connect(target) as conn:
+            assert conn.execute("SELECT count(*) FROM migration_marker").fetchone() == (1,)
+        decided = [e.outcome for e in store.events(limit=500) if e.run_id == request.id and e.action == "approve"]
+        assert decided.count("approved") == 1 and len(decided) == 4, decided
     finally:
         store.close()
