@@ -36,7 +36,8 @@ WIDTH = 100
 EMOJI = {
     ":white_check_mark:": "✔", ":warning:": "⚠", ":x:": "✘", ":white_large_square:": "☐",
     ":rotating_light:": "‼", ":page_facing_up:": "📄", ":no_entry:": "⛔", ":hourglass_flowing_sand:": "⏳",
-    ":lock:": "🔒", ":information_source:": "ℹ", ":floppy_disk:": "💾", ":heavy_minus_sign:": "–",
+    ":lock:": "🔒", ":information_source:": "ℹ", ":large_green_circle:": "●", ":large_yellow_circle:": "◐",
+    ":red_circle:": "◉", ":floppy_disk:": "💾", ":floppy_disk:": "💾", ":heavy_minus_sign:": "–",
     ":point_right:": "👉", ":arrow_right:": "→", ":sos:": "🆘",
 }
 
@@ -302,6 +303,7 @@ def demo_config(url: str, bin_dir: Path) -> str:
             alembic: {json.dumps(ALEMBIC_ARGV)}
             pg_bin_dir: {json.dumps(str(bin_dir))}
             thresholds: {{long_query_seconds: 60, lock_wait_seconds: 10, idle_in_transaction_seconds: 60}}
+            validation: {{tables: [expenses, incomes], required_columns: {{expenses: [date, amount]}}}}
             approvals: {{approvers: [{DEMO_APPROVER}], required: 1}}
         escalation:
           owner: {{slack: U0OWNER001, github: zeevbensender}}
