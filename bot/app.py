@@ -150,14 +150,14 @@ class _TimedAck(Ack):
         self._kind, self._started, self._metrics, self._fields = kind, started, metrics, fields
 
     def __call__(self, *args: Any, **kwargs: Any) -> BoltResponse:
-        first = self.response is None
-        response = super().__call__(*args, **kwargs)
-        if first:
+        # Measured and logged before the response is set: once it is, Bolt answers Slack and the
+        # request is over, so anything after would race whoever reads the log.
+        if self.response is None:
             latency = time.perf_counter() - self._started
             self._metrics.ack_seconds.labels(kind=self._kind).observe(latency)
             log.info("ack kind=%s latency_ms=%.1f %s", self._kind, latency * 1000,
                      " ".join(f"{k}={v}" for k, v in self._fields.items()))
-        return response
+        return super().__call__(*args, **kwargs)
 
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

@@ -84,9 +84,25 @@ class RedactingFormatter(logging.Formatter):
         return redact(redact_slack(super().format(record)), *self.secrets)
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each record (as logging's lastResort
+    does), so a handler installed while stderr was redirected never writes to a closed stream."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def install_redacting_handler(settings: Settings | None, level: int = logging.INFO,
                               stream=None) -> logging.Handler:
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderrHandler()
     handler.setFormatter(RedactingFormatter(known_secrets(settings),
                                             "%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
