@@ -428,7 +428,22 @@ def test_precheck_shows_the_review_and_an_approver_acknowledges_it_over_slack(ri
             runtime.close()
 
 
-def test_cli_precheck_json_carries_the_review_and_ack_risk_clears_it(risky_app, tmp_path, capsys):
+@pytest.fixture
+def root_logging():
+    """bot.cli.main installs its redacting handler on the root logger, writing to the captured stderr
+    of this test: put the root logger back as it was, so no later test logs into a closed stream."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def test_cli_precheck_json_carries_the_review_and_ack_risk_clears_it(risky_app, tmp_path, capsys, root_logging):
     from bot.cli import main
 
     settings, name, env, url, app = risky_app([INDEX, NOT_NULL, FOREIGN_KEY])
