@@ -171,7 +171,6 @@ def _open_store(settings: Settings):
 
 def cmd_precheck(settings: Settings, args) -> int:
     from runbook import precheck
-    from runbook.state import StateError
 
     name, env = settings.environment(args.env)
     # The state store (SQLAlchemy, our migrations) opens while the precheck waits on the
@@ -200,7 +199,11 @@ def cmd_precheck(settings: Settings, args) -> int:
         report = precheck.run_precheck(name, env, last_backup_at=latest_backup, acknowledgements=acknowledgements)
         try:
             store = opening.result()
-        except StateError as exc:
+        except Exception as exc:
+            from runbook.state import StateError  # imported here: SQLAlchemy loads on the side thread
+
+            if not isinstance(exc, StateError):
+                raise
             print(f"runbook-bot: {exc}", file=sys.stderr)
             return EXIT_ERROR
     store.record(actor=cli_actor(), action="precheck", environment=name, outcome=report.verdict,
