@@ -67,7 +67,7 @@ from runbook import guard
 from runbook.config import Environment
 from runbook.pgtools import Tools, ToolError, client_env, conninfo_without_password, select_tools
 from runbook.revisions import AlembicProject, RevisionError
-from runbook.state.models import BackupRow
+from runbook.state.models import BackupRow, as_utc
 from runbook.storage import (CHUNK, Storage, StorageError, archive_size, remove_local, sha256_directory,
                              size_so_far)
 from runbook.target import Target, TargetError, redact
@@ -136,15 +136,10 @@ class Backup:
 
     @classmethod
     def of(cls, row: BackupRow) -> "Backup":
-        def aware(value: datetime | None) -> datetime | None:
-            if value is None:
-                return None
-            return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
         return cls(id=row.id, environment=row.environment, kind=row.kind, format=row.format, reason=row.reason,
                    status=row.status, level=row.level, name=row.name, location=row.location,
-                   size_bytes=row.size_bytes, sha256=row.sha256, started_at=aware(row.started_at),
-                   finished_at=aware(row.finished_at), duration_seconds=row.duration_seconds,
+                   size_bytes=row.size_bytes, sha256=row.sha256, started_at=as_utc(row.started_at),
+                   finished_at=as_utc(row.finished_at), duration_seconds=row.duration_seconds,
                    server_version=row.server_version, tool_version=row.tool_version,
                    revision=list(row.revision) if row.revision is not None else None,
                    tables=list(row.tables or []), row_counts=dict(row.row_counts or {}), actor=row.actor,

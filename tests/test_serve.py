@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -13,16 +12,11 @@ from bot.localslack import LocalSlack
 from tests.support.configs import write_config
 from tests.support.sample_app import REV_0001
 from tests.support.slack import SIGNING_SECRET, http_request, signed_post, slash_command_body, slash_command_payload
+from tests.support.bots import free_port
 from tests.support.waiting import wait_for
 
 BOT_TOKEN = "xoxb-serve-test-token"
 APP_TOKEN = "xapp-1-serve-test-token"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def serve(config, mode, port, **env):

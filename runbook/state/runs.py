@@ -16,12 +16,12 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
 
-from runbook.state.models import RunRow, utcnow
+from runbook.state.models import RunRow, as_utc, utcnow
 from runbook.state.store import Store
 
 RUNNING, SUCCEEDED, FAILED, REFUSED, INTERRUPTED = "running", "succeeded", "failed", "refused", "interrupted"
@@ -31,12 +31,6 @@ HEARTBEAT_SECONDS = 5.0
 # Six missed beats: long enough for a GC pause or a slow state database, short enough that a
 # replica notices a dead one within a minute.
 STALE_AFTER_SECONDS = 30.0
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -63,7 +57,7 @@ class Run:
     def of(cls, row: RunRow) -> "Run":
         return cls(row.id, row.kind, row.environment, row.actor, row.approval_id, row.state,
                    row.from_revision, row.target_revision, row.step, row.host, row.pid,
-                   _aware(row.started_at), _aware(row.heartbeat_at), _aware(row.finished_at),
+                   as_utc(row.started_at), as_utc(row.heartbeat_at), as_utc(row.finished_at),
                    row.summary or "", row.log_path, dict(row.result) if row.result is not None else None)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from runbook.state.models import EventRow
+from runbook.state.models import EventRow, as_utc
 from runbook.target import redact
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -39,7 +39,7 @@ class Event:
 
     @classmethod
     def of(cls, row: EventRow) -> "Event":
-        at = row.at if row.at.tzinfo else row.at.replace(tzinfo=timezone.utc)
+        at = as_utc(row.at)
         return cls(row.id, at, row.actor, row.action, row.environment, row.outcome,
                    row.summary, dict(row.details or {}), row.run_id)
 
