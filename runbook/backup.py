@@ -67,6 +67,7 @@ from runbook import guard
 from runbook.config import Environment
 from runbook.pgtools import Tools, ToolError, client_env, conninfo_without_password, select_tools
 from runbook.revisions import AlembicProject, RevisionError
+from runbook.state.backups import last_backup_at, latest_verified_row
 from runbook.state.models import BackupRow, as_utc
 from runbook.storage import (CHUNK, Storage, StorageError, archive_size, remove_local, sha256_directory,
                              size_so_far)
@@ -250,18 +251,9 @@ def get_backup(store, environment: str, backup_id: int | str) -> Backup:
 
 
 def latest_verified(store, environment: str, kinds: Sequence[str] = ("full",)) -> Backup | None:
-    query = (select(BackupRow).where(BackupRow.environment == environment, BackupRow.status == "verified",
-                                     BackupRow.kind.in_(list(kinds)))
-             .order_by(BackupRow.id.desc()).limit(1))
     with store.session() as session:
-        row = session.scalars(query).first()
+        row = latest_verified_row(session, environment, kinds)
         return Backup.of(row) if row else None
-
-
-def last_backup_at(store, environment: str) -> datetime | None:
-    """When the newest verified full backup finished: precheck's "Backup completed successfully"."""
-    found = latest_verified(store, environment)
-    return found.finished_at if found else None
 
 
 def remember_message(store, backup_id: int, channel: str, ts: str) -> None:

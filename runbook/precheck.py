@@ -120,7 +120,7 @@ def run_precheck(name: str, env: Environment, *, project: AlembicProject | None 
     """Run §1 against one environment. Never raises for the target's faults: they become checks.
 
     `acknowledgements`: the risk acknowledgements recorded for this environment (or a callable
-    returning them, asked only when a review runs)."""
+    returning them, asked only when a review runs, after squawk)."""
     started = datetime.now(timezone.utc)
     clock = time.monotonic()
     target = target_of(env)
@@ -149,9 +149,8 @@ def run_precheck(name: str, env: Environment, *, project: AlembicProject | None 
                 revision_error = str(exc)
             if state is not None and state.pending and state.problem is None and env.review.enabled:
                 try:
-                    acks = acknowledgements() if callable(acknowledgements) else acknowledgements
                     risk = risk_review.review(name, env, conn, project=project, revisions=state.pending,
-                                              acknowledgements=acks)
+                                              acknowledgements=acknowledgements)
                 except risk_review.ReviewError as exc:
                     risk_error = str(exc)
         checks.append(Check("connectivity", "ok", f"connected to {target.label} in {connected_ms:.0f} ms "

@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import psycopg
 
@@ -53,6 +53,7 @@ RATINGS: tuple[Rating, ...] = ("low", "medium", "high")
 ACK_ACTION = "risk.ack"
 ALLOWLIST_NAME = "squawk_allow"
 MAX_ACK_REASON = 300
+ACK_READ_LIMIT = 500           # acknowledgements read per precheck, newest first
 
 # squawk 2.70's rules (crates/squawk_linter/src/lib.rs): an allowlist naming anything else is a typo.
 SQUAWK_RULES = frozenset("""
@@ -728,9 +729,13 @@ def _relative(path: Path, app_dir: Path) -> str:
 
 
 def review(name: str, env: Environment, conn, *, project: AlembicProject, revisions: Sequence[Revision],
-           acknowledgements: Sequence[Acknowledgement] = ()) -> RiskReview:
+           acknowledgements: Sequence[Acknowledgement] | Callable[[], Sequence[Acknowledgement]] = ()
+           ) -> RiskReview:
     """Review `revisions` (oldest first, all pending on `conn`'s database); never raises for a
-    revision's own problems: they are in its status. ReviewError when squawk cannot run at all."""
+    revision's own problems: they are in its status. ReviewError when squawk cannot run at all.
+
+    `acknowledgements` may be a callable: it is asked only once squawk has run, so a caller reading
+    them from another process (the CLI's state sidecar) has the whole review's time to answer."""
     clock = time.monotonic()
     server_major = conn.info.server_version // 10000 if conn is not None else None
     out = RiskReview(name, [], server_major=server_major)
@@ -777,9 +782,10 @@ def review(name: str, env: Environment, conn, *, project: AlembicProject, revisi
                           f"{_one_line(str(exc), 200)}") from None
     index_tables = {n: f.name for n, f in facts.items() if f.exists}
 
+    acks = acknowledgements() if callable(acknowledgements) else acknowledgements
     for entry, raw, stmts, sql in drafts:
         _weigh(env, entry, raw, stmts, sql, facts, index_tables, project.version_table)
-        _acknowledged(entry, name, acknowledgements)
+        _acknowledged(entry, name, acks)
         out.revisions.append(entry)
     out.squawk_version = squawk_version(argv, timeout)
     out.seconds = time.monotonic() - clock
@@ -862,15 +868,20 @@ def _acknowledged(entry: RevisionReview, environment: str, acknowledgements: Seq
 # Acknowledgements: audited events in the bot's own database
 
 
-def acknowledgements(store, environment: str, limit: int = 500) -> list[Acknowledgement]:
+def acknowledgements(store, environment: str, limit: int = ACK_READ_LIMIT) -> list[Acknowledgement]:
     """Every acknowledgement recorded for `environment`, newest first."""
+    return acknowledgements_in(store.events(environment=environment, action=ACK_ACTION, limit=limit))
+
+
+def acknowledgements_in(events: Iterable[Any]) -> list[Acknowledgement]:
+    """The acknowledgements among `events` (store.events(action=ACK_ACTION, ...)), in their order."""
     out = []
-    for event in store.events(environment=environment, action=ACK_ACTION, limit=limit):
+    for event in events:
         details = event.details or {}
         if event.outcome != "ok" or not details.get("revision") or not details.get("file_sha256"):
             continue
-        out.append(Acknowledgement(environment, str(details["revision"]), str(details["file_sha256"]), event.actor,
-                                   str(details.get("reason") or ""), event.at, event.id))
+        out.append(Acknowledgement(event.environment, str(details["revision"]), str(details["file_sha256"]),
+                                   event.actor, str(details.get("reason") or ""), event.at, event.id))
     return out
 
 
@@ -967,5 +978,5 @@ def ack_hint(environment: str, revision: str) -> str:
 
 __all__ = ["ACK_ACTION", "Acknowledgement", "AcknowledgeError", "AllowlistError", "Finding", "LockHolder",
            "RATINGS", "ReviewError", "RevisionReview", "RiskReview", "TableFacts", "ack_hint", "acknowledge",
-           "acknowledgements", "conflicts", "live_facts", "rate_finding", "read_allowlist", "review",
+           "acknowledgements", "acknowledgements_in", "conflicts", "live_facts", "rate_finding", "read_allowlist", "review",
            "review_to_json", "risk_params", "run_squawk", "squawk_argv", "statements"]

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,36 +10,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from runbook.state.models import EventRow, as_utc
-from runbook.target import redact
+from runbook.state.models import EventRow
+from runbook.state.records import Event, StateError
+from runbook.dsn import redact
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "runbook_bot_alembic_version"
 # The newest migration in migrations/versions; tests/test_state.py keeps the two in step.
 HEAD = "0005_runs"
-
-
-class StateError(Exception):
-    """The state database could not be opened or written; one redacted line."""
-
-
-@dataclass(frozen=True)
-class Event:
-    id: int
-    at: datetime
-    actor: str
-    action: str
-    environment: str | None
-    outcome: str
-    summary: str
-    details: dict[str, Any]
-    run_id: str | None
-
-    @classmethod
-    def of(cls, row: EventRow) -> "Event":
-        at = as_utc(row.at)
-        return cls(row.id, at, row.actor, row.action, row.environment, row.outcome,
-                   row.summary, dict(row.details or {}), row.run_id)
 
 
 def _sqlalchemy_url(url: str) -> str:
