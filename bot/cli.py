@@ -12,9 +12,10 @@ import json
 import logging
 import os
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from runbook.config import ConfigError, Settings, load_settings
+if TYPE_CHECKING:
+    from runbook.config import Settings
 
 EXIT_OK, EXIT_NO_GO, EXIT_ERROR = 0, 1, 2
 
@@ -139,9 +140,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(scripted=args.scripted)
     if args.command == "manifest":      # needs no configuration: it describes the app, not a deployment
         return cmd_manifest(args)
+    sidecar = None
+    if args.command == "precheck":
+        # Started before the configuration is read: the child loads the state store meanwhile.
+        from runbook.state.sidecar import StoreSidecar
+
+        sidecar = StoreSidecar.start()
+    # Imported only now (pydantic is slow to load), once the sidecar is on its way.
+    from runbook.config import ConfigError, load_settings
+
     try:
         settings = load_settings(args.config)
         setup_logging(settings, logging.INFO if args.command == "serve" else logging.WARNING)
+        if sidecar is not None:
+            return cmd_precheck(settings, args, sidecar=sidecar)
         return COMMANDS[args.command](settings, args)
     except ConfigError as exc:
         print(f"runbook-bot: config error: {exc}", file=sys.stderr)
@@ -154,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"runbook-bot: {args.command} failed: {redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}",
               file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        if sidecar is not None:
+            sidecar.close()
 
 
 def _open_store(settings: Settings):
@@ -169,46 +184,38 @@ def _open_store(settings: Settings):
     return store
 
 
-def cmd_precheck(settings: Settings, args) -> int:
-    from runbook import precheck
+def cmd_precheck(settings: Settings, args, *, sidecar=None) -> int:
+    from runbook import precheck, review
+    from runbook.state.records import StateError
+    from runbook.state.sidecar import StoreSidecar
 
     name, env = settings.environment(args.env)
-    # The state store (SQLAlchemy, our migrations) opens while the precheck waits on the
-    # database and the Alembic subprocess: a fresh process pays for the slower of the two only.
-    from concurrent.futures import ThreadPoolExecutor
+    if sidecar is None:
+        with StoreSidecar.start() as own:
+            return cmd_precheck(settings, args, sidecar=own)
+    # The state store lives in a child process (see runbook.state.sidecar): SQLAlchemy loads there,
+    # on the other core, while this one reads the target; the reads are asked for up front.
+    opened = sidecar.open(settings.state_url, cli_actor())
+    acks = sidecar.events(environment=name, action=review.ACK_ACTION, limit=review.ACK_READ_LIMIT)
+    backup = sidecar.last_backup_at(name)
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        opening = pool.submit(_open_store, settings)
-
-        def latest_backup():
-            from runbook.backup import last_backup_at
-
-            try:
-                return last_backup_at(opening.result(), name)
-            except Exception:          # the store's own error is reported just below
-                return None
-
-        def acknowledgements():
-            from runbook.review import acknowledgements as recorded
-
-            try:
-                return recorded(opening.result(), name)
-            except Exception:          # the store's own error is reported just below
-                return []
-
-        report = precheck.run_precheck(name, env, last_backup_at=latest_backup, acknowledgements=acknowledgements)
+    def answered(pending, fallback):
         try:
-            store = opening.result()
-        except Exception as exc:
-            from runbook.state import StateError  # imported here: SQLAlchemy loads on the side thread
+            return pending.result()
+        except StateError:             # the store's own error is reported just below
+            return fallback
 
-            if not isinstance(exc, StateError):
-                raise
-            print(f"runbook-bot: {exc}", file=sys.stderr)
-            return EXIT_ERROR
-    store.record(actor=cli_actor(), action="precheck", environment=name, outcome=report.verdict,
-                 summary="; ".join(report.reasons)[:2000],
-                 details={"checks": {c.name: c.status for c in report.checks}})
+    report = precheck.run_precheck(name, env, last_backup_at=lambda: answered(backup, None),
+                                   acknowledgements=lambda: review.acknowledgements_in(answered(acks, [])))
+    try:
+        for line in opened.result():
+            print(f"runbook-bot: {line}", file=sys.stderr)
+        sidecar.record(actor=cli_actor(), action="precheck", environment=name, outcome=report.verdict,
+                       summary="; ".join(report.reasons)[:2000],
+                       details={"checks": {c.name: c.status for c in report.checks}})
+    except StateError as exc:
+        print(f"runbook-bot: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     if args.json:
         print(json.dumps(precheck.report_to_json(report), indent=2))
     else:
