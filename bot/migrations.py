@@ -197,7 +197,7 @@ def migration_kind(settings: Settings, store, direction: str, *,
         result = migrate.run(name, env, direction=direction, target=params["target"],
                              expected_current=params["current"], actor=request.requester, store=store,
                              approval_id=request.id, run_id=run_id,
-                             before=back_up if backup_first and not fresh else None,
+                             before=back_up if backup_first and not fresh else None, restore_from=latest,
                              on_progress=watcher.progress if watcher else None,
                              on_blocker=watcher.blocker if watcher else None,
                              project=project(name) if project else None, progress_every=PROGRESS_EVERY)
@@ -454,8 +454,9 @@ class Migrations:
         ts = self.flows.post(origin, mblocks.validation_message(report))
         if report.failed and not report.error:
             latest = backups.latest_verified(self.store, name)
-            rec = rollback.decide(project=project, start=None, current=report.current, validation=report,
-                                  backup_available=latest is not None)
+            rec = rollback.fit_to_backup(
+                rollback.decide(project=project, start=None, current=report.current, validation=report,
+                                backup_available=latest is not None), latest)
             facts = {"environment": name, "what": "Validation", "from": list(report.current),
                      "to": list(report.current), "at": report.started_at.isoformat(),
                      "error": "; ".join(f"{c.name}: {c.detail}" for c in report.failed), "log_tail": "",

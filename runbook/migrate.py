@@ -519,12 +519,14 @@ def run(name: str, env: Environment, *, direction: Direction = "upgrade", target
         log_dir: Path | None = None, project: AlembicProject | None = None,
         progress_every: float = 1.0, lock_wait_seconds: float = 0.0,
         backoff_seconds: float | None = None, timeout_seconds: float | None = None,
-        sleep: Callable[[float], None] = time.sleep) -> MigrationResult:
+        restore_from: Any = None, sleep: Callable[[float], None] = time.sleep) -> MigrationResult:
     """Upgrade (or downgrade) one environment under every guard; never raises for the target's faults.
 
     `expected_current`: the revision(s) the request was approved at; the run stops if the
     database moved since. `before(held)` runs under the same lock first (the backup).
     `store`: the state Store (a runs row with a heartbeat, events); optional.
+    `restore_from`: the verified backup a §6.5 restore would use when `before` takes none (what the
+    recommendation may ask to restore depends on what that backup holds).
     """
     from runbook.state.runs import Heartbeat, RunStore, new_run_id
 
@@ -564,7 +566,7 @@ def run(name: str, env: Environment, *, direction: Direction = "upgrade", target
                     on_progress, on_blocker, log, event, beat, progress_every, lock_wait_seconds,
                     env.migration.retry_backoff_seconds if backoff_seconds is None else backoff_seconds,
                     env.migration.timeout_seconds if timeout_seconds is None else timeout_seconds, sleep, clock,
-                    store=store)
+                    store=store, restore_from=restore_from)
     except Exception as exc:  # last resort: the run ends recorded, with one redacted line
         result.outcome = "error"
         result.error = log.scrub(_one_line(f"{type(exc).__name__}: {exc}"))
@@ -594,7 +596,7 @@ def _run_locked(result: MigrationResult, name: str, env: Environment, tgt: Targe
                 direction: str, target: str, expected_current: Sequence[str] | None, before, validate_after: bool,
                 on_progress, on_blocker, log: RunLog, event, beat, progress_every: float,
                 lock_wait_seconds: float, backoff_seconds: float, timeout_seconds: float, sleep, clock: float,
-                *, store: Any = None) -> None:
+                *, store: Any = None, restore_from: Any = None) -> None:
     from runbook import promotion, rollback, validate
 
     operation = "migrate" if direction == "upgrade" else "rollback"
@@ -706,9 +708,10 @@ def _run_locked(result: MigrationResult, name: str, env: Environment, tgt: Targe
                 if sorted(result.to_revisions) != sorted(current):
                     applied_tables = rollback.tables_between(project, env.dsn, current, result.to_revisions) \
                         or result.touched_tables
-                result.recommendation = rollback.decide(
+                result.recommendation = rollback.fit_to_backup(rollback.decide(
                     project=project, start=current, current=result.to_revisions, direction=direction,
-                    failure=result.error, validation=result.validation, touched_tables=applied_tables)
+                    failure=result.error, validation=result.validation, touched_tables=applied_tables),
+                    result.backup if result.backup is not None else restore_from)
                 log.write("recommendation: " + result.recommendation.headline)
             sup.report("done")
     except TargetError as exc:

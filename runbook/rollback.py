@@ -207,6 +207,26 @@ def _restore(walk: list[TreeStep], action: Action, undo: list[Revision], backup_
     return Recommendation(action, headline, walk, tables=list(tables), undo=[r.revision for r in undo])
 
 
+def fit_to_backup(rec: Recommendation, backup: Any) -> Recommendation:
+    """A table restore (§6.3) loads data only, so it needs every affected table in the backup it
+    restores from. A table the migration created is not in a pre-migration backup, and restoring
+    the others would leave it (and the version table) behind: then the tree's answer to "only
+    specific tables affected?" is no, and §6.2 (full restore from that backup) is the way back.
+    `backup`: the runbook.backup.Backup the button would restore from, or None."""
+    if rec.action != "table_restore" or backup is None:
+        return rec
+    held = {t for t in backup.tables} | {t.partition(".")[2] for t in backup.tables if "." in t}
+    missing = [t for t in rec.tables if t not in held]
+    if not missing:
+        return rec
+    names = ", ".join(missing)
+    walk = [*rec.walk, TreeStep("Are the affected tables in the backup?", "no",
+                                f"{names} did not exist when backup #{backup.id} was taken (created by the "
+                                "revisions to undo): a table restore cannot undo that")]
+    return Recommendation("full_restore", f"full restore (§6.2) from backup #{backup.id}: {names} did not exist "
+                                          "when it was taken", walk, undo=list(rec.undo))
+
+
 def recommendation_to_json(rec: Recommendation) -> dict[str, Any]:
     return {"action": rec.action, "section": rec.section, "headline": rec.headline,
             "target_revision": rec.target_revision, "tables": list(rec.tables), "undo": list(rec.undo),
@@ -214,4 +234,4 @@ def recommendation_to_json(rec: Recommendation) -> dict[str, Any]:
 
 
 __all__ = ["DowngradePlan", "IrreversibleDowngrade", "Recommendation", "TreeStep", "check_downgrade", "decide",
-           "irreversible_refusal", "recommendation_to_json", "tables_between"]
+           "fit_to_backup", "irreversible_refusal", "recommendation_to_json", "tables_between"]

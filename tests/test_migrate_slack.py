@@ -499,6 +499,30 @@ def test_an_irreversible_failure_recommends_a_table_restore_from_the_backup(samp
     assert restore.params["tables"] == ["public.incomes"]
 
 
+def test_a_table_the_failed_run_created_turns_the_table_restore_into_a_full_restore(sample_db, make_bot, tmp_path):
+    url = sample_db(REV_0001)
+    bot = make_bot(url, app_dir=app_copy(tmp_path, [FAILING]), migration={"step_by_step": True})
+    request = bot.ask()
+    bot.click(request, ALICE)
+    assert bot.get(request).state == "failed" and version(url) == [REV_0003]     # 0002 and 0003 applied
+    [made] = backups.list_backups(bot.store, "production")           # taken at 0001: no categories table
+    assert made.revision == [REV_0001] and "public.categories" not in made.tables
+    [advice] = [m for m in bot.thread(request) if "what now (§6.5)" in dumped(m.blocks)]
+    text = dumped(advice.blocks)
+    assert f"full restore (§6.2) from backup #{made.id}: categories did not exist when it was taken" in text
+    assert "Are the affected tables in the backup?" in text and "table restore (§6.3)" not in text
+    [button] = buttons(advice)
+    assert button["text"]["text"] == f"Ask for a full restore from #{made.id}"
+    [run] = bot.runs()
+    assert run.result["recommendation"]["action"] == "full_restore"          # what the runs table keeps
+    [recommendation] = bot.requests("recommendation")
+    bot.click(recommendation, ALICE, ACTION_RECOMMENDED, message_ts=advice.ts)
+    [restore] = bot.requests("restore")
+    assert restore.state == "pending" and restore.params["backup_id"] == made.id
+    assert restore.params["mode"] == "full"
+    assert version(url) == [REV_0003]                                # asking changed nothing yet
+
+
 # --------------------------------------------------------------------------
 # refused up front
 
