@@ -49,7 +49,7 @@ import psycopg
 from runbook import activity, backup, guard
 from runbook.config import Environment
 from runbook.precheck import project_of, target_of
-from runbook.revisions import AlembicProject, RevisionError, _last_error_line, _one_line
+from runbook.revisions import AlembicProject, RevisionError, last_error_line, one_line
 from runbook.target import Target, TargetError, password_of, redact
 
 MIGRATOR_PREFIX = "rbmigrate"
@@ -333,14 +333,14 @@ class _Supervisor:
             self.monitor.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
                                  [self.app_name])
         except psycopg.Error as exc:
-            self.log.write(f"pg_cancel_backend failed: {_one_line(str(exc))}")
+            self.log.write(f"pg_cancel_backend failed: {one_line(str(exc))}")
 
     def terminate(self) -> None:
         try:
             self.monitor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                  "WHERE application_name = %s", [self.app_name])
         except psycopg.Error as exc:
-            self.log.write(f"pg_terminate_backend failed: {_one_line(str(exc))}")
+            self.log.write(f"pg_terminate_backend failed: {one_line(str(exc))}")
 
     # -- one alembic subprocess -----------------------------------------------------------
 
@@ -354,7 +354,7 @@ class _Supervisor:
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
                                     start_new_session=True)
         except OSError as exc:
-            return _Attempt(None, f"cannot run {self.env.alembic[0]!r}: {_one_line(str(exc))}", 0.0, False, None, None)
+            return _Attempt(None, f"cannot run {self.env.alembic[0]!r}: {one_line(str(exc))}", 0.0, False, None, None)
         lines: list[str] = []
 
         def pump() -> None:
@@ -396,7 +396,7 @@ class _Supervisor:
                     elif not waiting:
                         waited_from = None
             except (psycopg.Error, TargetError) as exc:
-                self.log.write(f"monitor query failed: {_one_line(str(exc))}")
+                self.log.write(f"monitor query failed: {one_line(str(exc))}")
             if now - last_progress >= self.progress_every or (waiting and blocker is not None and last_progress == 0):
                 last_progress = now
                 self.report(step_started=started, pid=pid, waiting=waiting, blocked_by=blocked_by,
@@ -449,7 +449,7 @@ def error_line(output: str, app_dir: Path) -> str:
                     where = f" ({Path(match.group('path')).resolve().relative_to(Path(app_dir).resolve())} " \
                             f"line {match.group('line')})"
             return lines[index].strip() + where
-    return _last_error_line(output, app_dir)
+    return last_error_line(output, app_dir)
 
 
 def _is_lock_timeout(output: str) -> bool:
@@ -569,7 +569,7 @@ def run(name: str, env: Environment, *, direction: Direction = "upgrade", target
                     store=store, restore_from=restore_from)
     except Exception as exc:  # last resort: the run ends recorded, with one redacted line
         result.outcome = "error"
-        result.error = log.scrub(_one_line(f"{type(exc).__name__}: {exc}"))
+        result.error = log.scrub(one_line(f"{type(exc).__name__}: {exc}"))
         log.write(f"unexpected error: {result.error}")
     finally:
         if beat is not None:
@@ -663,7 +663,7 @@ def _run_locked(result: MigrationResult, name: str, env: Environment, tgt: Targe
                 try:
                     result.backup = before(held)
                 except Exception as exc:
-                    result.error = log.scrub(_one_line(f"the backup before the migration failed: {exc}"))
+                    result.error = log.scrub(one_line(f"the backup before the migration failed: {exc}"))
                     log.write(result.error)
                     return None
             baseline = validate.take_baseline(monitor, env) if direction == "upgrade" else None
@@ -739,7 +739,7 @@ def _read_version(project: AlembicProject, monitor: psycopg.Connection, log: Run
     try:
         return project.current(monitor)
     except psycopg.Error as exc:
-        log.write(f"cannot read the version table: {_one_line(str(exc))}")
+        log.write(f"cannot read the version table: {one_line(str(exc))}")
         return None
 
 
@@ -824,7 +824,7 @@ def _run_step(sup: _Supervisor, result: MigrationResult, env: Environment, proje
                      f"the database is at {', '.join(version) or 'base'}")
             return _step_failed(sup, result, direction, step, attempt, started, version, error, event)
         reason = error_line(last.output, env.app_dir) or f"alembic exited {last.returncode}"
-        error = log.scrub(_one_line(f"{direction} {step} failed: {reason}"))
+        error = log.scrub(one_line(f"{direction} {step} failed: {reason}"))
         return _step_failed(sup, result, direction, step, attempt, started, version, error, event)
     raise AssertionError("unreachable")  # pragma: no cover
 

@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 import psycopg
 
 from runbook.config import Environment
-from runbook.revisions import AlembicProject, Revision, RevisionError, _one_line
+from runbook.revisions import AlembicProject, Revision, RevisionError, one_line
 from runbook.units import human_size, short_duration
 
 Rating = Literal["low", "medium", "high"]
@@ -342,16 +342,16 @@ def run_squawk(sql: str, argv: Sequence[str], *, pg_major: int | None, exclude: 
     except subprocess.TimeoutExpired:
         raise ReviewError(f"squawk did not finish within {timeout:g} s (review.squawk_timeout_seconds)") from None
     except OSError as exc:
-        raise ReviewError(f"cannot run {argv[0]!r}: {_one_line(str(exc))}") from None
+        raise ReviewError(f"cannot run {argv[0]!r}: {one_line(str(exc))}") from None
     if out.returncode not in (0, 1):
-        raise ReviewError(f"squawk failed (exit {out.returncode}): {_one_line(out.stderr or out.stdout, 300)}")
+        raise ReviewError(f"squawk failed (exit {out.returncode}): {one_line(out.stderr or out.stdout, 300)}")
     text = out.stdout.strip()
     if not text:
         return []
     try:
         findings = json.loads(text)
     except json.JSONDecodeError:
-        raise ReviewError(f"squawk's output is not JSON: {_one_line(text, 200)}") from None
+        raise ReviewError(f"squawk's output is not JSON: {one_line(text, 200)}") from None
     if not isinstance(findings, list):
         raise ReviewError("squawk's JSON output is not a list of findings")
     return [f for f in findings if isinstance(f, dict)]
@@ -641,7 +641,7 @@ def rate_finding(env: Environment, rule: str, table: str | None, facts: TableFac
     if rule in FIXED_RULES:
         rating, text = FIXED_RULES[rule]
         return rating, f"{text}{where}{size}" if table else text
-    said = f": {_one_line(message, 160)}" if message else ""
+    said = f": {one_line(message, 160)}" if message else ""
     if rule in SQUAWK_RULES:
         return "low", f"{rule}{where}{said}"
     return "medium", f"{rule}{where}{said} (a squawk rule runbook-bot does not know: review it)"
@@ -779,7 +779,7 @@ def review(name: str, env: Environment, conn, *, project: AlembicProject, revisi
         facts = live_facts(conn, names) if conn is not None else {}
     except psycopg.Error as exc:
         raise ReviewError(f"cannot read the sizes and locks of {', '.join(sorted(names))}: "
-                          f"{_one_line(str(exc), 200)}") from None
+                          f"{one_line(str(exc), 200)}") from None
     index_tables = {n: f.name for n, f in facts.items() if f.exists}
 
     acks = acknowledgements() if callable(acknowledgements) else acknowledgements

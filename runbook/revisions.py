@@ -104,7 +104,7 @@ def _read_layout(app_dir: Path, config_file: str, section: str) -> _Layout:
         parser.read(ini, encoding="utf-8")
         options = dict(parser.items(section)) if parser.has_section(section) else {}
     except (configparser.Error, UnicodeDecodeError) as exc:
-        raise RevisionError(f"cannot read {ini.name}: {_one_line(str(exc))}") from None
+        raise RevisionError(f"cannot read {ini.name}: {one_line(str(exc))}") from None
 
     toml = _pyproject_alembic(app_dir)
     location = options.get("script_location") or toml.get("script_location")
@@ -225,7 +225,7 @@ def _describe_raise(node: ast.Raise) -> str:
                 message = ast.unparse(arg)
             except Exception:  # pragma: no cover
                 message = ""
-        message = _one_line(message)
+        message = one_line(message)
         if message:
             text += ": " + (message if len(message) <= 200 else message[:197] + "...")
     return text
@@ -254,10 +254,10 @@ def parse_revision_file(path: Path) -> Revision | None:
         source = path.read_bytes()
         tree = ast.parse(source, filename=str(path))
     except SyntaxError as exc:
-        raise RevisionError(f"cannot parse {path.name} line {exc.lineno}: {_one_line(exc.msg or 'syntax error')}"
+        raise RevisionError(f"cannot parse {path.name} line {exc.lineno}: {one_line(exc.msg or 'syntax error')}"
                             ) from None
     except (OSError, ValueError) as exc:
-        raise RevisionError(f"cannot read {path.name}: {_one_line(str(exc))}") from None
+        raise RevisionError(f"cannot read {path.name}: {one_line(str(exc))}") from None
 
     values: dict[str, object] = {}
     downgrade = None
@@ -457,7 +457,7 @@ def _revision_files(layout: _Layout) -> list[tuple[Path, tuple[int, int]]]:
 # Subprocess output
 
 
-def _one_line(text: str, limit: int = 400) -> str:
+def one_line(text: str, limit: int = 400) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
@@ -466,7 +466,7 @@ _LOG_LINE = re.compile(r"^(INFO|DEBUG|WARNI|WARNING|ERROR|CRITI)\s*\[")
 _FILE_LINE = re.compile(r'^File "(?P<path>[^"]+)", line (?P<line>\d+)')
 
 
-def _last_error_line(stderr: str, app_dir: Path) -> str:
+def last_error_line(stderr: str, app_dir: Path) -> str:
     """Alembic's last meaningful error line: `FAILED: ...`, else the exception line of a traceback."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     for line in reversed(lines):
@@ -490,7 +490,7 @@ def _last_error_line(stderr: str, app_dir: Path) -> str:
     return ""
 
 
-def _run(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+def run_argv(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
     """Run argv (no shell) in its own process group; on timeout the whole group is killed."""
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
@@ -805,19 +805,19 @@ class AlembicProject:
         env[self.url_env] = dsn
         secret = password_of(dsn)
         try:
-            result = _run(argv, cwd=self.app_dir, env=env, timeout=timeout)
+            result = run_argv(argv, cwd=self.app_dir, env=env, timeout=timeout)
         except FileNotFoundError:
             raise RevisionError(f"cannot run {self.alembic_argv[0]!r}: not found (set the environment's "
                                 "`alembic` command, e.g. [poetry, run, alembic])") from None
         except subprocess.TimeoutExpired:
             raise RevisionError(f"{shown} did not finish within {timeout:g} s and was stopped") from None
         except OSError as exc:
-            raise RevisionError(redact(f"cannot run {self.alembic_argv[0]!r}: {_one_line(str(exc))}",
+            raise RevisionError(redact(f"cannot run {self.alembic_argv[0]!r}: {one_line(str(exc))}",
                                        secret, dsn)) from None
         if result.returncode != 0:
-            reason = _last_error_line(result.stderr, self.app_dir) or _last_error_line(result.stdout, self.app_dir)
+            reason = last_error_line(result.stderr, self.app_dir) or last_error_line(result.stdout, self.app_dir)
             message = f"{shown} failed (exit {result.returncode})" + (f": {reason}" if reason else "")
-            raise RevisionError(_one_line(redact(message, secret, dsn)))
+            raise RevisionError(one_line(redact(message, secret, dsn)))
         self._store_preview(key, result.stdout)
         return result.stdout
 

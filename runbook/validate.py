@@ -35,7 +35,7 @@ from psycopg import sql
 
 from runbook.config import Environment
 from runbook.precheck import project_of, target_of
-from runbook.revisions import AlembicProject, RevisionError, _one_line, _run
+from runbook.revisions import AlembicProject, RevisionError, one_line, run_argv
 from runbook.target import Target, TargetError, password_of, redact
 
 Status = Literal["pass", "fail", "skip"]
@@ -424,14 +424,14 @@ def _check_smoke(env: Environment, dsn: str) -> ValidationCheck:
     timeout = env.validation.smoke_timeout_seconds
     started = time.monotonic()
     try:
-        result = _run(list(argv), cwd=env.app_dir, env=process_env, timeout=timeout)
+        result = run_argv(list(argv), cwd=env.app_dir, env=process_env, timeout=timeout)
     except FileNotFoundError:
         return ValidationCheck("smoke command", "fail", f"cannot run {argv[0]!r}: not found", "5.4", "app")
     except subprocess.TimeoutExpired:
         return ValidationCheck("smoke command", "fail", f"`{shown}` did not finish within {timeout:g} s and was "
                                "stopped", "5.4", "app")
     except OSError as exc:
-        return ValidationCheck("smoke command", "fail", redact(f"cannot run {argv[0]!r}: {_one_line(str(exc))}",
+        return ValidationCheck("smoke command", "fail", redact(f"cannot run {argv[0]!r}: {one_line(str(exc))}",
                                                                secret, dsn), "5.4", "app")
     took = time.monotonic() - started
     output = redact(_tail((result.stdout or "") + "\n" + (result.stderr or "")), secret, dsn)
@@ -456,7 +456,7 @@ def _check_health(env: Environment) -> ValidationCheck:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         text = "timed out" if isinstance(reason, TimeoutError) or "timed out" in str(reason) else str(reason)
-        return ValidationCheck("health URL", "fail", f"{shown}: {_one_line(redact(text))} (timeout {timeout:g} s)",
+        return ValidationCheck("health URL", "fail", f"{shown}: {one_line(redact(text))} (timeout {timeout:g} s)",
                                "5.5", "app")
     took_ms = (time.monotonic() - started) * 1000
     if 200 <= status < 300:
@@ -482,7 +482,7 @@ def _guarded(name: str, section: str, kind: Kind, run) -> list[ValidationCheck]:
         return [ValidationCheck(name, "fail", "could not check: the query hit validation.statement_timeout or "
                                 "lock_timeout", section, kind)]
     except psycopg.Error as exc:
-        return [ValidationCheck(name, "fail", "could not check: " + _one_line(str(exc).splitlines()[0] if str(exc)
+        return [ValidationCheck(name, "fail", "could not check: " + one_line(str(exc).splitlines()[0] if str(exc)
                                                                               else type(exc).__name__), section, kind)]
     return result if isinstance(result, list) else [result]
 
