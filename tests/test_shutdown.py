@@ -42,6 +42,20 @@ def slow_revision(seconds: int) -> tuple[str, str, str]:
             "op.execute('DROP TABLE slow_marker')")
 
 
+GATE = 740_404       # an advisory lock the test holds: the gated revision waits on it
+
+
+def gated_revision() -> tuple[str, str, str]:
+    """A revision that runs until the test lets go of GATE: no race between SIGTERM and its end."""
+    return (SLOW,
+            f"""
+            op.execute("CREATE TABLE slow_marker (id serial PRIMARY KEY)")
+            op.execute("SELECT pg_sleep(0), pg_advisory_xact_lock({GATE})")
+            op.execute("INSERT INTO slow_marker DEFAULT VALUES")
+            """,
+            "op.execute('DROP TABLE slow_marker')")
+
+
 @pytest.fixture
 def bots():
     started = []
@@ -107,16 +121,20 @@ def assert_draining(bot) -> None:
 def test_sigterm_lets_a_running_migration_finish_then_exits_0(sample_db, pg_state_url, tmp_path, pg_bin_dir,
                                                               local_slack, bots):
     target = sample_db(REV_0003)
-    config = write_config(tmp_path, target, pg_state_url, pg_bin_dir, app_copy(tmp_path, [slow_revision(4)]))
+    config = write_config(tmp_path, target, pg_state_url, pg_bin_dir, app_copy(tmp_path, [gated_revision()]))
     bot = start_bot("bot", config, tmp_path, local_slack.url, extra_env={"RUNBOOK_BOT_SHUTDOWN_GRACE_SECONDS": "120"})
     bots.append(bot)
     bot.wait_healthy()
     store = Store(pg_state_url)
     try:
-        request = start_migration(bot, store, target)
-        wait_for(lambda: leader_lock(pg_state_url), timeout=15, what="the scheduler's leader lock")
-        bot.terminate()
-        assert_draining(bot)
+        with psycopg.connect(target, autocommit=True, application_name="test-gate") as gate:
+            gate.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+            request = start_migration(bot, store, target)
+            wait_for(lambda: leader_lock(pg_state_url), timeout=15, what="the scheduler's leader lock")
+            bot.terminate()
+            assert_draining(bot)
+            assert bot.process.poll() is None           # still draining: the migration is held at the gate
+            gate.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
         assert bot.wait(timeout=120) == 0, bot.log()[-3000:]
         [run] = RunStore(store).list(environment="production")
         assert run.state == "succeeded", run.summary
