@@ -47,6 +47,7 @@ from runbook import activity as activities
 from runbook import backup as backups
 from runbook import migrate, rollback, validate
 from runbook.config import ConfigError, Environment, Settings
+from runbook.dsn import password_of, redact
 from runbook.revisions import RevisionError
 from runbook.state import StateError
 from runbook.state.approvals import DONE, EXECUTING, ID_PATTERN, PENDING, ApprovalRequest, ApprovalStore
@@ -173,31 +174,81 @@ class RunWatcher:
 
     def finished(self, result: migrate.MigrationResult, backup: Any) -> None: ...
 
+    def backup(self, phase: str, backup: Any = None, error: str | None = None) -> None:
+        """The §2 backup before the run (backup_before_run): "fresh" (`backup` is relied on), "skipped"
+        (`backup`: the latest verified one, or None), "started", then "verified" (`backup`) or "failed"
+        (`error`; `backup` when it was catalogued)."""
+
+    def backup_progress(self, progress: backups.Progress) -> None: ...
+
+
+def backup_before_run(store, name: str, env: Environment, actor: str, *, run_id: str,
+                      watcher: RunWatcher | None = None, skip: str | None = None) -> tuple[Any, Any]:
+    """§2 before a migrate or rollback run: (the latest verified full backup or None, migrate.run's
+    `before`). A verified full backup newer than approvals.require_backup_within_minutes is relied on
+    (no `before`). Otherwise `before` takes one (reason "migrate") under the run's own lock, so nothing
+    changes in between, and records it as a "backup" event of the run; when it fails, the run stops
+    before changing anything. `skip`: why none may be taken (the CLI's --no-backup); `before` then
+    records that instead. Every step is reported to `watcher`."""
+    latest, fresh = fresh_backup(store, name, env)
+    watcher = watcher or RunWatcher()
+    if fresh and skip is None:
+        watcher.backup("fresh", latest)
+        return latest, None
+    secret = password_of(env.dsn)
+
+    def record(outcome: str, summary: str, details: dict[str, Any]) -> None:
+        store.record(actor=actor, action="backup", environment=name, outcome=outcome,
+                     summary=redact(summary, secret), details=details, run_id=run_id)
+
+    def before(held: Any) -> Any:
+        if skip is not None:
+            previous = (f"the latest verified full backup is #{latest.id}" + (" (fresh)" if fresh else "")
+                        if latest is not None else "there is no verified full backup")
+            record("skipped", f"no backup before the run ({skip}); {previous}",
+                   {"skipped": skip, "latest_backup_id": getattr(latest, "id", None), "latest_fresh": fresh})
+            watcher.backup("skipped", latest)
+            return None
+        watcher.backup("started")
+        try:
+            made = backups.backup(name, env, store, lock=held, reason="migrate", actor=actor,
+                                  progress=watcher.backup_progress)
+        except backups.BackupError as exc:
+            failed = getattr(exc, "backup", None)
+            watcher.backup("failed", failed, redact(str(exc), secret))
+            record("failed", f"the backup before the run failed: {exc}",
+                   {"backup_id": getattr(failed, "id", None), "reason": "migrate"})
+            raise
+        record(made.status, f"#{made.id} {made.name}: {made.status} before the run, level {made.level}",
+               {"backup_id": made.id, "reason": "migrate", "kind": made.kind, "level": made.level,
+                "size_bytes": made.size_bytes, "sha256": made.sha256, "location": made.location})
+        watcher.backup("verified", made)
+        return made
+
+    return latest, before
+
 
 def migration_kind(settings: Settings, store, direction: str, *,
                    watch: Callable[[ApprovalRequest, str], RunWatcher | None] | None = None,
                    project: Callable[[str], Any] | None = None,
-                   backup_first: bool = True) -> approvals.ApprovalKind:
+                   skip_backup: str | None = None) -> approvals.ApprovalKind:
     """The "migrate" (upgrade) or "rollback" (downgrade) kind. `watch(request, run_id)` gives the
-    run's watcher; `project(name)` the environment's cached AlembicProject. `backup_first`: without a
-    fresh verified backup, take one under the run's lock before anything changes (the CLI leaves it
-    to the operator)."""
+    run's watcher; `project(name)` the environment's cached AlembicProject. Without a fresh verified
+    backup the run takes one first, under its lock (backup_before_run); `skip_backup` says why it must
+    not (the CLI's --no-backup), which is recorded instead."""
     name_of_kind = KIND_OF_DIRECTION[direction]
 
     def execute(request: ApprovalRequest) -> approvals.Outcome:
         name, params = request.environment, request.params
         env = settings.environments[name]
         run_id = new_run_id()
-        latest, fresh = fresh_backup(store, name, env)
-
-        def back_up(held: Any) -> Any:     # under the run's own lock: nothing can change in between
-            return backups.backup(name, env, store, lock=held, reason="migrate", actor=request.requester)
-
         watcher = watch(request, run_id) if watch is not None else None
+        latest, before = backup_before_run(store, name, env, request.requester, run_id=run_id, watcher=watcher,
+                                           skip=skip_backup)
         result = migrate.run(name, env, direction=direction, target=params["target"],
                              expected_current=params["current"], actor=request.requester, store=store,
                              approval_id=request.id, run_id=run_id,
-                             before=back_up if backup_first and not fresh else None, restore_from=latest,
+                             before=before, restore_from=latest,
                              on_progress=watcher.progress if watcher else None,
                              on_blocker=watcher.blocker if watcher else None,
                              project=project(name) if project else None, progress_every=PROGRESS_EVERY)
@@ -227,16 +278,16 @@ def migration_kind(settings: Settings, store, direction: str, *,
 
 
 def run_with_yes(settings: Settings, store, proposal: migrate.Proposal, typed: str, actor: str, *,
-                 redactor: Any, watcher: RunWatcher) -> ApprovalRequest:
+                 redactor: Any, watcher: RunWatcher, skip_backup: str | None = None) -> ApprovalRequest:
     """The CLI's `migrate|rollback [--to REV] --yes` once `checked_proposal(..., cli=True)` let it through:
     `--yes` recorded as `actor`'s approval (ApprovalService.run_confirmed: the same audit trail as a
-    click) and the run, in this process, reporting to `watcher`. Returns the request (done or failed).
-    Unlike Slack it takes no backup on its own: `runbook-bot backup` is one command away (the CLI
-    warns when none is fresh)."""
+    click) and the run, in this process, reporting to `watcher`, backed up first like Slack's
+    (backup_before_run; `skip_backup`: the --no-backup that skips it). Returns the request (done or
+    failed)."""
     direction = proposal.direction
     service = approvals.ApprovalService(settings, store, None, redactor=redactor)
     service.register(migration_kind(settings, store, direction, watch=lambda _request, _run_id: watcher,
-                                    backup_first=False))
+                                    skip_backup=skip_backup))
     return service.run_confirmed(KIND_OF_DIRECTION[direction], proposal.environment, actor,
                                  proposal_params(proposal, typed))
 
@@ -689,6 +740,6 @@ class Migrations:
                                mblocks.interrupted_runs_message(runs, when=when))
 
 
-__all__ = ["LiveRun", "Migrations", "NothingToDo", "RECOMMENDATION", "Refused", "RunWatcher", "checked_proposal",
-           "fresh_backup", "irreversible_refusal", "migration_kind", "outcome_line", "proposal_params",
-           "result_details", "run_facts", "run_with_yes"]
+__all__ = ["LiveRun", "Migrations", "NothingToDo", "RECOMMENDATION", "Refused", "RunWatcher", "backup_before_run",
+           "checked_proposal", "fresh_backup", "irreversible_refusal", "migration_kind", "outcome_line",
+           "proposal_params", "result_details", "run_facts", "run_with_yes"]
