@@ -540,11 +540,22 @@ def run(name: str, env: Environment, *, direction: Direction = "upgrade", target
                              target=target, from_revisions=list(expected_current or []), to_revisions=[])
     runs = RunStore(store) if store is not None else None
     kind = "migrate" if direction == "upgrade" else "rollback"
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S")
+    where = log_dir or default_log_dir(env)
+    try:
+        log = RunLog(where / f"{kind}_{name}_{stamp}_{run_id}.log", [secret, env.dsn])
+    except OSError as exc:      # e.g. a backups.dir that cannot be written: stop before anything starts
+        result.outcome, result.to_revisions = "error", list(result.from_revisions)
+        result.error = redact(f"cannot write the run's log in {where}: {exc.strerror or type(exc).__name__}",
+                              secret)
+        result.finished_at = datetime.now(timezone.utc)
+        if store is not None:
+            store.record(actor=actor, action=kind, environment=name, outcome="error", summary=result.summary(),
+                         run_id=run_id)
+        return result
     if runs is not None:
         runs.start(kind=kind, environment=name, actor=actor, target_revision=target, approval_id=approval_id,
                    run_id=run_id)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S")
-    log = RunLog((log_dir or default_log_dir(env)) / f"{kind}_{name}_{stamp}_{run_id}.log", [secret, env.dsn])
     result.log_path = str(log.path)
     if runs is not None:
         runs.set_log_path(run_id, str(log.path))
