@@ -50,13 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", metavar="NAME")
     p.add_argument("--json", action="store_true", help="print the snapshot as JSON")
 
-    for name, default, what in (("migrate", "head", "§3 upgrade under every guard, validated after (§5)"),
-                                ("rollback", "-1", "§6.1 downgrade under the same guards")):
-        p = sub.add_parser(name, help=f"{what}; exit 0 done, 1 failed or refused, 2 error")
+    for name, default, what in (("migrate", "head", "§3 upgrade under every guard, after a verified full backup "
+                                                    "(§2) unless one is fresh, validated after (§5)"),
+                                ("rollback", "-1", "§6.1 downgrade under the same guards, backed up first the same way")):
+        exits = "exit 0 done, 1 failed or refused, 2 error (a failed backup among them: nothing is changed)"
+        p = sub.add_parser(name, help=f"{what}; {exits}", description=f"{what}. {exits[0].upper()}{exits[1:]}.")
         p.add_argument("--env", metavar="NAME")
         p.add_argument("--to", metavar="REV", default=default, help=f"target revision (default {default})")
         p.add_argument("--yes", action="store_true", help="stands for the approval; recorded as yours")
-        p.add_argument("--json", action="store_true", help="print the result as JSON")
+        p.add_argument("--no-backup", action="store_true",
+                       help="do not take the §2 backup first (taken by default unless a verified full backup is "
+                            "newer than approvals.require_backup_within_minutes); recorded, with a warning")
+        p.add_argument("--json", action="store_true", help="print the result as JSON (with backup_id, "
+                                                           "backup_taken, backup_skipped)")
 
     p = sub.add_parser("backup", help="§2 verified backup; exit 0 verified, 1 failed, 2 error")
     p.add_argument("--env", metavar="NAME")
@@ -262,7 +268,10 @@ def _emit(args, as_json, as_text) -> None:
 
 def _run_supervised(settings: Settings, args, direction: str) -> int:
     """`migrate` / `rollback`: the Slack path's checks and run (bot/migrations.py), with --yes standing for
-    the approval: recorded by ApprovalService.run_confirmed, the same audit trail as a click in Slack."""
+    the approval: recorded by ApprovalService.run_confirmed, the same audit trail as a click in Slack.
+    Like Slack's run it takes a verified full backup first, under the run's lock, unless one is fresh
+    (bot.migrations.backup_before_run); --no-backup skips it, recorded. A failed backup stops the run
+    before anything changes: one line, exit 2."""
     from bot import text
     from bot.flows import Redactor
     from bot.logs import known_secrets
@@ -271,6 +280,7 @@ def _run_supervised(settings: Settings, args, direction: str) -> int:
     from runbook.revisions import RevisionError
     from runbook.state import StateError
     from runbook.target import TargetError
+    from runbook.units import human_size
 
     action = "migrate" if direction == "upgrade" else "rollback"
     name, env = settings.environment(args.env)
@@ -280,9 +290,35 @@ def _run_supervised(settings: Settings, args, direction: str) -> int:
         return EXIT_ERROR
 
     class Printed(RunWatcher):
-        """Progress and lock-timeout reports on stderr; the result kept for the report."""
+        """Progress, backup and lock-timeout reports on stderr; the result and the backup kept for the report."""
 
         result = None
+        backup_taken = backup_relied_on = backup_error = None
+        backup_skipped = False
+
+        def __init__(self) -> None:
+            self.backup_progress = _backup_progress_printer()
+
+        def backup(self, phase, backup=None, error=None) -> None:
+            if phase == "fresh":
+                self.backup_relied_on = backup
+                print(f"  backup: #{backup.id} of {_finished_at(backup)} is newer than "
+                      f"{env.approvals.require_backup_within_minutes} min: relied on, no new one taken",
+                      file=sys.stderr)
+            elif phase == "started":
+                print(f"  backup: taking a verified full backup of {name} first (§2)…", file=sys.stderr)
+            elif phase == "verified":
+                self.backup_taken = backup
+                print(f"  backup: #{backup.id} verified ({backup.level}), {human_size(backup.size_bytes)}: "
+                      f"{backup.location}", file=sys.stderr)
+            elif phase == "failed":
+                self.backup_error = " ".join(str(error).split())
+            elif phase == "skipped":
+                self.backup_skipped = True
+                latest = (f"the latest verified full backup is #{backup.id} of {_finished_at(backup)}"
+                          if backup is not None else f"{name} has no verified full backup")
+                print(f"runbook-bot: warning: --no-backup: {action} runs without a backup first (§2; recorded); "
+                      f"{latest}", file=sys.stderr)
 
         def progress(self, p) -> None:
             if not args.json and p.phase == "migrating" and p.step_elapsed_seconds == 0:
@@ -300,10 +336,9 @@ def _run_supervised(settings: Settings, args, direction: str) -> int:
         store = _open_store(settings)
         proposal = checked_proposal(name, env, direction, args.to, f"{action} --to {args.to}", store=store,
                                     cli=True)
-        _warn_without_fresh_backup(store, name, env)
         request = run_with_yes(settings, store, proposal, args.to, cli_actor(),
                                redactor=Redactor(settings, extra_secrets=known_secrets(settings)),
-                               watcher=watcher)
+                               watcher=watcher, skip_backup="--no-backup" if args.no_backup else None)
     except NothingToDo as exc:
         print(f"runbook-bot: {exc}", file=sys.stderr)
         return EXIT_OK
@@ -317,23 +352,47 @@ def _run_supervised(settings: Settings, args, direction: str) -> int:
     if result is None:                 # the executor failed before the run could report
         print(f"runbook-bot: {action} failed: {request.result_summary}", file=sys.stderr)
         return EXIT_ERROR
-    _emit(args, lambda: migrate.result_to_json(result), lambda: text.migration_text(result))
+    if watcher.backup_error is not None or result.log_path is None:   # stopped before changing anything
+        why = (f"the backup before it failed: {watcher.backup_error} (fix that and run again, or add --no-backup)"
+               if watcher.backup_error is not None else result.error)
+        print(f"runbook-bot: {action} stopped, {name} was not changed: {why}", file=sys.stderr)
+        return EXIT_ERROR
+    backup = watcher.backup_taken or watcher.backup_relied_on
+
+    def as_text() -> str:
+        if backup is None:
+            return text.migration_text(result)
+        how = "taken before the run" if watcher.backup_taken is not None else "fresh, relied on"
+        return (text.migration_text(result) + f"\nBackup: #{backup.id} ({how}, verified {backup.level}, "
+                f"{human_size(backup.size_bytes)}): {backup.location}")
+
+    _emit(args, lambda: {**migrate.result_to_json(result), "backup_id": getattr(backup, "id", None),
+                         "backup_taken": watcher.backup_taken is not None, "backup_skipped": watcher.backup_skipped},
+          as_text)
     if result.ok:
         return EXIT_OK
     _after_failure(settings, store, lambda escalator: escalator.after_run(result.run_id))
     return EXIT_ERROR if result.outcome == "error" else EXIT_NO_GO
 
 
-def _warn_without_fresh_backup(store, name: str, env) -> None:
-    """The Slack path backs up first when no verified backup is fresh; --yes leaves it to you, and says so."""
-    from bot.migrations import fresh_backup
+def _finished_at(backup) -> str:
+    return (backup.finished_at or backup.started_at).strftime("%Y-%m-%d %H:%M UTC")
 
-    latest, fresh = fresh_backup(store, name, env)
-    if not fresh:
-        print(f"runbook-bot: warning: no verified backup of {name} in the last "
-              f"{env.approvals.require_backup_within_minutes} min (§2"
-              + (f"; the latest is #{latest.id}" if latest is not None else "; there is none")
-              + "): `runbook-bot backup` takes one", file=sys.stderr)
+
+def _backup_progress_printer():
+    """A backup's progress callback: a long dump says it is alive, every few seconds, on stderr."""
+    import time
+
+    shown = {"at": 0.0}
+
+    def progress(p) -> None:
+        if p.elapsed >= 3 and time.monotonic() - shown["at"] >= 5:
+            from runbook.units import human_size
+
+            print(f"  {p.phase}: {human_size(p.bytes_written)} after {p.elapsed:.0f}s", file=sys.stderr)
+            shown["at"] = time.monotonic()
+
+    return progress
 
 
 def cmd_ack_risk(settings: Settings, args) -> int:
@@ -406,8 +465,6 @@ def _store_or_report(settings: Settings):
 
 
 def cmd_backup(settings: Settings, args) -> int:
-    import time
-
     from runbook import backup as backups
 
     name, env = settings.environment(args.env)
@@ -415,19 +472,10 @@ def cmd_backup(settings: Settings, args) -> int:
     if store is None:
         return EXIT_ERROR
     kind = "schema" if args.schema_only else ("tables" if args.table else "full")
-    shown = {"at": 0.0}
-
-    def progress(p) -> None:           # a long dump says it is alive, every few seconds, on stderr
-        if p.elapsed >= 3 and time.monotonic() - shown["at"] >= 5:
-            from runbook.units import human_size
-
-            print(f"  {p.phase}: {human_size(p.bytes_written)} after {p.elapsed:.0f}s", file=sys.stderr)
-            shown["at"] = time.monotonic()
-
     actor = cli_actor()
     try:
         made = backups.backup(name, env, store, kind=kind, tables=tuple(args.table), verify=args.verify,
-                              actor=actor, progress=progress)
+                              actor=actor, progress=_backup_progress_printer())
     except backups.BackupFailed as exc:
         made = exc.backup
     except backups.BackupError as exc:

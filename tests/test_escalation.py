@@ -360,10 +360,10 @@ def test_malformed_cli_escalations_and_config_get_one_line(tmp_path):
 
 # -- automatic escalations -------------------------------------------------------------------
 
-def test_a_failed_rollback_escalates_to_level_2_on_its_own(sample_db, tmp_path, local_slack):
+def test_a_failed_rollback_escalates_to_level_2_on_its_own(sample_db, tmp_path, local_slack, pg_bin_dir):
     url = with_password(sample_db(REV_0003), PASSWORD)
     app = app_copy(tmp_path, [("0004_bad_down", "op.execute('SELECT 1')", "op.execute('SELECT 1/0')")])
-    config = escalation_config(tmp_path, url, app_dir=app)
+    config = escalation_config(tmp_path, url, app_dir=app, pg_bin_dir=pg_bin_dir)    # migrate backs up first
     env = {"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_API_URL": local_slack.url}
     assert cli(config, "migrate", "--yes", env=env).returncode == 0
     back = cli(config, "rollback", "--yes", env=env)
@@ -386,12 +386,12 @@ def test_a_failed_rollback_escalates_to_level_2_on_its_own(sample_db, tmp_path, 
 
 
 def test_data_loss_found_by_validation_escalates_to_level_3_and_runs_the_pause_hook(sample_db, tmp_path,
-                                                                                   local_slack):
+                                                                                   local_slack, pg_bin_dir):
     url = with_password(sample_db(REV_0003), PASSWORD)
     app = app_copy(tmp_path, [("0004_lose_rows", "op.execute('DELETE FROM expenses WHERE id % 2 = 0')", "pass")])
     marker = tmp_path / "paused"
     hook = hook_script(tmp_path, f"open({str(marker)!r}, 'w').write('paused')\nprint('application paused')\n")
-    config = escalation_config(tmp_path, url, app_dir=app, validation={"tables": ["expenses"]},
+    config = escalation_config(tmp_path, url, app_dir=app, validation={"tables": ["expenses"]}, pg_bin_dir=pg_bin_dir,
                                escalation=f"  pause_hook: {{argv: {dumps(hook)}, timeout_seconds: 30}}\n")
     out = cli(config, "migrate", "--yes", env={"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_API_URL": local_slack.url})
     assert out.returncode == 1 and "VALIDATION FAILED" in out.stdout.upper()

@@ -311,9 +311,9 @@ def _cli(config: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120, **kwargs)
 
 
-def test_killed_mid_run_is_marked_interrupted_at_the_next_start(sample_db, tmp_path):
+def test_killed_mid_run_is_marked_interrupted_at_the_next_start(sample_db, tmp_path, pg_bin_dir):
     url = with_password(sample_db(REV_0003), PASSWORD)
-    config = config_file(tmp_path, url, app_dir=app_copy(tmp_path, [SLOW]))
+    config = config_file(tmp_path, url, app_dir=app_copy(tmp_path, [SLOW]), pg_bin_dir=pg_bin_dir)
     proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "--config", str(config), "migrate", "--yes"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -336,9 +336,9 @@ def test_killed_mid_run_is_marked_interrupted_at_the_next_start(sample_db, tmp_p
     assert_no_secret(PASSWORD, status.stdout, status.stderr, run.summary, files=(Path(run.log_path),))
 
 
-def test_cli_migrate_and_rollback_need_yes_and_record_it(sample_db, tmp_path):
+def test_cli_migrate_and_rollback_need_yes_and_record_it(sample_db, tmp_path, pg_bin_dir):
     url = with_password(sample_db(REV_0001), PASSWORD)
-    config = config_file(tmp_path, url, validation={"tables": ["expenses"]})
+    config = config_file(tmp_path, url, validation={"tables": ["expenses"]}, pg_bin_dir=pg_bin_dir)
 
     bare = _cli(config, "migrate")
     assert bare.returncode == 2 and bare.stdout == "" and len(bare.stderr.strip().splitlines()) == 1
@@ -350,8 +350,8 @@ def test_cli_migrate_and_rollback_need_yes_and_record_it(sample_db, tmp_path):
 
     done = _cli(config, "migrate", "--to", REV_0002, "--yes", "--json")
     assert done.returncode == 0, done.stderr
-    assert "warning: no verified backup of production in the last 60 min" in done.stderr   # --yes backs up nothing
     payload = json.loads(done.stdout)
+    assert payload["backup_taken"] and "  backup: #1 verified (full)" in done.stderr     # §2 first, like Slack
     assert payload["outcome"] == "succeeded" and payload["to"] == [REV_0002] and payload["validation"]["passed"]
 
     back = _cli(config, "rollback", "--yes")

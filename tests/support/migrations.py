@@ -56,9 +56,11 @@ def app_copy(tmp_path: Path, revisions: list[tuple[str, str, str]] | None = None
 
 
 def environment(tmp_path: Path, url: str, *, app_dir: Path | None = None, migration: dict | None = None,
-                validation: dict | None = None, state: str = "state.db") -> tuple[Settings, str, Environment]:
-    """(settings, name, env) for one environment 'production' on `url`, optionally on a copied app."""
-    extra = []
+                validation: dict | None = None, state: str = "state.db",
+                pg_bin_dir: Path | None = None) -> tuple[Settings, str, Environment]:
+    """(settings, name, env) for one environment 'production' on `url`, optionally on a copied app.
+    `pg_bin_dir`: where pg_dump is (the pre-migration backup needs one at least as new as the server)."""
+    extra = [f"    pg_bin_dir: {json.dumps(str(pg_bin_dir))}"] if pg_bin_dir is not None else []
     if migration is not None:
         extra.append(f"    migration: {json.dumps(migration)}")
     if validation is not None:
@@ -72,9 +74,9 @@ def environment(tmp_path: Path, url: str, *, app_dir: Path | None = None, migrat
 
 
 def config_file(tmp_path: Path, url: str, *, app_dir: Path | None = None, migration: dict | None = None,
-                validation: dict | None = None) -> Path:
+                validation: dict | None = None, pg_bin_dir: Path | None = None) -> Path:
     """The same environment as a configuration file, for the CLI."""
-    settings, _, _ = environment(tmp_path, url, migration=migration, validation=validation)
+    settings, _, _ = environment(tmp_path, url, migration=migration, validation=validation, pg_bin_dir=pg_bin_dir)
     path = tmp_path / "runbook-bot.yaml"
     if app_dir is not None:
         path.write_text(path.read_text().replace(json.dumps(str(APP_DIR)), json.dumps(str(app_dir))))
