@@ -317,7 +317,7 @@ def test_killed_mid_run_is_marked_interrupted_at_the_next_start(sample_db, tmp_p
     proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "--config", str(config), "migrate", "--yes"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: _migrator_sessions(url, "%pg_sleep%"), 30, what="the migration to reach pg_sleep")
+        wait_for(lambda: _migrator_sessions(url, "%pg_sleep%"), 60, what="the migration to reach pg_sleep")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
