@@ -99,3 +99,59 @@ def test_the_bot_reaps_at_start(tmp_path):
         runtime = Runtime.build(settings, bot_token="xoxb-test-token-1", api_url=slack.url, warm=False)
         runtime.close()
     assert RunStore(store).get(run.id).state == "interrupted"
+
+
+def test_interrupted_runs_whose_request_still_says_executing_are_found_until_it_is_closed(store):
+    from runbook.state.approvals import ApprovalStore
+
+    requests = ApprovalStore(store)
+
+    def request(state: str) -> str:
+        return requests.create(kind="migrate", environment="production", requester="U0ALICE01", params={},
+                               required=1, expires_at=utcnow() + timedelta(minutes=5), state=state).id
+
+    runs = RunStore(store, host="bot-1")
+    open_one = runs.start(kind="migrate", environment="production", actor="U0ALICE01", approval_id=request("executing"))
+    closed_one = runs.start(kind="migrate", environment="production", actor="U0ALICE01", approval_id=request("failed"))
+    no_request = runs.start(kind="migrate", environment="production", actor="cli:ops")
+    still_running = runs.start(kind="rollback", environment="production", actor="U0ALICE01",
+                               approval_id=request("executing"))
+    for run in (open_one, closed_one, no_request):
+        _set(store, run.id, pid=_dead_pid(), step="upgrade 0002 (1/2)")
+    assert runs.interrupted_with_open_request() == []                    # nothing interrupted yet
+    assert {r.id for r in runs.reap()} == {open_one.id, closed_one.id, no_request.id}
+    [found] = runs.interrupted_with_open_request()
+    assert found.id == open_one.id and found.state == "interrupted" and still_running.id != found.id
+    assert requests.transition(open_one.approval_id, ["executing"], "failed")
+    assert runs.interrupted_with_open_request() == []
+
+
+def test_a_follow_up_is_claimed_once_per_run_even_by_concurrent_callers(store):
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    runs = RunStore(store)
+    first, second = (runs.start(kind="migrate", environment="production", actor="cli:ops") for _ in range(2))
+    barrier = Barrier(8)
+
+    def claim(n: int) -> bool:
+        barrier.wait(timeout=30)
+        return RunStore(store).claim_follow_up(first.id, "incident", f"replica-{n}")
+
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(claim, range(8)))
+    assert won.count(True) == 1
+    assert not runs.claim_follow_up(first.id, "incident", "later")              # and never again
+    assert runs.claim_follow_up(first.id, "other", "x") and runs.claim_follow_up(second.id, "incident", "x")
+
+
+def test_interruption_is_where_and_why_without_the_cli_advice(store):
+    from runbook.state.runs import interruption
+
+    runs = RunStore(store, host="bot-1")
+    run = runs.start(kind="migrate", environment="production", actor="U0ALICE01")
+    _set(store, run.id, pid=_dead_pid(), step="upgrade 0002 (1/2)")
+    [reaped] = runs.reap()
+    assert reaped.summary.startswith(interruption(reaped)) and "Not resumed" in reaped.summary
+    assert interruption(reaped).startswith("interrupted during 'upgrade 0002 (1/2)': its process (pid ")
+    assert interruption(reaped).endswith("on bot-1) is gone") and "runbook-bot status" not in interruption(reaped)

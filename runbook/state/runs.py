@@ -7,7 +7,9 @@ marked `interrupted` and an event says so; it is never resumed on its own (the d
 be anywhere between two revisions: a human looks first).
 
 Every state change is a conditional UPDATE on `state = 'running'`, so a late heartbeat of a
-run already reaped, or two replicas reaping at once, change nothing twice.
+run already reaped, or two replicas reaping at once, change nothing twice. What follows an
+interruption (its approval request closed, its incident summary posted) is done once per run too:
+the request by a conditional UPDATE of its own, the summary by `claim_follow_up`.
 """
 from __future__ import annotations
 
@@ -16,12 +18,14 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
-from runbook.state.models import RunRow, as_utc, utcnow
+from runbook.state.approvals import EXECUTING
+from runbook.state.models import ApprovalRow, JobClaimRow, RunRow, as_utc, utcnow
 from runbook.state.store import Store
 
 RUNNING, SUCCEEDED, FAILED, REFUSED, INTERRUPTED = "running", "succeeded", "failed", "refused", "interrupted"
@@ -31,6 +35,11 @@ HEARTBEAT_SECONDS = 5.0
 # Six missed beats: long enough for a GC pause or a slow state database, short enough that a
 # replica notices a dead one within a minute.
 STALE_AFTER_SECONDS = 30.0
+# An interrupted run's summary reads "interrupted during '<step>': <why>" + NOT_RESUMED.
+NOT_RESUMED = (". Not resumed: check the database's revision (runbook-bot status) and decide (validate, "
+               "rollback or re-run)")
+# A follow-up's claim is one job_claims row per (follow-up, run): the slot is always this one.
+_ONCE = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -184,10 +193,30 @@ class RunStore:
         marked = (self._interrupt(run, why, utcnow(), actor) for run in mine)
         return [run for run in marked if run is not None]
 
+    def interrupted_with_open_request(self, limit: int = 20) -> list[Run]:
+        """Interrupted runs whose approval request still says `executing`: whoever reaped them (a CLI
+        command, a replica, a shutdown) has not closed the request yet. Newest first."""
+        query = (select(RunRow).join(ApprovalRow, ApprovalRow.id == RunRow.approval_id)
+                 .where(RunRow.state == INTERRUPTED).where(ApprovalRow.state == EXECUTING)
+                 .order_by(RunRow.started_at.desc()).limit(limit))
+        with self.store.session() as session:
+            return [Run.of(row) for row in session.scalars(query)]
+
+    def claim_follow_up(self, run_id: str, follow_up: str, claimed_by: str) -> bool:
+        """True for exactly one caller per (run, follow-up), on every replica sharing this database:
+        a conditional INSERT into job_claims (its primary key decides; the loser's INSERT fails)."""
+        row = JobClaimRow(job=f"{follow_up}:{run_id}"[:80], slot=_ONCE, claimed_by=claimed_by[:120],
+                          claimed_at=utcnow())
+        try:
+            with self.store.session() as session, session.begin():
+                session.add(row)
+        except IntegrityError:
+            return False
+        return True
+
     def _interrupt(self, run: Run, why: str, now: datetime, actor: str, *conditions: Any) -> Run | None:
         """running -> interrupted (conditional), and its event; None when someone else moved it first."""
-        summary = (f"interrupted during '{run.step}': {why}. Not resumed: check the database's revision "
-                   "(runbook-bot status) and decide (validate, rollback or re-run)")
+        summary = f"interrupted during '{run.step}': {why}{NOT_RESUMED}"
         statement = (update(RunRow).where(RunRow.id == run.id).where(RunRow.state == RUNNING).where(*conditions)
                      .values(state=INTERRUPTED, finished_at=now, summary=summary))
         with self.store.session() as session, session.begin():
@@ -202,6 +231,12 @@ class RunStore:
     def _stored(self, value: datetime) -> datetime:
         """A time as the database holds it: SQLite keeps naive UTC."""
         return value.replace(tzinfo=None) if self.store.engine.dialect.name == "sqlite" else value
+
+
+def interruption(run: Run) -> str:
+    """Where and why an interrupted run stopped ("interrupted during '<step>': <why>"), without the
+    CLI's advice that ends its summary."""
+    return run.summary[:-len(NOT_RESUMED)] if run.summary.endswith(NOT_RESUMED) else run.summary
 
 
 class Heartbeat:
@@ -238,5 +273,5 @@ class Heartbeat:
             self._safe_beat()
 
 
-__all__ = ["Heartbeat", "Run", "RunStore", "new_run_id", "process_alive", "RUNNING", "SUCCEEDED", "FAILED",
+__all__ = ["Heartbeat", "Run", "RunStore", "interruption", "new_run_id", "process_alive", "RUNNING", "SUCCEEDED", "FAILED",
            "REFUSED", "INTERRUPTED", "FINAL_STATES", "HEARTBEAT_SECONDS", "STALE_AFTER_SECONDS"]
