@@ -243,6 +243,8 @@ def gather(store, *, environment: str | None = None, run_id: str | None = None, 
                 actor=rollback.actor))
             if result.get("error"):
                 incident.errors.append(scrub(f"rollback {rollback.id}: {result['error']}"))
+            elif rollback.state == "interrupted" and rollback.summary:     # where it stopped, and why
+                incident.errors.append(scrub(f"rollback {rollback.id}: {rollback.summary}"))
     elif backups:
         newest = max(backups, key=lambda b: b.id)
         incident.backup = _facts(newest, "the newest backup in the window")

@@ -270,3 +270,26 @@ def test_a_rollback_belongs_to_the_migration_before_it_and_the_window_ends_at_th
     assert incidents.subject_run(store, "production", now=RunStore(store).get(later.id).finished_at
                                  + timedelta(days=2)).id == later.id
     assert ApprovalStore(store).list() == []
+
+
+def test_an_interrupted_rollback_says_where_it_stopped_in_the_summary_of_the_migration_it_belongs_to(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    store.migrate()
+    runs = RunStore(store, host="bot-1")
+    failed = runs.start(kind="migrate", environment="production", actor="U0ALICE01")
+    runs.finish(failed.id, "failed", result={"error": "division by zero", "outcome": "failed"})
+    back = runs.start(kind="rollback", environment="production", actor="U0ALICE01")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with store.engine.begin() as conn:        # its process died in the middle of a downgrade
+        conn.exec_driver_sql("UPDATE runs SET pid = ?, step = 'downgrade 0005_divide_by_zero (1/1)' WHERE id = ?",
+                             (dead.pid, back.id))
+    assert [r.id for r in runs.reap()] == [back.id]
+    found = incidents.gather(store, run_id=back.id)
+    assert found.run.id == failed.id                  # the rollback belongs to the migration before it
+    [rollback_step] = [s for s in found.steps if s.name == "rollback"]
+    assert rollback_step.outcome == "interrupted"
+    [error] = [e for e in found.errors if e.startswith(f"rollback {back.id}")]
+    assert "interrupted during 'downgrade 0005_divide_by_zero (1/1)': its process" in error
+    assert "interrupted during 'downgrade 0005_divide_by_zero (1/1)'" in incidents.render_markdown(found)
+    assert "downgrade 0005_divide_by_zero (1/1)" in "\n".join(incidents.render_mrkdwn(found))
