@@ -442,6 +442,22 @@ class ApprovalService:
             log.error("after the failed %s %s, its follow-up failed: %s", request.kind, request.id,
                       self.redactor(repr(exc)))
 
+    def interrupted(self, request_id: str, summary: str, details: dict[str, Any]) -> bool:
+        """An executing request whose run was interrupted (its process died, or a shutdown stopped it):
+        failed, with `summary` and `details` as its result, its message updated in place (no buttons).
+        True only for the one caller that moved it (executing -> failed is conditional); the kind's
+        on_failed is not called: the interruption has its own follow-up (bot/migrations.py)."""
+        summary = self.redactor(summary)
+        if not self.requests.transition(request_id, [EXECUTING], FAILED, result=self.redactor.tree(details),
+                                        result_summary=summary):
+            return False
+        request = self.requests.get(request_id)
+        if request is not None:
+            self._audit("runbook-bot", request.kind, request.environment, "interrupted", summary, request,
+                        {"run_id": details.get("run_id"), "step": details.get("step")})
+        self.sync_message(request_id)
+        return True
+
     def progress(self, request_id: str, text: str) -> None:
         """A running request's progress line, shown on its message (executors call it, throttled)."""
         if self.requests.note(request_id, self.redactor(blocks.one_line(text, 300))):

@@ -736,6 +736,10 @@ def approval_message(request: Any, *, title: str, summary: str, what: Sequence[d
     `request`: runbook.state.approvals.ApprovalRequest. `action_ids`: (approve, reject).
     """
     emoji, state_text = APPROVAL_STATE.get(request.state, (":grey_question:", request.state))
+    # a failed request whose run was interrupted (its process died) says so (bot.approvals.interrupted)
+    interrupted = request.state == "failed" and (getattr(request, "result", None) or {}).get("outcome") == "interrupted"
+    if interrupted:
+        emoji, state_text = ":warning:", "interrupted"
     env = one_line(request.environment, 40)
     approved = list(request.approvers)
     blocks: list[dict[str, Any]] = [header(f"{emoji} {one_line(title, 40)} {env}: {state_text}")]
@@ -776,7 +780,7 @@ def approval_message(request: Any, *, title: str, summary: str, what: Sequence[d
                               f"{progress}"))
     else:
         ending = {
-            "done": "Done", "failed": "Failed",
+            "done": "Done", "failed": "Stopped before it finished" if interrupted else "Failed",
             "rejected": f"Rejected by {_who(request.rejected_by) if request.rejected_by else 'an approver'}; "
                         "nothing was done",
             "expired": "Expired without enough approvals; nothing was done. Ask again to retry",

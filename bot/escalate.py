@@ -11,7 +11,9 @@ runbook/incident.py decide what to say; this posts it, records it, and follows u
   message when it has one, else the channel), its Markdown uploaded as a file;
 - `after_run(run_id, thread=None)`: what a finished run calls (the CLI's migrate and rollback now,
   the Slack migrate flow next): a failed run gets its summary; a failed rollback escalates to
-  level 2, data loss found by validation to level 3;
+  level 2, data loss found by validation to level 3; an interrupted run (its process died, or a
+  shutdown stopped it) gets its summary once, whoever calls first (bot/migrations.py calls it for
+  every interrupted run it finds);
 - `after_restore(request)`: a failed restore escalates to level 2 (ApprovalKind.on_failed).
 
 With `client=None` (the CLI without SLACK_BOT_TOKEN) nothing is posted; everything else happens.
@@ -19,6 +21,7 @@ With `client=None` (the CLI without SLACK_BOT_TOKEN) nothing is posted; everythi
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,12 +30,14 @@ from runbook import escalation as levels
 from runbook import incident as incidents
 from runbook.config import Settings
 from runbook.github import GitHubError
-from runbook.state.runs import Run, RunStore
+from runbook.state.runs import INTERRUPTED, Run, RunStore
 
 log = logging.getLogger(__name__)
 
 AUTOMATIC_ACTOR = "runbook-bot"
-FAILED_RUN_STATES = ("failed", "interrupted")
+FAILED_RUN_STATES = ("failed", INTERRUPTED)
+# The job_claims name of an interrupted run's automatic summary (RunStore.claim_follow_up).
+INCIDENT_CLAIM = "incident"
 Thread = tuple[str, str]          # (channel, ts) of the message whose thread a reply goes in
 
 
@@ -184,9 +189,14 @@ class Escalator:
 
     def after_run(self, run_id: str, *, thread: Thread | None = None) -> EscalationReport | IncidentReport | None:
         """What a finished run calls. None when it did not fail. A failed rollback escalates to
-        level 2 and data loss to level 3 (each once per run); any other failure gets its summary."""
+        level 2 and data loss to level 3 (each once per run); any other failure gets its summary.
+        An interrupted run is followed up once, whoever calls (the start or replica that found it,
+        a shutdown, the run's own thread finishing late): None for every caller but the first."""
         run = self.runs.get(run_id)
         if run is None or run.state not in FAILED_RUN_STATES:
+            return None
+        claimant = f"{AUTOMATIC_ACTOR} on {self.runs.host} (pid {os.getpid()})"
+        if run.state == INTERRUPTED and not self.runs.claim_follow_up(run.id, INCIDENT_CLAIM, claimant):
             return None
         thread = thread or self.thread_of_run(run)
         automatic = levels.automatic_level(run)

@@ -161,6 +161,8 @@ def migration_result_blocks(result: Mapping[str, Any] | None) -> list[dict[str, 
     """Under the request once it ran: where the database is, what ran, and for how long."""
     if not result:
         return []
+    if result.get("outcome") == "interrupted":
+        return interrupted_result_blocks(result)
     frm, to = result.get("from") or [], result.get("to") or []
     bits = [f"*Revision* {_rev_text(frm)} → {_rev_text(to)}",
             f"{result.get('attempts', 0)} attempt{'s' if result.get('attempts') != 1 else ''}",
@@ -172,6 +174,26 @@ def migration_result_blocks(result: Mapping[str, Any] | None) -> list[dict[str, 
         bits.append(f"backup #{escape(result['backup_id'])} before it")
     bits.append(f"run {code(result.get('run_id', '?'), 20)}")
     return [section(truncate(" · ".join(bits), MAX_SECTION_TEXT))]
+
+
+def interrupted_result_blocks(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Under a request whose run was interrupted (bot.migrations.Migrations.follow_up_interrupted):
+    the step it was in, where it was going, and what to do next, since nothing resumes on its own."""
+    env = one_line(str(result.get("environment") or "ENV"), 40)
+    # "from" is None when the run died before it read the database's revision
+    frm = _rev_text(result["from"]) if isinstance(result.get("from"), list) else "`?`"
+    target = str(result.get("target") or "")
+    bits = [f"*Interrupted during* {code(result.get('step') or '?', 120)}",
+            f"*Revision* {frm} → {_target_text(target) if target else '`?`'}",
+            f"started {slack_time(datetime.fromisoformat(result['started_at']))}" if result.get("started_at") else "",
+            f"run {code(result.get('run_id', '?'), 20)}"]
+    next_steps = (f":point_right: *Nothing resumes on its own*: {escape(env)} may be anywhere between "
+                  f"{frm} and {_target_text(target) if target else 'the target'}. Check it with "
+                  f"`/migrate status {escape(env)}`, then `/migrate validate {escape(env)}`, and decide: "
+                  f"`/migrate rollback {escape(env)}`, `/migrate run {escape(env)}` again, or "
+                  f"`/migrate restore {escape(env)}` (§6.5). The §7.3 incident summary is posted in this thread.")
+    return [section(truncate(" · ".join(b for b in bits if b), MAX_SECTION_TEXT)),
+            section(truncate(next_steps, MAX_SECTION_TEXT))]
 
 
 # --------------------------------------------------------------------------
@@ -430,6 +452,7 @@ def interrupted_runs_message(runs: Sequence[Any], *, when: str = "found at start
 
 
 __all__ = ["ACTION_BACKUP_FIRST", "ACTION_PATTERN", "ACTION_RECOMMENDED", "backup_line", "blocker_message",
-           "escalation_contact_message", "interrupted_runs_message", "log_file", "migration_request_blocks", "migration_result_blocks",
+           "escalation_contact_message", "interrupted_result_blocks", "interrupted_runs_message", "log_file",
+           "migration_request_blocks", "migration_result_blocks",
            "migration_summary", "monitor_message", "recommendation_message", "recommended_button_text", "sql_file",
            "sql_inline", "validation_message"]

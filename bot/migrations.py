@@ -26,7 +26,9 @@ the work; this module asks, watches and reports.
   Every click on a `migrate_*` button is re-loaded, matched to its message and authorised on
   the server; exactly one click follows a recommendation (a conditional UPDATE decides).
 * Crash safety. Runs found interrupted at start (runbook.state.runs.RunStore.reap) are posted
-  once in slack.channel, never resumed.
+  once in slack.channel, never resumed. Each interrupted run (found at start, by the reaper job,
+  by a CLI command, or stopped by a shutdown) then fails its request, whose message says where it
+  stopped and what to do next, and gets the §7.3 incident summary in its thread: once each.
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ from runbook.revisions import RevisionError
 from runbook.state import StateError
 from runbook.state.approvals import DONE, EXECUTING, ID_PATTERN, PENDING, ApprovalRequest, ApprovalStore
 from runbook.state.models import utcnow
-from runbook.state.runs import new_run_id
+from runbook.state.runs import INTERRUPTED, RunStore, interruption, new_run_id
 from runbook.target import Target, TargetError
 
 log = logging.getLogger(__name__)
@@ -150,6 +152,18 @@ def outcome_line(result: migrate.MigrationResult) -> str:
         return f"stopped before changing anything: {result.error}"
     return (f"{result.outcome}: {result.error or 'see the log'}; {name} is at {to}; what to do now is in "
             "this thread")
+
+
+def interrupted_outcome(run: Any) -> approvals.Outcome:
+    """What the request of a run marked interrupted (runbook.state.runs.Run) ends with, whoever closes
+    it (Migrations.follow_up_interrupted, or the run's own executor when it outlived the marking): the
+    step it was in and why, and the facts migration_blocks.interrupted_result_blocks renders."""
+    known = [r.strip() for r in run.from_revision.split(",") if r.strip()] if run.from_revision else None
+    details = {"run_id": run.id, "outcome": INTERRUPTED, "environment": run.environment, "step": run.step,
+               "from": known, "target": run.target_revision, "started_at": run.started_at.isoformat(),
+               "interrupted_at": run.finished_at.isoformat() if run.finished_at else None,
+               "host": run.host, "pid": run.pid, "log_path": run.log_path}
+    return approvals.Outcome(False, f"{interruption(run)}; not resumed", details)
 
 
 def result_details(result: migrate.MigrationResult, backup_id: int | None) -> dict[str, Any]:
@@ -255,6 +269,9 @@ def migration_kind(settings: Settings, store, direction: str, *,
         backup = result.backup if result.backup is not None else latest
         if watcher is not None:
             watcher.finished(result, backup)
+        marked = RunStore(store).get(run_id) if store is not None else None
+        if marked is not None and marked.state == INTERRUPTED:    # a shutdown (or a reaper) marked it meanwhile
+            return interrupted_outcome(marked)
         return approvals.Outcome(result.ok, outcome_line(result),
                                  result_details(result, getattr(backup, "id", None)))
 
@@ -733,13 +750,47 @@ class Migrations:
 
     def announce_interrupted(self, runs: Sequence[Any], *, when: str = "found at start") -> str | None:
         """Post runs found interrupted (whoever reaped them posts them: once) in slack.channel; a shutdown
-        that interrupts its own runs posts them too (`when`: "at shutdown")."""
-        if not runs or self.settings.slack is None:
-            return None
-        return self.flows.post(self._origin(self.settings.slack.channel),
-                               mblocks.interrupted_runs_message(runs, when=when))
+        that interrupts its own runs posts them too (`when`: "at shutdown"). Then every interrupted run
+        is followed up (follow_up_interrupted)."""
+        posted = None
+        if runs and self.settings.slack is not None:
+            posted = self.flows.post(self._origin(self.settings.slack.channel),
+                                     mblocks.interrupted_runs_message(runs, when=when))
+        self.follow_up_interrupted(runs)
+        return posted
+
+    def follow_up_interrupted(self, runs: Sequence[Any] = ()) -> list[str]:
+        """What an interrupted run gets, once each: its approval request, still "executing", is failed
+        and its message updated in place (the step it was in, what to do next, no buttons); then the
+        §7.3 incident summary in the request's thread (else slack.channel), through `after_run` like a
+        failed run's. Once: the request moves by a conditional UPDATE and the summary by a claim, so
+        replicas starting together, or a shutdown racing its own run's thread, do each thing once.
+
+        `runs`: the runs just reaped or interrupted, plus every interrupted run whose request still says
+        executing (a CLI command reaped it, or the start that reaped it died first). Never raises: it
+        runs at start and at shutdown. Returns the ids of the runs whose request this call closed."""
+        found = {run.id: run for run in runs}
+        try:
+            for run in RunStore(self.store).interrupted_with_open_request():
+                found.setdefault(run.id, run)
+        except Exception as exc:  # the state database may be what failed; the reaper's next tick retries
+            log.error("could not look for interrupted runs to follow up: %s", self.redactor(repr(exc)))
+        closed = []
+        for run in found.values():
+            try:
+                if run.approval_id and self._close_interrupted_request(run):
+                    closed.append(run.id)
+                if self.after_run is not None:
+                    self.after_run(run.id)
+            except Exception as exc:
+                log.error("run %s: the follow-up of its interruption failed: %s", run.id, self.redactor(repr(exc)))
+        return closed
+
+    def _close_interrupted_request(self, run: Any) -> bool:
+        outcome = interrupted_outcome(run)
+        return self.approvals.interrupted(run.approval_id, outcome.summary, outcome.details)
 
 
 __all__ = ["LiveRun", "Migrations", "NothingToDo", "RECOMMENDATION", "Refused", "RunWatcher", "backup_before_run",
-           "checked_proposal", "fresh_backup", "irreversible_refusal", "migration_kind", "outcome_line",
-           "proposal_params", "result_details", "run_facts", "run_with_yes"]
+           "checked_proposal", "fresh_backup", "interrupted_outcome", "irreversible_refusal", "migration_kind",
+           "outcome_line", "proposal_params", "result_details", "run_facts", "run_with_yes"]

@@ -15,16 +15,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from bot.approvals import ACTION_APPROVE
 from bot.scheduler import LEADER_LOCK_KEY
 from runbook.state import Store
 from runbook.state.approvals import ApprovalStore
 from runbook.state.runs import RunStore
-from tests.support.bots import BOT_TOKEN, pg_state_url, start_bot, stop_all  # noqa: F401  (fixture)
+from tests.support.bots import BOT_TOKEN, approve_migration, bots, pg_state_url, start_bot  # noqa: F401  (fixtures)
 from tests.support.configs import config_text
 from tests.support.migrations import app_copy
 from tests.support.sample_app import APP_DIR, REV_0003
-from tests.support.slack import SIGNING_SECRET, block_actions_body, local_slack, slash_command_body  # noqa: F401
+from tests.support.slack import SIGNING_SECRET, local_slack, slash_command_body  # noqa: F401
 from tests.support.waiting import wait_for
 
 CHANNEL = "C0SHUTDOWN"
@@ -54,13 +53,6 @@ def gated_revision() -> tuple[str, str, str]:
             op.execute("INSERT INTO slow_marker DEFAULT VALUES")
             """,
             "op.execute('DROP TABLE slow_marker')")
-
-
-@pytest.fixture
-def bots():
-    started = []
-    yield started
-    stop_all(started)
 
 
 def write_config(tmp_path: Path, target: str, state_url: str, pg_bin_dir: Path, app_dir: Path) -> Path:
@@ -94,13 +86,7 @@ def leader_lock(url: str) -> list[tuple]:
 
 def start_migration(bot, store: Store, target: str):
     """`/migrate run`, approved: returns the approval request once the migration sleeps in its revision."""
-    assert bot.post(slash_command_body("run", user_id=REQUESTER, channel_id=CHANNEL)).status == 200
-    requests = ApprovalStore(store)
-    request = wait_for(lambda: next((r for r in requests.list() if r.kind == "migrate" and r.message_ts), None),
-                       timeout=60, what="the migrate request, posted")
-    answer = bot.post(block_actions_body(ACTION_APPROVE, request.id, user_id=ALICE, channel_id=request.channel,
-                                         message_ts=request.message_ts))
-    assert answer.status == 200
+    request = approve_migration(bot, store, requester=REQUESTER, approver=ALICE, channel=CHANNEL)
     wait_for(lambda: migrator_sleeping(target), timeout=120, what="the migration to sleep in its revision")
     [run] = RunStore(store).list(environment="production")
     assert run.state == "running"
@@ -160,7 +146,7 @@ def test_sigterm_marks_an_unfinished_migration_interrupted_and_rolls_it_back(sam
     bot.wait_healthy()
     store = Store(pg_state_url)
     try:
-        start_migration(bot, store, target)
+        request = start_migration(bot, store, target)
         stopped = time.monotonic()
         bot.terminate()
         assert_draining(bot)
@@ -185,6 +171,17 @@ def test_sigterm_marks_an_unfinished_migration_interrupted_and_rolls_it_back(sam
                                             kind="message", timeout=10)
         assert run.id in json.dumps(said.blocks)
         assert said.channel == CHANNEL and reason in json.dumps(said.blocks)
+        # its request is closed, its message says so in place (no buttons), its §7.3 summary is in its thread
+        closed = ApprovalStore(store).get(request.id)
+        assert closed.state == "failed" and closed.result["outcome"] == "interrupted" and reason in closed.result_summary
+        message = local_slack.message(request.channel, request.message_ts)
+        assert message.text.startswith("Migration production: interrupted") and "actions" not in json.dumps(
+            [b["type"] for b in message.blocks])
+        assert run.step in json.dumps(message.blocks) and "/migrate status production" in json.dumps(message.blocks)
+        summaries = [m for m in local_slack.messages(kind="message") if m.text.startswith("Incident summary:")]
+        assert [(m.text, m.thread_ts) for m in summaries] == [
+            ("Incident summary: migrate on production (interrupted)", request.message_ts)]
+        assert [e.run_id for e in store.events(action="incident")] == [run.id]
     finally:
         store.close()
 

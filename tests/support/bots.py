@@ -126,6 +126,30 @@ def stop_all(bots: list[BotProcess]) -> None:
 
 
 @pytest.fixture
+def bots():
+    """The BotProcess-es a test appends, stopped at its end."""
+    started: list[BotProcess] = []
+    yield started
+    stop_all(started)
+
+
+def approve_migration(bot: BotProcess, store, *, requester: str, approver: str, channel: str):
+    """`/migrate run` asked on `bot` by `requester` and approved by `approver` over signed HTTP; returns
+    the approval request as posted (runbook.state.approvals.ApprovalRequest)."""
+    from bot.approvals import ACTION_APPROVE
+    from runbook.state.approvals import ApprovalStore
+    from tests.support.slack import block_actions_body, slash_command_body
+
+    assert bot.post(slash_command_body("run", user_id=requester, channel_id=channel)).status == 200
+    requests = ApprovalStore(store)
+    request = wait_for(lambda: next((r for r in requests.list() if r.kind == "migrate" and r.message_ts), None),
+                       timeout=60, what="the migrate request, posted")
+    assert bot.post(block_actions_body(ACTION_APPROVE, request.id, user_id=approver, channel_id=request.channel,
+                                       message_ts=request.message_ts)).status == 200
+    return request
+
+
+@pytest.fixture
 def pg_state_url(pg_server):
     """A PostgreSQL state database of its own: what replicas share (SQLite cannot be shared)."""
     name = "state_" + uuid.uuid4().hex[:10]
@@ -133,4 +157,5 @@ def pg_state_url(pg_server):
     pg_server.drop_database(name)
 
 
-__all__ = ["APP_TOKEN", "BOT_TOKEN", "BotProcess", "free_port", "pg_state_url", "start_bot", "stop_all"]
+__all__ = ["APP_TOKEN", "BOT_TOKEN", "BotProcess", "approve_migration", "bots", "free_port", "pg_state_url", "start_bot",
+           "stop_all"]

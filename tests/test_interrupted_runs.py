@@ -1,0 +1,271 @@
+"""Runs marked interrupted (their process died, found at the next start; or stopped by a shutdown):
+their approval request is closed in place and they get the §7.3 incident summary, once each.
+
+A real `runbook-bot serve` process runs a real, slow migration approved over signed HTTP and is
+killed with SIGKILL; the next start (Runtime.build, what `serve` runs) finds the run, fails the
+request (executing -> failed, conditional), updates its Slack message by the stored channel+ts
+(no buttons; the step it was in; what to do next) and posts the incident summary in its thread.
+A second start does none of it again; two replicas starting at once do it once between them.
+Real PostgreSQL (the target and the shared state database), real Alembic; only Slack is faked.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import update
+
+from bot.server import Runtime
+from runbook.config import parse_settings
+from runbook.state import Store
+from runbook.state.approvals import ApprovalStore
+from runbook.state.models import RunRow
+from runbook.state.runs import RunStore
+from tests.support.bots import BOT_TOKEN, ROOT, approve_migration, bots, pg_state_url, start_bot  # noqa: F401  (fixtures)
+from tests.support.configs import config_text, with_password
+from tests.support.migrations import app_copy
+from tests.support.sample_app import APP_DIR, REV_0003
+from tests.support.slack import SIGNING_SECRET, local_slack  # noqa: F401  (fixture)
+from tests.support.waiting import wait_for
+
+PASSWORD = "Interrupt3d-Run-Secret"
+CHANNEL = "C0INTERRUP"
+REQUESTER, ALICE = "U0REQUEST1", "U0ALICE001"
+SLOW = ("0004_slow",
+        """
+        op.execute("CREATE TABLE slow_marker (id serial PRIMARY KEY)")
+        op.execute("SELECT pg_sleep(300)")
+        """,
+        "op.execute('DROP TABLE slow_marker')")
+
+
+@pytest.fixture
+def runtimes():
+    """Runtime.build(...) of each 'next start', closed at the end."""
+    built: list[Runtime] = []
+    yield built
+    for runtime in built:
+        runtime.close()
+
+
+def write_config(tmp_path: Path, target: str, state_url: str, pg_bin_dir: Path) -> Path:
+    extra = (f"    pg_bin_dir: {json.dumps(str(pg_bin_dir))}\n    migration: {{lock_timeout: 2s, retries: 0}}\n"
+             "    watch: {every_seconds: 5}")
+    text = config_text(target, channel=CHANNEL, approvers=(ALICE,), state_url=state_url,
+                       backups_dir=str(tmp_path / "backups"), approvals={"required": 1}, extra_env=extra)
+    app_dir = app_copy(tmp_path, [SLOW])
+    path = tmp_path / "runbook-bot.yaml"
+    path.write_text(text.replace(json.dumps(str(APP_DIR)), json.dumps(str(app_dir))))
+    return path
+
+
+def next_start(config: Path, slack_url: str, runtimes: list[Runtime]) -> Runtime:
+    """What `runbook-bot serve` does first when it starts again."""
+    runtime = Runtime.build(parse_settings(config.read_text(), source=config), bot_token=BOT_TOKEN,
+                            api_url=slack_url, signing_secret=SIGNING_SECRET, warm=False)
+    runtimes.append(runtime)
+    return runtime
+
+
+def query(url: str, sql: str) -> list[tuple]:
+    with psycopg.connect(url, autocommit=True, application_name="test-observer") as conn:
+        return conn.execute(sql).fetchall()
+
+
+def migrator_sessions(target: str, like: str = "%") -> list[tuple]:
+    return query(target, "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'rbmigrate/%%' "
+                         f"AND query LIKE '{like}'")
+
+
+def buttons(message: Any) -> list[dict]:
+    return [e for b in message.blocks if b["type"] == "actions" for e in b["elements"]]
+
+
+def shown(message: Any) -> str:
+    return json.dumps(message.blocks, ensure_ascii=False)
+
+
+def updates_of(slack: Any, ts: str) -> list[Any]:
+    return [c for c in slack.calls("chat.update") if c.body.get("ts") == ts]
+
+
+def summaries_in(slack: Any, thread_ts: str | None) -> list[Any]:
+    return [m for m in slack.messages(kind="message")
+            if m.text.startswith("Incident summary:") and (thread_ts is None or m.thread_ts == thread_ts)]
+
+
+def everything_slack_saw(slack: Any) -> str:
+    calls = "\n".join(json.dumps(c.body, default=str) + c.raw.decode("utf-8", "replace") for c in slack.calls())
+    return calls + "\n".join(f.text for f in slack.files())
+
+
+def assert_closed_in_place(slack: Any, request: Any, run: Any) -> None:
+    """The request's own message (same channel and ts), interrupted: the step, what to do, no buttons."""
+    message = slack.message(request.channel, request.message_ts)
+    assert message.text.startswith("Migration production: interrupted"), message.text
+    assert buttons(message) == [] and message.updates >= 1
+    text = shown(message)
+    assert run.step in text and run.id in text and "Stopped before it finished" in text
+    for command in ("/migrate status production", "/migrate validate production", "/migrate rollback production",
+                    "/migrate run production"):
+        assert command in text, command
+    assert "running" not in message.text.lower()
+
+
+def test_a_bot_killed_mid_migration_closes_its_request_and_posts_the_summary_at_the_next_start(
+        sample_db, pg_state_url, tmp_path, pg_bin_dir, local_slack, bots, runtimes):
+    target = with_password(sample_db(REV_0003), PASSWORD)
+    config = write_config(tmp_path, target, pg_state_url, pg_bin_dir)
+    bot = start_bot("bot", config, tmp_path, local_slack.url)
+    bots.append(bot)
+    bot.wait_healthy()
+    store = Store(pg_state_url)
+    try:
+        request = approve_migration(bot, store, requester=REQUESTER, approver=ALICE, channel=CHANNEL)
+        requests = ApprovalStore(store)
+        wait_for(lambda: migrator_sessions(target, "%pg_sleep%"), timeout=120, what="the migration to sleep")
+        running = wait_for(lambda: (m := local_slack.message(request.channel, request.message_ts))
+                           and "running" in m.text and m, timeout=30, what="the request to say running")
+        assert buttons(running) == [] and requests.get(request.id).state == "executing"
+
+        bot.kill()                                         # SIGKILL: no shutdown, no follow-up of its own
+        wait_for(lambda: not migrator_sessions(target), timeout=30, what="the orphaned migrator session to end")
+        [run] = RunStore(store).list(environment="production")
+        assert run.state == "running" and requests.get(request.id).state == "executing"   # nobody knows yet
+        assert summaries_in(local_slack, None) == []
+        updates_before = len(updates_of(local_slack, request.message_ts))
+
+        next_start(config, local_slack.url, runtimes)
+        run = RunStore(store).get(run.id)
+        assert run.state == "interrupted" and run.step.startswith("upgrade 0004_slow"), run.step
+        closed = requests.get(request.id)
+        assert closed.state == "failed" and closed.result["outcome"] == "interrupted"
+        assert closed.result["run_id"] == run.id and closed.result["step"] == run.step
+        assert closed.result_summary.startswith(f"interrupted during '{run.step}': its process (pid {bot.pid} ")
+        assert len(updates_of(local_slack, request.message_ts)) == updates_before + 1
+        assert_closed_in_place(local_slack, request, run)
+        # the §7.3 summary, in the request's thread, saying it was interrupted and where; its file too
+        [summary] = summaries_in(local_slack, request.message_ts)
+        assert summary.channel == CHANNEL
+        assert summary.text == "Incident summary: migrate on production (interrupted)"
+        assert f"interrupted during '{run.step}'" in shown(summary).replace("ˋ", "'")
+        [upload] = [f for f in local_slack.files() if f.filename.startswith(f"incident_production_{run.id}")]
+        assert upload.thread_ts == request.message_ts and "interrupted during" in upload.text
+        [notice] = [m for m in local_slack.messages(kind="message") if "interrupted run" in m.text]
+        assert notice.text == "1 interrupted run found at start; not resumed"
+        [event] = store.events(action="incident")
+        assert event.run_id == run.id and event.outcome == "posted"
+        assert query(target, "SELECT version_num FROM alembic_version") == [(REV_0003,)]
+
+        # a second start: the request, its message and the summary are left as they are
+        posted_before = len(local_slack.calls("chat.postMessage"))
+        next_start(config, local_slack.url, runtimes)
+        assert len(updates_of(local_slack, request.message_ts)) == updates_before + 1
+        assert len(summaries_in(local_slack, None)) == 1 and len(store.events(action="incident")) == 1
+        assert len(local_slack.calls("chat.postMessage")) == posted_before
+        assert requests.get(request.id).version == closed.version
+
+        seen = everything_slack_saw(local_slack) + bot.log() + json.dumps(
+            [[e.summary, e.details] for e in store.events(limit=1000)])
+        assert PASSWORD not in seen and BOT_TOKEN not in seen
+    finally:
+        store.close()
+
+
+# -- a run row whose process is dead (as the killed bot leaves it), without the slow part -------
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def executing_request_with_a_dead_run(config: Path, slack_url: str, runtimes: list[Runtime]) -> tuple[Any, Any]:
+    """A real migrate request, posted by a bot, approved and executing; its run's process is gone."""
+    first = next_start(config, slack_url, runtimes)
+    request = first.flows.migrations.request("production", "upgrade", "head", REQUESTER, "/migrate run", CHANNEL)
+    requests = ApprovalStore(first.store)
+    assert requests.transition(request.id, ["pending"], "approved")
+    assert requests.transition(request.id, ["approved"], "executing")
+    first.flows.approvals.sync_message(request.id)
+    run = RunStore(first.store).start(kind="migrate", environment="production", actor=REQUESTER,
+                                      from_revision=REV_0003, target_revision="0004_slow", approval_id=request.id)
+    with first.store.session() as session, session.begin():
+        session.execute(update(RunRow).where(RunRow.id == run.id)
+                        .values(pid=dead_pid(), step="upgrade 0004_slow (1/1)"))
+    return requests.get(request.id), RunStore(first.store).get(run.id)
+
+
+def test_two_replicas_starting_together_close_the_request_and_post_the_summary_once(
+        sample_db, pg_state_url, tmp_path, pg_bin_dir, local_slack, runtimes):
+    config = write_config(tmp_path, with_password(sample_db(REV_0003), PASSWORD), pg_state_url, pg_bin_dir)
+    request, run = executing_request_with_a_dead_run(config, local_slack.url, runtimes)
+    assert "running" in local_slack.message(request.channel, request.message_ts).text
+    updates_before = len(updates_of(local_slack, request.message_ts))
+    barrier = threading.Barrier(2)
+    failures: list[BaseException] = []
+
+    def replica() -> None:
+        try:
+            barrier.wait(timeout=30)
+            next_start(config, local_slack.url, runtimes)
+        except BaseException as exc:      # reported below: a thread's assertion would vanish otherwise
+            failures.append(exc)
+
+    threads = [threading.Thread(target=replica, name=f"replica-{n}") for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert failures == [] and len(runtimes) == 3
+    store = runtimes[0].store
+    assert RunStore(store).get(run.id).state == "interrupted"
+    assert ApprovalStore(store).get(request.id).state == "failed"
+    assert len(updates_of(local_slack, request.message_ts)) == updates_before + 1      # updated once, in place
+    assert_closed_in_place(local_slack, request, RunStore(store).get(run.id))
+    assert len(summaries_in(local_slack, request.message_ts)) == 1 and len(summaries_in(local_slack, None)) == 1
+    assert len([m for m in local_slack.messages(kind="message") if "interrupted run" in m.text]) == 1
+    assert [e.run_id for e in store.events(action="incident")] == [run.id]
+    closing = [e for e in store.events(limit=100) if e.run_id == request.id and e.outcome == "interrupted"]
+    assert len(closing) == 1 and closing[0].details["run_id"] == run.id
+    # whoever comes late with the same run (a reaper tick that read it, the run's own thread finishing,
+    # another replica) changes nothing: the request's UPDATE and the summary's claim are conditional
+    late = RunStore(store).get(run.id)
+    for runtime in runtimes:
+        assert runtime.flows.migrations.follow_up_interrupted([late]) == []
+        assert runtime.flows.escalator.after_run(run.id) is None
+    assert len(updates_of(local_slack, request.message_ts)) == updates_before + 1
+    assert len(summaries_in(local_slack, None)) == 1 and len(store.events(action="incident")) == 1
+    assert PASSWORD not in everything_slack_saw(local_slack)
+
+
+def test_a_run_a_cli_command_reaped_first_is_still_followed_up_by_the_next_bot_start(
+        sample_db, pg_state_url, tmp_path, pg_bin_dir, local_slack, runtimes):
+    config = write_config(tmp_path, with_password(sample_db(REV_0003), PASSWORD), pg_state_url, pg_bin_dir)
+    request, run = executing_request_with_a_dead_run(config, local_slack.url, runtimes)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SLACK_")}
+    cli = subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(config), "backups"], cwd=ROOT,
+                         env=environ, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert f"run {run.id} on production was interrupted" in cli.stderr       # the CLI reaped it, no Slack
+    store = runtimes[0].store
+    assert RunStore(store).get(run.id).state == "interrupted" and ApprovalStore(store).get(request.id).state == "executing"
+    assert summaries_in(local_slack, None) == []
+
+    next_start(config, local_slack.url, runtimes)
+    assert ApprovalStore(store).get(request.id).state == "failed"
+    assert_closed_in_place(local_slack, request, RunStore(store).get(run.id))
+    [summary] = summaries_in(local_slack, request.message_ts)
+    assert summary.text == "Incident summary: migrate on production (interrupted)"
+    assert "upgrade 0004_slow (1/1)" in shown(summary)
+    assert [m for m in local_slack.messages(kind="message") if "interrupted run" in m.text] == []   # the CLI said it
+    next_start(config, local_slack.url, runtimes)
+    assert len(summaries_in(local_slack, None)) == 1
+    assert PASSWORD not in everything_slack_saw(local_slack) + cli.stdout + cli.stderr
