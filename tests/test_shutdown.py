@@ -49,6 +49,7 @@ def gated_revision() -> tuple[str, str, str]:
     return (SLOW,
             f"""
             op.execute("CREATE TABLE slow_marker (id serial PRIMARY KEY)")
+            op.execute("SET LOCAL lock_timeout = '120s'")     # the run's 2 s lock_timeout is not for the gate
             op.execute("SELECT pg_sleep(0), pg_advisory_xact_lock({GATE})")
             op.execute("INSERT INTO slow_marker DEFAULT VALUES")
             """,
