@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 import psycopg
 
 from runbook.config import Environment
-from runbook.revisions import AlembicProject, Revision, RevisionError, one_line
+from runbook.revisions import AlembicProject, Revision, RevisionError, one_line, per_revision_sql
 from runbook.units import human_size, short_duration
 
 Rating = Literal["low", "medium", "high"]
@@ -706,6 +706,28 @@ def _render(project: AlembicProject, dsn: str, rev: Revision, timeout: float) ->
     return _Rendered(rev, sql, None, time.monotonic() - started)
 
 
+def _render_each(project: AlembicProject, dsn: str, revisions: Sequence[Revision], timeout: float) -> list[_Rendered]:
+    """Each revision's own SQL, oldest first. A linear range is rendered once and cut at Alembic's
+    step markers (the same render the precheck's SQL preview uses, so it is cached for it); when
+    that render fails or does not cut cleanly, each revision is rendered on its own, so one
+    revision that cannot be rendered offline does not hide the others."""
+    linear = len(revisions) > 1 and all(len(r.down_revisions) == 1 for r in revisions) and all(
+        later.down_revisions[0] == earlier.revision for earlier, later in zip(revisions, revisions[1:]))
+    if linear:
+        started = time.monotonic()
+        try:
+            whole = project.sql_preview(dsn, list(revisions[0].down_revisions), revisions[-1].revision,
+                                        timeout=timeout)
+        except RevisionError:
+            whole = ""
+        parts = per_revision_sql(whole, [(r.down_revisions[0], r.revision) for r in revisions]) if whole else None
+        if parts is not None:
+            share = (time.monotonic() - started) / len(revisions)
+            return [_Rendered(r, parts[r.revision], None, share) for r in revisions]
+    with ThreadPoolExecutor(max_workers=min(4, len(revisions)), thread_name_prefix="review-render") as pool:
+        return list(pool.map(lambda r: _render(project, dsn, r, timeout), revisions))
+
+
 def _reads_data(path: Path) -> str | None:
     """Where upgrade() reads the database (op.get_bind()), the usual reason offline rendering fails."""
     try:
@@ -743,8 +765,7 @@ def review(name: str, env: Environment, conn, *, project: AlembicProject, revisi
         return out
     argv = squawk_argv(env)
     timeout = env.review.squawk_timeout_seconds
-    with ThreadPoolExecutor(max_workers=min(4, len(revisions)), thread_name_prefix="review-render") as pool:
-        rendered = list(pool.map(lambda r: _render(project, env.dsn, r, max(60.0, timeout)), revisions))
+    rendered = _render_each(project, env.dsn, revisions, max(60.0, timeout))
     out.render_seconds = sum(r.seconds for r in rendered)
 
     drafts: list[tuple[RevisionReview, list[dict[str, Any]], list[Statement], str]] = []

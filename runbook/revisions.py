@@ -457,6 +457,38 @@ def _revision_files(layout: _Layout) -> list[tuple[Path, tuple[int, int]]]:
 # Subprocess output
 
 
+_STEP_MARKER = re.compile(r"^-- Running upgrade (?P<down>[^\s,]+) -> (?P<up>\S+)\s*$")
+_TRANSACTION_LINES = {"BEGIN;", "COMMIT;"}
+
+
+def per_revision_sql(whole: str, steps: Sequence[tuple[str, str]]) -> dict[str, str] | None:
+    """Cut the offline SQL of a linear range (`upgrade A:B --sql`) into each step's own SQL, as
+    `upgrade down:up --sql` would print it, at the `-- Running upgrade down -> up` lines Alembic
+    writes before each step. `steps`: (down, up) in order.
+
+    None when the text is not the plain shape (one transaction around the whole range, markers
+    exactly for `steps`, in order); the caller then renders each step on its own. This spares a
+    subprocess per revision for the risk review."""
+    lines = whole.splitlines(keepends=True)
+    markers = [(i, m) for i, line in enumerate(lines) if (m := _STEP_MARKER.match(line.rstrip("\n")))]
+    if not steps or [(m["down"], m["up"]) for _, m in markers] != [tuple(step) for step in steps]:
+        return None
+    end = len(lines)
+    while end > markers[-1][0] + 1 and lines[end - 1].strip() in _TRANSACTION_LINES | {""}:
+        end -= 1
+    while end < len(lines) and not lines[end].strip():
+        end += 1                 # blank lines before the closing COMMIT belong to the last step
+    header, trailer = lines[:markers[0][0]], lines[end:]
+    bounds = [index for index, _ in markers] + [end]
+    sections = [lines[a:b] for a, b in zip(bounds, bounds[1:])]
+    # Anything else around the steps (the version table's CREATE from base, a transaction per
+    # migration) would not be the same in a one-step render.
+    if any(line.strip() not in _TRANSACTION_LINES | {""} for line in header + trailer) or \
+            any(line.strip() in _TRANSACTION_LINES for section in sections for line in section):
+        return None
+    return {up: "".join(header + section + trailer) for (_, up), section in zip(steps, sections)}
+
+
 def one_line(text: str, limit: int = 400) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -15,6 +15,7 @@ import pytest
 
 from runbook import migrate, precheck, review
 from runbook.config import ConfigError, parse_settings
+from runbook.revisions import AlembicProject
 from runbook.state import Store
 from runbook.units import human_size
 from tests.support.configs import with_password
@@ -74,6 +75,25 @@ def risky(risky_app):
 
 def _by_revision(report) -> dict[str, review.RevisionReview]:
     return {r.revision: r for r in report.risk.revisions}
+
+
+def test_a_range_that_renders_offline_is_rendered_once_for_the_review_and_the_preview(risky_app, tmp_path):
+    settings, name, env, url, app = risky_app([INDEX, NOT_NULL, FOREIGN_KEY])
+    cache = tmp_path / "previews"
+    project = AlembicProject(env.app_dir, list(env.alembic), env.url_env, preview_cache_dir=cache)
+    report = precheck.run_precheck(name, env, project=project)
+    assert [c.status for c in report.checks if c.name == "SQL preview"] == ["ok"]
+    reviewed = _by_revision(report)
+    assert [r.status for r in reviewed.values()] == ["reviewed"] * 3
+    assert [f.rule for f in reviewed[INDEX[0]].findings] == ["require-concurrent-index-creation"]
+    [rendered] = list(cache.glob("*.sql"))               # one alembic render served both
+    assert rendered.read_text() == report.sql_preview
+    # each finding's line is the line of its statement in that revision's own render
+    downs = {INDEX[0]: REV_0003, NOT_NULL[0]: INDEX[0], FOREIGN_KEY[0]: NOT_NULL[0]}
+    for entry in reviewed.values():
+        own = precheck.project_of(env).sql_preview(env.dsn, [downs[entry.revision]], entry.revision).splitlines()
+        for finding in entry.findings:
+            assert finding.statement.split()[0] in own[finding.line - 1], (entry.revision, finding.line)
 
 
 def test_each_risky_revision_is_flagged_with_its_rule_revision_file_line_and_table_size(risky):

@@ -512,3 +512,42 @@ def test_sql_preview_is_reused_until_a_script_changes(tmp_path):
     os.utime(script, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
     fresh = AlembicProject(app, ALEMBIC_ARGV, preview_cache_dir=cache).sql_preview(dsn, [REV_0001])
     assert "served from the cache" not in fresh and "CREATE TABLE categories" in fresh
+
+
+# ---------------------------------------------------------------------------
+# One render of a range, cut into its steps (the risk review's input)
+
+
+def test_a_range_render_cuts_into_exactly_what_each_step_renders(tmp_path):
+    from tests.support.migrations import app_copy
+
+    app = app_copy(tmp_path, [("0004_incomes_note", "op.add_column('incomes', sa.Column('note', sa.Text()))",
+                               "op.drop_column('incomes', 'note')")])
+    project = AlembicProject(app, ALEMBIC_ARGV, preview_cache_dir=tmp_path / "cache")
+    steps = [(REV_0001, REV_0002), (REV_0002, REV_0003), (REV_0003, "0004_incomes_note")]
+    whole = project.sql_preview(SECRET_URL, [REV_0001], "0004_incomes_note")
+    parts = revisions.per_revision_sql(whole, steps)
+    assert parts is not None and list(parts) == [up for _, up in steps]
+    for down, up in steps:
+        assert parts[up] == project.sql_preview(SECRET_URL, [down], up), up
+    assert "ADD COLUMN note TEXT" in parts["0004_incomes_note"] and "CREATE TABLE" not in parts["0004_incomes_note"]
+
+
+def test_a_render_that_is_not_one_plain_transaction_is_not_cut(tmp_path):
+    steps = [(REV_0001, REV_0002), (REV_0002, REV_0003)]
+    project = AlembicProject(APP_DIR, ALEMBIC_ARGV)
+    whole = project.sql_preview(SECRET_URL, [REV_0001])
+    assert revisions.per_revision_sql(whole, steps) is not None
+    assert revisions.per_revision_sql(whole, steps[:1]) is None                  # markers not the steps asked
+    assert revisions.per_revision_sql(whole, list(reversed(steps))) is None
+    from_base = project.sql_preview(SECRET_URL, [], REV_0002)                    # creates the version table first
+    assert revisions.per_revision_sql(from_base, [("base", REV_0001), (REV_0001, REV_0002)]) is None
+
+    app = tmp_path / "app"                                                       # a transaction per migration
+    shutil.copytree(APP_DIR, app, ignore=shutil.ignore_patterns("__pycache__"))
+    env_py = app / "alembic" / "env.py"
+    env_py.write_text(env_py.read_text().replace("literal_binds=True,", "literal_binds=True, "
+                                                 "transaction_per_migration=True,", 1))
+    per_migration = AlembicProject(app, ALEMBIC_ARGV).sql_preview(SECRET_URL, [REV_0001])
+    assert per_migration.count("BEGIN;") == 2
+    assert revisions.per_revision_sql(per_migration, steps) is None
