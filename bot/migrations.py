@@ -137,8 +137,9 @@ def checked_proposal(name: str, env: Environment, direction: str, typed: str, co
     return proposal
 
 
-def outcome_line(result: migrate.MigrationResult) -> str:
-    """One line for the request message and the audit trail."""
+def outcome_line(result: migrate.MigrationResult, *, advice_where: str = "in this thread") -> str:
+    """One line for the request message and the audit trail; `advice_where`: where the §6.5
+    recommendation is shown (Slack: the request's thread; the CLI prints it with the result)."""
     frm = ", ".join(result.from_revisions) or "base"
     to = ", ".join(result.to_revisions) or "base"
     name = result.environment
@@ -150,8 +151,7 @@ def outcome_line(result: migrate.MigrationResult) -> str:
         return f"nothing to do: {name} was already at {to}"
     if result.outcome == "refused":
         return f"stopped before changing anything: {result.error}"
-    return (f"{result.outcome}: {result.error or 'see the log'}; {name} is at {to}; what to do now is in "
-            "this thread")
+    return f"{result.outcome}: {result.error or 'see the log'}; {name} is at {to}; what to do now is {advice_where}"
 
 
 def interrupted_outcome(run: Any) -> approvals.Outcome:
@@ -245,7 +245,7 @@ def backup_before_run(store, name: str, env: Environment, actor: str, *, run_id:
 def migration_kind(settings: Settings, store, direction: str, *,
                    watch: Callable[[ApprovalRequest, str], RunWatcher | None] | None = None,
                    project: Callable[[str], Any] | None = None,
-                   skip_backup: str | None = None) -> approvals.ApprovalKind:
+                   skip_backup: str | None = None, advice_where: str = "in this thread") -> approvals.ApprovalKind:
     """The "migrate" (upgrade) or "rollback" (downgrade) kind. `watch(request, run_id)` gives the
     run's watcher; `project(name)` the environment's cached AlembicProject. Without a fresh verified
     backup the run takes one first, under its lock (backup_before_run); `skip_backup` says why it must
@@ -272,7 +272,7 @@ def migration_kind(settings: Settings, store, direction: str, *,
         marked = RunStore(store).get(run_id) if store is not None else None
         if marked is not None and marked.state == INTERRUPTED:    # a shutdown (or a reaper) marked it meanwhile
             return interrupted_outcome(marked)
-        return approvals.Outcome(result.ok, outcome_line(result),
+        return approvals.Outcome(result.ok, outcome_line(result, advice_where=advice_where),
                                  result_details(result, getattr(backup, "id", None)))
 
     def describe(request: ApprovalRequest) -> list[dict[str, Any]]:
@@ -304,7 +304,8 @@ def run_with_yes(settings: Settings, store, proposal: migrate.Proposal, typed: s
     direction = proposal.direction
     service = approvals.ApprovalService(settings, store, None, redactor=redactor)
     service.register(migration_kind(settings, store, direction, watch=lambda _request, _run_id: watcher,
-                                    skip_backup=skip_backup))
+                                    skip_backup=skip_backup,
+                                    advice_where="printed with the result (`runbook-bot incident` for §7.3)"))
     return service.run_confirmed(KIND_OF_DIRECTION[direction], proposal.environment, actor,
                                  proposal_params(proposal, typed))
 

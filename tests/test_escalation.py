@@ -407,6 +407,9 @@ def test_data_loss_found_by_validation_escalates_to_level_3_and_runs_the_pause_h
     assert [e.outcome for e in store.events(action="escalate")] == ["level 3"]
     assert [e.outcome for e in store.events(action="escalate.pause_hook")] == ["ok"]
     assert "*Validation*: FAILED — *data loss*" in dumps(message.blocks)
+    [request] = [r for r in ApprovalStore(store).list() if r.kind == "migrate"]      # the --yes run's record
+    assert request.result_summary.endswith("what to do now is printed with the result (`runbook-bot incident` "
+                                           "for §7.3)"), request.result_summary
 
 
 def test_a_failed_restore_escalates_to_level_2_in_the_requests_thread(sample_db, tmp_path, local_slack, bots,
