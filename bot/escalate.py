@@ -38,6 +38,7 @@ AUTOMATIC_ACTOR = "runbook-bot"
 FAILED_RUN_STATES = ("failed", INTERRUPTED)
 # The job_claims name of an interrupted run's automatic summary (RunStore.claim_follow_up).
 INCIDENT_CLAIM = "incident"
+ESCALATION_CLAIM = "escalation"
 Thread = tuple[str, str]          # (channel, ts) of the message whose thread a reply goes in
 
 
@@ -200,7 +201,10 @@ class Escalator:
             return None
         thread = thread or self.thread_of_run(run)
         automatic = levels.automatic_level(run)
-        if automatic is not None and not levels.already_escalated(self.store, run.id, automatic[0]):
+        # The event check sees an earlier escalation at this level or higher; the claim makes two
+        # callers racing past it (replicas following up the same run) escalate once.
+        if automatic is not None and not levels.already_escalated(self.store, run.id, automatic[0]) and \
+                self.runs.claim_follow_up(run.id, f"{ESCALATION_CLAIM}-{automatic[0]}", claimant):
             level, reason = automatic
             report = self.escalate(run.environment, level, reason=levels.check_reason(reason[:levels.MAX_REASON]),
                                    actor=AUTOMATIC_ACTOR, run_id=run.id, thread=thread, automatic=True)

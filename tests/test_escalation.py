@@ -385,6 +385,37 @@ def test_a_failed_rollback_escalates_to_level_2_on_its_own(sample_db, tmp_path, 
     assert_no_secret(PASSWORD, back.stdout, back.stderr, dumps([c.body for c in local_slack.calls()]))
 
 
+def test_two_callers_following_up_one_failed_rollback_escalate_it_once(sample_db, tmp_path, local_slack):
+    import threading
+
+    url = with_password(sample_db(REV_0003), PASSWORD)
+    app = app_copy(tmp_path, [("0004_bad_down", "op.execute('SELECT 1')", "op.execute('SELECT 1/0')")])
+    config = escalation_config(tmp_path, url, app_dir=app)
+    settings = load(config)
+    store = Store(settings.state_url)
+    store.migrate()
+    env = settings.environments["production"]
+    assert migrate.upgrade("production", env, store=store).ok
+    failed = migrate.downgrade("production", env, store=store)       # the engine alone: nobody followed it up
+    assert failed.outcome == "failed" and store.events(action="escalate") == []
+    escalators = [Escalator(settings, store, None, redactor=Redactor(settings)) for _ in range(2)]
+    start = threading.Barrier(2)
+    reports: list[Any] = []
+
+    def follow_up(escalator: Escalator) -> None:
+        start.wait()
+        reports.append(escalator.after_run(failed.run_id))
+
+    threads = [threading.Thread(target=follow_up, args=(e,)) for e in escalators]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(reports) == 2 and all(r is not None for r in reports)
+    [event] = store.events(action="escalate")
+    assert event.run_id == failed.run_id and event.details["automatic"] and event.outcome == "level 2"
+
+
 def test_data_loss_found_by_validation_escalates_to_level_3_and_runs_the_pause_hook(sample_db, tmp_path,
                                                                                    local_slack, pg_bin_dir):
     url = with_password(sample_db(REV_0003), PASSWORD)
