@@ -9,7 +9,7 @@ Public API (bot/flows, bot/cli and bot/approvals build on it; names are stable):
     latest_verified(store, name, kinds=("full",)) -> Backup | None
     verify_backup(name, env, store, backup_id, *, level="full") -> Backup       re-runs the ladder
     apply_retention(name, env, store) -> list[Backup]                            what it expired
-    plan_restore(name, env, store, backup_id, *, tables=()) -> RestorePlan      what would be replaced
+    plan_restore(name, env, store, backup_id, *, tables=()) -> RestorePlan      what would be replaced, dropped
     restore(name, env, store, backup_id, *, expected_revision, tables=(), actor=..., progress=None,
             lock=None) -> RestoreResult                                         raises BackupError
     dump_in_progress(conn) -> list[DumpSession]                                 any pg_dump on this db
@@ -35,7 +35,16 @@ How a backup runs (one advisory lock for the whole operation, runbook/guard.py):
    the scratch database is always dropped). A rung that fails marks the backup failed, deletes
    the file, and it is never offered for restore.
 4. Only then is the file moved to its final name (or uploaded), marked verified, and
-   retention applied.
+   retention applied. A full backup's details record what its archive holds of views
+   ("views") and of OBJECT_KINDS ("objects": functions, procedures, aggregates, domains, types,
+   sequences, schemas), by pg_restore --list's names.
+
+A full restore is one psql transaction: a prologue drops what the backup does not hold (views,
+tables, then the objects of OBJECT_KINDS created since, never an extension's), then
+`pg_restore --clean --if-exists` recreates what it does hold. Objects are matched by name, functions
+by their argument types as pg_dump tags them; a name the parse gets wrong (an owner's name with a
+space: the TOC does not delimit it) only makes an archived object look new: it is dropped and
+recreated from the archive. Backups without an "objects" record drop only views and tables.
 
 Every BackupError is one line, scrubbed of the password.
 """
@@ -53,7 +62,7 @@ import tempfile
 import threading
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -190,6 +199,8 @@ class RestorePlan:
     changes: list[TableChange]
     warnings: list[str]
     blockers: list[str]           # non-empty: restore() will refuse, for these reasons
+    # full: the views and other objects created since the backup, dropped in this order (tables: `changes`)
+    dropped: list[CatalogObject] = field(default_factory=list)
 
     @property
     def allowed(self) -> bool:
@@ -372,6 +383,118 @@ def _user_tables(conn: psycopg.Connection) -> list[str]:
 def _user_views(conn: psycopg.Connection) -> list[tuple[str, str]]:
     """(schema.name, relkind) of views ('v') and materialized views ('m')."""
     return [(f"{schema}.{name}", kind) for schema, name, kind in conn.execute(RELATIONS_SQL, [["v", "m"]]).fetchall()]
+
+
+# Schemas, types, domains, functions, procedures, aggregates and standalone sequences: what a full
+# restore must also drop when they were created after the backup, since pg_restore --clean drops only
+# what the archive holds. Never a candidate, as pg_dump never dumps them on their own: the system's
+# schemas (pg_*, information_schema), public (pg_dump takes it as given), an extension's members or a
+# schema an extension lives in, what is part of another object (deptype 'i': the row type of a table,
+# array and multirange types, range constructors), sequences owned by a column (deptype 'a'/'i': they
+# go with their table). `tag` is the name as pg_dump's TOC gives it: functions as name(argument types),
+# the types by format_type, which qualifies them as pg_dump's does only under search_path = ''.
+CATALOG_OBJECTS_SQL = """
+WITH user_schemas AS (
+  SELECT n.oid, n.nspname FROM pg_namespace n
+   WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'
+), parts AS (
+  SELECT classid, objid FROM pg_depend WHERE deptype IN ('e', 'i')
+)
+SELECT 'schema', n.nspname::text, n.nspname::text, n.nspname::text, ''
+  FROM user_schemas n
+ WHERE n.nspname <> 'public'
+   AND NOT EXISTS (SELECT 1 FROM parts p WHERE p.classid = 'pg_namespace'::regclass AND p.objid = n.oid)
+   AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                    WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = n.oid
+                      AND (d.classid = 'pg_extension'::regclass
+                           OR EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.classid AND e.objid = d.objid
+                                         AND e.deptype = 'e')))
+UNION ALL
+SELECT CASE t.typtype WHEN 'd' THEN 'domain' ELSE 'type' END, n.nspname::text, t.typname::text, t.typname::text, ''
+  FROM pg_type t JOIN user_schemas n ON n.oid = t.typnamespace
+ WHERE t.typtype IN ('b', 'c', 'd', 'e', 'r')
+   AND (t.typrelid = 0 OR EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t.typrelid AND c.relkind = 'c'))
+   AND NOT EXISTS (SELECT 1 FROM parts p WHERE p.classid = 'pg_type'::regclass AND p.objid = t.oid)
+UNION ALL
+SELECT CASE f.prokind WHEN 'p' THEN 'procedure' WHEN 'a' THEN 'aggregate' ELSE 'function' END,
+       n.nspname::text, f.proname::text,
+       f.proname || '(' || CASE WHEN f.prokind = 'a' AND f.pronargs = 0 THEN '*' ELSE coalesce(
+           (SELECT string_agg(format_type(a.type, NULL), ', ' ORDER BY a.position)
+              FROM unnest(f.proargtypes) WITH ORDINALITY AS a(type, position)), '') END || ')',
+       CASE WHEN f.prokind = 'a' AND f.pronargs = 0 THEN '*' ELSE pg_get_function_identity_arguments(f.oid) END
+  FROM pg_proc f JOIN user_schemas n ON n.oid = f.pronamespace
+ WHERE f.prokind IN ('f', 'p', 'w', 'a')
+   AND NOT EXISTS (SELECT 1 FROM parts p WHERE p.classid = 'pg_proc'::regclass AND p.objid = f.oid)
+UNION ALL
+SELECT 'sequence', n.nspname::text, s.relname::text, s.relname::text, ''
+  FROM pg_class s JOIN user_schemas n ON n.oid = s.relnamespace
+ WHERE s.relkind = 'S'
+   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = s.oid
+                      AND d.deptype IN ('e', 'i', 'a'))
+"""
+
+# pg_restore --list's word for each kind; also the order a full restore drops them in, after the
+# views and tables: what may use a type (functions, domains over it) before the type, schemas last.
+VIEW_KINDS = ("view", "materialized view")
+OBJECT_KINDS = {"function": "FUNCTION", "procedure": "PROCEDURE", "aggregate": "AGGREGATE", "domain": "DOMAIN",
+                "type": "TYPE", "sequence": "SEQUENCE", "schema": "SCHEMA"}
+
+
+@dataclass(frozen=True)
+class CatalogObject:
+    """One object a full restore may drop: a view, or one of OBJECT_KINDS."""
+
+    kind: str                    # view | materialized view | function | procedure | aggregate | domain | ...
+    schema: str
+    name: str                    # the bare name
+    tag: str                     # as pg_dump's TOC names it: functions with their argument types
+    identity: str = ""           # functions, procedures, aggregates: the arguments DROP needs (server-made SQL)
+
+    @property
+    def key(self) -> str:
+        """How the backup's record names it: schema.tag, a schema by its name."""
+        return self.tag if self.kind == "schema" else f"{self.schema}.{self.tag}"
+
+    @property
+    def shown(self) -> str:
+        return _plain(self.key)
+
+    def drop(self, conn: psycopg.Connection) -> str:
+        """DROP ... IF EXISTS ... CASCADE: an earlier drop may have taken it along already. CASCADE
+        reaches what depends on it: created since the backup too, or held by the archive, which
+        pg_restore recreates (rows included) in the same transaction. It would also take a whole
+        extension along with one of its members, which is why no candidate holds one."""
+        target = sql.Identifier(self.name) if self.kind == "schema" else sql.Identifier(self.schema, self.name)
+        if self.identity:
+            target = sql.SQL("{}({})").format(target, sql.SQL(self.identity))
+        return sql.SQL("DROP {} IF EXISTS {} CASCADE;").format(sql.SQL(self.kind.upper()), target).as_string(conn)
+
+
+def _catalog_objects(conn: psycopg.Connection) -> list[CatalogObject]:
+    with conn.transaction():
+        conn.execute("SET LOCAL search_path = ''")      # format_type then qualifies as pg_dump's tags do
+        found = conn.execute(CATALOG_OBJECTS_SQL).fetchall()
+    return [CatalogObject(kind=kind, schema=schema, name=name, tag=tag, identity=identity)
+            for kind, schema, name, tag, identity in found]
+
+
+def _records_objects(item: Backup) -> bool:
+    """Backups taken before the record of OBJECT_KINDS was kept have none: nothing of those kinds is dropped."""
+    return isinstance(item.details.get("objects"), dict)
+
+
+def _created_since(conn: psycopg.Connection, item: Backup) -> list[CatalogObject]:
+    """The views and the objects of OBJECT_KINDS that `item` does not hold, in the order a full restore
+    drops them (tables are dropped after the views, before the rest)."""
+    held_views = set(item.details.get("views", []))
+    later = [CatalogObject(kind="materialized view" if relkind == "m" else "view", schema=schema, name=name, tag=name)
+             for view, relkind in _user_views(conn) if view not in held_views for schema, name in [_split(view)]]
+    if _records_objects(item):
+        held = {kind: set(keys) for kind, keys in item.details["objects"].items()}
+        order = list(OBJECT_KINDS)
+        later += sorted((o for o in _catalog_objects(conn) if o.key not in held.get(o.kind, ())),
+                        key=lambda o: (order.index(o.kind), o.key))
+    return later
 
 
 def _split(table: str) -> tuple[str, str]:
@@ -669,18 +792,39 @@ def _run_tool(argv: list[str], env: dict[str, str], *, timeout: float | None = N
         return rc, _read_tmp(out), _read_tmp(err)
 
 
-_TOC_LINE = re.compile(r"^\d+;\s+\d+\s+\d+\s+(TABLE DATA|TABLE|SEQUENCE SET|MATERIALIZED VIEW DATA|MATERIALIZED VIEW|VIEW)"
-                       r"\s+(\S+)\s+(\S+)\s")
+# Longer words first: "TABLE ATTACH" (a partition) is no table named "ATTACH.…", "SEQUENCE SET" no sequence.
+_TOC_KINDS = ("TABLE DATA", "TABLE ATTACH", "TABLE", "SEQUENCE OWNED BY", "SEQUENCE SET", "SEQUENCE",
+              "MATERIALIZED VIEW DATA", "MATERIALIZED VIEW", "VIEW",
+              *(word for word in OBJECT_KINDS.values() if word != "SEQUENCE"))
+_TOC_LINE = re.compile(r"^\d+;\s+\d+\s+\d+\s+(" + "|".join(map(re.escape, _TOC_KINDS)) + r") (.*)$")
 
 
 def _toc_entries(listing: str) -> dict[str, set[str]]:
-    """From `pg_restore --list`: {"TABLE": {"public.expenses", ...}, "TABLE DATA": {...}, ...}."""
+    """From `pg_restore --list`: {"TABLE": {"public.expenses", ...}, "TABLE DATA": {...},
+    "FUNCTION": {"public.total(integer, text)"}, "SCHEMA": {"audit"}, ...}.
+
+    A line is `id; catalog oid KIND namespace tag owner` joined by single spaces, and names may hold
+    spaces: the owner is the last word, the namespace the longest schema the archive creates that
+    starts the rest (public, which it does not create, otherwise the first word)."""
+    lines = [(m.group(1), m.group(2)) for m in map(_TOC_LINE.match, listing.splitlines()) if m]
+    schemas = {rest[2:].rpartition(" ")[0] for kind, rest in lines if kind == "SCHEMA" and rest.startswith("- ")}
+    longest_first = sorted(schemas, key=len, reverse=True)
     found: dict[str, set[str]] = {}
-    for line in listing.splitlines():
-        match = _TOC_LINE.match(line)
-        if match:
-            found.setdefault(match.group(1), set()).add(f"{match.group(2)}.{match.group(3)}")
+    for kind, rest in lines:
+        if kind == "SCHEMA":
+            key = rest[2:].rpartition(" ")[0]
+        else:
+            namespace = next((s for s in longest_first if rest.startswith(s + " ")), rest.split(" ", 1)[0])
+            key = f"{namespace}.{rest[len(namespace) + 1:].rpartition(' ')[0]}"
+        found.setdefault(kind, set()).add(key)
     return found
+
+
+def _archive_record(toc: dict[str, set[str]]) -> dict[str, Any]:
+    """What a full backup's details keep of its archive for a later full restore: its views, and its
+    objects of OBJECT_KINDS (the restore drops the ones created since)."""
+    return {"views": sorted(toc.get("VIEW", set()) | toc.get("MATERIALIZED VIEW", set())),
+            "objects": {kind: sorted(toc.get(word, set())) for kind, word in OBJECT_KINDS.items()}}
 
 
 # ---------------------------------------------------------------------------
@@ -838,8 +982,7 @@ def _backup_locked(name: str, env: Environment, store, target: Target, storage: 
         with client_env(password) as tool_env, _Ticker(progress, progress_every, started_clock, attempt.measure):
             outcome, counts = _dump_and_count(conn, attempt, facts, env, kind, jobs, conninfo, tool_env, storage)
             attempt.state["phase"] = "verify"
-            level, archive_tables, archive_views = _climb_ladder(attempt, facts, env, kind, verify, jobs, outcome,
-                                                                 counts, tool_env)
+            level, toc = _climb_ladder(attempt, facts, env, kind, verify, jobs, outcome, counts, tool_env)
             if outcome is not None:
                 sha256, size = outcome.sha256, outcome.bytes_written
             else:
@@ -850,10 +993,13 @@ def _backup_locked(name: str, env: Environment, store, target: Target, storage: 
             except StorageError as exc:
                 raise attempt.fail(str(exc), level)
 
+    record = _archive_record(toc)
+    if kind != "full":                    # only a full restore drops what its backup does not hold
+        del record["objects"]
     _update(store, backup_id, status="verified", level=level, location=location, size_bytes=size,
             sha256=sha256, finished_at=_now(), duration_seconds=round(time.monotonic() - started_clock, 3),
-            tables=sorted(archive_tables) if kind != "tables" else list(facts.chosen), row_counts=counts,
-            details={**_load(store, backup_id).details, "views": sorted(archive_views)})
+            tables=sorted(toc.get("TABLE", set())) if kind != "tables" else list(facts.chosen), row_counts=counts,
+            details={**_load(store, backup_id).details, **record})
     result = _load(store, backup_id)
     try:
         expired = apply_retention(name, env, store, storage=storage)
@@ -936,22 +1082,20 @@ def _dump_and_count(conn: psycopg.Connection, attempt: _Attempt, facts: _Facts, 
 
 def _climb_ladder(attempt: _Attempt, facts: _Facts, env: Environment, kind: str, verify: str, jobs: int,
                   outcome: _StreamOutcome | None, counts: dict[str, int],
-                  tool_env: dict[str, str]) -> tuple[str, set[str], set[str]]:
-    """toc < full < restore on the partial archive: (level reached, its tables, its views).
+                  tool_env: dict[str, str]) -> tuple[str, dict[str, set[str]]]:
+    """toc < full < restore on the partial archive: (level reached, its TOC by kind, see _toc_entries).
     A rung that fails fails the attempt, with the level below it recorded."""
     partial, pg_restore = attempt.partial, str(facts.tools.pg_restore.path)
     level = "none"
     if facts.fmt == "plain":
         if outcome is None or not outcome.plain_ok:
             raise attempt.fail("the schema dump is incomplete: it lacks pg_dump's closing line", level)
-        level, archive_tables, archive_views = "full", set(facts.existing), set()
+        level, toc = "full", {"TABLE": set(facts.existing)}
     else:
         rc, listing, err = _run_tool([pg_restore, "--list", str(partial)], tool_env)
         if rc != 0:
             raise attempt.fail(f"TOC read failed (pg_restore --list): {_first_error(err, 'pg_restore')}", level)
         toc = _toc_entries(listing)
-        archive_tables = toc.get("TABLE", set())
-        archive_views = toc.get("VIEW", set()) | toc.get("MATERIALIZED VIEW", set())
         missing = [t for t in facts.counted if t not in toc.get("TABLE DATA", set())]
         if missing:
             raise attempt.fail(f"TOC read: the archive has no data for {', '.join(_plain(t) for t in missing[:5])}",
@@ -968,11 +1112,12 @@ def _climb_ladder(attempt: _Attempt, facts: _Facts, env: Environment, kind: str,
         level = "full"
     if verify == "restore":
         problem = _verify_by_restore(attempt.target, facts.tools, tool_env, env, partial, kind=kind, fmt=facts.fmt,
-                                     expected=counts, expected_tables=sorted(archive_tables), state=attempt.state)
+                                     expected=counts, expected_tables=sorted(toc.get("TABLE", set())),
+                                     state=attempt.state)
         if problem:
             raise attempt.fail(f"restore check failed: {problem}", level)
         level = "restore"
-    return level, archive_tables, archive_views
+    return level, toc
 
 
 def _scratch_conninfo(dsn: str, dbname: str, purpose: str) -> tuple[str, str]:
@@ -1139,6 +1284,7 @@ def plan_restore(name: str, env: Environment, store, backup_id: int | str, *,
             existing = _user_tables(conn)
             fks = _foreign_keys(conn)
             extras = [t for t in existing if t not in item.tables] if mode == "full" else []
+            later = _created_since(conn, item) if mode == "full" else []
             now_counts = _count_rows(conn, [t for t in chosen + extras if t in existing])
     except TargetError as exc:
         raise BackupError(str(exc)) from None
@@ -1153,6 +1299,12 @@ def plan_restore(name: str, env: Environment, store, backup_id: int | str, *,
     if mode == "full" and extras:
         warnings.append(f"{len(extras)} table(s) created since the backup will be dropped: "
                         + ", ".join(_plain(t) for t in extras[:10]))
+    if mode == "full":
+        warnings += _drop_warnings(later)
+        if not _records_objects(item):
+            warnings.append(f"backup {item.id} was taken before backups recorded their types, domains, functions, "
+                            "sequences and schemas: those created since it stay in place (drop them by hand if a "
+                            "migration will create them again)")
     if mode == "tables":
         missing = [t for t in chosen if t not in existing]
         if missing:
@@ -1170,7 +1322,17 @@ def plan_restore(name: str, env: Environment, store, backup_id: int | str, *,
                                     f"point at rows the backup lacks, the restore fails and changes nothing")
     return RestorePlan(environment=name, target=target.label, backup=item, mode=mode, tables=chosen,
                        current_revision=current, backup_revision=item.revision, changes=changes,
-                       warnings=warnings, blockers=blockers)
+                       warnings=warnings, blockers=blockers, dropped=later)
+
+
+def _drop_warnings(later: Sequence[CatalogObject]) -> list[str]:
+    """One line per kind, in the order they are dropped."""
+    names: dict[str, list[str]] = {}
+    for obj in later:
+        names.setdefault(obj.kind, []).append(obj.shown)
+    return [f"{len(shown)} {kind}(s) created since the backup will be dropped"
+            f"{' with everything in them' if kind == 'schema' else ''}: "
+            + ", ".join(shown[:10]) + (" …" if len(shown) > 10 else "") for kind, shown in names.items()]
 
 
 def restore(name: str, env: Environment, store, backup_id: int | str, *, expected_revision: Sequence[str],
@@ -1282,8 +1444,8 @@ def _restore_archive(name: str, env: Environment, store, target: Target, held: g
     state["bytes"] = 0
     extras = [t for t in existing if t not in item.tables] if mode == "full" else []
     with target.connect("restore", statement_timeout="120s") as conn:
-        views = _user_views(conn) if mode == "full" else []
-        prologue = _restore_prologue(conn, env, mode, chosen, existing, extras, views, fks, item)
+        later = _created_since(conn, item) if mode == "full" else []
+        prologue = _restore_prologue(conn, env, mode, chosen, existing, extras, later, fks)
     problem = _pipe_restore(tools, env, path, mode, chosen, sequences, fks, prologue, state)
     if problem and "lock timeout" in problem:
         problem = (f"other sessions kept the tables locked for longer than lock_wait_timeout "
@@ -1295,10 +1457,11 @@ def _restore_archive(name: str, env: Environment, store, target: Target, held: g
 
 
 def _restore_prologue(conn: psycopg.Connection, env: Environment, mode: str, chosen: list[str],
-                      existing: list[str], extras: list[str], views: list[tuple[str, str]],
-                      fks: Sequence[tuple[str, str, str, str]], item: Backup) -> str:
+                      existing: list[str], extras: list[str], later: Sequence[CatalogObject],
+                      fks: Sequence[tuple[str, str, str, str]]) -> str:
     """The SQL that opens the restore's transaction: a bounded wait for the locks, then what
-    pg_restore's own script does not do (drop what the backup lacks; empty the tables it refills)."""
+    pg_restore's own script does not do (drop what the backup lacks: views, tables, then the rest of
+    `later` in its order; or empty the tables it refills)."""
     lines = [f"SET lock_timeout = {sql.Literal(env.backups.lock_wait_timeout).as_string(conn)};", "BEGIN;"]
     present = [t for t in (chosen if mode == "tables" else existing)]
     if present:
@@ -1306,14 +1469,10 @@ def _restore_prologue(conn: psycopg.Connection, env: Environment, mode: str, cho
         lines.append(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE;").format(
             sql.SQL(", ").join(_ident(t) for t in present)).as_string(conn))
     if mode == "full":
-        backup_views = set(item.details.get("views", []))
-        for view, kind in views:
-            if view not in backup_views:
-                word = "MATERIALIZED VIEW" if kind == "m" else "VIEW"
-                lines.append(sql.SQL("DROP {} IF EXISTS {} CASCADE;").format(sql.SQL(word), _ident(view))
-                             .as_string(conn))
+        lines += [o.drop(conn) for o in later if o.kind in VIEW_KINDS]
         for table in extras:
             lines.append(sql.SQL("DROP TABLE IF EXISTS {} CASCADE;").format(_ident(table)).as_string(conn))
+        lines += [o.drop(conn) for o in later if o.kind not in VIEW_KINDS]
     else:
         for table in reversed(_parents_first(chosen, fks)):
             lines.append(sql.SQL("DELETE FROM {};").format(_ident(table)).as_string(conn))
@@ -1378,7 +1537,7 @@ def _pipe_restore(tools: Tools, env: Environment, archive: Path, mode: str, chos
 
 __all__ = [
     "BackupError", "BackupFailed", "Backup", "Progress", "ProgressCallback", "DumpSession", "TableChange",
-    "RestorePlan", "RestoreResult", "KINDS", "LEVELS", "VERIFY_LEVELS",
+    "RestorePlan", "RestoreResult", "CatalogObject", "KINDS", "LEVELS", "VERIFY_LEVELS",
     "backup", "list_backups", "get_backup", "latest_verified", "last_backup_at", "verify_backup", "remember_message",
     "apply_retention", "plan_restore", "restore", "dump_in_progress", "resolve_tables", "backup_to_json",
 ]
