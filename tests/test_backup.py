@@ -93,6 +93,17 @@ def fingerprint(url: str) -> dict:
                 for t in tables}
 
 
+def run(url: str, *statements: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def value(url: str, query: str):
+    with psycopg.connect(url) as conn:
+        return conn.execute(query).fetchone()[0]
+
+
 # ---------------------------------------------------------------------------
 # backups and the ladder
 
@@ -144,6 +155,16 @@ def test_table_backup_holds_only_the_tables_asked_for(sample_db, pg_bin_dir, tmp
     listing = subprocess.run([str(pg_bin_dir / "pg_restore"), "--list", made.location],
                              capture_output=True, text=True).stdout
     assert "TABLE DATA public expenses" in listing and "TABLE DATA public categories" not in listing
+
+
+def test_a_partitioned_table_is_catalogued_by_its_names_only(sample_db, pg_bin_dir, tmp_path):
+    url = sample_db("head")
+    name, env, store = environment(tmp_path, url, pg_bin_dir)
+    run(url, "CREATE TABLE readings (day date, v int) PARTITION BY RANGE (day)",
+        "CREATE TABLE readings_2026 PARTITION OF readings FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')")
+    made = engine.backup(name, env, store)              # its TOC also says "TABLE ATTACH public readings_2026"
+    assert made.tables == ["public.alembic_version", "public.categories", "public.expenses", "public.incomes",
+                           "public.readings", "public.readings_2026"]
 
 
 @pytest.mark.parametrize("tables, expected", [
@@ -473,6 +494,223 @@ def test_full_restore_takes_a_database_back_across_a_migration(sample_db, pg_bin
     assert result.revision_after == [REV_0001]
     assert "categories" not in tables_of(url) and rows(url, "expenses") == expenses
     upgrade(url, "head")                                                 # and the app can migrate again
+
+
+# ---------------------------------------------------------------------------
+# full restores: the types, domains, functions, sequences and schemas created since the backup
+
+
+# PostgreSQL's own name lookups: independent of the engine's catalogue query
+LOOKUPS = {"type": "to_regtype", "domain": "to_regtype", "function": "to_regprocedure",
+           "procedure": "to_regprocedure", "aggregate": "to_regprocedure", "sequence": "to_regclass",
+           "table": "to_regclass", "schema": "to_regnamespace"}
+
+
+def present(url: str, *objects: str) -> dict[str, bool]:
+    """{"type mood": True, "function f(integer)": False, ...}."""
+    with psycopg.connect(url) as conn:
+        return {o: conn.execute(f"SELECT {LOOKUPS[o.split(' ', 1)[0]]}(%s) IS NOT NULL",
+                                [o.split(" ", 1)[1]]).fetchone()[0] for o in objects}
+
+
+USER_SCHEMAS = "n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'"
+
+
+def user_objects(url: str) -> dict[str, list[str]]:
+    """Every type, routine (with its definition), sequence and schema outside the system's, by name."""
+    queries = {
+        "types": f"SELECT t.oid::regtype::text FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+                 f"WHERE {USER_SCHEMAS}",
+        "routines": f"SELECT p.oid::regprocedure::text || ' ' || CASE WHEN p.prokind = 'a' THEN 'aggregate' "
+                    f"ELSE pg_get_functiondef(p.oid) END "
+                    f"FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                    f"WHERE {USER_SCHEMAS}",
+        "sequences": f"SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                     f"WHERE c.relkind = 'S' AND {USER_SCHEMAS}",
+        "schemas": f"SELECT n.nspname FROM pg_namespace n WHERE {USER_SCHEMAS}",
+    }
+    with psycopg.connect(url) as conn:
+        return {what: sorted(r[0] for r in conn.execute(query)) for what, query in queries.items()}
+
+
+def dropped(plan) -> list[tuple[str, str]]:
+    return [(o.kind, o.shown) for o in plan.dropped]
+
+
+def test_full_restore_drops_the_types_functions_sequences_and_schemas_created_since(sample_db, pg_bin_dir, tmp_path):
+    url = sample_db("head")
+    name, env, store = environment(tmp_path, url, pg_bin_dir)
+    run(url, "CREATE TYPE kept_status AS ENUM ('open', 'closed')",
+        "CREATE TYPE kept_span AS RANGE (subtype = float8)",        # its constructors and multirange come with it
+        "CREATE FUNCTION kept_double(n integer) RETURNS integer LANGUAGE sql AS 'SELECT n * 2'",
+        "CREATE FUNCTION kept_label(s kept_status) RETURNS text LANGUAGE sql AS 'SELECT upper(s::text)'")
+    original = {t: rows(url, t) for t in ("expenses", "incomes", "categories", "alembic_version")}
+    at_backup = user_objects(url)
+    made = engine.backup(name, env, store)
+    assert made.details["objects"]["type"] == ["public.kept_span", "public.kept_status"]
+    assert made.details["objects"]["function"] == ["public.kept_double(integer)",
+                                                   "public.kept_label(public.kept_status)"]
+    assert made.details["objects"]["sequence"] == ["public.categories_id_seq", "public.expenses_id_seq",
+                                                   "public.incomes_id_seq"]
+    assert made.details["objects"]["schema"] == [] and made.details["objects"]["domain"] == []
+
+    run(url,
+        "CREATE TYPE mood AS ENUM ('calm', 'tense')",                   # what Alembic's sa.Enum creates
+        "CREATE TYPE later_span AS RANGE (subtype = float8)",
+        "CREATE TABLE moods (id int PRIMARY KEY, mood mood NOT NULL)",
+        "INSERT INTO moods VALUES (1, 'calm')",
+        "CREATE DOMAIN positive_amount AS numeric CHECK (VALUE > 0)",
+        # takes a type the archive holds: pg_restore's own DROP TYPE would fail while it exists
+        "CREATE FUNCTION later_label(s kept_status) RETURNS text LANGUAGE sql AS 'SELECT s::text'",
+        "CREATE FUNCTION kept_double(t text) RETURNS text LANGUAGE sql AS 'SELECT t || t'",   # an overload
+        "CREATE PROCEDURE later_proc(INOUT n integer) LANGUAGE sql AS 'SELECT n'",
+        "CREATE AGGREGATE later_count(*) (sfunc = int8inc, stype = int8, initcond = '0')",
+        "CREATE SEQUENCE later_seq",
+        "CREATE SCHEMA audit",
+        "CREATE TABLE audit.log (id serial PRIMARY KEY, mood mood, amount positive_amount)",
+        "INSERT INTO audit.log (mood, amount) VALUES ('tense', 3)",
+        # the backup's own objects, changed since: their definitions come back
+        "ALTER TYPE kept_status ADD VALUE 'archived'",
+        "CREATE OR REPLACE FUNCTION kept_double(n integer) RETURNS integer LANGUAGE sql AS 'SELECT n * 3'",
+        "DELETE FROM expenses WHERE id > 30")
+    later = ["type mood", "type later_span", "type later_span_multirange", "domain positive_amount",
+             "function later_label(kept_status)", "function kept_double(text)", "procedure later_proc(integer)",
+             "aggregate later_count()", "sequence later_seq", "schema audit", "table moods", "table audit.log"]
+    assert all(present(url, *later).values())
+
+    plan = engine.plan_restore(name, env, store, made.id)
+    assert dropped(plan) == [("function", "kept_double(text)"), ("function", "later_label(public.kept_status)"),
+                             ("procedure", "later_proc(integer)"), ("aggregate", "later_count(*)"),
+                             ("domain", "positive_amount"), ("type", "later_span"), ("type", "mood"),
+                             ("sequence", "later_seq"),
+                             ("schema", "audit")]
+    for line in ("2 table(s) created since the backup will be dropped: audit.log, moods",
+                 "2 function(s) created since the backup will be dropped: kept_double(text), "
+                 "later_label(public.kept_status)",
+                 "1 procedure(s) created since the backup will be dropped: later_proc(integer)",
+                 "1 aggregate(s) created since the backup will be dropped: later_count(*)",
+                 "1 domain(s) created since the backup will be dropped: positive_amount",
+                 "2 type(s) created since the backup will be dropped: later_span, mood",
+                 "1 sequence(s) created since the backup will be dropped: later_seq",
+                 "1 schema(s) created since the backup will be dropped with everything in them: audit"):
+        assert line in plan.warnings, plan.warnings
+
+    result = engine.restore(name, env, store, made.id, expected_revision=plan.current_revision)
+    assert [o for o, there in present(url, *later).items() if there] == []
+    assert {t: rows(url, t) for t in original} == original and result.mismatches == {}
+    assert value(url, "SELECT enum_range(NULL::kept_status)::text") == "{open,closed}"
+    assert value(url, "SELECT kept_double(21)") == 42 and value(url, "SELECT kept_label('open')") == "OPEN"
+    assert user_objects(url) == at_backup                         # exactly the backup's set, definitions too
+    safety = result.safety_backup.details["objects"]              # and the safety backup can bring them back
+    assert "public.mood" in safety["type"] and "audit" in safety["schema"]
+
+    again = engine.plan_restore(name, env, store, made.id)
+    assert again.dropped == [] and not [w for w in again.warnings if "created since" in w]
+    engine.restore(name, env, store, made.id, expected_revision=again.current_revision)
+    assert user_objects(url) == at_backup and {t: rows(url, t) for t in original} == original
+    upgrade(url, "head")                                  # Alembic agrees: already at head, nothing left over
+
+
+def test_names_with_spaces_and_overloads_are_matched_to_the_archive_exactly(sample_db, pg_bin_dir, tmp_path):
+    url = sample_db("head")
+    name, env, store = environment(tmp_path, url, pg_bin_dir)
+    run(url, 'CREATE SCHEMA "Odd Schema"',
+        """CREATE TYPE "Odd Schema"."Odd Type" AS ENUM ('x')""",
+        'CREATE DOMAIN "Odd Schema"."Odd Domain" AS character varying(20)',
+        'CREATE FUNCTION "Odd Schema"."Odd Fn"(t "Odd Schema"."Odd Type", VARIADIC n double precision[]) '
+        "RETURNS integer LANGUAGE sql AS 'SELECT 1'",
+        "CREATE FUNCTION total(a integer, b integer DEFAULT 0) RETURNS integer LANGUAGE sql AS 'SELECT a + b'",
+        'CREATE SEQUENCE "Odd Schema"."Odd Seq"')
+    made = engine.backup(name, env, store)
+    assert made.details["objects"]["function"] == [
+        'Odd Schema.Odd Fn("Odd Schema"."Odd Type", double precision[])', "public.total(integer, integer)"]
+    assert made.details["objects"]["schema"] == ["Odd Schema"]
+    assert made.details["objects"]["type"] == ["Odd Schema.Odd Type"]
+    run(url, """CREATE TYPE "Odd Schema"."Later Type" AS ENUM ('y')""",
+        "CREATE FUNCTION total(a numeric, b numeric) RETURNS numeric LANGUAGE sql AS 'SELECT a + b'")
+    plan = engine.plan_restore(name, env, store, made.id)
+    assert dropped(plan) == [("function", "total(numeric, numeric)"), ("type", "Odd Schema.Later Type")]
+    engine.restore(name, env, store, made.id, expected_revision=plan.current_revision)
+    assert present(url, 'schema "Odd Schema"', 'type "Odd Schema"."Odd Type"', 'domain "Odd Schema"."Odd Domain"',
+                   'function "Odd Schema"."Odd Fn"("Odd Schema"."Odd Type", double precision[])',
+                   "function total(integer, integer)", 'sequence "Odd Schema"."Odd Seq"',
+                   'type "Odd Schema"."Later Type"', "function total(numeric, numeric)") == {
+        'schema "Odd Schema"': True, 'type "Odd Schema"."Odd Type"': True, 'domain "Odd Schema"."Odd Domain"': True,
+        'function "Odd Schema"."Odd Fn"("Odd Schema"."Odd Type", double precision[])': True,
+        "function total(integer, integer)": True, 'sequence "Odd Schema"."Odd Seq"': True,
+        'type "Odd Schema"."Later Type"': False, "function total(numeric, numeric)": False}
+
+
+def extension_members(url: str, extension: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        return sorted(r[0] for r in conn.execute(
+            "SELECT pg_describe_object(classid, objid, objsubid) FROM pg_depend WHERE deptype = 'e' "
+            "AND refclassid = 'pg_extension'::regclass "
+            "AND refobjid = (SELECT oid FROM pg_extension WHERE extname = %s)",
+            [extension]))
+
+
+def test_an_extension_created_since_the_backup_keeps_its_objects_and_its_schema(sample_db, pg_bin_dir, tmp_path):
+    url = sample_db("head")
+    name, env, store = environment(tmp_path, url, pg_bin_dir)
+    made = engine.backup(name, env, store)
+    run(url, "CREATE SCHEMA vec", "CREATE EXTENSION vector SCHEMA vec",     # pgvector ships with pgserver
+        # some extensions spread over several schemas: a schema holding one of its members is never dropped
+        "CREATE SCHEMA vec_ops", "ALTER FUNCTION vec.l2_distance(vec.vector, vec.vector) SET SCHEMA vec_ops",
+        "CREATE TABLE embeddings (id int PRIMARY KEY, v vec.vector(3))",
+        "INSERT INTO embeddings VALUES (1, '[1,2,3]')",
+        "CREATE TYPE mood AS ENUM ('calm')")
+    members = extension_members(url, "vector")
+    assert "type vec.vector" in members and "function vec_ops.l2_distance(vec.vector,vec.vector)" in members
+    plan = engine.plan_restore(name, env, store, made.id)
+    assert dropped(plan) == [("type", "mood")]                     # nothing of the extension, nor its schema
+    engine.restore(name, env, store, made.id, expected_revision=plan.current_revision)
+    assert extension_members(url, "vector") == members
+    assert value(url, "SELECT vec_ops.l2_distance('[1,2,3]'::vec.vector, '[1,2,4]'::vec.vector)") == 1.0
+    assert present(url, "schema vec", "schema vec_ops", "type mood", "table embeddings") == {
+        "schema vec": True, "schema vec_ops": True, "type mood": False, "table embeddings": False}
+
+
+def test_a_backup_taken_before_the_record_drops_none_of_these_kinds_and_says_so(sample_db, pg_bin_dir, tmp_path):
+    from runbook.state.models import BackupRow
+
+    url = sample_db("head")
+    name, env, store = environment(tmp_path, url, pg_bin_dir)
+    made = engine.backup(name, env, store)
+    with store.session() as session, session.begin():                # what an older bot's backup looks like
+        row = session.get(BackupRow, made.id)
+        row.details = {k: v for k, v in row.details.items() if k != "objects"}
+    run(url, "CREATE TYPE mood AS ENUM ('calm')", "CREATE TABLE moods (id int, mood mood)",
+        "CREATE FUNCTION later_fn() RETURNS integer LANGUAGE sql AS 'SELECT 1'", "CREATE VIEW later_view AS SELECT 1")
+    plan = engine.plan_restore(name, env, store, made.id)
+    assert dropped(plan) == [("view", "later_view")]                 # views were always recorded
+    assert [w for w in plan.warnings if "recorded" in w] == [
+        f"backup {made.id} was taken before backups recorded their types, domains, functions, sequences and "
+        "schemas: those created since it stay in place (drop them by hand if a migration will create them again)"]
+    engine.restore(name, env, store, made.id, expected_revision=plan.current_revision)
+    assert present(url, "type mood", "function later_fn()", "table moods") == {
+        "type mood": True, "function later_fn()": True, "table moods": False}
+
+
+def test_a_full_restore_that_fails_after_its_drops_changes_nothing(sample_db, pg_bin_dir, tmp_path):
+    url = sample_db("head")
+    name, env, store = environment(tmp_path, url, pg_bin_dir)
+    run(url, "CREATE FUNCTION kept_add(a integer, b integer) RETURNS integer LANGUAGE sql AS 'SELECT a + b'")
+    made = engine.backup(name, env, store)
+    run(url, "CREATE TYPE mood AS ENUM ('calm')", "CREATE SCHEMA audit", "CREATE TABLE audit.log (id int)",
+        "DELETE FROM incomes",
+        # an operator is not a kind the restore drops: pg_restore's own DROP FUNCTION kept_add fails on it
+        "CREATE OPERATOR ### (leftarg = integer, rightarg = integer, function = kept_add)")
+    before, objects = fingerprint(url), user_objects(url)
+    plan = engine.plan_restore(name, env, store, made.id)
+    assert dropped(plan) == [("type", "mood"), ("schema", "audit")]
+    with pytest.raises(BackupError) as caught:
+        engine.restore(name, env, store, made.id, expected_revision=plan.current_revision)
+    assert re.match(r"the restore failed and was rolled back, production is unchanged \(safety backup \d+\): psql: ",
+                    str(caught.value)), str(caught.value)
+    assert "cannot drop function" in str(caught.value)
+    assert fingerprint(url) == before and user_objects(url) == objects
+    assert all(present(url, "type mood", "schema audit", "table audit.log").values())
 
 
 def test_table_restore_leaves_other_tables_untouched(sample_db, pg_bin_dir, tmp_path):
