@@ -154,6 +154,27 @@ def test_full_restore_asks_for_approval_then_brings_back_the_exact_rows(restore_
     assert PASSWORD not in seen and BOT_TOKEN not in seen
 
 
+def test_full_restore_request_names_the_types_and_functions_it_drops(restore_bot):
+    """A failed migration left an enum type (sa.Enum) and a function behind: the approvers see them
+    named, and after the restore they are gone, so re-running the migration can create them again."""
+    bot = restore_bot
+    item = bot.backup()
+    execute(bot.url, "CREATE TYPE expense_kind AS ENUM ('fixed', 'variable')",
+            "CREATE TABLE budgets (id int PRIMARY KEY, kind expense_kind)",
+            "CREATE FUNCTION budget_total(kind expense_kind) RETURNS numeric LANGUAGE sql AS 'SELECT 0'")
+    bot.command(f"restore {item.id}")
+    [request] = bot.requests()
+    assert "1 type(s) created since the backup will be dropped: expense_kind" in request.params["warnings"]
+    shown = [b["text"]["text"] for b in bot.message(request).blocks if b["type"] == "section"]
+    assert (":warning: 1 function(s) created since the backup will be dropped: budget_total(public.expense_kind)\n"
+            ":warning: 1 type(s) created since the backup will be dropped: expense_kind") in "\n".join(shown)
+    bot.click(request, ALICE)
+    assert bot.get(request).state == "done", bot.get(request).result_summary
+    with psycopg.connect(bot.url) as conn:
+        assert conn.execute("SELECT to_regtype('expense_kind'), to_regprocedure('budget_total(expense_kind)'), "
+                            "to_regclass('budgets')").fetchone() == (None, None, None)
+
+
 def test_table_restore_leaves_other_tables_alone(restore_bot):
     bot = restore_bot
     dumped = rows(bot.url, "expenses")
