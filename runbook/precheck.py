@@ -178,8 +178,10 @@ def run_precheck(name: str, env: Environment, *, project: AlembicProject | None 
                 preview = project.sql_preview(env.dsn, state.current)
                 checks.append(Check("SQL preview", "ok", "rendered offline for the pending range only", "1.2"))
             except RevisionError as exc:
-                errors.append(str(exc))
-                checks.append(Check("SQL preview", "fail", f"could not render offline: {exc}", "1.2"))
+                preview, check = _preview_around(project, env, state, risk, exc)
+                if check.status == "fail":
+                    errors.append(str(exc))
+                checks.append(check)
         if state.pending and state.problem is None and env.review.enabled:
             checks.append(_risk_check(name, risk, risk_error))
     elif revision_error is not None:
@@ -197,6 +199,28 @@ def run_precheck(name: str, env: Environment, *, project: AlembicProject | None 
         database_size_bytes=health[0] if health else None, server_version=health[1] if health else None,
         activity=snapshot, alembic=state, sql_preview=preview, errors=errors, risk=risk,
     )
+
+
+def _preview_around(project: AlembicProject, env: Environment, state: AlembicState,
+                    risk: risk_review.RiskReview | None, exc: RevisionError) -> tuple[str, Check]:
+    """The range's SQL could not be rendered offline. When the review found why (a revision that
+    reads the database in upgrade(), which only a live run can do), that is a warning, not a
+    no-go: the preview stops before that revision and says so. Otherwise it fails the precheck."""
+    offline = [r.revision for r in (risk.revisions if risk is not None else []) if r.status == "not reviewable offline"]
+    if not offline:
+        return "", Check("SQL preview", "fail", f"could not render offline: {exc}", "1.2")
+    pending = [r.revision for r in state.pending]
+    before = pending.index(offline[0]) - 1 if offline[0] in pending else -1
+    preview = ""
+    if before >= 0:
+        try:
+            preview = project.sql_preview(env.dsn, state.current, pending[before])
+        except RevisionError:
+            preview = ""
+    shown = f"the SQL up to {pending[before]} is shown; " if preview else ""
+    return preview, Check("SQL preview", "warn",
+                          f"{', '.join(offline)} cannot be rendered offline (upgrade() reads the database): "
+                          f"{shown}review {'their' if len(offline) > 1 else 'its'} upgrade() by hand", "1.2")
 
 
 def _risk_check(name: str, risk: risk_review.RiskReview | None, error: str | None) -> Check:

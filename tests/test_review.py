@@ -131,9 +131,17 @@ def test_each_risky_revision_is_flagged_with_its_rule_revision_file_line_and_tab
     assert data.status == "not reviewable offline" and data.findings == []
     assert data.reason.startswith("cannot be reviewed offline:")
     assert "op.get_bind() at line" in data.reason and data.rating == "medium"
+    # the range cannot be rendered offline because of it: a warning, and the SQL up to it is shown
+    [preview_check] = [c for c in report.checks if c.name == "SQL preview"]
+    assert preview_check.status == "warn" and preview_check.detail.startswith(
+        f"{READS_DATA[0]} cannot be rendered offline (upgrade() reads the database): the SQL up to "
+        f"{FOREIGN_KEY[0]} is shown; review its upgrade() by hand")
+    assert "CREATE INDEX ix_expenses_amount" in report.sql_preview and "fk_incomes_category_id" in report.sql_preview
+    assert "COMMENT ON TABLE" not in report.sql_preview and not report.errors
 
     # high and not acknowledged: no-go, saying which revision and how to acknowledge it
     assert report.verdict == "no-go"
+    assert not any(reason.startswith("SQL preview") for reason in report.reasons)
     check = next(c for c in report.checks if c.name == "risk review")
     assert check.status == "fail" and INDEX[0] in check.detail and NOT_NULL[0] in check.detail
     assert f"/migrate ack-risk {name} {INDEX[0]} REASON" in check.detail
@@ -198,7 +206,7 @@ def test_a_malformed_allowlist_is_one_line_naming_file_and_line_and_makes_the_pr
 
 
 def test_acknowledging_the_high_revisions_turns_the_precheck_go_until_the_file_changes(risky_app):
-    # without the data-reading revision: the whole range's SQL preview would fail the precheck on its own
+    # the data-reading revision would be a warning of its own: left out to show the verdict turn go
     settings, name, env, url, app = risky_app([INDEX, NOT_NULL, FOREIGN_KEY])
     store = Store(settings.state_url)
     store.migrate()
