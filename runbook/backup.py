@@ -81,6 +81,7 @@ from runbook.state.models import BackupRow, as_utc
 from runbook.storage import (CHUNK, Storage, StorageError, archive_size, remove_local, sha256_directory,
                              size_so_far)
 from runbook.target import Target, TargetError, redact
+from runbook.tether import tethered
 from runbook.units import human_size
 
 log = logging.getLogger(__name__)
@@ -1483,7 +1484,9 @@ def _pipe_restore(tools: Tools, env: Environment, archive: Path, mode: str, chos
                   sequences: dict[str, list[str]], fks: Sequence[tuple[str, str, str, str]], prologue: str,
                   state: dict[str, Any]) -> str | None:
     """prologue + pg_restore's script(s) + COMMIT into one psql with ON_ERROR_STOP: psql stops at
-    the first error, before COMMIT, so the target is left as it was. None on success."""
+    the first error, before COMMIT, so the target is left as it was. None on success. Both tools are
+    tethered to this process (runbook/tether.py): a killed bot's psql must not go on to COMMIT a script
+    already sitting in its pipe, unsupervised, after the run was marked interrupted."""
     conninfo, password = conninfo_without_password(env.dsn, purpose="pg_restore")
     if mode == "full":
         scripts = [[str(tools.pg_restore.path), "--clean", "--if-exists", "--file=-", str(archive)]]
@@ -1496,8 +1499,8 @@ def _pipe_restore(tools: Tools, env: Environment, archive: Path, mode: str, chos
             scripts.append(argv + ["--file=-", str(archive)])
     with client_env(password) as tool_env, tempfile.TemporaryFile() as psql_err, \
             tempfile.TemporaryFile() as restore_err:
-        psql = subprocess.Popen([str(tools.psql.path), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1",
-                                 f"--dbname={conninfo}"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        psql = subprocess.Popen(tethered([str(tools.psql.path), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1",
+                                          f"--dbname={conninfo}"]), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                 stderr=psql_err, env=tool_env)
         state["pid"] = psql.pid
         broken = False
@@ -1505,7 +1508,7 @@ def _pipe_restore(tools: Tools, env: Environment, archive: Path, mode: str, chos
         try:
             psql.stdin.write(prologue.encode())
             for argv in scripts:
-                producer = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=restore_err,
+                producer = subprocess.Popen(tethered(argv), stdout=subprocess.PIPE, stderr=restore_err,
                                             stdin=subprocess.DEVNULL, env=tool_env)
                 try:
                     while chunk := producer.stdout.read1(CHUNK):

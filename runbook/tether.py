@@ -16,6 +16,11 @@ import sys
 PR_SET_PDEATHSIG = 1
 
 
+def tethered(argv: list[str]) -> list[str]:
+    """`argv` run through this module: it dies with the calling process (Popen it from there)."""
+    return [sys.executable, "-m", "runbook.tether", str(os.getpid()), "--", *argv]
+
+
 def main(args: list[str]) -> int:
     if len(args) < 3 or args[1] != "--":
         print("usage: python -m runbook.tether PARENT_PID -- COMMAND [ARGS...]", file=sys.stderr)
