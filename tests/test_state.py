@@ -69,3 +69,39 @@ def test_a_state_database_behind_head_is_upgraded(tmp_path):
     store.migrate()
     assert store._at_head()
     store.record(actor="cli:ops", action="precheck", environment="production", outcome="go")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_state_database_at_0005_keeps_its_runs_and_gains_their_details(backend, request, tmp_path):
+    from alembic import command
+    from alembic.config import Config
+
+    from runbook.state import store as store_module
+    from runbook.state.runs import RunStore
+
+    url = f"sqlite:///{tmp_path}/old.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    store = Store(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(store_module.MIGRATIONS))
+    with store.engine.connect() as conn:         # the database as the bot of 0005_runs left it, with a run
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0005_runs")
+        conn.exec_driver_sql(
+            "INSERT INTO runs (id, kind, environment, actor, state, host, pid, started_at, heartbeat_at) "
+            "VALUES ('old0005run', 'migrate', 'production', 'U0ALICE01', 'running', 'bot-1', 4242, "
+            "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)")
+        conn.commit()
+    try:
+        assert not store._at_head()
+        store.migrate()
+        assert store._at_head()
+        runs = RunStore(store)
+        [old] = runs.list()
+        assert (old.id, old.kind, old.state, old.pid, old.details) == ("old0005run", "migrate", "running", 4242, None)
+        assert runs.set_details(old.id, monitor={"channel": "C0MONITOR1", "ts": "1.000100"})
+        assert runs.set_details(old.id, backup_id=7)                      # merged, not replaced
+        assert runs.get(old.id).details == {"monitor": {"channel": "C0MONITOR1", "ts": "1.000100"}, "backup_id": 7}
+        fresh = runs.start(kind="restore", environment="production", actor="cli:ops", details={"backup_id": 8})
+        assert runs.get(fresh.id).detail("backup_id") == 8 and not runs.set_details("no-such-run", x=1)
+    finally:
+        store.close()

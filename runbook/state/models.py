@@ -178,7 +178,7 @@ class WatchStateRow(Base):
 # -- issue 4: migrate / rollback / validate runs --------------------------------------------
 
 class RunRow(Base):
-    """One supervised run (migrate, rollback): who, what, where it got, and a heartbeat.
+    """One supervised run (migrate, rollback, restore): who, what, where it got, and a heartbeat.
 
     `state` moves running -> succeeded | failed | refused | interrupted by conditional UPDATEs
     (runbook/state/runs.py). A run whose heartbeat went stale (its process died) is marked
@@ -188,7 +188,7 @@ class RunRow(Base):
     __tablename__ = "runs"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(20), nullable=False)              # migrate, rollback
+    kind: Mapped[str] = mapped_column(String(20), nullable=False)              # migrate, rollback, restore
     environment: Mapped[str] = mapped_column(String(40), nullable=False)
     actor: Mapped[str] = mapped_column(String(120), nullable=False)            # U0123ABC or cli:<user>
     approval_id: Mapped[str | None] = mapped_column(String(40))
@@ -204,6 +204,9 @@ class RunRow(Base):
     summary: Mapped[str] = mapped_column(Text, default="", nullable=False)
     log_path: Mapped[str | None] = mapped_column(Text)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # 0006: what else the run keeps, by key: a restore's backup ("backup_id", "mode", "tables"), the live
+    # monitor's message ("monitor": {"channel", "ts"}) so a follow-up can close it after the process died
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     __table_args__ = (Index("ix_runs_state_heartbeat_at", "state", "heartbeat_at"),
                       Index("ix_runs_environment_started_at", "environment", "started_at"))

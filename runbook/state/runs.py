@@ -1,4 +1,4 @@
-"""Supervised runs (migrate, rollback) in the state database: a row with a heartbeat.
+"""Supervised runs (migrate, rollback, restore) in the state database: a row with a heartbeat.
 
 The process doing the run beats every few seconds. Whoever starts next (the bot's Runtime,
 any CLI command, another replica) reaps runs whose process is gone: on the same host a dead
@@ -61,13 +61,18 @@ class Run:
     summary: str
     log_path: str | None
     result: dict[str, Any] | None
+    details: dict[str, Any] | None = None      # RunRow.details: a restore's backup, the live monitor's message
 
     @classmethod
     def of(cls, row: RunRow) -> "Run":
         return cls(row.id, row.kind, row.environment, row.actor, row.approval_id, row.state,
                    row.from_revision, row.target_revision, row.step, row.host, row.pid,
                    as_utc(row.started_at), as_utc(row.heartbeat_at), as_utc(row.finished_at),
-                   row.summary or "", row.log_path, dict(row.result) if row.result is not None else None)
+                   row.summary or "", row.log_path, dict(row.result) if row.result is not None else None,
+                   dict(row.details) if row.details is not None else None)
+
+    def detail(self, key: str, default: Any = None) -> Any:
+        return (self.details or {}).get(key, default)
 
 
 def new_run_id() -> str:
@@ -101,12 +106,13 @@ class RunStore:
         self.host = host or socket.gethostname()
 
     def start(self, *, kind: str, environment: str, actor: str, from_revision: str = "",
-              target_revision: str = "", approval_id: str | None = None, run_id: str | None = None) -> Run:
+              target_revision: str = "", approval_id: str | None = None, run_id: str | None = None,
+              details: dict[str, Any] | None = None) -> Run:
         now = utcnow()
         row = RunRow(id=run_id or new_run_id(), kind=kind, environment=environment, actor=actor,
                      approval_id=approval_id, state=RUNNING, from_revision=from_revision[:200],
                      target_revision=target_revision[:200], step="starting", host=self.host[:255],
-                     pid=os.getpid(), started_at=now, heartbeat_at=now, summary="")
+                     pid=os.getpid(), started_at=now, heartbeat_at=now, summary="", details=details)
         with self.store.session() as session, session.begin():
             session.add(row)
         return Run.of(row)
@@ -158,6 +164,16 @@ class RunStore:
     def set_log_path(self, run_id: str, log_path: str) -> None:
         with self.store.session() as session, session.begin():
             session.execute(update(RunRow).where(RunRow.id == run_id).values(log_path=log_path))
+
+    def set_details(self, run_id: str, **values: Any) -> bool:
+        """Merge `values` into the run's details (whatever its state: a follow-up reads them after an
+        interruption). Only the run's own process writes them, so read-merge-write is enough."""
+        with self.store.session() as session, session.begin():
+            row = session.get(RunRow, run_id)
+            if row is None:
+                return False
+            row.details = {**(row.details or {}), **values}
+        return True
 
     def reap(self, *, stale_after_seconds: float = STALE_AFTER_SECONDS, now: datetime | None = None,
              actor: str = "runbook-bot") -> list[Run]:
