@@ -381,6 +381,36 @@ def _user_tables(conn: psycopg.Connection) -> list[str]:
     return [f"{schema}.{name}" for schema, name, _kind in conn.execute(RELATIONS_SQL, [["r"]]).fetchall()]
 
 
+# Partitioned parents and their leaf partitions.
+PARTITIONS_SQL = """
+SELECT pn.nspname || '.' || p.relname AS parent, ln.nspname || '.' || l.relname AS leaf
+  FROM pg_class p JOIN pg_namespace pn ON pn.oid = p.relnamespace
+  LEFT JOIN LATERAL pg_partition_tree(p.oid) t ON t.isleaf
+  LEFT JOIN pg_class l ON l.oid = t.relid
+  LEFT JOIN pg_namespace ln ON ln.oid = l.relnamespace
+ WHERE p.relkind = 'p' AND pn.nspname NOT IN ('pg_catalog', 'information_schema')
+ ORDER BY 1, 2
+"""
+
+
+def _partitioned_tables(conn: psycopg.Connection) -> dict[str, list[str]]:
+    """Partitioned parents -> their leaf partitions: the rows live in the leaves (user tables)."""
+    found: dict[str, list[str]] = {}
+    for parent, leaf in conn.execute(PARTITIONS_SQL).fetchall():
+        found.setdefault(parent, []).extend([leaf] if leaf else [])
+    return found
+
+
+def _partitioned_refusal(chosen: Sequence[str], parents: dict[str, list[str]], item: Backup) -> str | None:
+    """A table restore replaces rows: a partitioned parent holds none, its partitions do."""
+    asked = [t for t in chosen if t in parents]
+    if not asked:
+        return None
+    leaves = [leaf for t in asked for leaf in parents[t] if leaf in item.tables]
+    hint = f" ({', '.join(_plain(t) for t in leaves[:10])})" if leaves else ""
+    return f"{', '.join(_plain(t) for t in asked)} is partitioned: its rows live in its partitions; restore those{hint}"
+
+
 def _user_views(conn: psycopg.Connection) -> list[tuple[str, str]]:
     """(schema.name, relkind) of views ('v') and materialized views ('m')."""
     return [(f"{schema}.{name}", kind) for schema, name, kind in conn.execute(RELATIONS_SQL, [["v", "m"]]).fetchall()]
@@ -1283,14 +1313,15 @@ def plan_restore(name: str, env: Environment, store, backup_id: int | str, *,
         with target.connect("restore-plan", statement_timeout="120s") as conn:
             current = project_of(env).current(conn)
             existing = _user_tables(conn)
+            parents = _partitioned_tables(conn)
             fks = _foreign_keys(conn)
-            extras = [t for t in existing if t not in item.tables] if mode == "full" else []
+            extras = [t for t in [*existing, *parents] if t not in item.tables] if mode == "full" else []
             later = _created_since(conn, item) if mode == "full" else []
-            now_counts = _count_rows(conn, [t for t in chosen + extras if t in existing])
+            now_counts = _count_rows(conn, [t for t in chosen + extras if t in existing or t in parents])
     except TargetError as exc:
         raise BackupError(str(exc)) from None
     changes = [TableChange(table=t, rows_now=now_counts.get(t), rows_in_backup=item.row_counts.get(t),
-                           action="replace" if t in existing else "create") for t in chosen]
+                           action="replace" if t in existing or t in parents else "create") for t in chosen]
     changes += [TableChange(table=t, rows_now=now_counts.get(t), rows_in_backup=None, action="drop") for t in extras]
     warnings: list[str] = []
     blockers: list[str] = []
@@ -1307,7 +1338,10 @@ def plan_restore(name: str, env: Environment, store, backup_id: int | str, *,
                             "sequences and schemas: those created since it stay in place (drop them by hand if a "
                             "migration will create them again)")
     if mode == "tables":
-        missing = [t for t in chosen if t not in existing]
+        refusal = _partitioned_refusal(chosen, parents, item)
+        if refusal:
+            blockers.append(refusal)
+        missing = [t for t in chosen if t not in existing and t not in parents]
         if missing:
             blockers.append(f"{', '.join(_plain(t) for t in missing)} no longer exist(s) in {name}: a table restore "
                             "replaces rows only; use a full restore")
@@ -1408,6 +1442,7 @@ def _restore_archive(name: str, env: Environment, store, target: Target, held: g
             "SELECT current_setting('server_version_num')::int, current_setting('server_version')").fetchone()
         revision_before = project.current(conn)
         existing = _user_tables(conn)
+        parents = _partitioned_tables(conn)
         fks = _foreign_keys(conn)
         sequences = {t: [r[0] for r in conn.execute(OWNED_SEQUENCES_SQL, [_ident(t).as_string(conn)])]
                      for t in chosen if t in existing}
@@ -1423,6 +1458,9 @@ def _restore_archive(name: str, env: Environment, store, target: Target, held: g
         raise BackupError(f"pg_restore {tools.pg_restore.version} cannot read an archive written by pg_dump "
                           f"{item.tool_version}: set pg_bin_dir to a newer PostgreSQL client")
     if mode == "tables":
+        refusal = _partitioned_refusal(chosen, parents, item)
+        if refusal:
+            raise BackupError(f"{refusal}; nothing was restored")
         gone = [t for t in chosen if t not in existing]
         if gone:
             raise BackupError(f"{', '.join(_plain(t) for t in gone)} no longer exist(s) in {name}: "
@@ -1443,7 +1481,7 @@ def _restore_archive(name: str, env: Environment, store, target: Target, held: g
 
     state["phase"] = "restore"
     state["bytes"] = 0
-    extras = [t for t in existing if t not in item.tables] if mode == "full" else []
+    extras = [t for t in [*existing, *parents] if t not in item.tables] if mode == "full" else []
     with target.connect("restore", statement_timeout="120s") as conn:
         later = _created_since(conn, item) if mode == "full" else []
         prologue = _restore_prologue(conn, env, mode, chosen, existing, extras, later, fks)

@@ -856,3 +856,36 @@ def test_a_directory_archive_round_trips_through_url_storage(sample_db, pg_bin_d
     engine.restore(name, env, store, made.id, expected_revision=[REV_0003])
     assert counts(url, "expenses")["expenses"] == 50
     assert files_in(tmp_path / "staging") == []
+
+
+def test_partitioned_tables_a_full_restore_drops_a_later_one_and_a_table_restore_names_the_partitions(
+        sample_db, pg_bin_dir, tmp_path):
+    url = sample_db("head")
+    name, env, store = environment(tmp_path, url, pg_bin_dir)
+    run(url, "CREATE TABLE readings (day date, v int) PARTITION BY RANGE (day)",
+        "CREATE TABLE readings_2026 PARTITION OF readings FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')",
+        "INSERT INTO readings VALUES ('2026-03-01', 1), ('2026-04-01', 2)")
+    made = engine.backup(name, env, store)
+    run(url, "CREATE TABLE events (at date) PARTITION BY RANGE (at)",         # created after the backup
+        "CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')",
+        "INSERT INTO readings VALUES ('2026-05-01', 3)")
+
+    # a table restore of the parent would empty the partitions and load nothing: refused, naming them
+    plan = engine.plan_restore(name, env, store, made.id, tables=["readings"])
+    assert plan.blockers == ["readings is partitioned: its rows live in its partitions; restore those "
+                             "(readings_2026)"]
+    with pytest.raises(BackupError, match="readings is partitioned: .*nothing was restored"):
+        engine.restore(name, env, store, made.id, tables=["readings"], expected_revision=[REV_0003])
+    assert counts(url, "readings") == {"readings": 3}
+    by_partition = engine.restore(name, env, store, made.id, tables=["readings_2026"],
+                                  expected_revision=[REV_0003])
+    assert by_partition.row_counts_after["public.readings_2026"] == 2
+
+    full = engine.plan_restore(name, env, store, made.id)
+    actions = {c.table: c.action for c in full.changes}
+    assert actions["public.readings"] == "replace" and actions["public.events"] == "drop"
+    assert actions["public.events_2026"] == "drop"
+    engine.restore(name, env, store, made.id, expected_revision=[REV_0003])
+    assert rows(url, "(SELECT to_regclass('public.events'), to_regclass('public.events_2026')) AS gone") == [
+        (None, None)]
+    assert counts(url, "readings") == {"readings": 2}
