@@ -163,6 +163,10 @@ class WatchScheduler:
             )
         self.scheduler.start()
         self.started = True
+        try:
+            self.runner.report_leadership()
+        except Exception as exc:  # the gate is asked again at every slot; a start must not fail on it
+            log.warning("could not ask the scheduler leader gate at start (%s)", type(exc).__name__)
         log.info("watch scheduled for %s", ", ".join(self.settings.environments))
         return self
 

@@ -124,13 +124,18 @@ class WatchRunner:
     def book(self, environment: str) -> AlertBook:
         return AlertBook.for_environment(self.store, self.settings.environments[environment])
 
-    def run(self, environment: str, slot: datetime | None = None) -> str:
-        """One watch run; returns what happened ("follower", "claimed", "paused", "no-channel", "ran")."""
-        env = self.settings.environments[environment]
+    def report_leadership(self) -> bool:
+        """Ask the leader gate now and set the gauge: at start, so /metrics says which replica leads
+        before the first slot (up to watch.every_seconds away) instead of 0 on every replica."""
         leader = self.leader.is_leader()
         if self.metrics is not None:
             self.metrics.leader.set(1 if leader else 0)
-        if not leader:
+        return leader
+
+    def run(self, environment: str, slot: datetime | None = None) -> str:
+        """One watch run; returns what happened ("follower", "claimed", "paused", "no-channel", "ran")."""
+        env = self.settings.environments[environment]
+        if not self.report_leadership():
             return "follower"
         book = self.book(environment)
         slot = slot or slot_of(self.clock(), env.watch.every_seconds)

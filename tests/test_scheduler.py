@@ -70,6 +70,29 @@ def test_the_scheduler_really_runs_the_watch_on_aligned_slots(pg_url, tmp_path, 
         runner.store.close()
 
 
+def test_the_leader_gauge_is_set_at_start_not_at_the_first_slot(pg_url, state_pg_url, tmp_path, slack):
+    from prometheus_client import CollectorRegistry
+
+    from bot.watch import WatchMetrics
+
+    settings = load(watch_config(tmp_path, pg_url, watch={"every_seconds": 86400}))   # the first slot: hours away
+    settings = settings.model_copy(update={"state_url": state_pg_url})
+    started = []
+    try:
+        for _ in range(2):
+            runner = runner_for(settings, slack)
+            registry = CollectorRegistry()
+            runner.metrics = WatchMetrics(registry)
+            started.append((WatchScheduler(settings, runner).start(), runner, registry))
+        gauges = [registry.get_sample_value("runbook_bot_scheduler_leader") for _, _, registry in started]
+        assert gauges == [1.0, 0.0]                     # the first to start leads; the other says so at once
+        assert AlertBook(started[0][1].store).state("production").last_poll_at is None     # no slot has run
+    finally:
+        for scheduler, runner, _ in started:
+            scheduler.shutdown()
+            runner.store.close()
+
+
 def test_a_second_scheduler_on_sqlite_is_refused_with_one_line(pg_url, tmp_path, slack):
     settings = load(watch_config(tmp_path, pg_url))
     first = WatchScheduler(settings, runner_for(settings, slack)).start()
