@@ -9,12 +9,15 @@ runbook/incident.py decide what to say; this posts it, records it, and follows u
   hook and posts its outcome (a failure is posted, never swallowed);
 - `post_incident(run=...)`: the §7.3 summary in the run's thread (the run's approval request
   message when it has one, else the channel), its Markdown uploaded as a file;
-- `after_run(run_id, thread=None)`: what a finished run calls (the CLI's migrate and rollback now,
-  the Slack migrate flow next): a failed run gets its summary; a failed rollback escalates to
-  level 2, data loss found by validation to level 3; an interrupted run (its process died, or a
-  shutdown stopped it) gets its summary once, whoever calls first (bot/migrations.py calls it for
-  every interrupted run it finds);
-- `after_restore(request)`: a failed restore escalates to level 2 (ApprovalKind.on_failed).
+- `after_run(run_id, thread=None)`: what a finished run calls (the CLI's migrate and rollback, the
+  Slack migrate flow, after_restore): a failed run gets its summary; a failed rollback or restore
+  escalates to level 2, data loss found by validation to level 3 (once per run and level); an
+  interrupted run (its process died, or a shutdown stopped it; restores included) gets its summary
+  once, whoever calls first (bot/migrations.py calls it for every interrupted run it finds), and no
+  automatic escalation;
+- `after_restore(request)`: a failed restore escalates to level 2 (ApprovalKind.on_failed), through
+  after_run with the restore's run (bot.flows.restore_kind records one), so it happens once and
+  its summary is the restore's; an interrupted restore is left to its own follow-up.
 
 With `client=None` (the CLI without SLACK_BOT_TOKEN) nothing is posted; everything else happens.
 """
@@ -212,12 +215,22 @@ class Escalator:
                 return report
         return self.post_incident(run=run, thread=thread)
 
-    def after_restore(self, request: Any) -> EscalationReport | None:
-        """ApprovalKind.on_failed of restores: a failed restore escalates to level 2."""
+    def after_restore(self, request: Any) -> EscalationReport | IncidentReport | None:
+        """ApprovalKind.on_failed of restores: a failed restore escalates to level 2, once. Its run
+        (bot.flows.restore_kind) goes through after_run (levels.automatic_level: restore -> 2, one claim
+        per run and level); a restore whose run was interrupted is none of this: the interruption's
+        follow-up posts its summary (Migrations.follow_up_interrupted)."""
         if getattr(request, "state", None) != "failed":
             return None
-        reason = f"the restore of backup #{request.params.get('backup_id')} failed: {request.result_summary}"
+        result = request.result or {}
+        if result.get("outcome") == INTERRUPTED:
+            return None
         thread = (request.channel, request.message_ts) if request.channel and request.message_ts else None
+        run_id = result.get("run_id")
+        if run_id and self.runs.get(str(run_id)) is not None:
+            return self.after_run(str(run_id), thread=thread)
+        # a restore that failed before its run was recorded (the state database refused the row)
+        reason = f"the restore of backup #{request.params.get('backup_id')} failed: {request.result_summary}"
         return self.escalate(request.environment, 2, reason=levels.check_reason(reason[:levels.MAX_REASON]),
                              actor=AUTOMATIC_ACTOR, thread=thread, automatic=True)
 

@@ -1,6 +1,7 @@
 """Block Kit renderers of issue 4's Slack half: the migrate / rollback approval request, the live
 monitor of a run (§4), lock-timeout reports, the §5 validation report, the §6.5 recommendation
-with its one button, and interrupted runs.
+with its one button, and interrupted runs (migrate, rollback and restore runs: the request closed in
+place, the live monitor's final word, the notice of runs found interrupted).
 
 Pure like bot/blocks.py (dataclasses and dicts in, `Message` or blocks out), and built from its
 helpers: untrusted text through `escape()`/`code()`, mentions only through its helpers, every
@@ -38,6 +39,7 @@ from bot.blocks import (
     header,
     mention,
     one_line,
+    restore_result_blocks,
     section,
     size,
     slack_time,
@@ -183,17 +185,68 @@ def interrupted_result_blocks(result: Mapping[str, Any]) -> list[dict[str, Any]]
     # "from" is None when the run died before it read the database's revision
     frm = _rev_text(result["from"]) if isinstance(result.get("from"), list) else "`?`"
     target = str(result.get("target") or "")
-    bits = [f"*Interrupted during* {code(result.get('step') or '?', 120)}",
-            f"*Revision* {frm} → {_target_text(target) if target else '`?`'}",
-            f"started {slack_time(datetime.fromisoformat(result['started_at']))}" if result.get("started_at") else "",
-            f"run {code(result.get('run_id', '?'), 20)}"]
+    facts = _interrupted_facts(result, f"*Revision* {frm} → {_target_text(target) if target else '`?`'}")
     next_steps = (f":point_right: *Nothing resumes on its own*: {escape(env)} may be anywhere between "
                   f"{frm} and {_target_text(target) if target else 'the target'}. Check it with "
                   f"`/migrate status {escape(env)}`, then `/migrate validate {escape(env)}`, and decide: "
                   f"`/migrate rollback {escape(env)}`, `/migrate run {escape(env)}` again, or "
                   f"`/migrate restore {escape(env)}` (§6.5). The §7.3 incident summary is posted in this thread.")
-    return [section(truncate(" · ".join(b for b in bits if b), MAX_SECTION_TEXT)),
-            section(truncate(next_steps, MAX_SECTION_TEXT))]
+    return [facts, section(truncate(next_steps, MAX_SECTION_TEXT))]
+
+
+def _interrupted_facts(result: Mapping[str, Any], *what: str) -> dict[str, Any]:
+    """The first section under a request whose run was interrupted: the step, `what` it was doing, when
+    it started, the run."""
+    bits = [f"*Interrupted during* {code(result.get('step') or '?', 120)}", *what,
+            f"started {slack_time(datetime.fromisoformat(result['started_at']))}" if result.get("started_at") else "",
+            f"run {code(result.get('run_id', '?'), 20)}"]
+    return section(truncate(" · ".join(b for b in bits if b), MAX_SECTION_TEXT))
+
+
+def _restore_what(params: Mapping[str, Any], backup_id: Any) -> str:
+    tables = params.get("tables") or []
+    if params.get("mode") == "tables":
+        return (f"backup #{escape(backup_id)}, {len(tables)} table{'s' if len(tables) != 1 else ''} "
+                f"({', '.join(code(t, 60) for t in tables[:5])}{' …' if len(tables) > 5 else ''})")
+    return f"backup #{escape(backup_id)}, the whole database"
+
+
+def restore_again_command(environment: str, params: Mapping[str, Any]) -> str:
+    """The `/migrate restore` that asks for the same restore again."""
+    tables = params.get("tables") or []
+    shown = " tables=" + ",".join(str(t) for t in tables) if params.get("mode") == "tables" and tables else ""
+    return f"/migrate restore {one_line(environment, 40)} {params.get('backup_id')}{shown}"
+
+
+def restore_run_blocks(result: Mapping[str, Any] | None, params: Mapping[str, Any],
+                       environment: str) -> list[dict[str, Any]]:
+    """Under a restore request once it ran (bot.flows.restore_kind): the revision and row counts when it
+    worked, the interrupted view when its process died, and the run it was recorded as."""
+    if not result:
+        return []
+    if result.get("outcome") == "interrupted":
+        return interrupted_restore_blocks(result, params, environment)
+    out = restore_result_blocks(result) if "revision_after" in result else []
+    if result.get("run_id"):
+        out.append(context(f"run {code(result['run_id'], 20)} · `runbook-bot incident {escape(result['run_id'])}` "
+                           "prints its §7.3 summary"))
+    return out
+
+
+def interrupted_restore_blocks(result: Mapping[str, Any], params: Mapping[str, Any],
+                               environment: str) -> list[dict[str, Any]]:
+    """Under a restore request whose run was interrupted (its process died, or a shutdown stopped it):
+    where it stopped and what to do, since nothing resumes on its own. A restore is one transaction."""
+    env = escape(one_line(environment, 40))
+    frm = _rev_text(result["from"]) if isinstance(result.get("from"), list) else "`?`"
+    restoring = _restore_what(params, result.get("backup_id", params.get("backup_id")))
+    facts = _interrupted_facts(result, f"*Restoring* {restoring}", f"*Revision before* {frm}")
+    next_steps = (f":point_right: *Nothing resumes on its own.* A restore is one transaction: unless it reached "
+                  f"its COMMIT, {env} is as it was, at {frm}. Check it with `/migrate status {env}` (and "
+                  f"`/migrate validate {env}`); the safety backup, if it was taken, is in `/migrate backups {env}`. "
+                  f"Then ask again: `{escape(restore_again_command(environment, params))}`. "
+                  "The §7.3 incident summary is posted in this thread.")
+    return [facts, section(truncate(next_steps, MAX_SECTION_TEXT))]
 
 
 # --------------------------------------------------------------------------
@@ -282,6 +335,24 @@ def monitor_message(progress: Any, activity: Any, *, run_id: str, migrator_app: 
                           f"{code(migrator_app, 40)} · updated in place at most every 2 s · runbook §4"))
     text = f"{verb} {escape(env)}: {state}" + (f" — {escape(one_line(progress.step, 60))}" if progress.step else "")
     return validate(Message(text=text, blocks=blocks[:MAX_BLOCKS]))
+
+
+def monitor_interrupted_message(run: Any, *, migrator_app: str) -> Message:
+    """The live monitor's final word for a run marked interrupted (runbook.state.runs.Run): the step it
+    was in, why, and that nothing resumes; no live numbers (nobody measures them any more)."""
+    verb = {"migrate": "Migration", "rollback": "Rollback"}.get(run.kind, "Run")
+    env = one_line(run.environment, 40)
+    stopped = run.finished_at or run.heartbeat_at
+    blocks: list[dict[str, Any]] = [
+        header(f":warning: {verb} {env}: interrupted"),
+        section(truncate(f"*Last step* {code(run.step or '?', 120)} · started {slack_time(run.started_at)} · "
+                         f"marked interrupted {slack_time(stopped)}\n{escape(one_line(run.summary, 1500))}",
+                         MAX_SECTION_TEXT)),
+        context(truncate(f"run {code(run.id, 20)} · the migration's session was {code(migrator_app, 40)} · no longer "
+                         "updated: nothing resumes on its own (what to do is on the request above) · runbook §4",
+                         MAX_CONTEXT_TEXT))]
+    text = f"{verb} {escape(env)}: interrupted — {escape(one_line(run.step or '?', 60))}"
+    return validate(Message(text=text, blocks=blocks))
 
 
 def blocker_message(blocker: Any, environment: str) -> Message:
@@ -430,29 +501,46 @@ def escalation_contact_message(environment: str, owner: str | None, reason: str,
 # --------------------------------------------------------------------------
 # interrupted runs (crash safety)
 
+def _interrupted_run_line(run: Any) -> str:
+    approval = f" · approval `{escape(run.approval_id[:8])}`" if run.approval_id else ""
+    if run.kind == "restore":
+        params = run.details or {}
+        what = (f"• *restore* of {_restore_what(params, params.get('backup_id', '?'))} on "
+                f"{code(run.environment, 40)} by {_who(run.actor)} · revision before "
+                f"{escape(run.from_revision or '?')}")
+    else:
+        what = (f"• *{escape(run.kind)}* on {code(run.environment, 40)} by {_who(run.actor)} · "
+                f"{escape(run.from_revision or '?')} → {escape(run.target_revision or '?')}")
+    return (f"{what} · started {slack_time(run.started_at)} · last step {code(run.step or '?', 80)} · run "
+            f"{code(run.id, 20)}{approval}\n    {escape(one_line(run.summary, 400))}")
+
+
 def interrupted_runs_message(runs: Sequence[Any], *, when: str = "found at start") -> Message:
     """Runs whose process died (found at start or by the reaper) or that a shutdown stopped (`when`):
-    what is known, and that nothing resumes on its own."""
-    lines = []
-    for run in runs[:50]:
-        approval = f" · approval `{escape(run.approval_id[:8])}`" if run.approval_id else ""
-        lines.append(f"• *{escape(run.kind)}* on {code(run.environment, 40)} by {_who(run.actor)} · "
-                     f"{escape(run.from_revision or '?')} → {escape(run.target_revision or '?')} · started "
-                     f"{slack_time(run.started_at)} · last step {code(run.step or '?', 80)} · run "
-                     f"{code(run.id, 20)}{approval}\n    {escape(one_line(run.summary, 400))}")
+    what is known, and that nothing resumes on its own (what to check depends on the kind)."""
+    lines = [_interrupted_run_line(run) for run in runs[:50]]
     n = len(runs)
+    advice = []
+    if not runs or any(run.kind != "restore" for run in runs):
+        advice.append("Not resumed: the database may be anywhere between two revisions. Check it with "
+                      "`/migrate status`, then `/migrate validate`, and decide: `/migrate rollback`, "
+                      "`/migrate run` again, or `/migrate restore`.")
+    if any(run.kind == "restore" for run in runs):
+        advice.append("A restore is not resumed either: it is one transaction, so unless it reached its COMMIT the "
+                      "database is as it was. Check it with `/migrate status`, then ask again with "
+                      "`/migrate restore`.")
     blocks = [header(f":warning: {n} interrupted run{'s' if n != 1 else ''} {when}"),
               section(bounded_lines(lines, MAX_SECTION_TEXT, total=n)),
               divider(),
-              section("Not resumed: the database may be anywhere between two revisions. Check it with "
-                      "`/migrate status`, then `/migrate validate`, and decide: `/migrate rollback`, "
-                      "`/migrate run` again, or `/migrate restore`.")]
+              section(truncate("\n".join(advice), MAX_SECTION_TEXT))]
     text = f"{n} interrupted run{'s' if n != 1 else ''} {when}; not resumed"
     return validate(Message(text=text, blocks=blocks))
 
 
 __all__ = ["ACTION_BACKUP_FIRST", "ACTION_PATTERN", "ACTION_RECOMMENDED", "backup_line", "blocker_message",
-           "escalation_contact_message", "interrupted_result_blocks", "interrupted_runs_message", "log_file",
+           "escalation_contact_message", "interrupted_restore_blocks", "interrupted_result_blocks",
+           "interrupted_runs_message", "log_file", "monitor_interrupted_message", "restore_again_command",
+           "restore_run_blocks",
            "migration_request_blocks", "migration_result_blocks",
            "migration_summary", "monitor_message", "recommendation_message", "recommended_button_text", "sql_file",
            "sql_inline", "validation_message"]

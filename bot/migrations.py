@@ -28,11 +28,14 @@ the work; this module asks, watches and reports.
 * Crash safety. Runs found interrupted at start (runbook.state.runs.RunStore.reap) are posted
   once in slack.channel, never resumed. Each interrupted run (found at start, by the reaper job,
   by a CLI command, or stopped by a shutdown) then fails its request, whose message says where it
-  stopped and what to do next, and gets the §7.3 incident summary in its thread: once each.
+  stopped and what to do next, has its live monitor message (whose channel and ts the run keeps in
+  runs.details) turned into a final "interrupted" view, and gets the §7.3 incident summary in its
+  thread: once each. Restores (bot.flows.restore_kind) are runs too, and followed up the same way.
 """
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -67,6 +70,8 @@ RECOMMENDATION = "recommendation"
 RECOMMENDATION_TTL = timedelta(hours=24)
 # How often the supervisor hands progress over; the monitor renders at most every LiveRun.every.
 PROGRESS_EVERY = 0.5
+# The job_claims name of an interrupted run's monitor update (RunStore.claim_follow_up): once per run.
+MONITOR_CLAIM = "monitor"
 _REQUEST_ID = re.compile(ID_PATTERN)
 _SLACK_ID = re.compile(r"^[A-Z0-9]{2,40}$")
 
@@ -159,10 +164,13 @@ def interrupted_outcome(run: Any) -> approvals.Outcome:
     it (Migrations.follow_up_interrupted, or the run's own executor when it outlived the marking): the
     step it was in and why, and the facts migration_blocks.interrupted_result_blocks renders."""
     known = [r.strip() for r in run.from_revision.split(",") if r.strip()] if run.from_revision else None
-    details = {"run_id": run.id, "outcome": INTERRUPTED, "environment": run.environment, "step": run.step,
-               "from": known, "target": run.target_revision, "started_at": run.started_at.isoformat(),
+    details = {"run_id": run.id, "kind": run.kind, "outcome": INTERRUPTED, "environment": run.environment,
+               "step": run.step, "from": known, "target": run.target_revision,
+               "started_at": run.started_at.isoformat(),
                "interrupted_at": run.finished_at.isoformat() if run.finished_at else None,
                "host": run.host, "pid": run.pid, "log_path": run.log_path}
+    if run.kind == "restore":           # what it was restoring (bot.flows.restore_kind keeps it on the run)
+        details.update({key: run.detail(key) for key in ("backup_id", "mode", "tables")})
     return approvals.Outcome(False, f"{interruption(run)}; not resumed", details)
 
 
@@ -408,13 +416,35 @@ class LiveRun(RunWatcher):
         message = mblocks.monitor_message(progress, snapshot, run_id=self.run_id, migrator_app=self.migrator_app,
                                           outcome=self._outcome if final else None, notes=notes)
         try:
-            if self.ts is None:
+            interrupted = self._interrupted() if final and self.ts is not None else None
+            if interrupted is not None:
+                # marked interrupted while it ran (a shutdown): the same final word the follow-up writes, once
+                self.desk.close_monitor(interrupted, where=(self.request.channel, self.ts))
+            elif self.ts is None:
                 self.ts = self.desk.post_in_thread(self.request, message)
+                if self.ts is not None:
+                    self._remember_monitor()
             else:
                 self.desk.flows.update(self.request.channel, self.ts, message)
         except Exception as exc:   # a Slack hiccup must never stop the monitor, let alone the run
             log.warning("run %s: monitor message not written (%s)", self.run_id, type(exc).__name__)
         self._written_at = time.monotonic()
+
+    def _remember_monitor(self) -> None:
+        """Where the monitor is, kept on the run: after this process dies, whoever follows the run up
+        closes it (Migrations.close_monitor); the ts in memory dies with the process."""
+        try:
+            RunStore(self.desk.store).set_details(self.run_id, monitor={"channel": self.request.channel,
+                                                                        "ts": self.ts})
+        except Exception as exc:   # the state database failing must not stop the monitor
+            log.warning("run %s: the monitor's ts was not kept (%s)", self.run_id, self.desk.redactor(repr(exc)))
+
+    def _interrupted(self) -> Any:
+        try:
+            run = RunStore(self.desk.store).get(self.run_id)
+        except Exception:
+            return None
+        return run if run is not None and run.state == INTERRUPTED else None
 
     def _upload_log(self, result: migrate.MigrationResult) -> None:
         if not result.log_path:
@@ -761,11 +791,13 @@ class Migrations:
         return posted
 
     def follow_up_interrupted(self, runs: Sequence[Any] = ()) -> list[str]:
-        """What an interrupted run gets, once each: its approval request, still "executing", is failed
-        and its message updated in place (the step it was in, what to do next, no buttons); then the
-        §7.3 incident summary in the request's thread (else slack.channel), through `after_run` like a
-        failed run's. Once: the request moves by a conditional UPDATE and the summary by a claim, so
-        replicas starting together, or a shutdown racing its own run's thread, do each thing once.
+        """What an interrupted run (migrate, rollback or restore) gets, once each: its approval request,
+        still "executing", is failed and its message updated in place (the step it was in, what to do
+        next, no buttons); its live monitor message, when it had one, turned into the final interrupted
+        view (close_monitor); then the §7.3 incident summary in the request's thread (else
+        slack.channel), through `after_run` like a failed run's. Once: the request moves by a
+        conditional UPDATE, the monitor and the summary by a claim each, so replicas starting together,
+        or a shutdown racing its own run's thread, do each thing once.
 
         `runs`: the runs just reaped or interrupted, plus every interrupted run whose request still says
         executing (a CLI command reaped it, or the start that reaped it died first). Never raises: it
@@ -781,17 +813,34 @@ class Migrations:
             try:
                 if run.approval_id and self._close_interrupted_request(run):
                     closed.append(run.id)
+                self.close_monitor(run)
                 if self.after_run is not None:
                     self.after_run(run.id)
             except Exception as exc:
                 log.error("run %s: the follow-up of its interruption failed: %s", run.id, self.redactor(repr(exc)))
         return closed
 
+    def close_monitor(self, run: Any, *, where: tuple[str | None, str | None] | None = None) -> bool:
+        """The live monitor of an interrupted run, updated in place to its final view (no live numbers):
+        once per run, whoever comes first (a claim). `where`: (channel, ts) when the caller knows them;
+        otherwise what the run kept in runs.details. False when there is none, or another did it."""
+        runs = RunStore(self.store)
+        run = runs.get(run.id) or run
+        kept = run.detail("monitor") or {}
+        channel, ts = where if where is not None else (kept.get("channel"), kept.get("ts"))
+        if not channel or not ts:
+            return False
+        if not runs.claim_follow_up(run.id, MONITOR_CLAIM, f"runbook-bot on {runs.host} (pid {os.getpid()})"):
+            return False
+        message = mblocks.monitor_interrupted_message(run, migrator_app=migrate.migrator_application_name(run.id))
+        return self.flows.update(channel, ts, message)
+
     def _close_interrupted_request(self, run: Any) -> bool:
         outcome = interrupted_outcome(run)
         return self.approvals.interrupted(run.approval_id, outcome.summary, outcome.details)
 
 
-__all__ = ["LiveRun", "Migrations", "NothingToDo", "RECOMMENDATION", "Refused", "RunWatcher", "backup_before_run",
+__all__ = ["LiveRun", "MONITOR_CLAIM", "Migrations", "NothingToDo", "RECOMMENDATION", "Refused", "RunWatcher",
+           "backup_before_run",
            "checked_proposal", "fresh_backup", "interrupted_outcome", "irreversible_refusal", "migration_kind",
            "outcome_line", "proposal_params", "result_details", "run_facts", "run_with_yes"]

@@ -8,9 +8,9 @@
   captured and redacted; a failure is reported, never swallowed).
 
 Levels with `github_issue` open an issue when `escalation.github` is configured (runbook/github.py).
-Automatic escalation (`automatic_level`): a failed rollback -> 2, data loss found by validation
--> 3; a failed restore -> 2 (its caller knows). Every escalation, and what came of its pause hook
-and GitHub issue, is an event.
+Automatic escalation (`automatic_level`): a failed rollback or restore run -> 2, data loss found
+by validation -> 3; an interrupted run -> none (its summary is posted; a human decides). Every
+escalation, and what came of its pause hook and GitHub issue, is an event.
 
 Engine only: what to say and whom to tag are decided here; bot/escalate.py renders and posts.
 """
@@ -133,6 +133,12 @@ def _run_situation(environment: str, run: Run) -> Situation:
         return Situation(environment, ("6.2", "7"), f"validation after {label} found data loss: {error}", run.id, at)
     if run.state == "running":
         return Situation(environment, ("4", "4.2"), f"{label} is running (step: {run.step})", run.id, at)
+    if run.kind == "restore":
+        # §6.2 or §6.3 as it was asked; a restore that failed or stopped changed nothing (one transaction)
+        section = "6.3" if run.detail("mode") == "tables" else "6.2"
+        what = f"restore run {run.id} of backup #{run.detail('backup_id', '?')}"
+        said = "was interrupted" if run.state == "interrupted" else run.state
+        return Situation(environment, (section, "7"), f"{what} {said}: {error}", run.id, at)
     if run.state == "interrupted":
         return Situation(environment, ("6.5",), f"{label} was interrupted: {error}", run.id, at)
     if run.kind == "rollback":
@@ -156,6 +162,10 @@ def automatic_level(run: Run) -> tuple[int, str] | None:
         return 3, f"validation after {run.kind} run {run.id} found data loss: {lost or 'see the summary'}"
     if run.kind == "rollback" and run.state == "failed":
         return 2, f"rollback run {run.id} failed: {result.get('error') or run.summary or 'see the summary'}"
+    if run.kind == "restore" and run.state == "failed":
+        backup_id = result.get("backup_id", run.detail("backup_id", "?"))
+        error = result.get("error") or run.summary or "see the summary"
+        return 2, f"the restore of backup #{backup_id} failed: {error}"
     return None
 
 

@@ -1,12 +1,16 @@
 """Runs marked interrupted (their process died, found at the next start; or stopped by a shutdown):
-their approval request is closed in place and they get the §7.3 incident summary, once each.
+their approval request is closed in place, their live monitor message turned into its final
+"interrupted" view, and they get the §7.3 incident summary, once each.
 
 A real `runbook-bot serve` process runs a real, slow migration approved over signed HTTP and is
 killed with SIGKILL; the next start (Runtime.build, what `serve` runs) finds the run, fails the
 request (executing -> failed, conditional), updates its Slack message by the stored channel+ts
-(no buttons; the step it was in; what to do next) and posts the incident summary in its thread.
-A second start does none of it again; two replicas starting at once do it once between them.
-Real PostgreSQL (the target and the shared state database), real Alembic; only Slack is faked.
+(no buttons; the step it was in; what to do next), updates the monitor by the channel+ts the run
+kept (runs.details) and posts the incident summary in its thread. A second start does none of it
+again; two replicas starting at once do it once between them. A restore is a run too: one killed
+while it waits for a lock the test holds is followed up the same way, and the target is unchanged
+(its psql died with the bot, before the COMMIT). Real PostgreSQL (the target and the shared state
+database), real Alembic, pg_dump and pg_restore; only Slack is faked.
 """
 from __future__ import annotations
 
@@ -22,7 +26,9 @@ import psycopg
 import pytest
 from sqlalchemy import update
 
+from bot.approvals import ACTION_APPROVE
 from bot.server import Runtime
+from runbook import backup as backups
 from runbook.config import parse_settings
 from runbook.state import Store
 from runbook.state.approvals import ApprovalStore
@@ -32,7 +38,8 @@ from tests.support.bots import BOT_TOKEN, ROOT, approve_migration, bots, pg_stat
 from tests.support.configs import config_text, with_password
 from tests.support.migrations import app_copy
 from tests.support.sample_app import APP_DIR, REV_0003
-from tests.support.slack import SIGNING_SECRET, local_slack  # noqa: F401  (fixture)
+from tests.support.sessions import Sessions
+from tests.support.slack import SIGNING_SECRET, block_actions_body, local_slack, slash_command_body  # noqa: F401
 from tests.support.waiting import wait_for
 
 PASSWORD = "Interrupt3d-Run-Secret"
@@ -55,11 +62,18 @@ def runtimes():
         runtime.close()
 
 
-def write_config(tmp_path: Path, target: str, state_url: str, pg_bin_dir: Path) -> Path:
+def write_config(tmp_path: Path, target: str, state_url: str, pg_bin_dir: Path,
+                 lock_wait_timeout: str | None = None) -> Path:
+    """`lock_wait_timeout`: how long a restore waits for the tables' locks (backups.lock_wait_timeout)."""
     extra = (f"    pg_bin_dir: {json.dumps(str(pg_bin_dir))}\n    migration: {{lock_timeout: 2s, retries: 0}}\n"
              "    watch: {every_seconds: 5}")
+    backups_dir = json.dumps(str(tmp_path / "backups"))
     text = config_text(target, channel=CHANNEL, approvers=(ALICE,), state_url=state_url,
                        backups_dir=str(tmp_path / "backups"), approvals={"required": 1}, extra_env=extra)
+    if lock_wait_timeout is not None:
+        text = text.replace(f"backups: {{dir: {backups_dir}}}",
+                            f"backups: {{dir: {backups_dir}, lock_wait_timeout: {lock_wait_timeout}}}")
+        assert lock_wait_timeout in text
     app_dir = app_copy(tmp_path, [SLOW])
     path = tmp_path / "runbook-bot.yaml"
     path.write_text(text.replace(json.dumps(str(APP_DIR)), json.dumps(str(app_dir))))
@@ -134,6 +148,14 @@ def test_a_bot_killed_mid_migration_closes_its_request_and_posts_the_summary_at_
         running = wait_for(lambda: (m := local_slack.message(request.channel, request.message_ts))
                            and "running" in m.text and m, timeout=30, what="the request to say running")
         assert buttons(running) == [] and requests.get(request.id).state == "executing"
+        # the live monitor (§4) in the request's thread, and where it is, kept on the run
+        monitor = wait_for(lambda: next((m for m in local_slack.messages(CHANNEL, kind="message")
+                                         if m.thread_ts == request.message_ts
+                                         and m.text.startswith("Migration production: running alembic")), None),
+                           timeout=30, what="the live monitor")
+        [live] = RunStore(store).list(environment="production")
+        wait_for(lambda: RunStore(store).get(live.id).detail("monitor"), timeout=10, what="the monitor's ts, kept")
+        assert RunStore(store).get(live.id).detail("monitor") == {"channel": CHANNEL, "ts": monitor.ts}
 
         bot.kill()                                         # SIGKILL: no shutdown, no follow-up of its own
         wait_for(lambda: not migrator_sessions(target), timeout=30, what="the orphaned migrator session to end")
@@ -141,10 +163,19 @@ def test_a_bot_killed_mid_migration_closes_its_request_and_posts_the_summary_at_
         assert run.state == "running" and requests.get(request.id).state == "executing"   # nobody knows yet
         assert summaries_in(local_slack, None) == []
         updates_before = len(updates_of(local_slack, request.message_ts))
+        monitor_updates = len(updates_of(local_slack, monitor.ts))
+        assert "running alembic" in local_slack.message(CHANNEL, monitor.ts).text      # says so until followed up
 
         next_start(config, local_slack.url, runtimes)
         run = RunStore(store).get(run.id)
         assert run.state == "interrupted" and run.step.startswith("upgrade 0004_slow"), run.step
+        # the monitor, updated in place once: interrupted, the step it was in, no live numbers
+        assert len(updates_of(local_slack, monitor.ts)) == monitor_updates + 1
+        final = local_slack.message(CHANNEL, monitor.ts)
+        assert final.text == f"Migration production: interrupted — {run.step}", final.text
+        assert run.id in shown(final) and "its process (pid" in shown(final) and buttons(final) == []
+        for live_number in ("Elapsed", "This attempt", "Active queries", "Lock waits", "running alembic"):
+            assert live_number not in shown(final), live_number
         closed = requests.get(request.id)
         assert closed.state == "failed" and closed.result["outcome"] == "interrupted"
         assert closed.result["run_id"] == run.id and closed.result["step"] == run.step
@@ -164,10 +195,11 @@ def test_a_bot_killed_mid_migration_closes_its_request_and_posts_the_summary_at_
         assert event.run_id == run.id and event.outcome == "posted"
         assert query(target, "SELECT version_num FROM alembic_version") == [(REV_0003,)]
 
-        # a second start: the request, its message and the summary are left as they are
+        # a second start: the request, its message, the monitor and the summary are left as they are
         posted_before = len(local_slack.calls("chat.postMessage"))
         next_start(config, local_slack.url, runtimes)
         assert len(updates_of(local_slack, request.message_ts)) == updates_before + 1
+        assert len(updates_of(local_slack, monitor.ts)) == monitor_updates + 1
         assert len(summaries_in(local_slack, None)) == 1 and len(store.events(action="incident")) == 1
         assert len(local_slack.calls("chat.postMessage")) == posted_before
         assert requests.get(request.id).version == closed.version
@@ -269,3 +301,103 @@ def test_a_run_a_cli_command_reaped_first_is_still_followed_up_by_the_next_bot_s
     next_start(config, local_slack.url, runtimes)
     assert len(summaries_in(local_slack, None)) == 1
     assert PASSWORD not in everything_slack_saw(local_slack) + cli.stdout + cli.stderr
+
+
+# -- a restore is a run: killed while it waits for a lock, followed up like a migration ---------
+
+def target_state(url: str) -> list[Any]:
+    """What a restore would change: every row of the sample's tables, and the revision."""
+    return [query(url, f"SELECT * FROM {table} ORDER BY id") for table in ("expenses", "incomes", "categories")] + \
+        [query(url, "SELECT version_num FROM alembic_version")]
+
+
+def restore_sessions(url: str) -> list[tuple]:
+    return query(url, "SELECT pid, wait_event_type FROM pg_stat_activity "
+                      "WHERE application_name = 'runbook-bot/pg_restore'")
+
+
+def test_a_bot_killed_mid_restore_leaves_the_target_unchanged_and_is_followed_up_once_at_the_next_start(
+        sample_db, pg_state_url, tmp_path, pg_bin_dir, local_slack, bots, runtimes):
+    target = with_password(sample_db(REV_0003), PASSWORD)
+    # a restore that would wait for the application's locks far longer than this test lives
+    config = write_config(tmp_path, target, pg_state_url, pg_bin_dir, lock_wait_timeout="10min")
+    settings = parse_settings(config.read_text(), source=config)
+    store = Store(pg_state_url)
+    store.migrate()
+    try:
+        item = backups.backup("production", settings.environments["production"], store, actor=REQUESTER)
+        with psycopg.connect(target, autocommit=True) as conn:          # what the restore would bring back
+            conn.execute("DELETE FROM expenses WHERE id > 10")
+        before = target_state(target)
+        bot = start_bot("bot", config, tmp_path, local_slack.url)
+        bots.append(bot)
+        bot.wait_healthy()
+        assert bot.post(slash_command_body(f"restore {item.id}", user_id=REQUESTER, channel_id=CHANNEL)).status == 200
+        requests = ApprovalStore(store)
+        request = wait_for(lambda: next((r for r in requests.list() if r.kind == "restore" and r.message_ts), None),
+                           timeout=60, what="the restore request, posted")
+        with Sessions(target) as sessions:
+            app = sessions.open(autocommit=False)
+            app.execute("SELECT count(*) FROM expenses")                 # the application, idle in a transaction
+            assert bot.post(block_actions_body(ACTION_APPROVE, request.id, user_id=ALICE, channel_id=request.channel,
+                                               message_ts=request.message_ts)).status == 200
+            runs = RunStore(store)
+            run = wait_for(lambda: next((r for r in runs.list(environment="production")
+                                         if r.kind == "restore" and r.step == "restore"), None),
+                           timeout=120, what="the restore run to reach its restore step")
+            wait_for(lambda: [s for s in restore_sessions(target) if s[1] == "Lock"], timeout=60,
+                     what="the restore's psql to wait for the application's lock")
+            assert run.state == "running" and run.approval_id == request.id and run.pid == bot.pid
+            assert run.details == {"backup_id": item.id, "mode": "full", "tables": item.tables}
+            assert requests.get(request.id).state == "executing"
+
+            bot.kill()                                                 # SIGKILL, mid-restore
+            app.rollback()                                             # the application lets go of its lock
+            # the restore's session ends without its script: psql died with the bot, before the COMMIT
+            wait_for(lambda: not restore_sessions(target), timeout=60, what="the restore's session to end")
+        assert target_state(target) == before                          # the target is unchanged
+        assert runs.get(run.id).state == "running" and requests.get(request.id).state == "executing"
+        assert summaries_in(local_slack, None) == []
+        updates_before = len(updates_of(local_slack, request.message_ts))
+
+        next_start(config, local_slack.url, runtimes)
+        run = runs.get(run.id)
+        assert (run.kind, run.state, run.step) == ("restore", "interrupted", "restore")
+        assert run.summary.startswith(f"interrupted during 'restore': its process (pid {bot.pid} ")
+        closed = requests.get(request.id)
+        assert closed.state == "failed" and closed.result["outcome"] == "interrupted"
+        assert (closed.result["run_id"], closed.result["kind"], closed.result["backup_id"]) == (run.id, "restore",
+                                                                                              item.id)
+        assert len(updates_of(local_slack, request.message_ts)) == updates_before + 1     # in place, once
+        message = local_slack.message(request.channel, request.message_ts)
+        assert message.text.startswith("Restore production: interrupted"), message.text
+        assert buttons(message) == [] and "running" not in message.text.lower()
+        text = shown(message)
+        for expected in ("Stopped before it finished", "`restore`", run.id, "one transaction",
+                         f"/migrate restore production {item.id}", "/migrate status production",
+                         "/migrate backups production"):
+            assert expected in text, expected
+        [summary] = summaries_in(local_slack, request.message_ts)
+        assert summary.text == "Incident summary: restore on production (interrupted)"
+        assert "interrupted during 'restore'" in shown(summary).replace("ˋ", "'")
+        assert f"#{item.id}" in shown(summary) and item.name in shown(summary)     # the backup it restores
+        [upload] = [f for f in local_slack.files() if f.filename.startswith(f"incident_production_{run.id}")]
+        assert upload.thread_ts == request.message_ts
+        [notice] = [m for m in local_slack.messages(kind="message") if "interrupted run" in m.text]
+        assert notice.text == "1 interrupted run found at start; not resumed"
+        assert f"*restore* of backup #{item.id}, the whole database" in shown(notice)
+        assert "A restore is not resumed either" in shown(notice)
+        assert [e.run_id for e in store.events(action="incident")] == [run.id]
+        assert store.events(action="escalate") == []          # an interruption is summarised, not escalated
+
+        posted_before = len(local_slack.calls("chat.postMessage"))
+        next_start(config, local_slack.url, runtimes)              # a second start: nothing again
+        assert len(updates_of(local_slack, request.message_ts)) == updates_before + 1
+        assert len(local_slack.calls("chat.postMessage")) == posted_before
+        assert len(store.events(action="incident")) == 1 and requests.get(request.id).version == closed.version
+
+        seen = everything_slack_saw(local_slack) + bot.log() + json.dumps(
+            [[e.summary, e.details] for e in store.events(limit=1000)])
+        assert PASSWORD not in seen and BOT_TOKEN not in seen
+    finally:
+        store.close()

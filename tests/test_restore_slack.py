@@ -17,6 +17,7 @@ from bot.approvals import ACTION_APPROVE
 from bot.server import Runtime
 from runbook import backup as backups
 from runbook.state.approvals import ApprovalRequest
+from runbook.state.runs import RunStore
 from tests.support.configs import settings_for, with_password
 from tests.support.sample_app import REV_0002, REV_0003, upgrade
 from tests.support.slack import (  # noqa: F401  (fixtures)
@@ -150,7 +151,17 @@ def test_full_restore_asks_for_approval_then_brings_back_the_exact_rows(restore_
     assert reply.thread_ts == request.message_ts and f"<@{REQUESTER}>" in reply.text
     events = [(e.actor, e.action, e.outcome) for e in reversed(bot.runtime.store.events()) if e.run_id == request.id]
     assert events == [(REQUESTER, "restore", "requested"), (ALICE, "approve", "approved"), (REQUESTER, "restore", "ok")]
-    seen = "\n".join(json.dumps(c.body, default=str) for c in local_slack.calls()) + log_lines.getvalue()
+    # the restore is a run of its own (a heartbeat, its phase as the step, the request it ran for)
+    [run] = RunStore(bot.runtime.store).list(environment="production")
+    assert (run.kind, run.state, run.step, run.approval_id, run.actor) == ("restore", "succeeded", "restore",
+                                                                           request.id, REQUESTER)
+    assert run.details == {"backup_id": item.id, "mode": "full", "tables": item.tables}
+    assert (run.from_revision, run.target_revision) == (REV_0002, REV_0002) and run.finished_at is not None
+    assert run.result["from"] == [REV_0002] and run.result["to"] == [REV_0002] and run.result["error"] is None
+    assert run.result["safety_backup_id"] == safety.id and final.result["run_id"] == run.id
+    assert f"run `{run.id}`" in result_text
+    seen = ("\n".join(json.dumps(c.body, default=str) for c in local_slack.calls()) + log_lines.getvalue()
+            + json.dumps([[r.summary, r.result, r.details] for r in RunStore(bot.runtime.store).list()]))
     assert PASSWORD not in seen and BOT_TOKEN not in seen
 
 
@@ -190,6 +201,9 @@ def test_table_restore_leaves_other_tables_alone(restore_bot):
     assert bot.get(request).state == "done", bot.get(request).result_summary
     assert rows(bot.url, "expenses") == dumped
     assert rows(bot.url, "incomes") == incomes_changed
+    [run] = RunStore(bot.runtime.store).list()
+    assert (run.kind, run.state) == ("restore", "succeeded")
+    assert run.details == {"backup_id": item.id, "mode": "tables", "tables": ["public.expenses"]}
 
 
 def test_restore_stops_when_the_revision_changed_after_approval_was_asked(restore_bot):
@@ -206,6 +220,12 @@ def test_restore_stops_when_the_revision_changed_after_approval_was_asked(restor
     assert "nothing was restored" in final.result_summary
     assert rows(bot.url, "incomes") == []                              # untouched
     assert "Failed" in json.dumps(bot.message(request).blocks)
+    [run] = RunStore(bot.runtime.store).list()                        # a failed run, followed up as one
+    assert (run.kind, run.state, run.approval_id) == ("restore", "failed", request.id)
+    assert run.summary == final.result_summary and run.result["error"] == final.result_summary
+    assert final.result == {"run_id": run.id, "outcome": "failed"}
+    [escalation] = bot.runtime.store.events(action="escalate")          # §7.2 level 2, about this run
+    assert escalation.run_id == run.id and escalation.outcome == "level 2" and escalation.details["automatic"]
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -268,6 +288,9 @@ def test_cli_yes_restore_is_audited_as_the_approval(restore_bot):
                              redactor=Redactor(bot.runtime.settings))
     assert final.state == "done" and rows(bot.url, "expenses") == dumped
     assert [(d.approver, d.decision) for d in final.decisions] == [("cli:ops", "yes")]
+    [run] = RunStore(bot.runtime.store).list()
+    assert (run.kind, run.state, run.actor, run.approval_id) == ("restore", "succeeded", "cli:ops", final.id)
+    assert final.result["run_id"] == run.id
     events = [(e.actor, e.action, e.outcome) for e in reversed(bot.runtime.store.events()) if e.run_id == final.id]
     assert events == [("cli:ops", "restore", "approved"), ("cli:ops", "restore", "ok")]
     with pytest.raises(backups.BackupError, match="unknown table 'nope'"):

@@ -35,9 +35,12 @@ HEARTBEAT_SECONDS = 5.0
 # Six missed beats: long enough for a GC pause or a slow state database, short enough that a
 # replica notices a dead one within a minute.
 STALE_AFTER_SECONDS = 30.0
-# An interrupted run's summary reads "interrupted during '<step>': <why>" + NOT_RESUMED.
+# An interrupted run's summary reads "interrupted during '<step>': <why>" + NOT_RESUMED (a restore's:
+# + NOT_RESUMED_RESTORE: it is one transaction, so there is nothing to roll back by hand).
 NOT_RESUMED = (". Not resumed: check the database's revision (runbook-bot status) and decide (validate, "
                "rollback or re-run)")
+NOT_RESUMED_RESTORE = (". Not resumed: a restore is one transaction, so unless it reached its COMMIT the database "
+                       "is as it was; check it (runbook-bot status) and restore again if needed")
 # A follow-up's claim is one job_claims row per (follow-up, run): the slot is always this one.
 _ONCE = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -232,7 +235,8 @@ class RunStore:
 
     def _interrupt(self, run: Run, why: str, now: datetime, actor: str, *conditions: Any) -> Run | None:
         """running -> interrupted (conditional), and its event; None when someone else moved it first."""
-        summary = f"interrupted during '{run.step}': {why}{NOT_RESUMED}"
+        advice = NOT_RESUMED_RESTORE if run.kind == "restore" else NOT_RESUMED
+        summary = f"interrupted during '{run.step}': {why}{advice}"
         statement = (update(RunRow).where(RunRow.id == run.id).where(RunRow.state == RUNNING).where(*conditions)
                      .values(state=INTERRUPTED, finished_at=now, summary=summary))
         with self.store.session() as session, session.begin():
@@ -252,7 +256,10 @@ class RunStore:
 def interruption(run: Run) -> str:
     """Where and why an interrupted run stopped ("interrupted during '<step>': <why>"), without the
     CLI's advice that ends its summary."""
-    return run.summary[:-len(NOT_RESUMED)] if run.summary.endswith(NOT_RESUMED) else run.summary
+    for advice in (NOT_RESUMED, NOT_RESUMED_RESTORE):
+        if run.summary.endswith(advice):
+            return run.summary[:-len(advice)]
+    return run.summary
 
 
 class Heartbeat:
@@ -290,4 +297,5 @@ class Heartbeat:
 
 
 __all__ = ["Heartbeat", "Run", "RunStore", "interruption", "new_run_id", "process_alive", "RUNNING", "SUCCEEDED", "FAILED",
-           "REFUSED", "INTERRUPTED", "FINAL_STATES", "HEARTBEAT_SECONDS", "STALE_AFTER_SECONDS"]
+           "REFUSED", "INTERRUPTED", "FINAL_STATES", "HEARTBEAT_SECONDS", "NOT_RESUMED", "NOT_RESUMED_RESTORE",
+           "STALE_AFTER_SECONDS"]
