@@ -656,11 +656,12 @@ def _actor(actor: Any) -> str:
     return code(actor, 60)
 
 
-def status_message(environment: str, alembic_state: Any, last_event: Any = None) -> Message:
-    """Current and pending revisions, and the last thing that happened.
+def status_message(environment: str, alembic_state: Any, last_event: Any = None, last_run: Any = None) -> Message:
+    """Current and pending revisions, the last run and the last thing that happened.
 
     `last_event`: None, a mapping, or an object (runbook.state Event) with actor,
-    action, time (or `at`), outcome and optionally summary.
+    action, time (or `at`), outcome and optionally summary. `last_run`: None or the
+    environment's latest runbook.state.runs.Run (migrate, rollback or restore).
     """
     env = one_line(environment, 60)
     blocks: list[dict[str, Any]] = [header(f"Status {env}")]
@@ -682,6 +683,8 @@ def status_message(environment: str, alembic_state: Any, last_event: Any = None)
                 f" {when_text}" + (f" — *{escape(one_line(outcome, 60))}*" if outcome else "")
                 + (f"\n{escape(truncate(str(summary), 1500))}" if summary else ""))
     blocks.append(section(truncate(last, MAX_SECTION_TEXT)))
+    if last_run is not None:
+        blocks.append(section(truncate(run_status_line(last_run), MAX_SECTION_TEXT)))
     if alembic_state is None:
         summary = "state unavailable"
     elif alembic_state.pending:
@@ -694,6 +697,20 @@ def status_message(environment: str, alembic_state: Any, last_event: Any = None)
     return validate(Message(text=f"Status {escape(env)}: {summary}", blocks=blocks))
 
 
+def run_status_line(run: Any) -> str:
+    """The latest run in one line (mrkdwn): kind, id, state, where it stopped; an interrupted one says
+    why (runbook.state.runs.Run)."""
+    from runbook.state.runs import interruption
+
+    state = f"*{escape(run.state)}*" + (f" (step {code(run.step, 80)})" if run.state in ("running", "interrupted")
+                                        else "")
+    when = slack_time(run.finished_at or run.started_at)
+    line = f"*Last run*: {escape(run.kind)} {code(run.id, 20)} by {_actor(run.actor)} · {state} · {when}"
+    if run.state in ("failed", "interrupted") and run.summary:
+        line += f"\n{escape(one_line(interruption(run), 600))}"
+    return line
+
+
 def working_text(command_text: str) -> str:
     """The immediate ack of a command that runs in the background."""
     return f"Working on {code(command_text, 200)}…"
@@ -703,7 +720,7 @@ __all__ = [
     "BlockError", "FileUpload", "Message", "validate", "escape", "truncate", "code", "code_block", "one_line",
     "user", "usergroup", "mention", "here", "channel", "is_user_id", "slack_time", "duration", "size",
     "header", "section", "context", "divider", "button", "actions", "bounded_lines",
-    "help_message", "error_message", "precheck_message", "status_message", "working_text",
+    "help_message", "error_message", "precheck_message", "status_message", "run_status_line", "working_text",
 ]
 
 

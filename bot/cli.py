@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("incident", help="§7.3 incident summary as Markdown (default: the latest run); exit 0, 2")
-    p.add_argument("run_id", metavar="RUN_ID", nargs="?", help="a migrate or rollback run id (see `migrate --json`)")
+    p.add_argument("run_id", metavar="RUN_ID", nargs="?",
+                   help="a migrate, rollback or restore run id (see `migrate --json`, `restore --json`)")
     p.add_argument("--env", metavar="NAME", help="the latest run of this environment")
 
     p = sub.add_parser("escalate", help="§7.2 escalate: 1 self-service, 2 owner, 3 emergency; "
@@ -245,6 +246,9 @@ def cmd_status(settings: Settings, args) -> int:
         print(f"runbook-bot: {exc}", file=sys.stderr)
         return EXIT_ERROR
     last = store.last_event(name)
+    from runbook.incident import latest_run
+
+    run = latest_run(store, name)
     store.record(actor=cli_actor(), action="status", environment=name, outcome="ok")
     if args.json:
         print(json.dumps({
@@ -253,11 +257,14 @@ def cmd_status(settings: Settings, args) -> int:
                         for r in state.pending],
             "last_event": None if last is None else {
                 "actor": last.actor, "action": last.action, "at": last.at.isoformat(), "outcome": last.outcome},
+            "last_run": None if run is None else {
+                "id": run.id, "kind": run.kind, "state": run.state, "step": run.step, "actor": run.actor,
+                "started_at": run.started_at.isoformat(), "summary": run.summary},
         }, indent=2))
     else:
         from bot.text import status_text
 
-        print(status_text(name, state, last))
+        print(status_text(name, state, last, run))
     return EXIT_OK
 
 
@@ -539,6 +546,8 @@ def cmd_restore(settings: Settings, args) -> int:
     def as_text() -> str:
         out = [f"Restore {name} from backup #{request.params.get('backup_id')}: "
                f"{'DONE' if done else 'FAILED'}", f"  {request.result_summary}"]
+        if result.get("run_id"):
+            out.append(f"  run: {result['run_id']} (`runbook-bot incident {result['run_id']}` for §7.3)")
         if done:
             out.append(f"  revision: {', '.join(result.get('revision_before') or []) or 'none'} -> "
                        f"{', '.join(result.get('revision_after') or []) or 'none'}")

@@ -252,9 +252,11 @@ class Flows:
         name, env = self.settings.environment(command.environment)
         state = precheck.alembic_status(env, project=self.project(name))
         last = self.store.last_event(name)
+        from runbook.incident import latest_run
+
         self.record(origin, "status", name, "ok",
                     f"current {', '.join(state.current) or 'none'}, {len(state.pending)} pending")
-        self.post(origin, blocks.status_message(name, state, last))
+        self.post(origin, blocks.status_message(name, state, last, latest_run(self.store, name)))
 
     def do_activity(self, command: Command, origin: Origin) -> None:
         """§4 on demand: the same snapshot the watch takes, against the environment's thresholds."""

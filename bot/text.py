@@ -55,12 +55,16 @@ def precheck_text(report: PrecheckReport) -> str:
     return "\n".join(out)
 
 
-def status_text(environment: str, state: AlembicState, last_event) -> str:
+def status_text(environment: str, state: AlembicState, last_event, last_run=None) -> str:
     out = [f"Status {environment}",
            f"  current: {', '.join(state.current) or '(unversioned)'}",
            f"  heads:   {', '.join(state.heads)}",
            "  pending (oldest first):"]
     out += _pending_lines(state)
+    if last_run is not None:
+        step = f" during '{last_run.step}'" if last_run.state in ("running", "interrupted") else ""
+        out.append(f"  last run: {last_run.kind} {last_run.id} by {last_run.actor}, {last_run.state}{step} "
+                   f"(started {last_run.started_at:%Y-%m-%d %H:%M:%S} UTC)")
     if last_event is None:
         out.append("  last event: none")
     else:

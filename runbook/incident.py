@@ -11,10 +11,12 @@ What an escalation must carry (runbook §7.3), gathered from the state database,
 - the validation results and the §6.5 recommendation;
 - who was escalated to, and when.
 
-An incident is anchored on a run (migrate or rollback): its window starts at the previous run's
-end (at most a day before the run, so the precheck and the backup are in it) and ends where the
-next migrate run starts. A rollback run belongs to the migrate run before it when that started
-within a day. Without any run, the window is the last day of the environment.
+An incident is anchored on a run (migrate, rollback or restore): its window starts at the previous
+run's end (at most a day before the run, so the precheck and the backup are in it) and ends where
+the next migrate run starts. A rollback run belongs to the migrate run before it when that started
+within a day; so does a restore when that migrate run failed or was interrupted (the restore is its
+§6.5 recovery), otherwise a restore is an incident of its own (the backup it restores is its
+backup). Without any run, the window is the last day of the environment.
 
 `gather()` returns plain dataclasses; `render_markdown()` (files, the CLI, GitHub issues) and
 `render_mrkdwn()` (Slack sections) render them with the Jinja2 templates in runbook/templates/.
@@ -164,12 +166,16 @@ def subject_run(store, environment: str, *, now: datetime | None = None) -> Run 
 
 
 def _anchor(store, run: Run) -> Run:
-    """A rollback belongs to the migrate run just before it (within a day): that run's incident."""
-    if run.kind != "rollback":
+    """A rollback belongs to the migrate run just before it (within a day): that run's incident. A
+    restore too, when that run failed or was interrupted; after a migration that went well (or none),
+    a restore is its own incident."""
+    if run.kind not in ("rollback", "restore"):
         return run
     for earlier in RunStore(store).list(environment=run.environment, limit=20):
         if earlier.kind == "migrate" and earlier.started_at < run.started_at:
-            return earlier if earlier.started_at >= run.started_at - LOOKBACK else run
+            recent = earlier.started_at >= run.started_at - LOOKBACK
+            recovers = run.kind == "rollback" or earlier.state in ("failed", "interrupted")
+            return earlier if recent and recovers else run
     return run
 
 
@@ -204,7 +210,7 @@ def gather(store, *, environment: str | None = None, run_id: str | None = None, 
         run = runs.get(run_id)
         if run is None:
             raise UnknownRun(f"unknown run id '{redact(str(run_id)[:40], *secrets)}': the ids are in the "
-                             "migrate/rollback output (`--json`: run_id) and in the Slack thread")
+                             "migrate/rollback/restore output (`--json`: run_id) and in the Slack thread")
     elif run is None and environment is not None:
         run = latest_run(store, environment)
     if run is not None:
@@ -262,6 +268,8 @@ def gather(store, *, environment: str | None = None, run_id: str | None = None, 
     for request in sorted(approvals.list(environment=environment, limit=100), key=lambda r: r.created_at):
         if request.kind != "restore" or request.created_at < since or (until and request.created_at >= until):
             continue
+        if run is not None and run.kind == "restore" and request.id == run.approval_id:
+            continue                    # the incident's own restore: its run's step and error say it
         backup_id = request.params.get("backup_id")
         incident.steps.append(Step(
             "restore", request.updated_at, request.state,
@@ -372,10 +380,18 @@ def _run_steps(incident: Incident, run: Run, events: list[_Event], approvals, sc
     started = next((e for e in mine if e.action == f"{run.kind}.start"), None)
     frm = ", ".join(incident.from_revisions) or "base"
     reached = ", ".join(incident.reached) or "base"
+    if run.kind == "restore":
+        tables = run.detail("tables") or []
+        what = (f"{len(tables)} table(s) ({', '.join(map(str, tables[:5]))})" if run.detail("mode") == "tables"
+                else "the whole database")
+        detail = (f"run {run.id}: {what} from backup #{run.detail('backup_id', '?')}; revision {frm} before"
+                  + (f", {reached} after" if "to" in result else "")
+                  + (f"; safety backup #{result['safety_backup_id']}" if result.get("safety_backup_id") else ""))
+    else:
+        detail = (f"run {run.id}: {frm} -> {incident.target or '?'}; reached {reached}; "
+                  f"{result.get('attempts', 0)} attempt(s)")
     incident.steps.append(Step(
-        run.kind, started.at if started else run.started_at, incident.outcome or run.state,
-        scrub(f"run {run.id}: {frm} -> {incident.target or '?'}; reached {reached}; "
-              f"{result.get('attempts', 0)} attempt(s)"),
+        run.kind, started.at if started else run.started_at, incident.outcome or run.state, scrub(detail),
         approved_by=approved_by, approval=how, actor=run.actor))
     for event in mine:
         if event.action == f"{run.kind}.step":
@@ -470,9 +486,14 @@ def _facts(item: Any, relation: str) -> BackupFacts:
 
 def _primary_backup(store, run: Run, in_window: list[Any]) -> BackupFacts | None:
     """The backup this run took (reason migrate, under its lock), else the newest verified full
-    backup from before the run: the one a restore would use."""
+    backup from before the run: the one a restore would use. A restore's: the backup it restores."""
     from runbook.backup import Backup
 
+    if run.kind == "restore" and run.detail("backup_id") is not None:
+        with store.session() as session:
+            row = session.get(BackupRow, run.detail("backup_id"))
+            if row is not None:
+                return _facts(Backup.of(row), "the backup this restore restores")
     end = run.finished_at or utcnow()
     taken = [b for b in in_window if b.reason == "migrate" and run.started_at <= b.started_at <= end]
     if taken:

@@ -4,8 +4,9 @@ after the bot applied R (or a later revision) on staging and validated it there.
 The evidence is the runs table (runbook/state/runs.py): a succeeded `migrate` run on the source
 environment whose end revision has R among its ancestors, with §5 validation passed. Runs are read
 newest first, so a later successful rollback of the source below R withdraws the evidence until
-R is applied and validated there again. Nothing here is kept in memory: any replica, and the CLI,
-decide the same from the state database.
+R is applied and validated there again; so does a later restore that took the source below R (a
+restore is never evidence itself: nothing validated the revision it brought back). Nothing here
+is kept in memory: any replica, and the CLI, decide the same from the state database.
 """
 from __future__ import annotations
 
@@ -52,10 +53,12 @@ def check(store: Any, name: str, env: Environment, revision: str, project: Alemb
     for run in runs:                                     # newest first
         result = run.result or {}
         ends = [str(r) for r in result.get("to") or []]
-        if run.kind == "rollback":
+        if run.kind in ("rollback", "restore"):
             started = [str(r) for r in result.get("from") or []]
             if _reaches(project, started, revision) and not _reaches(project, ends, revision):
-                return PromotionCheck(False, f"promotion gate: {rule}; {revision} was rolled back on {source} "
+                how = ("rolled back" if run.kind == "rollback" else
+                       f"undone by a restore of backup #{result.get('backup_id')}")
+                return PromotionCheck(False, f"promotion gate: {rule}; {revision} was {how} on {source} "
                                              f"(run {run.id}, {run.finished_at or run.started_at:%Y-%m-%d %H:%M} UTC"
                                              f" to {', '.join(ends) or 'base'}): migrate and validate {source} "
                                              f"again first (`/migrate run {source} {revision}`)", source)

@@ -231,7 +231,7 @@ def test_level_3_tags_owner_and_here_and_posts_the_pause_hooks_redacted_output(
     assert "Pause the application: stop its writes to the database" in rendered
     assert "Preserve logs: the migration log" in rendered
     assert "Running the pause hook" in rendered and "its outcome follows in this thread" in rendered
-    assert message.files and "| Run | none (no migrate or rollback run in the window) |" in message.files[0].text
+    assert message.files and "| Run | none (no migrate, rollback or restore run in the window) |" in message.files[0].text
     assert hook_reply.thread_ts == message.ts and ":white_check_mark: The pause hook" in hook_reply.text
     output = dumps(hook_reply.blocks)
     assert "pausing production level 3" in output and "reason: users see 500s" in output
@@ -469,6 +469,12 @@ def test_a_failed_restore_escalates_to_level_2_in_the_requests_thread(sample_db,
                                       f"backup #{made.id} failed")
     [event] = bot.store.events(action="escalate")
     assert event.details["automatic"] and event.details["notified"] == [OWNER]
+    # about the restore's own run, with its summary; a second follow-up does not escalate again
+    [run] = RunStore(bot.store).list()
+    assert (run.kind, run.state, run.approval_id) == ("restore", "failed", request.id) and event.run_id == run.id
+    assert "Incident summary: restore on production (failed)" in json.dumps(escalation.blocks)
+    assert bot.runtime.flows.escalator.after_restore(ApprovalStore(bot.store).get(request.id)) is not None
+    assert len(bot.store.events(action="escalate")) == 1
     assert PASSWORD not in bot.everything()
 
 

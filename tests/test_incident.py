@@ -191,7 +191,7 @@ def test_unknown_run_id_is_one_line_and_exit_2(sample_db, tmp_path):
     # no run at all: the environment's summary, every piece "none"
     empty = cli(config, "incident")
     assert empty.returncode == 0, empty.stderr
-    assert "| Run | none (no migrate or rollback run in the window) |" in empty.stdout
+    assert "| Run | none (no migrate, rollback or restore run in the window) |" in empty.stdout
 
 
 def test_missing_pieces_render_as_none(tmp_path):
@@ -293,3 +293,62 @@ def test_an_interrupted_rollback_says_where_it_stopped_in_the_summary_of_the_mig
     assert "interrupted during 'downgrade 0005_divide_by_zero (1/1)': its process" in error
     assert "interrupted during 'downgrade 0005_divide_by_zero (1/1)'" in incidents.render_markdown(found)
     assert "downgrade 0005_divide_by_zero (1/1)" in "\n".join(incidents.render_mrkdwn(found))
+
+
+def test_a_restore_is_an_incident_of_its_own_unless_it_recovers_a_failed_migration(tmp_path):
+    """A restore run's summary: its backup, its one restore step (not twice: its request is that step),
+    where it stopped. After a migration that failed it belongs to that migration's incident, like a
+    rollback; after one that went well it does not."""
+    from runbook.state.models import BackupRow, utcnow
+
+    store = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    store.migrate()
+    runs = RunStore(store, host="bot-1")
+    approvals = ApprovalStore(store)
+    with store.session() as session, session.begin():
+        backup = BackupRow(environment="production", kind="full", format="custom", reason="manual", status="verified",
+                           level="full", name="backup_20261124_100000.dump", location="/backups/b.dump",
+                           size_bytes=4096, sha256="ab" * 32, revision=[REV_0003], tables=["public.expenses"],
+                           row_counts={"public.expenses": 50}, actor="U0ALICE01")
+        session.add(backup)
+    fine = runs.start(kind="migrate", environment="production", actor="U0ALICE01")
+    runs.finish(fine.id, "succeeded", result={"outcome": "succeeded", "to": [REV_0003]})
+
+    def restore_run(note: str) -> tuple:
+        request = approvals.create(kind="restore", environment="production", requester="U0REQUEST1",
+                                   params={"backup_id": backup.id, "mode": "full", "tables": []}, required=1,
+                                   expires_at=utcnow(), state="executing")
+        run = runs.start(kind="restore", environment="production", actor="U0REQUEST1", from_revision=REV_0003,
+                         target_revision=REV_0003, approval_id=request.id,
+                         details={"backup_id": backup.id, "mode": "full", "tables": []})
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        with store.engine.begin() as conn:       # its process died while psql waited for the tables' locks
+            conn.exec_driver_sql("UPDATE runs SET pid = ?, step = 'restore' WHERE id = ?", (dead.pid, run.id))
+        assert [r.id for r in runs.reap()] == [run.id]
+        approvals.transition(request.id, ["executing"], "failed", result={"outcome": "interrupted"},
+                             result_summary=f"interrupted during 'restore' ({note})")
+        return request, runs.get(run.id)
+
+    request, own = restore_run("after a good migration")
+    found = incidents.gather(store, run_id=own.id)
+    assert found.run.id == own.id and found.title == "Incident summary: restore on production (interrupted)"
+    assert found.backup.id == backup.id and found.backup.relation == "the backup this restore restores"
+    [step] = [s for s in found.steps if s.name == "restore" and s.detail.startswith(f"run {own.id}")]
+    assert step.outcome == "interrupted" and f"the whole database from backup #{backup.id}; revision {REV_0003} before" in step.detail
+    assert [s.name for s in found.steps].count("restore") == 2        # the run, and where it was interrupted
+    assert not any(s.detail.startswith(f"backup #{backup.id}") for s in found.steps)    # its request: not again
+    assert [e for e in found.errors if "interrupted during 'restore'" in e] and len(found.errors) == 1
+    markdown = incidents.render_markdown(found)
+    assert "| Run | `" + own.id + "` (restore, interrupted) |" in markdown and "/backups/b.dump" in markdown
+    assert incidents.latest_run(store, "production").id == own.id     # `runbook-bot incident`'s default
+
+    failed = runs.start(kind="migrate", environment="production", actor="U0ALICE01")
+    runs.finish(failed.id, "failed", result={"error": "division by zero", "outcome": "failed"})
+    request, recovery = restore_run("after a failed migration")
+    found = incidents.gather(store, run_id=recovery.id)
+    assert found.run.id == failed.id                                  # the §6.5 recovery of that migration
+    [step] = [s for s in found.steps if s.name == "restore"]           # its request, in that incident
+    assert step.outcome == "failed" and "after a failed migration" in step.detail
+    assert any("interrupted during 'restore' (after a failed migration)" in e for e in found.errors)
+    assert "division by zero" in found.errors
