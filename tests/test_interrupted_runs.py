@@ -19,8 +19,10 @@ import os
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import psycopg
 import pytest
@@ -316,10 +318,26 @@ def restore_sessions(url: str) -> list[tuple]:
                       "WHERE application_name = 'runbook-bot/pg_restore'")
 
 
-def test_a_bot_killed_mid_restore_leaves_the_target_unchanged_and_is_followed_up_once_at_the_next_start(
-        sample_db, pg_state_url, tmp_path, pg_bin_dir, local_slack, bots, runtimes):
+@dataclass
+class HeldRestore:
+    """A restore approved over signed HTTP on a `serve` process, waiting in its restore step for a lock
+    the application (the test) holds: `release()` lets go of it."""
+
+    bot: Any
+    store: Store
+    target: str
+    item: Any                  # the backup it restores
+    request: Any
+    run: Any
+    before: list[Any]          # the target as it is, which the restore would change
+    release: Any
+
+
+@contextmanager
+def restore_held_at_a_lock(sample_db, pg_state_url, tmp_path, pg_bin_dir, slack_url, bots,
+                           bot_env: dict[str, str] | None = None) -> Iterator[HeldRestore]:
     target = with_password(sample_db(REV_0003), PASSWORD)
-    # a restore that would wait for the application's locks far longer than this test lives
+    # a restore that would wait for the application's locks far longer than the test lives
     config = write_config(tmp_path, target, pg_state_url, pg_bin_dir, lock_wait_timeout="10min")
     settings = parse_settings(config.read_text(), source=config)
     store = Store(pg_state_url)
@@ -329,7 +347,7 @@ def test_a_bot_killed_mid_restore_leaves_the_target_unchanged_and_is_followed_up
         with psycopg.connect(target, autocommit=True) as conn:          # what the restore would bring back
             conn.execute("DELETE FROM expenses WHERE id > 10")
         before = target_state(target)
-        bot = start_bot("bot", config, tmp_path, local_slack.url)
+        bot = start_bot("bot", config, tmp_path, slack_url, extra_env=bot_env)
         bots.append(bot)
         bot.wait_healthy()
         assert bot.post(slash_command_body(f"restore {item.id}", user_id=REQUESTER, channel_id=CHANNEL)).status == 200
@@ -350,11 +368,22 @@ def test_a_bot_killed_mid_restore_leaves_the_target_unchanged_and_is_followed_up
             assert run.state == "running" and run.approval_id == request.id and run.pid == bot.pid
             assert run.details == {"backup_id": item.id, "mode": "full", "tables": item.tables}
             assert requests.get(request.id).state == "executing"
+            yield HeldRestore(bot, store, target, item, request, run, before, app.rollback)
+    finally:
+        store.close()
 
-            bot.kill()                                                 # SIGKILL, mid-restore
-            app.rollback()                                             # the application lets go of its lock
-            # the restore's session ends without its script: psql died with the bot, before the COMMIT
-            wait_for(lambda: not restore_sessions(target), timeout=60, what="the restore's session to end")
+
+def test_a_bot_killed_mid_restore_leaves_the_target_unchanged_and_is_followed_up_once_at_the_next_start(
+        sample_db, pg_state_url, tmp_path, pg_bin_dir, local_slack, bots, runtimes):
+    with restore_held_at_a_lock(sample_db, pg_state_url, tmp_path, pg_bin_dir, local_slack.url, bots) as held:
+        bot, store, target, item, request, run, before = (held.bot, held.store, held.target, held.item,
+                                                          held.request, held.run, held.before)
+        config = tmp_path / "runbook-bot.yaml"
+        runs, requests = RunStore(store), ApprovalStore(store)
+        bot.kill()                                                     # SIGKILL, mid-restore
+        held.release()                                                 # the application lets go of its lock
+        # the restore's session ends without its script: psql died with the bot, before the COMMIT
+        wait_for(lambda: not restore_sessions(target), timeout=60, what="the restore's session to end")
         assert target_state(target) == before                          # the target is unchanged
         assert runs.get(run.id).state == "running" and requests.get(request.id).state == "executing"
         assert summaries_in(local_slack, None) == []
@@ -399,5 +428,32 @@ def test_a_bot_killed_mid_restore_leaves_the_target_unchanged_and_is_followed_up
         seen = everything_slack_saw(local_slack) + bot.log() + json.dumps(
             [[e.summary, e.details] for e in store.events(limit=1000)])
         assert PASSWORD not in seen and BOT_TOKEN not in seen
-    finally:
-        store.close()
+
+
+def test_sigterm_during_a_restore_marks_it_interrupted_rolls_it_back_and_follows_it_up_once(
+        sample_db, pg_state_url, tmp_path, pg_bin_dir, local_slack, bots):
+    """A shutdown whose grace runs out: the restore's run is marked interrupted, its psql killed before the
+    COMMIT, its request closed, one summary; the executor finishing late (psql gone) changes none of it
+    and does not escalate the failure it sees."""
+    with restore_held_at_a_lock(sample_db, pg_state_url, tmp_path, pg_bin_dir, local_slack.url, bots,
+                                bot_env={"RUNBOOK_BOT_SHUTDOWN_GRACE_SECONDS": "1"}) as held:
+        held.bot.terminate()
+        assert held.bot.wait(timeout=60) == 0, held.bot.log()[-3000:]
+        held.release()
+        wait_for(lambda: not restore_sessions(held.target), timeout=60, what="the restore's session to end")
+        assert target_state(held.target) == held.before                 # rolled back: the target is unchanged
+        run = RunStore(held.store).get(held.run.id)
+        assert (run.state, run.step) == ("interrupted", "restore") and "1 s grace period ran out" in run.summary
+        closed = ApprovalStore(held.store).get(held.request.id)
+        assert closed.state == "failed" and closed.result["outcome"] == "interrupted"
+        assert closed.result["run_id"] == run.id
+        message = local_slack.message(held.request.channel, held.request.message_ts)
+        assert message.text.startswith("Restore production: interrupted") and buttons(message) == []
+        said = local_slack.wait_for_message(lambda m: m.text == "1 interrupted run at shutdown; not resumed",
+                                            kind="message", timeout=10)
+        assert run.id in shown(said)
+        assert [m.text for m in summaries_in(local_slack, held.request.message_ts)] == [
+            "Incident summary: restore on production (interrupted)"]
+        assert len(summaries_in(local_slack, None)) == 1 and held.store.events(action="escalate") == []
+        seen = everything_slack_saw(local_slack) + held.bot.log()
+        assert PASSWORD not in seen and BOT_TOKEN not in seen
