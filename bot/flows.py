@@ -543,7 +543,7 @@ def restore_kind(settings: Settings, store: Store, *,
                                   "tables": list(params["tables"])})
         facts = {"run_id": run.id, "backup_id": params["backup_id"], "mode": params["mode"],
                  "tables": list(params["tables"]), "target": backup_revision, "from": expected}
-        noted = {"at": 0.0}
+        noted = {"at": time.monotonic()}          # the first note after RESTORE_NOTE_EVERY, as it always was
 
         with Heartbeat(runs, run.id) as beat:
             beat.set_step("taking the operation lock")

@@ -841,6 +841,5 @@ class Migrations:
 
 
 __all__ = ["LiveRun", "MONITOR_CLAIM", "Migrations", "NothingToDo", "RECOMMENDATION", "Refused", "RunWatcher",
-           "backup_before_run",
-           "checked_proposal", "fresh_backup", "interrupted_outcome", "irreversible_refusal", "migration_kind",
-           "outcome_line", "proposal_params", "result_details", "run_facts", "run_with_yes"]
+           "backup_before_run", "checked_proposal", "fresh_backup", "interrupted_outcome", "irreversible_refusal",
+           "migration_kind", "outcome_line", "proposal_params", "result_details", "run_facts", "run_with_yes"]
