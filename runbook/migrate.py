@@ -33,7 +33,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import threading
 import tempfile
 import time
@@ -51,6 +50,7 @@ from runbook.config import Environment
 from runbook.precheck import project_of, target_of
 from runbook.revisions import AlembicProject, RevisionError, last_error_line, one_line
 from runbook.target import Target, TargetError, password_of, redact
+from runbook.tether import tethered
 
 MIGRATOR_PREFIX = "rbmigrate"
 Direction = Literal["upgrade", "downgrade"]
@@ -347,10 +347,9 @@ class _Supervisor:
     def run_alembic(self, argv: list[str], env_vars: dict[str, str]) -> _Attempt:
         shown = " ".join([*self.env.alembic, *argv[len(self.env.alembic):]])
         self.log.write(f"attempt {self.attempt}: {shown} (cwd {self.env.app_dir})")
-        tethered = [sys.executable, "-m", "runbook.tether", str(os.getpid()), "--", *argv]
         started = time.monotonic()
         try:
-            proc = subprocess.Popen(tethered, cwd=self.env.app_dir, env=env_vars, stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(tethered(argv), cwd=self.env.app_dir, env=env_vars, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
                                     start_new_session=True)
         except OSError as exc:
