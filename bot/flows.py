@@ -508,11 +508,7 @@ def restore_params(plan: Any) -> dict[str, Any]:
     }
 
 
-# A restore run's step (runs.step, shown when it is interrupted) for each phase runbook.backup reports.
-RESTORE_STEPS = {"fetch": "checking the archive", "safety backup": "safety backup", "restore": "restore"}
-# How often the engine reports the phase (the run's step follows it: a state database write only when it
-# changes); the request's note is throttled. The engine polls, so a phase shorter than this may go unseen.
-RESTORE_PHASE_EVERY = 0.2
+# How often a running restore's progress note on its request is refreshed.
 RESTORE_NOTE_EVERY = 3.0
 
 
@@ -520,78 +516,50 @@ def restore_kind(settings: Settings, store: Store, *,
                  on_progress: Callable[[str, str], None] | None = None,
                  on_failed: Callable[[Any], Any] | None = None) -> "approvals.ApprovalKind":
     """The restore kind: runbook.backup.restore once approved (it takes the operation lock and the
-    safety backup, and stops if the revision is no longer the one approved), recorded as a run of kind
-    "restore" (runbook.state.runs: a heartbeat, the phase as its step, the request's id), so a restore
-    whose process dies is reaped and followed up like a migration (bot.migrations.follow_up_interrupted).
-    `on_failed(request)`: what a failed restore triggers (the level-2 escalation, runbook §7.2)."""
+    safety backup, stops if the revision is no longer the one approved, and records itself as a run
+    of kind "restore", so a restore whose process dies is reaped and followed up like a migration:
+    bot.migrations.follow_up_interrupted). `on_failed(request)`: what a failed restore triggers (the
+    level-2 escalation, runbook §7.2)."""
     def execute(request: Any) -> approvals.Outcome:
-        import time
-
         from runbook import backup as backups
-        from runbook.state.runs import FAILED, INTERRUPTED, SUCCEEDED, Heartbeat, RunStore
+        from runbook.state.runs import FAILED, INTERRUPTED, RunStore, new_run_id
         from runbook.target import password_of, redact
 
         params = request.params
         secret = password_of(settings.environments[request.environment].dsn)
-        expected = list(params["expected_revision"])
-        backup_revision = (params.get("backup") or {}).get("revision")
-        runs = RunStore(store)
-        run = runs.start(kind="restore", environment=request.environment, actor=request.requester,
-                         approval_id=request.id, from_revision=", ".join(expected),
-                         target_revision=", ".join(backup_revision) if backup_revision is not None else "",
-                         details={"backup_id": params["backup_id"], "mode": params["mode"],
-                                  "tables": list(params["tables"])})
-        facts = {"run_id": run.id, "backup_id": params["backup_id"], "mode": params["mode"],
-                 "tables": list(params["tables"]), "target": backup_revision, "from": expected}
-        noted = {"at": time.monotonic()}          # the first note after RESTORE_NOTE_EVERY, as it always was
-
-        with Heartbeat(runs, run.id) as beat:
-            beat.set_step("taking the operation lock")
-
+        run_id = new_run_id()
+        progress = None
+        if on_progress is not None:
             def progress(p: Any) -> None:
-                step = RESTORE_STEPS.get(p.phase, p.phase)
-                if step != beat.step:
-                    beat.set_step(step)
-                if on_progress is not None and time.monotonic() - noted["at"] >= RESTORE_NOTE_EVERY:
-                    noted["at"] = time.monotonic()
-                    on_progress(request.id, f"{p.phase}: {blocks.size(p.bytes_written)} after "
-                                            f"{blocks.duration(p.elapsed)}")
+                on_progress(request.id, f"{p.phase}: {blocks.size(p.bytes_written)} after {blocks.duration(p.elapsed)}")
+        try:
+            result = backups.restore(request.environment, settings.environments[request.environment], store,
+                                     params["backup_id"], expected_revision=list(params["expected_revision"]),
+                                     tables=params["tables"] if params["mode"] == "tables" else (),
+                                     actor=request.requester, progress=progress, progress_every=RESTORE_NOTE_EVERY,
+                                     approval_id=request.id, run_id=run_id)
+        except backups.BackupError as exc:
+            outcome = approvals.Outcome(False, redact(str(exc), secret), {"run_id": run_id, "outcome": FAILED})
+        except Exception as exc:      # the engine recorded the run failed; its failure is followed up like any other
+            log.error("restore run %s failed: %s", run_id, redact(repr(exc), secret))
+            outcome = approvals.Outcome(False, f"the restore failed unexpectedly ({type(exc).__name__}); the bot's "
+                                               "log has the details", {"run_id": run_id, "outcome": FAILED})
+        else:
+            summary = (f"backup #{result.backup.id} restored into {request.environment}, now at revision "
+                       f"{', '.join(result.revision_after) or 'none'}; safety backup #{result.safety_backup.id}")
+            if result.mismatches:
+                summary += f"; {len(result.mismatches)} table(s) differ from the backup's row counts"
+            outcome = approvals.Outcome(True, summary, {
+                "revision_before": result.revision_before, "revision_after": result.revision_after,
+                "row_counts_after": result.row_counts_after,
+                "mismatches": {t: list(v) for t, v in result.mismatches.items()},
+                "safety_backup_id": result.safety_backup.id, "duration_seconds": result.duration_seconds,
+                "run_id": run_id})
+        marked = RunStore(store).get(run_id)
+        if marked is not None and marked.state == INTERRUPTED:   # a shutdown (or a reaper) marked it meanwhile
+            from bot.migrations import interrupted_outcome
 
-            try:
-                result = backups.restore(request.environment, settings.environments[request.environment], store,
-                                         params["backup_id"], expected_revision=expected,
-                                         tables=params["tables"] if params["mode"] == "tables" else (),
-                                         actor=request.requester, progress=progress,
-                                         progress_every=RESTORE_PHASE_EVERY)
-            except backups.BackupError as exc:
-                error = redact(str(exc), secret)
-                outcome = approvals.Outcome(False, error, {"run_id": run.id, "outcome": FAILED})
-                # one transaction: a restore that failed left the revision where it was
-                recorded = {**facts, "outcome": FAILED, "error": error, "to": expected}
-            except Exception as exc:      # recorded on the run, so its failure is followed up like any other
-                log.error("restore run %s failed: %s", run.id, redact(repr(exc), secret))
-                error = f"the restore failed unexpectedly ({type(exc).__name__}); the bot's log has the details"
-                outcome = approvals.Outcome(False, error, {"run_id": run.id, "outcome": FAILED})
-                recorded = {**facts, "outcome": FAILED, "error": error, "to": None}
-            else:
-                beat.set_step(RESTORE_STEPS["restore"])      # it got there, however short the phase was
-                summary = (f"backup #{result.backup.id} restored into {request.environment}, now at revision "
-                           f"{', '.join(result.revision_after) or 'none'}; safety backup #{result.safety_backup.id}")
-                if result.mismatches:
-                    summary += f"; {len(result.mismatches)} table(s) differ from the backup's row counts"
-                shown = {"revision_before": result.revision_before, "revision_after": result.revision_after,
-                         "row_counts_after": result.row_counts_after,
-                         "mismatches": {t: list(v) for t, v in result.mismatches.items()},
-                         "safety_backup_id": result.safety_backup.id, "duration_seconds": result.duration_seconds}
-                outcome = approvals.Outcome(True, summary, {**shown, "run_id": run.id})
-                recorded = {**facts, **shown, "outcome": SUCCEEDED, "error": None, "from": result.revision_before,
-                            "to": result.revision_after}
-        if not runs.finish(run.id, SUCCEEDED if outcome.ok else FAILED, summary=outcome.summary, result=recorded):
-            marked = runs.get(run.id)
-            if marked is not None and marked.state == INTERRUPTED:   # a shutdown (or a reaper) marked it meanwhile
-                from bot.migrations import interrupted_outcome
-
-                return interrupted_outcome(marked)
+            return interrupted_outcome(marked)
         return outcome
 
     def result_blocks(request: Any) -> list[dict[str, Any]]:

@@ -50,6 +50,7 @@ Every BackupError is one line, scrubbed of the password.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import logging
@@ -220,6 +221,12 @@ class RestoreResult:
     row_counts_after: dict[str, int]
     mismatches: dict[str, tuple[int | None, int | None]]   # table -> (in the backup, after the restore)
     duration_seconds: float
+    run_id: str | None = None     # the runs row it was recorded as
+
+
+# A restore run's step (runs.step, shown when it is interrupted) for each phase of the restore.
+RESTORE_STEPS = {"lock": "taking the operation lock", "fetch": "checking the archive",
+                 "safety backup": "safety backup", "restore": "restore"}
 
 
 def backup_to_json(item: Backup) -> dict[str, Any]:
@@ -1372,7 +1379,8 @@ def _drop_warnings(later: Sequence[CatalogObject]) -> list[str]:
 
 def restore(name: str, env: Environment, store, backup_id: int | str, *, expected_revision: Sequence[str],
             tables: Sequence[str] = (), actor: str = "runbook-bot", progress: ProgressCallback | None = None,
-            progress_every: float = 1.0, lock: guard.Held | None = None) -> RestoreResult:
+            progress_every: float = 1.0, lock: guard.Held | None = None, approval_id: str | None = None,
+            run_id: str | None = None) -> RestoreResult:
     """Restore a verified backup (§6.2 full with --clean --if-exists, §6.3 chosen tables), in one
     transaction: it applies completely or not at all.
 
@@ -1380,26 +1388,64 @@ def restore(name: str, env: Environment, store, backup_id: int | str, *, expecte
     target's Alembic revision is still `expected_revision` (what the approvers saw); a safety
     backup of the current state is taken and catalogued (reason "safety"); the restore runs;
     the revision and row counts after are read back. Any refusal before the restore step
-    changes nothing. Raises BackupError."""
+    changes nothing. Raises BackupError.
+
+    Once the backup and tables are known good it is recorded as a run of kind "restore" (`run_id`,
+    with a heartbeat and its phase as the step, `approval_id` the request it ran for), so a restore
+    whose process dies is found interrupted at the next start, like a migration."""
+    from runbook.state.runs import FAILED, SUCCEEDED, Heartbeat, RunStore
+
     item = get_backup(store, name, backup_id)
     _restorable(item)
     mode, chosen = _restore_tables(item, tables)
     target = target_of(env)
     storage = Storage(env.backups)
     started = time.monotonic()
-    try:
-        with _operation_lock(target, name, "restore", lock) as held:
-            return _restore_locked(name, env, store, target, storage, held, item, mode, chosen,
-                                   expected_revision=list(expected_revision), actor=actor, progress=progress,
-                                   progress_every=progress_every, started=started)
-    except TargetError as exc:
-        raise BackupError(str(exc)) from None
+    expected = list(expected_revision)
+    runs = RunStore(store)
+    run = runs.start(kind="restore", environment=name, actor=actor, approval_id=approval_id, run_id=run_id,
+                     from_revision=", ".join(expected), target_revision=", ".join(item.revision or []),
+                     details={"backup_id": item.id, "mode": mode, "tables": list(chosen)})
+    facts = {"run_id": run.id, "backup_id": item.id, "mode": mode, "tables": list(chosen),
+             "target": item.revision, "from": expected}
+    with Heartbeat(runs, run.id) as beat:
+        beat.set_step(RESTORE_STEPS["lock"])
+        try:
+            with _operation_lock(target, name, "restore", lock) as held:
+                result = _restore_locked(name, env, store, target, storage, held, item, mode, chosen,
+                                         expected_revision=expected, actor=actor, progress=progress,
+                                         progress_every=progress_every, started=started,
+                                         on_phase=lambda phase: beat.set_step(RESTORE_STEPS.get(phase, phase)))
+        except (BackupError, TargetError) as exc:
+            error = str(exc)
+            # one transaction: a restore that failed left the revision where it was
+            runs.finish(run.id, FAILED, summary=error, result={**facts, "outcome": FAILED, "error": error,
+                                                                "to": expected})
+            if isinstance(exc, TargetError):
+                raise BackupError(error) from None
+            raise
+        except BaseException as exc:     # recorded on the run, so its failure is followed up like any other
+            error = f"the restore failed unexpectedly ({type(exc).__name__})"
+            runs.finish(run.id, FAILED, summary=error, result={**facts, "outcome": FAILED, "error": error,
+                                                                "to": None})
+            raise
+    summary = (f"backup #{item.id} restored into {name}, now at revision {', '.join(result.revision_after) or 'none'}; "
+               f"safety backup #{result.safety_backup.id}")
+    runs.finish(run.id, SUCCEEDED, summary=summary, result={
+        **facts, "outcome": SUCCEEDED, "error": None, "from": result.revision_before, "to": result.revision_after,
+        "revision_before": result.revision_before, "revision_after": result.revision_after,
+        "row_counts_after": result.row_counts_after,
+        "mismatches": {t: list(v) for t, v in result.mismatches.items()},
+        "safety_backup_id": result.safety_backup.id, "duration_seconds": result.duration_seconds})
+    return dataclasses.replace(result, run_id=run.id)
 
 
 def _restore_locked(name: str, env: Environment, store, target: Target, storage: Storage, held: guard.Held,
                     item: Backup, mode: str, chosen: list[str], *, expected_revision: list[str], actor: str,
-                    progress: ProgressCallback | None, progress_every: float, started: float) -> RestoreResult:
-    state: dict[str, Any] = {"bytes": 0, "pid": None, "phase": "fetch"}
+                    progress: ProgressCallback | None, progress_every: float, started: float,
+                    on_phase: Callable[[str], None]) -> RestoreResult:
+    state: dict[str, Any] = {"bytes": 0, "pid": None, "phase": "fetch", "on_phase": on_phase}
+    on_phase("fetch")
 
     def measure() -> tuple[int, str, int | None, int | None]:
         return state["bytes"], state["phase"], item.id, state["pid"]
@@ -1431,6 +1477,11 @@ def _restore_locked(name: str, env: Environment, store, target: Target, storage:
                          tables=chosen, revision_before=revision_before, revision_after=revision_after,
                          row_counts_after=counts_after, mismatches=mismatches,
                          duration_seconds=round(time.monotonic() - started, 3))
+
+
+def _enter_phase(state: dict[str, Any], phase: str) -> None:
+    state["phase"] = phase
+    state["on_phase"](phase)
 
 
 def _restore_archive(name: str, env: Environment, store, target: Target, held: guard.Held, item: Backup,
@@ -1470,7 +1521,7 @@ def _restore_archive(name: str, env: Environment, store, target: Target, held: g
                 raise BackupError(f"{_plain(src)} references {_plain(ref)} with a cascading delete "
                                   f"({conname}): restore both tables together; nothing was restored")
 
-    state["phase"] = "safety backup"
+    _enter_phase(state, "safety backup")
     try:
         safety = backup(name, env, store, kind="tables" if mode == "tables" else "full",
                         tables=chosen if mode == "tables" else (), verify="full", actor=actor,
@@ -1479,7 +1530,7 @@ def _restore_archive(name: str, env: Environment, store, target: Target, held: g
         raise BackupError(f"the safety backup failed ({exc}): nothing was restored") from None
     _update(store, safety.id, details={**safety.details, "before_restore_of": item.id})
 
-    state["phase"] = "restore"
+    _enter_phase(state, "restore")
     state["bytes"] = 0
     extras = [t for t in [*existing, *parents] if t not in item.tables] if mode == "full" else []
     with target.connect("restore", statement_timeout="120s") as conn:
