@@ -356,9 +356,9 @@ class ApprovalService:
         approvers = self.settings.environments[environment].approvals.approvers
         if user_id in approvers:
             return True
-        return any(user_id in self._group_members(group) for group in approvers if group.startswith("S"))
+        return any(user_id in self.group_members(group) for group in approvers if group.startswith("S"))
 
-    def _group_members(self, group: str) -> list[str]:
+    def group_members(self, group: str) -> list[str]:
         """Asked on every click that needs it, so a removal from the group counts at once."""
         try:
             response = self.client.usergroups_users_list(usergroup=group)

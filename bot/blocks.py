@@ -1136,6 +1136,8 @@ def backup_message(environment: str, backup: Any) -> Message:
         expired = backup.details.get("expired") or []
         note = (f"Retention removed backup{'s' if len(expired) != 1 else ''} "
                 + ", ".join(f"#{i}" for i in expired[:20]) + " · ") if expired else ""
+        note += "".join(f"Retention kept #{i}: {escape(why)} · "
+                        for i, why in list((backup.details.get("retention_kept") or {}).items())[:5])
         how = "" if backup.kind == "schema" else f"restore with `/migrate restore {env} {backup.id}` · "
         blocks.append(context(truncate(f"{note}{how}Runbook §2", MAX_CONTEXT_TEXT)))
     text = (f"{kind} {escape(env)} #{backup.id}: "

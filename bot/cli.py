@@ -50,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", metavar="NAME")
     p.add_argument("--json", action="store_true", help="print the snapshot as JSON")
 
-    for name, default, what in (("migrate", "head", "§3 upgrade under every guard, after a verified full backup "
-                                                    "(§2) unless one is fresh, validated after (§5)"),
+    for name, default, what in (("migrate", "head", "§3 upgrade under every guard (the no-go gate re-checked "
+                                                    "before the first statement), after a verified full backup "
+                                                    "(§2) unless one protects it already, validated after (§5)"),
                                 ("rollback", "-1", "§6.1 downgrade under the same guards, backed up first the same way")):
         exits = "exit 0 done, 1 failed or refused, 2 error (a failed backup among them: nothing is changed)"
         p = sub.add_parser(name, help=f"{what}; {exits}", description=f"{what}. {exits[0].upper()}{exits[1:]}.")
@@ -59,8 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--to", metavar="REV", default=default, help=f"target revision (default {default})")
         p.add_argument("--yes", action="store_true", help="stands for the approval; recorded as yours")
         p.add_argument("--no-backup", action="store_true",
-                       help="do not take the §2 backup first (taken by default unless a verified full backup is "
-                            "newer than approvals.require_backup_within_minutes); recorded, with a warning")
+                       help="do not take the §2 backup first (taken by default unless a verified full backup "
+                            "taken at the current revision, after the last run, within "
+                            "approvals.require_backup_within_minutes protects the run); recorded, with a warning")
+        p.add_argument("--override-gate", metavar="REASON",
+                       help="let the run through a closed no-go gate (lock waits, long queries or idle "
+                            "transactions on its tables, an unacknowledged HIGH risk, promotion); recorded "
+                            "with the reason as its own event")
         p.add_argument("--json", action="store_true", help="print the result as JSON (with backup_id, "
                                                            "backup_taken, backup_skipped)")
 
@@ -276,14 +282,15 @@ def _emit(args, as_json, as_text) -> None:
 def _run_supervised(settings: Settings, args, direction: str) -> int:
     """`migrate` / `rollback`: the Slack path's checks and run (bot/migrations.py), with --yes standing for
     the approval: recorded by ApprovalService.run_confirmed, the same audit trail as a click in Slack.
-    Like Slack's run it takes a verified full backup first, under the run's lock, unless one is fresh
-    (bot.migrations.backup_before_run); --no-backup skips it, recorded. A failed backup stops the run
+    Like Slack's run it takes a verified full backup first, under the run's lock, unless one protects it
+    (runbook.ops.run); --no-backup skips it, recorded. A failed backup stops the run
     before anything changes: one line, exit 2."""
     from bot import text
     from bot.flows import Redactor
     from bot.logs import known_secrets
     from bot.migrations import NothingToDo, Refused, RunWatcher, checked_proposal, run_with_yes
-    from runbook import migrate
+    from runbook import migrate, ops
+    from runbook.gate import GateOverride
     from runbook.revisions import RevisionError
     from runbook.state import StateError
     from runbook.target import TargetError
@@ -291,7 +298,19 @@ def _run_supervised(settings: Settings, args, direction: str) -> int:
 
     action = "migrate" if direction == "upgrade" else "rollback"
     name, env = settings.environment(args.env)
-    if not args.yes:
+    if not args.yes:        # the plan, as approvers see it in Slack, then exit 2
+        try:
+            store = _open_store(settings)
+            proposal = checked_proposal(name, env, direction, args.to, f"{action} --to {args.to}", store=store,
+                                        cli=True)
+            protected = ops.protection_now(store, name, env, proposal.current)
+        except NothingToDo as exc:
+            print(f"runbook-bot: {exc}", file=sys.stderr)
+            return EXIT_OK
+        except (Refused, StateError, TargetError, RevisionError) as exc:
+            print(f"runbook-bot: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        print(text.proposal_text(proposal, protected))
         print(f"runbook-bot: {action} changes the {name} database ({action} --to {args.to}): add --yes to "
               "confirm (it is recorded as your approval)", file=sys.stderr)
         return EXIT_ERROR
@@ -306,14 +325,12 @@ def _run_supervised(settings: Settings, args, direction: str) -> int:
         def __init__(self) -> None:
             self.backup_progress = _backup_progress_printer()
 
-        def backup(self, phase, backup=None, error=None) -> None:
+        def backup(self, phase, backup=None, error=None, reason="") -> None:
             if phase == "fresh":
                 self.backup_relied_on = backup
-                print(f"  backup: #{backup.id} of {_finished_at(backup)} is newer than "
-                      f"{env.approvals.require_backup_within_minutes} min: relied on, no new one taken",
-                      file=sys.stderr)
+                print(f"  backup: {reason}: relied on, no new one taken", file=sys.stderr)
             elif phase == "started":
-                print(f"  backup: taking a verified full backup of {name} first (§2)…", file=sys.stderr)
+                print(f"  backup: taking a verified full backup of {name} first (§2): {reason}…", file=sys.stderr)
             elif phase == "verified":
                 self.backup_taken = backup
                 print(f"  backup: #{backup.id} verified ({backup.level}), {human_size(backup.size_bytes)}: "
@@ -345,7 +362,9 @@ def _run_supervised(settings: Settings, args, direction: str) -> int:
                                     cli=True)
         request = run_with_yes(settings, store, proposal, args.to, cli_actor(),
                                redactor=Redactor(settings, extra_secrets=known_secrets(settings)),
-                               watcher=watcher, skip_backup="--no-backup" if args.no_backup else None)
+                               watcher=watcher, skip_backup="--no-backup" if args.no_backup else None,
+                               gate_override=GateOverride(cli_actor(), args.override_gate)
+                               if args.override_gate is not None else None)
     except NothingToDo as exc:
         print(f"runbook-bot: {exc}", file=sys.stderr)
         return EXIT_OK

@@ -35,12 +35,13 @@ ACTIONS: dict[str, ActionSpec] = {
         ActionSpec("help", "/migrate help", "what the bot can do", "", takes_env=False),
         ActionSpec("status", "/migrate status [env]", "current and pending revisions, last event", "§1.2"),
         ActionSpec("precheck", "/migrate precheck [env]", "the pre-migration checklist with a go / no-go", "§1"),
-        ActionSpec("run", "/migrate run [env] [head | +1 | REV]",
-                   "migrate (default: to head), after approval; watched live, validated after", "§3–§5",
-                   max_args=1, check_args=lambda args: run_args(args)),
-        ActionSpec("rollback", "/migrate rollback [env] [-1 | REV]",
+        ActionSpec("run", "/migrate run [env] [head | +1 | REV] [override REASON]",
+                   "migrate (default: to head), after approval; watched live, validated after; `override` "
+                   "(approvers) lets it through a closed no-go gate", "§3–§5",
+                   max_args=1000, check_args=lambda args: migration_args(args, "run")),
+        ActionSpec("rollback", "/migrate rollback [env] [-1 | REV] [override REASON]",
                    "Alembic downgrade (default: one revision), after approval; irreversible ones are refused",
-                   "§6.1", max_args=1, check_args=lambda args: rollback_args(args)),
+                   "§6.1", max_args=1000, check_args=lambda args: migration_args(args, "rollback")),
         ActionSpec("validate", "/migrate validate [env]", "post-migration validation, with what to do if it fails",
                    "§5, §6.5"),
         ActionSpec("activity", "/migrate activity [env]",
@@ -162,14 +163,42 @@ def _revision_arg(args: Sequence[str], *, action: str, default: str, other: str,
     return arg
 
 
+# The word after which `/migrate run|rollback` takes the reason of a no-go gate override.
+OVERRIDE_WORD = "override"
+MAX_OVERRIDE_REASON = 300      # runbook.ops.MAX_OVERRIDE_REASON (the engine checks it again)
+
+
+def migration_args(args: Sequence[str], action: str) -> tuple[str, str | None]:
+    """`[REV] [override REASON…]` of `/migrate run` or `/migrate rollback` -> (the target as typed, the
+    override's reason or None). Who may override is decided by the engine (runbook.ops)."""
+    usage = f"Usage: `{ACTIONS[action].usage}`."
+    words = list(args)
+    reason = None
+    if OVERRIDE_WORD in [w.lower() for w in words]:
+        at = [w.lower() for w in words].index(OVERRIDE_WORD)
+        words, reason = words[:at], " ".join(words[at + 1:]).strip()
+        if not reason:
+            raise CommandError(f"`override` needs a reason: say why the run may go through a closed no-go gate. "
+                               f"{usage}")
+        if len(reason) > MAX_OVERRIDE_REASON:
+            raise CommandError(f"The override's reason is longer than {MAX_OVERRIDE_REASON} characters. {usage}")
+    if len(words) > 1:
+        raise CommandError(f"`/migrate {action}` takes one revision, then optionally `override REASON`. {usage}")
+    if action == "run":
+        typed = _revision_arg(words, action="run", default="head", other="rollback", hint="head, +1 or a revision id")
+    else:
+        typed = _revision_arg(words, action="rollback", default="-1", other="run", hint="-1, base or a revision id")
+    return typed, reason
+
+
 def run_args(args: Sequence[str]) -> str:
     """`[head | +1 | REV]` of `/migrate run` -> the target as typed (default head)."""
-    return _revision_arg(args, action="run", default="head", other="rollback", hint="head, +1 or a revision id")
+    return migration_args(args, "run")[0]
 
 
 def rollback_args(args: Sequence[str]) -> str:
     """`[-1 | REV]` of `/migrate rollback` -> the target as typed (default -1)."""
-    return _revision_arg(args, action="rollback", default="-1", other="run", hint="-1, base or a revision id")
+    return migration_args(args, "rollback")[0]
 
 
 # runbook.review.MAX_ACK_REASON (the engine checks it again)

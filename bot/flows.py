@@ -286,24 +286,25 @@ class Flows:
     def do_run(self, command: Command, origin: Origin) -> None:
         """`/migrate run [env] [head | +1 | REV]` (§3): resolved against the scripts, refused up front in
         one line or asked for approval; bot/migrations.py runs it once approved, watched live."""
-        from bot.commands import run_args
+        from bot.commands import migration_args
 
-        self._ask_migration(command, origin, "upgrade", run_args(command.args))
+        self._ask_migration(command, origin, "upgrade", *migration_args(command.args, "run"))
 
     def do_rollback(self, command: Command, origin: Origin) -> None:
         """`/migrate rollback [env] [-1 | REV]` (§6.1): an irreversible downgrade is refused before anyone
         is asked (pointing to `/migrate restore`); otherwise the same approval and supervised run."""
-        from bot.commands import rollback_args
+        from bot.commands import migration_args
 
-        self._ask_migration(command, origin, "downgrade", rollback_args(command.args))
+        self._ask_migration(command, origin, "downgrade", *migration_args(command.args, "rollback"))
 
-    def _ask_migration(self, command: Command, origin: Origin, direction: str, typed: str) -> None:
+    def _ask_migration(self, command: Command, origin: Origin, direction: str, typed: str,
+                       override: str | None) -> None:
         from bot.migrations import Refused
 
         name, _env = self.settings.environment(command.environment)
         try:
             request = self.migrations.request(name, direction, typed, self.actor(origin), command.text,
-                                              origin.channel_id)
+                                              origin.channel_id, override=override)
         except Refused as exc:
             self._fail(command, origin, str(exc))
             return

@@ -98,8 +98,7 @@ def backup_line(backup: Any) -> str:
             f"verified: {escape(LEVELS.get(backup.level, backup.level))} · {size(backup.size_bytes)}")
 
 
-def migration_request_blocks(params: Mapping[str, Any], *, request_id: str, pending: bool, backup: Any,
-                             backup_fresh: bool, fresh_minutes: int,
+def migration_request_blocks(params: Mapping[str, Any], *, request_id: str, pending: bool, protection: Any,
                              risk: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """What approvers approve: current -> target, the revisions (with reversibility), the SQL preview
     (inline when short, else a file in the request's thread), the tables touched, the backup that
@@ -122,28 +121,34 @@ def migration_request_blocks(params: Mapping[str, Any], *, request_id: str, pend
                                     + (f" … and {len(tables) - 30} more" if len(tables) > 30 else ""),
                                     MAX_SECTION_TEXT)))
     sql = str(params.get("sql_preview") or "")
-    if not sql.strip():
-        out.append(section("*SQL preview*: none (the revisions could not be rendered offline)"))
+    label = "*Downgrade SQL preview*" if downgrade else "*SQL preview*"
+    what = "the downgrade() of these revisions" if downgrade else "these revisions only"
+    unrendered = sql.lstrip().startswith("-- the ") and "could not be rendered offline" in sql[:300]
+    if not sql.strip() or unrendered:
+        why = escape(one_line(sql.strip().lstrip("- "), 300)) if unrendered else \
+            "the revisions could not be rendered offline"
+        out.append(section(truncate(f"{label}: none ({why}); read {what} in the revision files", MAX_SECTION_TEXT)))
     elif sql_inline(sql):
-        out.append(section(f"*SQL preview* (these revisions only)\n{code_block(sql.strip())}"))
+        out.append(section(f"{label} ({what})\n{code_block(sql.strip())}"))
     else:
-        out.append(section(f"*SQL preview*: {sql.count(chr(10)) + 1} lines, attached as a file in this "
+        out.append(section(f"{label}: {sql.count(chr(10)) + 1} lines, attached as a file in this "
                            "message's thread :page_facing_up:"))
     out.extend(list(risk))
-    if backup is not None and backup_fresh:
-        out.append(section(f":floppy_disk: *Latest verified backup* {backup_line(backup)}"))
+    if protection.relied_on:
+        out.append(section(truncate(f":floppy_disk: *Protected by* {backup_line(protection.backup)}: "
+                                    f"{escape(protection.reason)}", MAX_SECTION_TEXT)))
     else:
-        latest = f"the latest is {backup_line(backup)}" if backup is not None else "there is none"
         out.append(section(truncate(
-            f":warning: *No verified backup in the last {fresh_minutes} min* ({latest}). Approving takes one "
-            "first, under the migration's own lock; or take it now.", MAX_SECTION_TEXT)))
+            f":warning: *No backup protects this run yet*: {escape(protection.reason)}. Approving takes one "
+            "first, under the run's own lock; or take it now.", MAX_SECTION_TEXT)))
         if pending:
             out.append(actions(button("Back up first", ACTION_BACKUP_FIRST, request_id),
                                block_id="migrate_backup_first"))
     current = _rev_text(params.get("current") or [])
     out.append(context(truncate(
-        f"The run stops, changing nothing, if the database is no longer at {current} when it starts · "
-        "one operation at a time (advisory lock) · lock timeouts retried with backoff · "
+        f"The run stops, changing nothing, if the database is no longer at {current} when it starts, or if "
+        "the no-go gate is closed then (lock waits, long queries or idle transactions on its tables, an "
+        "unacknowledged HIGH risk) · one operation at a time (advisory lock) · lock timeouts retried with backoff · "
         "validated after (§5) · live progress in this thread", MAX_CONTEXT_TEXT)))
     return out
 

@@ -7,12 +7,10 @@ the work; this module asks, watches and reports.
   an irreversible downgrade, which points to `/migrate restore`), and otherwise posts an approval
   request (kinds "migrate" and "rollback" of bot/approvals.py) pinned to the current revision;
   a long SQL preview goes up as a file in the request's thread.
-* Running. The kinds' executor (`migration_kind`) runs migrate.run on Flows' executor with
-  `expected_current` from the request (the run stops, changing nothing, if the database moved),
-  and, when the catalogue has no verified full backup newer than
-  `approvals.require_backup_within_minutes`, takes one first through `before=`, under the
-  migration's own lock. The request message shows the backup it relies on, or a "Back up first"
-  button that takes one now.
+* Running. The kinds' executor (`migration_kind`) calls runbook.ops.run on Flows' executor with
+  `expected_current` from the request: every guard (the database unmoved, the no-go gate, the
+  backup that protects the run) is decided there. The request message shows what protects the run
+  (runbook.protection), or a "Back up first" button that takes a backup now.
 * Watching (§4). `LiveRun` posts ONE message in the request's thread and updates it in place
   (chat.update by its ts) at most every `LiveRun.every` seconds from its own thread: the step,
   elapsed time, active queries, idle transactions and lock waits with their roots, from
@@ -50,9 +48,10 @@ from bot import approvals, blocks
 from bot import migration_blocks as mblocks
 from runbook import activity as activities
 from runbook import backup as backups
-from runbook import migrate, rollback, validate
+from runbook import migrate, ops, rollback, validate
 from runbook.config import ConfigError, Environment, Settings
-from runbook.dsn import password_of, redact
+from runbook.gate import GateOverride
+from runbook.ops import NothingToDo, Refused, RunWatcher
 from runbook.revisions import RevisionError
 from runbook.state import StateError
 from runbook.state.approvals import DONE, EXECUTING, ID_PATTERN, PENDING, ApprovalRequest, ApprovalStore
@@ -76,26 +75,8 @@ _REQUEST_ID = re.compile(ID_PATTERN)
 _SLACK_ID = re.compile(r"^[A-Z0-9]{2,40}$")
 
 
-class Refused(Exception):
-    """A request refused before anyone is asked; one line for the requester."""
-
-
-class NothingToDo(Refused):
-    """The database is at the target already (the CLI exits 0 for it)."""
-
-
 # ---------------------------------------------------------------------------
 # Facts shared by the request, the executor and the buttons
-
-
-def fresh_backup(store, name: str, env: Environment, now: datetime | None = None) -> tuple[Any, bool]:
-    """(latest verified full backup or None, whether it is newer than require_backup_within_minutes)."""
-    latest = backups.latest_verified(store, name)
-    if latest is None:
-        return None, False
-    finished = latest.finished_at or latest.started_at
-    window = timedelta(minutes=env.approvals.require_backup_within_minutes)
-    return latest, finished >= (now or utcnow()) - window
 
 
 def proposal_params(proposal: migrate.Proposal, typed: str) -> dict[str, Any]:
@@ -113,33 +94,18 @@ def proposal_params(proposal: migrate.Proposal, typed: str) -> dict[str, Any]:
     }
 
 
-def irreversible_refusal(command_text: str, proposal: migrate.Proposal, *, cli: bool = False) -> str | None:
-    """An irreversible downgrade, refused in one line pointing to restore (`/migrate restore`, or the
-    CLI's `restore`)."""
-    bad = [r for r in proposal.revisions if not r.reversible] if proposal.direction == "downgrade" else []
-    if not bad:
-        return None
-    first, env = bad[0], proposal.environment
-    more = f" (and {len(bad) - 1} more irreversible)" if len(bad) > 1 else ""
-    how = ("`runbook-bot backups`, then `runbook-bot restore ID [--table T]... --yes`" if cli else
-           f"`/migrate backups {env}`, then `/migrate restore {env} ID [tables=a,b]`")
-    return (f"`{command_text}` refused: {first.revision} is irreversible ({first.irreversible_reason}){more}, so "
-            f"nobody is asked to approve it. Restore from a backup instead: {how}.")
-
-
 def checked_proposal(name: str, env: Environment, direction: str, typed: str, command_text: str, *, store,
                      project: Any = None, cli: bool = False) -> migrate.Proposal:
-    """migrate.propose, or Refused / NothingToDo (one line) when nobody should be asked at all (the
-    promotion gate's refusal among them: `store` holds its evidence and the risk acknowledgements)."""
-    proposal = migrate.propose(name, env, direction=direction, target=typed, project=project, store=store)
-    refusal = irreversible_refusal(command_text, proposal, cli=cli)
-    if refusal is not None:
-        raise Refused(refusal)
-    if proposal.refusal and not proposal.steps and proposal.target in (proposal.current or ["base"]):
-        raise NothingToDo(proposal.refusal)
-    if proposal.refusal:
-        raise Refused(f"`{command_text}` refused: {proposal.refusal}")
-    return proposal
+    """runbook.ops.propose with this surface's way to restore in an irreversible rollback's refusal."""
+    how = ("`runbook-bot backups`, then `runbook-bot restore ID [--table T]... --yes`" if cli else
+           f"`/migrate backups {name}`, then `/migrate restore {name} ID [tables=a,b]`")
+    return ops.propose(name, env, direction, typed, command_text, store=store, project=project, restore_hint=how)
+
+
+def gate_override_of(params: Mapping[str, Any]) -> GateOverride | None:
+    """The no-go gate override a request was asked with (runbook.ops authorises it when the run starts)."""
+    given = params.get("gate_override")
+    return GateOverride(str(given["actor"]), str(given["reason"])) if given else None
 
 
 def outcome_line(result: migrate.MigrationResult, *, advice_where: str = "in this thread") -> str:
@@ -187,112 +153,46 @@ def result_details(result: migrate.MigrationResult, backup_id: int | None) -> di
 # The approval kinds (Slack and the CLI's --yes share them)
 
 
-class RunWatcher:
-    """What an executing run reports to: the CLI prints, Slack posts (LiveRun)."""
-
-    def progress(self, progress: migrate.Progress) -> None: ...
-
-    def blocker(self, report: migrate.BlockerReport) -> None: ...
-
-    def finished(self, result: migrate.MigrationResult, backup: Any) -> None: ...
-
-    def backup(self, phase: str, backup: Any = None, error: str | None = None) -> None:
-        """The §2 backup before the run (backup_before_run): "fresh" (`backup` is relied on), "skipped"
-        (`backup`: the latest verified one, or None), "started", then "verified" (`backup`) or "failed"
-        (`error`; `backup` when it was catalogued)."""
-
-    def backup_progress(self, progress: backups.Progress) -> None: ...
-
-
-def backup_before_run(store, name: str, env: Environment, actor: str, *, run_id: str,
-                      watcher: RunWatcher | None = None, skip: str | None = None) -> tuple[Any, Any]:
-    """§2 before a migrate or rollback run: (the latest verified full backup or None, migrate.run's
-    `before`). A verified full backup newer than approvals.require_backup_within_minutes is relied on
-    (no `before`). Otherwise `before` takes one (reason "migrate") under the run's own lock, so nothing
-    changes in between, and records it as a "backup" event of the run; when it fails, the run stops
-    before changing anything. `skip`: why none may be taken (the CLI's --no-backup); `before` then
-    records that instead. Every step is reported to `watcher`."""
-    latest, fresh = fresh_backup(store, name, env)
-    watcher = watcher or RunWatcher()
-    if fresh and skip is None:
-        watcher.backup("fresh", latest)
-        return latest, None
-    secret = password_of(env.dsn)
-
-    def record(outcome: str, summary: str, details: dict[str, Any]) -> None:
-        store.record(actor=actor, action="backup", environment=name, outcome=outcome,
-                     summary=redact(summary, secret), details=details, run_id=run_id)
-
-    def before(held: Any) -> Any:
-        if skip is not None:
-            previous = (f"the latest verified full backup is #{latest.id}" + (" (fresh)" if fresh else "")
-                        if latest is not None else "there is no verified full backup")
-            record("skipped", f"no backup before the run ({skip}); {previous}",
-                   {"skipped": skip, "latest_backup_id": getattr(latest, "id", None), "latest_fresh": fresh})
-            watcher.backup("skipped", latest)
-            return None
-        watcher.backup("started")
-        try:
-            made = backups.backup(name, env, store, lock=held, reason="migrate", actor=actor,
-                                  progress=watcher.backup_progress)
-        except backups.BackupError as exc:
-            failed = getattr(exc, "backup", None)
-            watcher.backup("failed", failed, redact(str(exc), secret))
-            record("failed", f"the backup before the run failed: {exc}",
-                   {"backup_id": getattr(failed, "id", None), "reason": "migrate"})
-            raise
-        record(made.status, f"#{made.id} {made.name}: {made.status} before the run, level {made.level}",
-               {"backup_id": made.id, "reason": "migrate", "kind": made.kind, "level": made.level,
-                "size_bytes": made.size_bytes, "sha256": made.sha256, "location": made.location})
-        watcher.backup("verified", made)
-        return made
-
-    return latest, before
-
-
 def migration_kind(settings: Settings, store, direction: str, *,
                    watch: Callable[[ApprovalRequest, str], RunWatcher | None] | None = None,
                    project: Callable[[str], Any] | None = None,
-                   skip_backup: str | None = None, advice_where: str = "in this thread") -> approvals.ApprovalKind:
-    """The "migrate" (upgrade) or "rollback" (downgrade) kind. `watch(request, run_id)` gives the
-    run's watcher; `project(name)` the environment's cached AlembicProject. Without a fresh verified
-    backup the run takes one first, under its lock (backup_before_run); `skip_backup` says why it must
-    not (the CLI's --no-backup), which is recorded instead."""
+                   skip_backup: str | None = None, advice_where: str = "in this thread",
+                   members_of: Callable[[str], Sequence[str]] | None = None) -> approvals.ApprovalKind:
+    """The "migrate" (upgrade) or "rollback" (downgrade) kind: runbook.ops.run once approved. `watch(request,
+    run_id)` gives the run's watcher; `project(name)` the environment's cached AlembicProject;
+    `skip_backup` why no backup may be taken first (the CLI's --no-backup), which is recorded instead."""
     name_of_kind = KIND_OF_DIRECTION[direction]
 
     def execute(request: ApprovalRequest) -> approvals.Outcome:
         name, params = request.environment, request.params
-        env = settings.environments[name]
         run_id = new_run_id()
         watcher = watch(request, run_id) if watch is not None else None
-        latest, before = backup_before_run(store, name, env, request.requester, run_id=run_id, watcher=watcher,
-                                           skip=skip_backup)
-        result = migrate.run(name, env, direction=direction, target=params["target"],
-                             expected_current=params["current"], actor=request.requester, store=store,
-                             approval_id=request.id, run_id=run_id,
-                             before=before, restore_from=latest,
-                             on_progress=watcher.progress if watcher else None,
-                             on_blocker=watcher.blocker if watcher else None,
+        try:
+            result = ops.run(settings, store, name, direction, target=params["target"],
+                             expected_current=params["current"], actor=request.requester, run_id=run_id,
+                             approval_id=request.id, watcher=watcher, skip_backup=skip_backup,
+                             gate_override=gate_override_of(params), members_of=members_of,
                              project=project(name) if project else None, progress_every=PROGRESS_EVERY)
-        backup = result.backup if result.backup is not None else latest
+        except (ops.Refused, approvals.Refusal) as exc:      # an override no longer allowed: nothing ran
+            return approvals.Outcome(False, f"stopped before changing anything: {exc}",
+                                     {"run_id": None, "outcome": "refused", "error": str(exc)})
         if watcher is not None:
-            watcher.finished(result, backup)
+            watcher.finished(result, result.backup)
         marked = RunStore(store).get(run_id) if store is not None else None
         if marked is not None and marked.state == INTERRUPTED:    # a shutdown (or a reaper) marked it meanwhile
             return interrupted_outcome(marked)
         return approvals.Outcome(result.ok, outcome_line(result, advice_where=advice_where),
-                                 result_details(result, getattr(backup, "id", None)))
+                                 result_details(result, getattr(result.backup, "id", None)))
 
     def describe(request: ApprovalRequest) -> list[dict[str, Any]]:
         from bot.review_blocks import risk_blocks
 
         env = settings.environments[request.environment]
-        latest, fresh = fresh_backup(store, request.environment, env)
+        protected = ops.protection_now(store, request.environment, env, request.params.get("current") or [])
         risk = risk_blocks(request.params.get("risk"), environment=request.environment,
                            error=request.params.get("risk_error"))
         return mblocks.migration_request_blocks(request.params, request_id=request.id,
-                                                pending=request.state == PENDING, backup=latest, backup_fresh=fresh,
-                                                fresh_minutes=env.approvals.require_backup_within_minutes, risk=risk)
+                                                pending=request.state == PENDING, protection=protected, risk=risk)
 
     return approvals.ApprovalKind(
         name_of_kind, "Migration" if direction == "upgrade" else "Rollback", execute,
@@ -303,19 +203,22 @@ def migration_kind(settings: Settings, store, direction: str, *,
 
 
 def run_with_yes(settings: Settings, store, proposal: migrate.Proposal, typed: str, actor: str, *,
-                 redactor: Any, watcher: RunWatcher, skip_backup: str | None = None) -> ApprovalRequest:
+                 redactor: Any, watcher: RunWatcher, skip_backup: str | None = None,
+                 gate_override: GateOverride | None = None) -> ApprovalRequest:
     """The CLI's `migrate|rollback [--to REV] --yes` once `checked_proposal(..., cli=True)` let it through:
     `--yes` recorded as `actor`'s approval (ApprovalService.run_confirmed: the same audit trail as a
-    click) and the run, in this process, reporting to `watcher`, backed up first like Slack's
-    (backup_before_run; `skip_backup`: the --no-backup that skips it). Returns the request (done or
-    failed)."""
+    click) and the run (runbook.ops.run, every guard included), in this process, reporting to `watcher`;
+    `skip_backup`: the --no-backup that skips the backup, `gate_override` the --override-gate that lets
+    it through a closed no-go gate. Returns the request (done or failed)."""
     direction = proposal.direction
     service = approvals.ApprovalService(settings, store, None, redactor=redactor)
     service.register(migration_kind(settings, store, direction, watch=lambda _request, _run_id: watcher,
                                     skip_backup=skip_backup,
                                     advice_where="printed with the result (`runbook-bot incident` for §7.3)"))
-    return service.run_confirmed(KIND_OF_DIRECTION[direction], proposal.environment, actor,
-                                 proposal_params(proposal, typed))
+    params = proposal_params(proposal, typed)
+    if gate_override is not None:
+        params["gate_override"] = {"actor": gate_override.actor, "reason": gate_override.reason}
+    return service.run_confirmed(KIND_OF_DIRECTION[direction], proposal.environment, actor, params)
 
 
 # ---------------------------------------------------------------------------
@@ -490,7 +393,7 @@ class Migrations:
         self.after_run = after_run
         for direction in ("upgrade", "downgrade"):
             self.approvals.register(migration_kind(self.settings, self.store, direction, watch=self._watch,
-                                                   project=flows.project))
+                                                   project=flows.project, members_of=self.approvals.group_members))
 
     def _watch(self, request: ApprovalRequest, run_id: str) -> RunWatcher | None:
         return LiveRun(self, request, run_id) if request.channel and request.message_ts else None
@@ -521,17 +424,24 @@ class Migrations:
     # -- /migrate run and /migrate rollback --------------------------------------------------
 
     def request(self, name: str, direction: str, typed: str, requester: str, command_text: str,
-                channel: str | None) -> ApprovalRequest:
-        """Resolve, refuse up front (Refused, one line) or post the approval request."""
+                channel: str | None, *, override: str | None = None) -> ApprovalRequest:
+        """Resolve, refuse up front (Refused, one line) or post the approval request. `override`: the
+        reason of a no-go gate override the requester asks with (runbook.ops decides who may)."""
         env = self.settings.environments[name]
+        gate_override = GateOverride(requester, override) if override is not None else None
         try:
+            ops.authorise_override(self.settings, name, gate_override, self.approvals.group_members)
             proposal = checked_proposal(name, env, direction, typed, command_text, store=self.store,
                                         project=self.flows.project(name))
         except NothingToDo as exc:
             raise Refused(f"`{command_text}` refused: {exc}") from None
+        except approvals.Refusal as exc:       # Slack could not say who is in an approver group
+            raise Refused(str(exc)) from None
+        params = proposal_params(proposal, typed)
+        if gate_override is not None:
+            params["gate_override"] = {"actor": gate_override.actor, "reason": gate_override.reason}
         try:
-            request = self.approvals.request(KIND_OF_DIRECTION[direction], name, requester,
-                                             proposal_params(proposal, typed), channel=channel)
+            request = self.approvals.request(KIND_OF_DIRECTION[direction], name, requester, params, channel=channel)
         except approvals.ApprovalError as exc:
             raise Refused(f"`{command_text}` refused: {exc}") from None
         sql = proposal.sql_preview
@@ -666,12 +576,10 @@ class Migrations:
         self._authorise(request, click.user_id, "take this backup")
         name = request.environment
         env = self.settings.environments[name]
-        latest, fresh = fresh_backup(self.store, name, env)
-        if fresh:
+        protected = ops.protection_now(self.store, name, env, request.params.get("current") or [])
+        if protected.relied_on:
             self.approvals.sync_message(request.id)
-            raise approvals.Refusal(f"Backup #{latest.id} is fresh already (newer than "
-                                    f"{env.approvals.require_backup_within_minutes} min); no second one was taken.",
-                                    "duplicate")
+            raise approvals.Refusal(f"No second backup was taken: {protected.reason}.", "duplicate")
         self.post_in_thread(request, blocks.Message(
             text=f"{blocks.user(click.user_id)} takes a backup of {name} before the migration…",
             blocks=[blocks.section(f":floppy_disk: {blocks.user(click.user_id)} takes a full backup of "
@@ -841,5 +749,4 @@ class Migrations:
 
 
 __all__ = ["LiveRun", "MONITOR_CLAIM", "Migrations", "NothingToDo", "RECOMMENDATION", "Refused", "RunWatcher",
-           "backup_before_run", "checked_proposal", "fresh_backup", "interrupted_outcome", "irreversible_refusal",
-           "migration_kind", "outcome_line", "proposal_params", "result_details", "run_facts", "run_with_yes"]
+           "checked_proposal", "gate_override_of", "interrupted_outcome", "migration_kind", "outcome_line", "proposal_params", "result_details", "run_facts", "run_with_yes"]

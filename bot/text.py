@@ -146,6 +146,24 @@ def recommendation_text(rec) -> str:
     return "\n".join(out)
 
 
+def proposal_text(proposal, protection) -> str:
+    """What `migrate` / `rollback` without --yes prints: the plan approvers would read in Slack."""
+    downgrade = proposal.direction == "downgrade"
+    frm = ", ".join(proposal.current) or "base"
+    out = [f"{'Rollback' if downgrade else 'Migration'} of {proposal.environment}: {frm} -> {proposal.target}"
+           f" in {len(proposal.steps)} alembic call(s)",
+           "  revisions undone (newest first):" if downgrade else "  revisions applied (in order):"]
+    for rev in proposal.revisions:
+        flag = "" if rev.reversible else f"  [irreversible: {rev.irreversible_reason or 'no downgrade'}]"
+        out.append(f"    {rev.revision}  {rev.message}{flag}")
+    if proposal.touched_tables:
+        out.append(f"  tables touched: {', '.join(proposal.touched_tables)}")
+    out.append(f"  backup: {protection.reason}")
+    label = "downgrade SQL (the downgrade() of these revisions)" if downgrade else "SQL (these revisions only)"
+    out += ["", f"{label}:", proposal.sql_preview.rstrip() or "  (none rendered)"]
+    return "\n".join(out)
+
+
 def migration_text(result) -> str:
     frm = ", ".join(result.from_revisions) or "base"
     to = ", ".join(result.to_revisions) or "base"
@@ -154,6 +172,8 @@ def migration_text(result) -> str:
            f"  [{result.duration_seconds:.1f}s, {result.attempts} attempt(s), run {result.run_id}]"]
     if result.error:
         out.append(f"  {result.error}")
+    if getattr(result, "gate_overridden", False) and result.gate is not None:
+        out.append(f"  gate OVERRIDDEN (recorded): {result.gate.summary()}")
     for step in result.steps:
         mark = "ok  " if step.ok else "FAIL"
         retried = f", {step.attempts} attempts" if step.attempts > 1 else ""
@@ -197,6 +217,8 @@ def backup_text(backup) -> str:
     expired = backup.details.get("expired") or []
     if expired:
         out.append(f"  retention removed: {', '.join(f'#{i}' for i in expired)}")
+    for kept, why in (backup.details.get("retention_kept") or {}).items():
+        out.append(f"  retention kept #{kept}: {why}")
     return "\n".join(out)
 
 

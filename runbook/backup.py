@@ -305,12 +305,18 @@ def _load(store, backup_id: int) -> Backup:
         return Backup.of(session.get(BackupRow, backup_id))
 
 
-def apply_retention(name: str, env: Environment, store, *, storage: Storage | None = None) -> list[Backup]:
+def apply_retention(name: str, env: Environment, store, *, storage: Storage | None = None,
+                    kept: dict[int, str] | None = None) -> list[Backup]:
     """Keep the newest `backups.keep` verified backups of each kind (safety backups counted apart);
     delete the older files and mark them expired. Never leaves the environment without a
-    verified backup. Call it while holding the operation lock."""
+    verified backup, and never expires the backup that protects the latest run
+    (runbook.protection.protected_backups: design rule 16); `kept` receives the id of each backup kept
+    past the count, with why. Call it while holding the operation lock."""
+    from runbook.protection import protected_backups
+
     storage = storage or Storage(env.backups)
     keep = env.backups.keep
+    protected = protected_backups(store, name)
     query = (select(BackupRow).where(BackupRow.environment == name, BackupRow.status == "verified")
              .order_by(BackupRow.id.desc()))
     with store.session() as session:
@@ -322,6 +328,10 @@ def apply_retention(name: str, env: Environment, store, *, storage: Storage | No
     expired: list[Backup] = []
     for members in groups.values():
         for old in members[keep:]:
+            if old.id in protected:
+                if kept is not None:
+                    kept[old.id] = protected[old.id]
+                continue
             if remaining <= 1:
                 break          # never the only verified one, whatever the configuration says
             if _update(store, old.id, only_if_status="verified", status="expired",
@@ -1039,13 +1049,15 @@ def _backup_locked(name: str, env: Environment, store, target: Target, storage: 
             tables=sorted(toc.get("TABLE", set())) if kind != "tables" else list(facts.chosen), row_counts=counts,
             details={**_load(store, backup_id).details, **record})
     result = _load(store, backup_id)
+    kept: dict[int, str] = {}
     try:
-        expired = apply_retention(name, env, store, storage=storage)
+        expired = apply_retention(name, env, store, storage=storage, kept=kept)
     except Exception as exc:   # retention is housekeeping: the backup itself stands
         log.warning("retention failed on %s: %s", name, redact(str(exc)))
         expired = []
-    if expired:
-        _update(store, backup_id, details={**result.details, "expired": [b.id for b in expired]})
+    if expired or kept:
+        _update(store, backup_id, details={**result.details, "expired": [b.id for b in expired],
+                                           "retention_kept": {str(k): v for k, v in kept.items()}})
         result = _load(store, backup_id)
     return result
 
@@ -1393,6 +1405,7 @@ def restore(name: str, env: Environment, store, backup_id: int | str, *, expecte
     Once the backup and tables are known good it is recorded as a run of kind "restore" (`run_id`,
     with a heartbeat and its phase as the step, `approval_id` the request it ran for), so a restore
     whose process dies is found interrupted at the next start, like a migration."""
+    from runbook import protection
     from runbook.state.runs import FAILED, SUCCEEDED, Heartbeat, RunStore
 
     item = get_backup(store, name, backup_id)
@@ -1415,7 +1428,8 @@ def restore(name: str, env: Environment, store, backup_id: int | str, *, expecte
                 result = _restore_locked(name, env, store, target, storage, held, item, mode, chosen,
                                          expected_revision=expected, actor=actor, progress=progress,
                                          progress_every=progress_every, started=started,
-                                         on_phase=lambda phase: beat.set_step(RESTORE_STEPS.get(phase, phase)))
+                                         on_phase=lambda phase: beat.set_step(RESTORE_STEPS.get(phase, phase)),
+                                         on_safety=lambda safety: protection.remember(store, run.id, safety))
         except (BackupError, TargetError) as exc:
             error = str(exc)
             # one transaction: a restore that failed left the revision where it was
@@ -1443,8 +1457,9 @@ def restore(name: str, env: Environment, store, backup_id: int | str, *, expecte
 def _restore_locked(name: str, env: Environment, store, target: Target, storage: Storage, held: guard.Held,
                     item: Backup, mode: str, chosen: list[str], *, expected_revision: list[str], actor: str,
                     progress: ProgressCallback | None, progress_every: float, started: float,
-                    on_phase: Callable[[str], None]) -> RestoreResult:
-    state: dict[str, Any] = {"bytes": 0, "pid": None, "phase": "fetch", "on_phase": on_phase}
+                    on_phase: Callable[[str], None], on_safety: Callable[[Backup], None]) -> RestoreResult:
+    state: dict[str, Any] = {"bytes": 0, "pid": None, "phase": "fetch", "on_phase": on_phase,
+                             "on_safety": on_safety}
     on_phase("fetch")
 
     def measure() -> tuple[int, str, int | None, int | None]:
@@ -1529,6 +1544,7 @@ def _restore_archive(name: str, env: Environment, store, target: Target, held: g
     except BackupError as exc:
         raise BackupError(f"the safety backup failed ({exc}): nothing was restored") from None
     _update(store, safety.id, details={**safety.details, "before_restore_of": item.id})
+    state["on_safety"](safety)
 
     _enter_phase(state, "restore")
     state["bytes"] = 0

@@ -63,6 +63,8 @@ WATCH_SECONDS = 0.1
 CANCEL_GRACE_SECONDS = 5.0
 BACKOFF_CAP_SECONDS = 60.0
 TAIL_LINES = 40
+# The gate is checked again when the backup before the run took longer than this.
+GATE_RECHECK_AFTER_SECONDS = 1.0
 
 
 def migrator_application_name(run_id: str) -> str:
@@ -153,6 +155,8 @@ class MigrationResult:
     recommendation: Any = None        # runbook.rollback.Recommendation when something went wrong
     backup: Any = None                # what `before` returned
     timed_out: bool = False
+    gate: Any = None                  # runbook.gate.GateCheck, the last one taken before the first statement
+    gate_overridden: bool = False
 
     @property
     def ok(self) -> bool:
@@ -518,11 +522,14 @@ def run(name: str, env: Environment, *, direction: Direction = "upgrade", target
         log_dir: Path | None = None, project: AlembicProject | None = None,
         progress_every: float = 1.0, lock_wait_seconds: float = 0.0,
         backoff_seconds: float | None = None, timeout_seconds: float | None = None,
-        restore_from: Any = None, sleep: Callable[[float], None] = time.sleep) -> MigrationResult:
+        restore_from: Any = None, gate_override: Any = None,
+        sleep: Callable[[float], None] = time.sleep) -> MigrationResult:
     """Upgrade (or downgrade) one environment under every guard; never raises for the target's faults.
 
     `expected_current`: the revision(s) the request was approved at; the run stops if the
-    database moved since. `before(held)` runs under the same lock first (the backup).
+    database moved since. `before(held, current)` runs under the same lock first (the backup), with
+    the revision read under it. `gate_override`: a runbook.gate.GateOverride letting the run through
+    a closed no-go gate (runbook.ops decides who may give one).
     `store`: the state Store (a runs row with a heartbeat, events); optional.
     `restore_from`: the verified backup a §6.5 restore would use when `before` takes none (what the
     recommendation may ask to restore depends on what that backup holds).
@@ -576,7 +583,7 @@ def run(name: str, env: Environment, *, direction: Direction = "upgrade", target
                     on_progress, on_blocker, log, event, beat, progress_every, lock_wait_seconds,
                     env.migration.retry_backoff_seconds if backoff_seconds is None else backoff_seconds,
                     env.migration.timeout_seconds if timeout_seconds is None else timeout_seconds, sleep, clock,
-                    store=store, restore_from=restore_from)
+                    store=store, restore_from=restore_from, gate_override=gate_override)
     except Exception as exc:  # last resort: the run ends recorded, with one redacted line
         result.outcome = "error"
         result.error = log.scrub(one_line(f"{type(exc).__name__}: {exc}"))
@@ -606,8 +613,8 @@ def _run_locked(result: MigrationResult, name: str, env: Environment, tgt: Targe
                 direction: str, target: str, expected_current: Sequence[str] | None, before, validate_after: bool,
                 on_progress, on_blocker, log: RunLog, event, beat, progress_every: float,
                 lock_wait_seconds: float, backoff_seconds: float, timeout_seconds: float, sleep, clock: float,
-                *, store: Any = None, restore_from: Any = None) -> None:
-    from runbook import promotion, rollback, validate
+                *, store: Any = None, restore_from: Any = None, gate_override: Any = None) -> None:
+    from runbook import rollback, validate
 
     operation = "migrate" if direction == "upgrade" else "rollback"
     try:
@@ -652,11 +659,6 @@ def _run_locked(result: MigrationResult, name: str, env: Environment, tgt: Targe
                 refusal = rollback.irreversible_refusal(the_plan.revisions, name)
                 if refusal:
                     return _refuse(result, log, refusal)
-            if direction == "upgrade" and the_plan.steps and env.promote_from:
-                gate = promotion.check(store, name, env, the_plan.target, project)
-                log.write(gate.reason)
-                if not gate.allowed:
-                    return _refuse(result, log, gate.reason)
             if not the_plan.steps:
                 result.outcome = "nothing to do"
                 log.write(f"nothing to do: {name} is at {', '.join(current) or 'base'}")
@@ -667,14 +669,22 @@ def _run_locked(result: MigrationResult, name: str, env: Environment, tgt: Targe
             event(f"{operation}.start", "started", f"{direction} {name} from {', '.join(current) or 'base'} to "
                   f"{the_plan.target} in {len(the_plan.steps)} step(s)", {"steps": the_plan.steps})
 
+            # The no-go gate (runbook/gate.py): checked before the backup, so a closed gate costs no dump,
+            # and again once a backup took time, immediately before the first Alembic statement.
+            if not _gate_passes(result, name, env, monitor, project, the_plan, store, gate_override, log, event):
+                return None
             if before is not None:
                 sup.report("backup")
                 _beat(beat, "backup")
+                backup_started = time.monotonic()
                 try:
-                    result.backup = before(held)
+                    result.backup = before(held, list(current))
                 except Exception as exc:
                     result.error = log.scrub(one_line(f"the backup before the migration failed: {exc}"))
                     log.write(result.error)
+                    return None
+                if time.monotonic() - backup_started > GATE_RECHECK_AFTER_SECONDS and not _gate_passes(
+                        result, name, env, monitor, project, the_plan, store, gate_override, log, event):
                     return None
             baseline = validate.take_baseline(monitor, env) if direction == "upgrade" else None
 
@@ -734,6 +744,31 @@ def _run_locked(result: MigrationResult, name: str, env: Environment, tgt: Targe
     return None
 
 
+def _gate_passes(result: MigrationResult, name: str, env: Environment, monitor: psycopg.Connection,
+                 project: AlembicProject, the_plan: Plan, store: Any, override: Any, log: RunLog, event) -> bool:
+    """The no-go gate on the run's own monitor connection; a closed one refuses the run, unless
+    `override` (a runbook.gate.GateOverride that runbook.ops authorised) lets it through, recorded."""
+    from runbook import gate
+
+    checked = gate.check(monitor, name, env, direction=result.direction, revisions=the_plan.revisions,
+                         touched_tables=result.touched_tables, project=project, store=store, target=the_plan.target)
+    result.gate = checked
+    log.write(checked.summary())
+    if checked.open:
+        return True
+    operation = "migrate" if result.direction == "upgrade" else "rollback"
+    if override is None:
+        _refuse(result, log, checked.summary() + " (wait for it to clear, or have an approver override the gate "
+                                                 "with a reason)")
+        return False
+    if not result.gate_overridden:
+        result.gate_overridden = True
+        event(f"{operation}.gate_override", "overridden",
+              f"{override.actor} let the run through a closed gate ({override.reason}): {checked.summary()}",
+              {"actor": override.actor, "reason": override.reason, "gate_reasons": checked.reasons})
+    return True
+
+
 def _refuse(result: MigrationResult, log: RunLog, reason: str) -> None:
     result.outcome = "refused"
     result.error = log.scrub(reason)
@@ -758,12 +793,8 @@ def _touched(project: AlembicProject, env: Environment, current: list[str], the_
     """Tables (and new indexes) from the offline SQL of the revisions this run applies or undoes."""
     from runbook.validate import indexes_in_sql, tables_in_sql
 
-    if direction == "upgrade":
-        start, goal = current, the_plan.target
-    else:
-        start, goal = ([] if the_plan.target == "base" else [the_plan.target]), (current[0] if current else "base")
     try:
-        preview = project.sql_preview(env.dsn, start, goal)
+        preview = project.sql_preview(env.dsn, current, the_plan.target, direction=direction)
     except RevisionError as exc:
         log.write(f"no SQL preview, so no table list from it: {exc}")
         return [], []
@@ -873,7 +904,7 @@ class Proposal:
     target: str
     revisions: list[Any]              # Revision, in run order
     steps: list[str]
-    sql_preview: str = ""             # the upgrade SQL of the revisions concerned (offline)
+    sql_preview: str = ""             # the SQL of the run, offline: upgrade(), or a rollback's downgrade()
     touched_tables: list[str] = field(default_factory=list)
     refusal: str | None = None
     # issue 7: runbook.review.RiskReview of the revisions an upgrade applies (None: a downgrade, review
@@ -918,14 +949,10 @@ def propose(name: str, env: Environment, *, direction: Direction = "upgrade", ta
         refusal = refusal or (None if gate.allowed else gate.reason)
     preview = ""
     if the_plan.steps:
-        if direction == "upgrade":
-            start, goal = current, the_plan.target
-        else:
-            start, goal = ([] if the_plan.target == "base" else [the_plan.target]), current[0]
-        try:
-            preview = project.sql_preview(env.dsn, start, goal)
+        try:    # a rollback shows the downgrade() SQL of what it undoes (design rule 12)
+            preview = project.sql_preview(env.dsn, current, the_plan.target, direction=direction)
         except RevisionError as exc:
-            preview = f"-- the SQL could not be rendered offline: {exc}"
+            preview = f"-- the {direction} SQL could not be rendered offline: {exc}"
     return Proposal(name, direction, current, the_plan.target, the_plan.revisions, the_plan.steps, preview,
                     tables_in_sql(preview), refusal, risk=risk, risk_error=risk_error, promotion=gate)
 
@@ -970,6 +997,9 @@ def result_to_json(result: MigrationResult) -> dict[str, Any]:
         "touched_tables": list(result.touched_tables),
         "revisions": [{"revision": r.revision, "message": r.message, "reversible": r.reversible}
                       for r in result.revisions],
+        "gate": None if result.gate is None else {"open": result.gate.open, "reasons": list(result.gate.reasons),
+                                                   "tables": list(result.gate.tables),
+                                                   "overridden": result.gate_overridden},
         "validation": validate.report_to_json(result.validation) if result.validation is not None else None,
         "recommendation": rollback.recommendation_to_json(result.recommendation)
         if result.recommendation is not None else None,

@@ -809,12 +809,16 @@ class AlembicProject:
 
     # -- SQL preview -----------------------------------------------------------------------
 
-    def sql_preview(self, dsn: str, current: Sequence[str], target: str = "head", timeout: float = 60) -> str:
-        """The SQL `upgrade <target>` would run from `current`, rendered offline by the app's own Alembic.
+    def sql_preview(self, dsn: str, current: Sequence[str], target: str = "head", timeout: float = 60, *,
+                    direction: str = "upgrade") -> str:
+        """The SQL `upgrade <target>` (or `downgrade <target>`) would run from `current`, rendered offline
+        by the app's own Alembic.
 
         Runs `<alembic_argv> upgrade <current>:<target> --sql` (from base, `upgrade <target> --sql`,
-        when `current` is empty) in app_dir with the URL in `url_env`. Only the pending range is
-        rendered; "" when nothing is pending. Errors are one redacted line.
+        when `current` is empty), or `downgrade <current>:<target> --sql` for a rollback, in app_dir
+        with the URL in `url_env`. Only the range concerned is rendered: a rollback shows the
+        downgrade() SQL of the revisions it undoes, never their upgrade SQL. "" when there is nothing
+        to run. Errors are one redacted line.
         """
         graph = self._graph()
         start = self._validated_current(graph, current)
@@ -824,15 +828,20 @@ class AlembicProject:
         goal = self.resolve(target, start)
         if goal == "heads":
             raise RevisionError(f"several heads: merge needed ({', '.join(graph.heads)})")
-        if not self.pending(start, goal):
-            return ""
-        destination = f"{start[0]}:{goal}" if start else goal
-        key = self._preview_key(dsn, destination)
+        if direction == "downgrade":
+            if not start or not self.downgrades(start, goal):
+                return ""
+            destination = f"{start[0]}:{goal}"
+        else:
+            if not self.pending(start, goal):
+                return ""
+            destination = f"{start[0]}:{goal}" if start else goal
+        key = self._preview_key(dsn, destination if direction == "upgrade" else f"downgrade {destination}")
         cached = self._cached_preview(key)
         if cached is not None:
             return cached
-        argv = [*self.alembic_argv, "upgrade", destination, "--sql"]
-        shown = f"alembic upgrade {destination} --sql"
+        argv = [*self.alembic_argv, direction, destination, "--sql"]
+        shown = f"alembic {direction} {destination} --sql"
         env = dict(os.environ)
         env[self.url_env] = dsn
         secret = password_of(dsn)

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from runbook import migrate, rollback
+from runbook.gate import GateOverride
 from runbook.revisions import AlembicProject
 from runbook.state import Store
 from runbook.state.runs import RunStore
@@ -56,6 +57,11 @@ def _no_secret_anywhere(result: migrate.MigrationResult, store: Store) -> None:
     assert_no_secret(PASSWORD, json.dumps(migrate.result_to_json(result)), result.summary(),
                      [(e.summary, e.details) for e in events], [(r.summary, r.result) for r in runs],
                      files=(Path(result.log_path),))
+
+
+# Lets a test reach what happens behind the no-go gate (lock timeouts, retries): tests/test_run_guards.py
+# shows the gate closing on the same sessions.
+OVERRIDE = GateOverride("cli:test", "the test holds this lock on purpose")
 
 
 def test_upgrade_to_head_validates_records_and_logs(sample_db, tmp_path):
@@ -131,10 +137,11 @@ def test_lock_timeout_retries_name_the_root_blocker_and_leave_the_database_uncha
     with Sessions(url) as sessions:
         holder = sessions.open(application_name="nightly-report", autocommit=False)
         holder.execute("SELECT count(*) FROM expenses")        # ACCESS SHARE until the transaction ends
-        result = migrate.upgrade(name, env, store=store, on_blocker=reports.append, backoff_seconds=0.05)
+        result = migrate.upgrade(name, env, store=store, on_blocker=reports.append, backoff_seconds=0.05,
+                                 gate_override=OVERRIDE)
         holder_pid = holder.info.backend_pid
 
-        assert result.outcome == "failed" and result.attempts == 3
+        assert result.outcome == "failed" and result.attempts == 3, result.error
         assert "lock timeout" in result.error and "database is at 0001_expenses_incomes" in result.error
         assert len(reports) == len(result.blockers) == 3
         for report in reports:
@@ -159,7 +166,8 @@ def test_a_retry_succeeds_once_the_blocker_is_gone(sample_db, tmp_path):
         holder = sessions.open(autocommit=False)
         holder.execute("SELECT count(*) FROM expenses")
         # The first report is the cue for the "person" holding the lock to let go.
-        result = migrate.upgrade(name, env, on_blocker=lambda report: holder.rollback(), backoff_seconds=0.05)
+        result = migrate.upgrade(name, env, on_blocker=lambda report: holder.rollback(), backoff_seconds=0.05,
+                                 gate_override=OVERRIDE)
     assert result.outcome == "succeeded" and result.attempts == 2 and len(result.blockers) == 1
     assert result.steps[0].attempts == 2 and _version(url) == [REV_0003]
 
@@ -340,9 +348,11 @@ def test_cli_migrate_and_rollback_need_yes_and_record_it(sample_db, tmp_path, pg
     url = with_password(sample_db(REV_0001), PASSWORD)
     config = config_file(tmp_path, url, validation={"tables": ["expenses"]}, pg_bin_dir=pg_bin_dir)
 
-    bare = _cli(config, "migrate")
-    assert bare.returncode == 2 and bare.stdout == "" and len(bare.stderr.strip().splitlines()) == 1
+    bare = _cli(config, "migrate")                                   # the plan approvers would read, exit 2
+    assert bare.returncode == 2 and len(bare.stderr.strip().splitlines()) == 1
     assert "--yes" in bare.stderr and _version(url) == [REV_0001]
+    assert bare.stdout.startswith(f"Migration of production: {REV_0001} -> {REV_0003}")
+    assert "CREATE TABLE categories" in bare.stdout and "has no verified full backup" in bare.stdout
 
     bad = _cli(config, "migrate", "--to", "zzz", "--yes")               # refused before anything is recorded
     assert bad.returncode == 1 and "unknown revision 'zzz'" in bad.stderr and "Traceback" not in bad.stderr
@@ -394,7 +404,7 @@ def test_the_migrator_session_is_visible_to_activity(sample_db, tmp_path):
         holder = sessions.open(autocommit=False)
         holder.execute("SELECT count(*) FROM expenses")
         holder_pid = holder.info.backend_pid
-        result = migrate.upgrade(name, env, on_progress=seen.append, progress_every=0.0)
+        result = migrate.upgrade(name, env, on_progress=seen.append, progress_every=0.0, gate_override=OVERRIDE)
     waiting = [p for p in seen if p.waiting_on_lock]
     assert waiting and waiting[0].migrator_pid and waiting[0].blocked_by == (holder_pid,)
     assert waiting[0].blocker is not None and waiting[0].blocker.root_pid == holder_pid
@@ -420,7 +430,8 @@ def test_the_backup_runs_first_under_the_same_lock(sample_db, tmp_path, pg_bin_d
     store = _store(settings)
     holders: list[guard.LockHolder | None] = []
 
-    def back_up(held: guard.Held) -> backup.Backup:
+    def back_up(held: guard.Held, current: list[str]) -> backup.Backup:
+        assert current == [REV_0001]       # the revision read under the lock
         holders.append(guard.current_holder(held.target))
         return backup.backup(name, env, store, lock=held, reason="migrate")
 
@@ -429,7 +440,7 @@ def test_the_backup_runs_first_under_the_same_lock(sample_db, tmp_path, pg_bin_d
     assert holders[0] is not None and holders[0].operation == "migrate"
     assert result.backup.status == "verified" and result.backup.revision == [REV_0001]
 
-    def broken(held: guard.Held):
+    def broken(held: guard.Held, current: list[str]):
         raise backup.BackupError("disk full")
 
     failed = migrate.upgrade(name, env, before=broken)
@@ -445,7 +456,9 @@ def test_propose_shows_what_approvers_approve_and_refuses_up_front(sample_db, tm
     assert [r.revision for r in up.revisions] == [REV_0002, REV_0003] and not up.revisions[1].reversible
     assert "CREATE TABLE categories" in up.sql_preview and "expenses" in up.touched_tables
     down = migrate.propose(name, env, direction="downgrade")
-    assert down.refusal is None and down.target == "base" and "DROP" not in down.sql_preview
+    # a rollback shows the downgrade() SQL of what it undoes, never the upgrade SQL
+    assert down.refusal is None and down.target == "base" and "DROP TABLE expenses" in down.sql_preview
+    assert "CREATE TABLE" not in down.sql_preview
     migrate.upgrade(name, env, validate_after=False)
     refused = migrate.propose(name, env, direction="downgrade", target=REV_0001)
     assert refused.refusal.startswith("cannot roll back production: 0003_backfill_categories is irreversible")

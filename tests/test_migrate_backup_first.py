@@ -23,7 +23,7 @@ from tests.support.migrations import PASSWORD, assert_no_secret, config_file
 from tests.support.sample_app import REV_0001, REV_0002, REV_0003
 
 ROOT = Path(__file__).resolve().parent.parent
-TAKING = "  backup: taking a verified full backup of production first (§2)…"
+TAKING = "  backup: taking a verified full backup of production first (§2)"
 
 
 def _cli(config: Path, *args: str) -> subprocess.CompletedProcess:
@@ -74,7 +74,8 @@ def test_migrate_backs_up_first_records_it_and_a_run_within_the_window_relies_on
     lines = first.stderr.splitlines()
     verified = f"  backup: #{made.id} verified (full), {human_size(made.size_bytes)}: {made.location}"
     step = next(i for i, line in enumerate(lines) if line.startswith(f"  upgrade {REV_0002} (1/1)"))
-    assert lines.index(TAKING) < lines.index(verified) < step
+    taking = next(i for i, line in enumerate(lines) if line.startswith(TAKING))
+    assert "has no verified full backup" in lines[taking] and taking < lines.index(verified) < step
     assert f"Backup: #{made.id} (taken before the run, verified full" in first.stdout
     # recorded: the catalogue entry, and a backup event of the run, before its first step
     [run] = RunStore(store).list(limit=5)
@@ -84,28 +85,44 @@ def test_migrate_backs_up_first_records_it_and_a_run_within_the_window_relies_on
     first_step = next(e for e in store.events(limit=50) if e.action == "migrate.step" and e.run_id == run.id)
     assert event.id < first_step.id
 
-    # within approvals.require_backup_within_minutes (60): relied on, no second backup
+    # the rollback from 0002: the backup at 0001 lacks what 0002 added (and every row written into it), so the
+    # run takes its own at 0002 (design rule 16), and says why
     back = _cli(config, "rollback", "--yes", "--json")
     assert back.returncode == 0, back.stderr
     payload = json.loads(back.stdout)
     assert payload["to"] == [REV_0001] == _version(url)
-    assert (payload["backup_id"], payload["backup_taken"], payload["backup_skipped"]) == (made.id, False, False)
-    assert f"  backup: #{made.id} of " in back.stderr and "is newer than 60 min: relied on" in back.stderr
-    assert TAKING not in back.stderr
-    assert [b.id for b in backups.list_backups(store, "production")] == [made.id]
-    assert len(store.events(action="backup")) == 1
+    at_0002 = backups.list_backups(store, "production")[0]
+    assert at_0002.id != made.id and at_0002.revision == [REV_0002] and at_0002.status == "verified"
+    assert (payload["backup_id"], payload["backup_taken"], payload["backup_skipped"]) == (at_0002.id, True, False)
+    assert f"was taken at {REV_0001}, not at {REV_0002} where production is now" in back.stderr
 
-    # older than the window: the next run takes a new one
-    _age_backups(store, timedelta(minutes=61))
-    again = _cli(config, "migrate", "--yes", "--json")
+    # a manual backup at the current revision, after the last run, within the window: relied on
+    assert _cli(config, "backup").returncode == 0
+    manual = backups.list_backups(store, "production")[0]
+    assert manual.revision == [REV_0001] and manual.reason == "manual"
+    again = _cli(config, "migrate", "--to", REV_0002, "--yes", "--json")
     assert again.returncode == 0, again.stderr
     payload = json.loads(again.stdout)
+    assert (payload["backup_id"], payload["backup_taken"], payload["backup_skipped"]) == (manual.id, False, False)
+    assert f"backup #{manual.id}, taken at {REV_0001}" in again.stderr and "relied on" in again.stderr
+    assert "writes made after it are not in it" in again.stderr and TAKING not in again.stderr
+    assert backups.list_backups(store, "production")[0].id == manual.id
+    [relied] = [e for e in store.events(action="backup") if e.outcome == "relied on"]
+    assert relied.details["backup_id"] == manual.id
+
+    # older than the window: the next run takes a new one
+    assert _cli(config, "rollback", "--yes").returncode == 0
+    assert _cli(config, "backup").returncode == 0
+    _age_backups(store, timedelta(minutes=61))
+    late = _cli(config, "migrate", "--yes", "--json")
+    assert late.returncode == 0, late.stderr
+    payload = json.loads(late.stdout)
     newer = backups.list_backups(store, "production")[0]
-    assert newer.id != made.id and newer.revision == [REV_0001] and newer.status == "verified"
+    assert newer.revision == [REV_0001] and newer.status == "verified" and newer.reason == "migrate"
     assert (payload["backup_id"], payload["backup_taken"], payload["backup_skipped"]) == (newer.id, True, False)
     assert payload["to"] == [REV_0003] == _version(url)
-    assert TAKING in again.stderr and f"  backup: #{newer.id} verified (full)" in again.stderr
-    _nothing_secret(store, first, back, again)
+    assert TAKING in late.stderr and "older than 60 min" in late.stderr
+    _nothing_secret(store, first, back, again, late)
 
 
 def test_no_backup_skips_it_on_the_record_with_a_warning(sample_db, pg_bin_dir, tmp_path):
@@ -125,7 +142,7 @@ def test_no_backup_skips_it_on_the_record_with_a_warning(sample_db, pg_bin_dir, 
     [run] = RunStore(store).list(limit=5)
     [event] = store.events(action="backup")
     assert event.outcome == "skipped" and event.run_id == run.id and event.actor.startswith("cli:")
-    assert event.details == {"skipped": "--no-backup", "latest_backup_id": None, "latest_fresh": False}
+    assert event.details == {"skipped": "--no-backup", "latest_backup_id": None, "protecting_backup_id": None}
 
     # an older verified backup is named, and still no new one is taken (rollback too)
     assert _cli(config, "backup").returncode == 0
@@ -139,7 +156,7 @@ def test_no_backup_skips_it_on_the_record_with_a_warning(sample_db, pg_bin_dir, 
     assert [b.id for b in backups.list_backups(store, "production")] == [old.id]
     latest = store.events(action="backup")[0]
     assert latest.outcome == "skipped" and latest.details["latest_backup_id"] == old.id
-    assert latest.details["latest_fresh"] is False and latest.run_id == RunStore(store).list(limit=1)[0].id
+    assert latest.details["protecting_backup_id"] is None and latest.run_id == RunStore(store).list(limit=1)[0].id
     _nothing_secret(store, skipped, back)
 
 
@@ -153,7 +170,7 @@ def test_a_backup_that_cannot_be_taken_stops_the_migration_in_one_line(sample_db
         out = _cli(config, *args)
         assert out.returncode == 2 and out.stdout == ""
         [taking, error] = out.stderr.splitlines()             # the progress line, then one line of error
-        assert taking == TAKING
+        assert taking.startswith(TAKING)
         assert error.startswith("runbook-bot: migrate stopped, production was not changed: the backup before it "
                                 f"failed: pg_bin_dir {no_tools} has no pg_dump: point pg_bin_dir at ")
         assert error.endswith("(fix that and run again, or add --no-backup)")
@@ -184,7 +201,7 @@ def test_backup_storage_that_cannot_be_written_stops_the_rollback(sample_db, pg_
     out = _cli(config, "rollback", "--yes")
     assert out.returncode == 2 and out.stdout == "", out.stdout + out.stderr
     [taking, error] = out.stderr.splitlines()
-    assert taking == TAKING
+    assert taking.startswith(TAKING)
     assert error.startswith("runbook-bot: rollback stopped, production was not changed: the backup before it "
                             "failed: ")
     assert _version(url) == [REV_0002]

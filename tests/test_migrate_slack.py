@@ -211,7 +211,7 @@ def test_the_request_shows_what_is_approved_with_a_back_up_first_button(sample_d
     [sql] = local_slack.files()                                     # too long to show inline: a file, in the thread
     assert sql.thread_ts == request.message_ts and sql.filename == "migration-sql-production.sql"
     assert "CREATE TABLE categories" in sql.text and "-- Running upgrade 0002_categories" in sql.text
-    assert "No verified backup in the last 60 min" in shown and "there is none" in shown
+    assert "No backup protects this run yet" in shown and "production has no verified full backup" in shown
     assert "*Risk review*: highest" in shown                        # issue 7's review of these revisions
     assert [r["revision"] for r in request.params["risk"]["revisions"]] == [REV_0002, REV_0003]
     approve, reject, back_up = (next(b for b in buttons(message) if b["action_id"] == a)
@@ -234,7 +234,8 @@ def test_back_up_first_takes_a_verified_backup_and_the_run_needs_no_other(sample
     assert any(f"#{made.id}" in m.text and "verified" in m.text for m in bot.thread(request))
     message = bot.message(request)
     shown = dumped(message.blocks)
-    assert f"Latest verified backup* #{made.id}" in shown and ACTION_BACKUP_FIRST not in shown
+    assert f"Protected by* #{made.id}" in shown and ACTION_BACKUP_FIRST not in shown
+    assert f"taken at {REV_0001}" in shown and "writes made after it are not in it" in shown
     assert {b["action_id"] for b in buttons(message)} == {ACTION_APPROVE, ACTION_REJECT}
     bot.click(request, REQUESTER, ACTION_BACKUP_FIRST, wait=True)   # a stale button: fresh already, no second one
     assert len(backups.list_backups(bot.store, "production")) == 1
@@ -397,12 +398,15 @@ def test_a_held_lock_times_out_retries_reports_the_root_blocker_and_changes_noth
     url = sample_db(REV_0001)
     bot = make_bot(url, migration={"lock_timeout": "2s", "retries": 1})
     bot.backup()                                                    # fresh: the run starts with alembic
-    request = bot.ask()
+    # the override lets the run past the no-go gate (which would refuse it: test_run_guards.py) into the lock
+    # (an approver's: asked by the requester it is refused up front, test_run_guards.py)
+    request = bot.ask("run override the test holds the lock on purpose", user=ALICE)
+    assert request.params["gate_override"] == {"actor": ALICE, "reason": "the test holds the lock on purpose"}
     with Sessions(url) as sessions:
         holder = sessions.open(application_name="nightly-report", autocommit=False)
         holder.execute("SELECT count(*) FROM expenses")             # ACCESS SHARE until its transaction ends
         holder_pid = holder.info.backend_pid
-        bot.click(request, ALICE)
+        bot.click(request, BOB)
         final = bot.get(request)
     assert final.state == "failed" and "lock timeout" in final.result_summary
     assert version(url) == [REV_0001] and "category_id" not in columns(url, "expenses")
@@ -557,7 +561,8 @@ def test_the_database_moved_after_the_request_so_the_run_stops_and_says_why(samp
     ("run ;DROP-TABLE", "';DROP-TABLE' is neither a configured environment nor a revision"),
     ("run -1", "-1 goes the other way: that is `/migrate rollback`"),
     ("rollback +2", "+2 goes the other way: that is `/migrate run`"),
-    ("run production head extra", "`/migrate run` takes no more arguments"),
+    ("run production head extra", "`/migrate run` takes one revision, then optionally `override REASON`"),
+    ("run production head override", "`override` needs a reason"),
     ("rollback $(reboot)", "is neither a configured environment nor a revision"),
 ])
 def test_malformed_run_and_rollback_are_refused_in_the_ack(sample_db, make_bot, local_slack, text, expected):

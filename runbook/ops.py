@@ -1,0 +1,193 @@
+"""The operations layer for runs: migrate and rollback (runbook §2, §3, §6.1), as one function each
+for asking (`propose`) and for running once approved (`run`). Slack (bot/migrations.py) and the CLI
+(bot/cli.py) call only these and render what they return: every guard of a run is decided here or
+below, never in a surface.
+
+The guards, in the order a run meets them:
+
+* asking: the target resolves against the app's scripts, there is something to do, no revision on the
+  way back is irreversible (the way back is then a restore), the promotion gate (`propose`);
+* running, under the run's operation lock (runbook/migrate.py): the database is still at the approved
+  revision, no pg_dump is connected, the no-go gate (runbook/gate.py) is open or overridden by
+  someone allowed to (`authorise_override`), with a reason, recorded;
+* the §2 backup that protects it (runbook/protection.py): one taken at the revision the database is
+  at, after its last change, within the window, or a new one taken under the lock, the decision made
+  with the revision read there; retention keeps it until a newer run has its own.
+
+Restores are an operation of runbook/backup.py (`plan_restore`, `restore`), which records its own run.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from runbook import backup as backups
+from runbook import migrate, protection
+from runbook.config import Environment, Settings
+from runbook.dsn import password_of, redact
+from runbook.gate import GateOverride
+from runbook.revisions import AlembicProject
+
+MAX_OVERRIDE_REASON = 300
+
+
+class Refused(Exception):
+    """An operation refused before anything changed; one line for whoever asked."""
+
+
+class NothingToDo(Refused):
+    """The database is at the target already (the CLI exits 0 for it)."""
+
+
+class RunWatcher:
+    """What an executing run reports to: the CLI prints, Slack posts (bot.migrations.LiveRun)."""
+
+    def progress(self, progress: migrate.Progress) -> None: ...
+
+    def blocker(self, report: migrate.BlockerReport) -> None: ...
+
+    def finished(self, result: migrate.MigrationResult, backup: Any) -> None: ...
+
+    def backup(self, phase: str, backup: Any = None, error: str | None = None, reason: str = "") -> None:
+        """The §2 backup before the run: "fresh" (`backup` protects the run and is relied on; `reason`
+        says why), "skipped" (`backup`: the latest verified one, or None), "started" (`reason`: why a
+        new one is needed), then "verified" (`backup`) or "failed" (`error`; `backup` when it was
+        catalogued)."""
+
+    def backup_progress(self, progress: backups.Progress) -> None: ...
+
+
+# ---------------------------------------------------------------------------
+# Asking
+
+
+def irreversible(proposal: migrate.Proposal) -> list[Any]:
+    """The revisions a rollback would undo that cannot be undone (runbook.revisions.reversibility)."""
+    return [r for r in proposal.revisions if not r.reversible] if proposal.direction == "downgrade" else []
+
+
+def propose(name: str, env: Environment, direction: str, typed: str, command_text: str, *, store,
+            project: AlembicProject | None = None, restore_hint: str = "`restore ID`") -> migrate.Proposal:
+    """What a migrate or rollback request asks approvers to approve, or Refused / NothingToDo (one line)
+    when nobody should be asked at all. `restore_hint`: how the surface's users restore, for the
+    refusal of an irreversible rollback."""
+    proposal = migrate.propose(name, env, direction=direction, target=typed, project=project, store=store)
+    bad = irreversible(proposal)
+    if bad:
+        first = bad[0]
+        more = f" (and {len(bad) - 1} more irreversible)" if len(bad) > 1 else ""
+        raise Refused(f"`{command_text}` refused: {first.revision} is irreversible ({first.irreversible_reason})"
+                      f"{more}, so nobody is asked to approve it. Restore from a backup instead: {restore_hint}.")
+    if proposal.refusal and not proposal.steps and proposal.target in (proposal.current or ["base"]):
+        raise NothingToDo(proposal.refusal)
+    if proposal.refusal:
+        raise Refused(f"`{command_text}` refused: {proposal.refusal}")
+    return proposal
+
+
+def protection_now(store, name: str, env: Environment, current: Sequence[str]) -> protection.Protection:
+    """What protects a run starting now at `current` (what the approval request shows)."""
+    return protection.protecting_backup(store, name, env, current)
+
+
+# ---------------------------------------------------------------------------
+# Who may override the gate
+
+
+def authorise_override(settings: Settings, name: str, override: GateOverride | None,
+                       members_of: Callable[[str], Sequence[str]] | None = None) -> None:
+    """Refused unless `override` is None or comes, with a reason, from someone allowed to let a run
+    through a closed no-go gate: an approver of the environment (a user ID, or a member of an approver
+    user group through `members_of`), or the command line (`cli:<user>`: whoever runs the CLI holds the
+    configuration and the database credentials already)."""
+    if override is None:
+        return
+    reason = " ".join(override.reason.split())
+    if not reason:
+        raise Refused("a gate override needs a reason: say why the run may go ahead now")
+    if len(reason) > MAX_OVERRIDE_REASON:
+        raise Refused(f"the override's reason is longer than {MAX_OVERRIDE_REASON} characters: shorten it")
+    actor = override.actor
+    if actor.startswith("cli:"):
+        return
+    approvers = settings.environments[name].approvals.approvers
+    if actor in approvers:
+        return
+    groups = [a for a in approvers if a.startswith("S")]
+    if members_of is not None and any(actor in members_of(group) for group in groups):
+        return
+    raise Refused(f"only an approver on {name} may override the no-go gate; nothing was changed")
+
+
+# ---------------------------------------------------------------------------
+# Running
+
+
+def _pre_run_backup(store, name: str, env: Environment, actor: str, *, run_id: str, watcher: RunWatcher,
+                    skip: str | None) -> Callable[[Any, list[str]], Any]:
+    """migrate.run's `before(held, current)`: under the run's lock, with the revision read there, the
+    backup that protects the run (runbook.protection), relied on, or else a new one taken now
+    (reason "migrate"); either way recorded on the run, so retention keeps it. `skip`: why none may be
+    taken (the CLI's --no-backup), recorded instead. A backup that fails stops the run before it changes
+    anything."""
+    secret = password_of(env.dsn)
+
+    def record(outcome: str, summary: str, details: dict[str, Any]) -> None:
+        store.record(actor=actor, action="backup", environment=name, outcome=outcome,
+                     summary=redact(summary, secret), details=details, run_id=run_id)
+
+    def before(held: Any, current: list[str]) -> Any:
+        decided = protection.protecting_backup(store, name, env, current, exclude_run=run_id)
+        if skip is not None:
+            record("skipped", f"no backup before the run ({skip}); {decided.reason}",
+                   {"skipped": skip, "latest_backup_id": getattr(decided.latest, "id", None),
+                    "protecting_backup_id": getattr(decided.backup, "id", None)})
+            watcher.backup("skipped", decided.latest, reason=decided.reason)
+            return None
+        if decided.relied_on:
+            record("relied on", decided.reason, {"backup_id": decided.backup.id, "reason": "protects the run"})
+            protection.remember(store, run_id, decided.backup)
+            watcher.backup("fresh", decided.backup, reason=decided.reason)
+            return decided.backup
+        watcher.backup("started", reason=decided.reason)
+        try:
+            made = backups.backup(name, env, store, lock=held, reason="migrate", actor=actor,
+                                  progress=watcher.backup_progress)
+        except backups.BackupError as exc:
+            failed = getattr(exc, "backup", None)
+            watcher.backup("failed", failed, redact(str(exc), secret))
+            record("failed", f"the backup before the run failed: {exc}",
+                   {"backup_id": getattr(failed, "id", None), "reason": "migrate"})
+            raise
+        record(made.status, f"#{made.id} {made.name}: {made.status} before the run, level {made.level}",
+               {"backup_id": made.id, "reason": "migrate", "kind": made.kind, "level": made.level,
+                "size_bytes": made.size_bytes, "sha256": made.sha256, "location": made.location})
+        protection.remember(store, run_id, made)
+        watcher.backup("verified", made)
+        return made
+
+    return before
+
+
+def run(settings: Settings, store, name: str, direction: str, *, target: str, expected_current: Sequence[str],
+        actor: str, run_id: str, approval_id: str | None = None, watcher: RunWatcher | None = None,
+        skip_backup: str | None = None, gate_override: GateOverride | None = None,
+        members_of: Callable[[str], Sequence[str]] | None = None, project: AlembicProject | None = None,
+        progress_every: float = 1.0) -> migrate.MigrationResult:
+    """An approved migrate or rollback of `name`, under every guard (see the module). `result.backup` is
+    the backup that protects it (relied on or taken), None when skipped. Refused (nothing changed) when
+    the override is not allowed."""
+    env = settings.environments[name]
+    authorise_override(settings, name, gate_override, members_of)
+    watcher = watcher or RunWatcher()
+    latest = backups.latest_verified(store, name) if store is not None else None
+    return migrate.run(name, env, direction=direction, target=target, expected_current=expected_current,
+                       actor=actor, store=store, approval_id=approval_id, run_id=run_id,
+                       before=_pre_run_backup(store, name, env, actor, run_id=run_id, watcher=watcher,
+                                              skip=skip_backup),
+                       restore_from=latest, gate_override=gate_override,
+                       on_progress=watcher.progress, on_blocker=watcher.blocker, project=project,
+                       progress_every=progress_every)
+
+
+__all__ = ["GateOverride", "MAX_OVERRIDE_REASON", "NothingToDo", "Refused", "RunWatcher", "authorise_override",
+           "irreversible", "propose", "protection_now", "run"]
