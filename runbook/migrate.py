@@ -666,13 +666,12 @@ def _run_locked(result: MigrationResult, name: str, env: Environment, tgt: Targe
             result.touched_tables, expected_indexes = _touched(project, env, current, the_plan, direction, log)
             log.write("plan: " + " -> ".join(the_plan.steps)
                       + (f"; tables touched: {', '.join(result.touched_tables)}" if result.touched_tables else ""))
-            event(f"{operation}.start", "started", f"{direction} {name} from {', '.join(current) or 'base'} to "
-                  f"{the_plan.target} in {len(the_plan.steps)} step(s)", {"steps": the_plan.steps})
-
             # The no-go gate (runbook/gate.py): checked before the backup, so a closed gate costs no dump,
             # and again once a backup took time, immediately before the first Alembic statement.
             if not _gate_passes(result, name, env, monitor, project, the_plan, store, gate_override, log, event):
                 return None
+            event(f"{operation}.start", "started", f"{direction} {name} from {', '.join(current) or 'base'} to "
+                  f"{the_plan.target} in {len(the_plan.steps)} step(s)", {"steps": the_plan.steps})
             if before is not None:
                 sup.report("backup")
                 _beat(beat, "backup")

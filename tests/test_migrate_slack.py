@@ -658,3 +658,15 @@ def test_with_no_backup_to_restore_from_the_button_escalates_to_the_owner(sample
     assert "Followed by" in dumped(local_slack_message(bot, advice).blocks) and buttons(
         local_slack_message(bot, advice)) == []
     assert bot.requests("restore") == [] and bot.requests("rollback") == []
+
+
+def test_a_rollback_request_shows_the_downgrade_sql_it_runs(sample_db, make_bot, local_slack):
+    """Approvers read what the rollback runs: the downgrade() SQL of the range, labelled as such (issue 12 d)."""
+    bot = make_bot(sample_db(REV_0002))
+    request = bot.ask("rollback")
+    shown = dumped(bot.message(request).blocks)
+    sql = request.params["sql_preview"]
+    assert "Downgrade SQL preview" in shown and "the downgrade() of these revisions" in shown
+    assert "DROP TABLE categories" in sql and "ALTER TABLE expenses DROP COLUMN category_id" in sql
+    assert "CREATE TABLE categories" not in sql and "ADD COLUMN" not in sql
+    assert "-- Running downgrade 0002_categories -> 0001_expenses_incomes" in sql
