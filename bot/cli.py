@@ -514,6 +514,35 @@ def cmd_backups(settings: Settings, args) -> int:
     return EXIT_OK
 
 
+def _restore_plan_only(settings: Settings, args, name: str, env) -> int:
+    """`restore ID` without --yes: the plan an approver would read in Slack (what is replaced, rows
+    now and in the backup, what a full restore drops), then exit 2; nothing is changed or recorded
+    as an approval. A plan that cannot be made (unknown backup, unknown table) is refused, exit 1."""
+    from bot import text
+    from bot.flows import restore_params
+    from runbook import backup as backups
+
+    store = _store_or_report(settings)
+    if store is None:
+        return EXIT_ERROR
+    try:
+        plan = backups.plan_restore(name, env, store, args.id, tables=tuple(args.table or ()))
+    except backups.BackupError as exc:
+        store.record(actor=cli_actor(), action="restore.plan", environment=name, outcome="refused", summary=str(exc))
+        print(f"runbook-bot: restore refused: {exc}", file=sys.stderr)
+        return EXIT_NO_GO
+    store.record(actor=cli_actor(), action="restore.plan", environment=name,
+                 outcome="blocked" if plan.blockers else "shown",
+                 summary=f"backup #{plan.backup.id}, {plan.mode} restore: plan shown without --yes",
+                 details={"backup_id": plan.backup.id, "mode": plan.mode, "tables": list(plan.tables)})
+    _emit(args, lambda: {"environment": name, "confirmed": False, "blockers": list(plan.blockers),
+                         **restore_params(plan)},
+          lambda: text.restore_plan_text(plan))
+    print("runbook-bot: nothing was restored: " + ("the restore would be refused (see above)" if plan.blockers else
+          "add --yes to run it (recorded as your approval)"), file=sys.stderr)
+    return EXIT_ERROR
+
+
 def cmd_restore(settings: Settings, args) -> int:
     """`restore ID [--table T]... --yes`: the Slack path's plan and guards (revision check, safety
     backup, one transaction); --yes stands for the approval and is audited as yours."""
@@ -522,12 +551,9 @@ def cmd_restore(settings: Settings, args) -> int:
     from runbook import backup as backups
     from runbook.state import StateError
 
-    name, _env = settings.environment(args.env)
+    name, env = settings.environment(args.env)
     if not args.yes:
-        print(f"runbook-bot: restore replaces data in {name} (backup {args.id}"
-              + (f", tables {', '.join(args.table)}" if args.table else ", the whole database")
-              + "): add --yes to confirm (it is recorded as your approval)", file=sys.stderr)
-        return EXIT_ERROR
+        return _restore_plan_only(settings, args, name, env)
     try:
         store = _open_store(settings)
         request = restore_with_yes(settings, store, name, args.id, args.table, cli_actor(),
