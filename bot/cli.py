@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="§5 post-migration validation; exit 0 pass, 1 fail, 2 error")
     p.add_argument("--env", metavar="NAME")
+    p.add_argument("--expect", metavar="REV",
+                   help="the revision the database should be at (default: where the latest completed run left it)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("incident", help="§7.3 incident summary as Markdown (default: the latest run); exit 0, 2")
@@ -439,6 +441,8 @@ def cmd_rollback(settings: Settings, args) -> int:
 
 def cmd_validate(settings: Settings, args) -> int:
     from runbook import validate
+    from runbook.precheck import project_of
+    from runbook.revisions import RevisionError
     from runbook.state import StateError
 
     name, env = settings.environment(args.env)
@@ -447,11 +451,18 @@ def cmd_validate(settings: Settings, args) -> int:
     except StateError as exc:
         print(f"runbook-bot: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    report = validate.validate(name, env)
+    project = project_of(env)
+    try:
+        expectation = validate.expected_revision(store, name, project, explicit=args.expect)
+    except RevisionError as exc:
+        print(f"runbook-bot: validate: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    report = validate.validate(name, env, expected=expectation, project=project)
     outcome = "error" if report.error else ("pass" if report.passed else "fail")
     store.record(actor=cli_actor(), action="validate", environment=name, outcome=outcome,
                  summary=report.error or "; ".join(f"{c.name}: {c.detail}" for c in report.failed)[:2000],
-                 details={"checks": {c.name: c.status for c in report.checks}})
+                 details={"checks": {c.name: c.status for c in report.checks}, "expected": report.expected,
+                          "expected_basis": report.expected_basis})
     from bot import text
 
     _emit(args, lambda: validate.report_to_json(report), lambda: text.validation_text(report))
