@@ -676,7 +676,9 @@ def _run_locked(result: MigrationResult, name: str, env: Environment, tgt: Targe
                     result.error = log.scrub(one_line(f"the backup before the migration failed: {exc}"))
                     log.write(result.error)
                     return None
-            baseline = validate.take_baseline(monitor, env) if direction == "upgrade" else None
+            # Both directions: a rollback's validation compares row counts, indexes and foreign keys
+            # with before the run as a migration's does (issue 12 §2 h).
+            baseline = validate.take_baseline(monitor, env)
 
             env_vars = dict(os.environ)
             env_vars[env.url_env] = _without_application_name(env.dsn)
@@ -704,8 +706,9 @@ def _run_locked(result: MigrationResult, name: str, env: Environment, tgt: Targe
                 _beat(beat, "validating")
                 result.validation = validate.validate(
                     name, env, expected=the_plan.expected_after[-1], project=project,
-                    baseline=baseline, touched_tables=result.touched_tables if direction == "upgrade" else (),
-                    expected_indexes=expected_indexes if direction == "upgrade" else ())
+                    baseline=baseline, touched_tables=result.touched_tables,
+                    expected_indexes=expected_indexes if direction == "upgrade" else (),
+                    may_drop=result.touched_tables if direction == "downgrade" else ())
                 log.write("validation: " + ("passed" if result.validation.passed else
                                             "FAILED: " + "; ".join(f"{c.name}: {c.detail}"
                                                                    for c in result.validation.failed)))

@@ -273,19 +273,31 @@ def expected_revision(store: Any, name: str, project: AlembicProject, *,
     return Expectation(None, "the scripts' head: no completed run of the bot on record")
 
 
-def _check_row_counts(conn: psycopg.Connection, env: Environment, baseline: Baseline | None) -> list[ValidationCheck]:
+def _bare(table: str) -> str:
+    return table.rpartition(".")[2].strip('"').lower()
+
+
+def _check_row_counts(conn: psycopg.Connection, env: Environment, baseline: Baseline | None,
+                      may_drop: Sequence[str] = ()) -> list[ValidationCheck]:
+    """Rows now against the baseline, in both directions. `may_drop`: tables a rollback undoes the
+    creation of (the tables its revisions touch): one of them gone after the run is reported, not
+    failed; any other configured table gone, or any table with fewer rows, is data loss."""
     if not env.validation.tables:
         return [ValidationCheck("row counts", "skip", "no validation.tables configured", "5.1", "data_loss")]
     parts: list[str] = []
     lost: list[str] = []
     missing: list[str] = []
+    droppable = {_bare(t) for t in may_drop}
     for configured in env.validation.tables:
         table = _resolve_table(conn, configured)
+        before = baseline.row_counts.get(configured) if baseline else None
+        if table is None and before is not None and _bare(configured) in droppable:
+            parts.append(f"{configured} dropped by the rollback ({before} rows before)")
+            continue
         if table is None:
             missing.append(configured)
             continue
         now = _count(conn, table)
-        before = baseline.row_counts.get(configured) if baseline else None
         if before is None:
             parts.append(f"{configured} {now}")
         elif now < before:
@@ -543,13 +555,14 @@ def _guarded(name: str, section: str, kind: Kind, run) -> list[ValidationCheck]:
 def validate(name: str, env: Environment, *, expected: Sequence[str] | Expectation | None = None,
              baseline: Baseline | None = None, touched_tables: Sequence[str] = (),
              expected_indexes: Sequence[str] = (), app_checks: bool = True,
-             project: AlembicProject | None = None) -> ValidationReport:
+             project: AlembicProject | None = None, may_drop: Sequence[str] = ()) -> ValidationReport:
     """Run §5 against one environment. Never raises for the target's faults: `error` or failed checks say it.
 
     `expected`: the revision(s) the version table should hold, or an Expectation (from
     expected_revision(), for an on-demand validation: it names its basis); default: the scripts' heads.
     `baseline`: taken before the run (row counts, indexes, FKs); without it nothing is compared.
     `touched_tables` / `expected_indexes`: from the run's SQL preview (tables_in_sql, indexes_in_sql).
+    `may_drop`: after a rollback, the tables its revisions touch: one of them gone is no data loss.
     """
     started = datetime.now(timezone.utc)
     clock = time.monotonic()
@@ -573,7 +586,7 @@ def validate(name: str, env: Environment, *, expected: Sequence[str] | Expectati
                     return check
 
                 checks += _guarded("alembic version", "5.1", "version", version_check)
-                checks += _guarded("row counts", "5.1", "data_loss", lambda: _check_row_counts(conn, env, baseline))
+                checks += _guarded("row counts", "5.1", "data_loss", lambda: _check_row_counts(conn, env, baseline, may_drop))
                 checks += _guarded("required columns", "5.2", "corruption", lambda: _check_required_columns(conn, env))
                 checks += _guarded("foreign keys", "5.2", "corruption",
                                    lambda: _check_foreign_keys(conn, baseline, touched_tables))
