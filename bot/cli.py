@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="§5 post-migration validation; exit 0 pass, 1 fail, 2 error")
     p.add_argument("--env", metavar="NAME")
+    p.add_argument("--expect", metavar="REV",
+                   help="the revision the database should be at (default: where the latest completed run left it)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("incident", help="§7.3 incident summary as Markdown (default: the latest run); exit 0, 2")
@@ -458,6 +460,8 @@ def cmd_rollback(settings: Settings, args) -> int:
 
 def cmd_validate(settings: Settings, args) -> int:
     from runbook import validate
+    from runbook.precheck import project_of
+    from runbook.revisions import RevisionError
     from runbook.state import StateError
 
     name, env = settings.environment(args.env)
@@ -466,11 +470,18 @@ def cmd_validate(settings: Settings, args) -> int:
     except StateError as exc:
         print(f"runbook-bot: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    report = validate.validate(name, env)
+    project = project_of(env)
+    try:
+        expectation = validate.expected_revision(store, name, project, explicit=args.expect)
+    except RevisionError as exc:
+        print(f"runbook-bot: validate: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    report = validate.validate(name, env, expected=expectation, project=project)
     outcome = "error" if report.error else ("pass" if report.passed else "fail")
     store.record(actor=cli_actor(), action="validate", environment=name, outcome=outcome,
                  summary=report.error or "; ".join(f"{c.name}: {c.detail}" for c in report.failed)[:2000],
-                 details={"checks": {c.name: c.status for c in report.checks}})
+                 details={"checks": {c.name: c.status for c in report.checks}, "expected": report.expected,
+                          "expected_basis": report.expected_basis})
     from bot import text
 
     _emit(args, lambda: validate.report_to_json(report), lambda: text.validation_text(report))
@@ -533,6 +544,35 @@ def cmd_backups(settings: Settings, args) -> int:
     return EXIT_OK
 
 
+def _restore_plan_only(settings: Settings, args, name: str, env) -> int:
+    """`restore ID` without --yes: the plan an approver would read in Slack (what is replaced, rows
+    now and in the backup, what a full restore drops), then exit 2; nothing is changed or recorded
+    as an approval. A plan that cannot be made (unknown backup, unknown table) is refused, exit 1."""
+    from bot import text
+    from bot.flows import restore_params
+    from runbook import backup as backups
+
+    store = _store_or_report(settings)
+    if store is None:
+        return EXIT_ERROR
+    try:
+        plan = backups.plan_restore(name, env, store, args.id, tables=tuple(args.table or ()))
+    except backups.BackupError as exc:
+        store.record(actor=cli_actor(), action="restore.plan", environment=name, outcome="refused", summary=str(exc))
+        print(f"runbook-bot: restore refused: {exc}", file=sys.stderr)
+        return EXIT_NO_GO
+    store.record(actor=cli_actor(), action="restore.plan", environment=name,
+                 outcome="blocked" if plan.blockers else "shown",
+                 summary=f"backup #{plan.backup.id}, {plan.mode} restore: plan shown without --yes",
+                 details={"backup_id": plan.backup.id, "mode": plan.mode, "tables": list(plan.tables)})
+    _emit(args, lambda: {"environment": name, "confirmed": False, "blockers": list(plan.blockers),
+                         **restore_params(plan)},
+          lambda: text.restore_plan_text(plan))
+    print("runbook-bot: nothing was restored: " + ("the restore would be refused (see above)" if plan.blockers else
+          "add --yes to run it (recorded as your approval)"), file=sys.stderr)
+    return EXIT_ERROR
+
+
 def cmd_restore(settings: Settings, args) -> int:
     """`restore ID [--table T]... --yes`: the Slack path's plan and guards (revision check, safety
     backup, one transaction); --yes stands for the approval and is audited as yours."""
@@ -541,12 +581,9 @@ def cmd_restore(settings: Settings, args) -> int:
     from runbook import backup as backups
     from runbook.state import StateError
 
-    name, _env = settings.environment(args.env)
+    name, env = settings.environment(args.env)
     if not args.yes:
-        print(f"runbook-bot: restore replaces data in {name} (backup {args.id}"
-              + (f", tables {', '.join(args.table)}" if args.table else ", the whole database")
-              + "): add --yes to confirm (it is recorded as your approval)", file=sys.stderr)
-        return EXIT_ERROR
+        return _restore_plan_only(settings, args, name, env)
     try:
         store = _open_store(settings)
         request = restore_with_yes(settings, store, name, args.id, args.table, cli_actor(),

@@ -455,16 +455,20 @@ class Migrations:
         """§5 on demand, posted; a failure gets the §6.5 recommendation in its thread."""
         env = self.settings.environments[name]
         project = self.flows.project(name)
-        report = validate.validate(name, env, project=project)
+        expectation = validate.expected_revision(self.store, name, project)
+        report = validate.validate(name, env, expected=expectation, project=project)
         outcome = "error" if report.error else ("pass" if report.passed else "fail")
         self.flows.record(origin, "validate", name, outcome,
                           report.error or "; ".join(f"{c.name}: {c.detail}" for c in report.failed)[:2000],
-                          {"checks": {c.name: c.status for c in report.checks}})
+                          {"checks": {c.name: c.status for c in report.checks}, "expected": report.expected,
+                           "expected_basis": report.expected_basis})
         ts = self.flows.post(origin, mblocks.validation_message(report))
         if report.failed and not report.error:
             latest = backups.latest_verified(self.store, name)
+            # §6.5 about the run the expectation follows: a migration's own range, not whatever is newest
+            start = expectation.run_from if expectation.run_kind == "migrate" else None
             rec = rollback.fit_to_backup(
-                rollback.decide(project=project, start=None, current=report.current, validation=report,
+                rollback.decide(project=project, start=start, current=report.current, validation=report,
                                 backup_available=latest is not None), latest)
             facts = {"environment": name, "what": "Validation", "from": list(report.current),
                      "to": list(report.current), "at": report.started_at.isoformat(),

@@ -241,16 +241,37 @@ def backups_text(environment: str, backups) -> str:
     return "\n".join(out)
 
 
+def _rows(n: int | None) -> str:
+    return "no table" if n is None else f"{n:,} row{'s' if n != 1 else ''}"
+
+
 def restore_plan_text(plan) -> str:
-    """What a restore would replace (rows now vs in the backup), its warnings and blockers."""
-    out = [f"Restore plan {plan.environment} ({plan.target}): backup #{plan.backup.id} {plan.backup.name}, "
-           f"{plan.mode} restore",
-           f"  revision now {', '.join(plan.current_revision) or 'none'}; backup taken at "
-           f"{', '.join(plan.backup_revision or []) or 'unknown'}"]
+    """What a restore would do, with the facts its Slack approval request shows
+    (bot.blocks.restore_request_blocks over the same runbook.backup.RestorePlan): each table
+    replaced, created or dropped with its rows now and in the backup, the backup, the revision
+    guard, what a full restore drops besides tables, and anything that makes it refuse."""
+    backup = plan.backup
+    what = "the whole database" if plan.mode == "full" else f"tables {', '.join(_table(t) for t in plan.tables)}"
+    taken = backup.finished_at or backup.started_at
+    out = [f"Restore plan {plan.environment} ({plan.target}): {what} from backup #{backup.id}",
+           "", f"What will be replaced ({'full restore' if plan.mode == 'full' else 'chosen tables'}):"]
+    verb = {"replace": "replaced", "create": "created", "drop": "DROPPED (not in the backup)"}
     for change in plan.changes:
-        now = "absent" if change.rows_now is None else f"{change.rows_now} rows"
-        then = "not in the backup" if change.rows_in_backup is None else f"{change.rows_in_backup} rows"
-        out.append(f"  {change.action:<8} {_table(change.table)}: {now} now -> {then}")
-    out += [f"  WARN {w}" for w in plan.warnings]
-    out += [f"  BLOCKED {b}" for b in plan.blockers]
+        out.append(f"  {_table(change.table)}: {_rows(change.rows_now)} now -> {_rows(change.rows_in_backup)} in the backup: "
+                   f"{verb.get(change.action, change.action)}")
+    if not plan.changes:
+        out.append("  no tables")
+    out += ["",
+            f"Backup #{backup.id} {backup.name}: {backup.kind}, {human_size(backup.size_bytes)}, taken "
+            + (f"{taken:%Y-%m-%d %H:%M:%S} UTC" if taken else "at an unknown time"),
+            f"  verified to level {backup.level}, sha256 {(backup.sha256 or '?')[:16]}…, taken at revision "
+            f"{', '.join(plan.backup_revision) if plan.backup_revision else 'unknown'}",
+            f"Target {plan.target} is at revision {', '.join(plan.current_revision) or 'none'}: the restore stops "
+            "if that changes before it runs.",
+            "  A safety backup of the current state is taken first, and the restore applies in one transaction: "
+            "completely or not at all."]
+    if plan.warnings:
+        out += ["", "Warnings:", *[f"  ! {w}" for w in plan.warnings]]
+    if plan.blockers:
+        out += ["", "Refused (nothing would be restored):", *[f"  x {b}" for b in plan.blockers]]
     return "\n".join(out)

@@ -1420,7 +1420,7 @@ def restore(name: str, env: Environment, store, backup_id: int | str, *, expecte
                      from_revision=", ".join(expected), target_revision=", ".join(item.revision or []),
                      details={"backup_id": item.id, "mode": mode, "tables": list(chosen)})
     facts = {"run_id": run.id, "backup_id": item.id, "mode": mode, "tables": list(chosen),
-             "target": item.revision, "from": expected}
+             "target": ", ".join(item.revision or []), "from": expected}   # text, as a migration's target
     with Heartbeat(runs, run.id) as beat:
         beat.set_step(RESTORE_STEPS["lock"])
         try:

@@ -35,7 +35,28 @@ class ConfigError(Exception):
 SlackUserOrGroup = Annotated[str, StringConstraints(pattern=r"^[UWS][A-Z0-9]{2,}$")]
 SlackChannel = Annotated[str, StringConstraints(pattern=r"^[CGD][A-Z0-9]{2,}$")]
 EnvName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
-PgInterval = Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+)?\s*(us|ms|s|min|h|d)?$")]
+_PG_INTERVAL = re.compile(r"^(\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d)?$")
+
+
+def _pg_interval(value: Any) -> Any:
+    """A PostgreSQL time setting as PGOPTIONS and SET take it: 5s, 100ms, 2min, 1h, or a bare
+    number (milliseconds; 0 means no limit). YAML reads `0` and `1.5` as numbers, so numbers are
+    accepted too; the result is always the compact text form (`2 s` -> `2s`), because it goes
+    into a `-c name=value` option where a space would end the value."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 5s, 100ms, 2min or 0 (no limit)")
+    if isinstance(value, int):
+        value = str(value)
+    elif isinstance(value, float):
+        value = format(value, "f").rstrip("0").rstrip(".")
+    if isinstance(value, str):
+        match = _PG_INTERVAL.match(value.strip())
+        if match:
+            return match.group(1) + (match.group(2) or "")
+    raise ValueError("must be a duration such as 5s, 100ms, 2min or 0 (no limit)")
+
+
+PgInterval = Annotated[str, BeforeValidator(_pg_interval)]
 
 
 class _Strict(BaseModel):

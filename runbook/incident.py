@@ -357,7 +357,10 @@ def _how(run: Run, approvals) -> str:
 def _run_facts(incident: Incident, run: Run, events: list[_Event], approvals, scrub: _Scrubber) -> None:
     result = run.result or {}
     incident.from_revisions = list(result.get("from") or [r.strip() for r in run.from_revision.split(",") if r.strip()])
-    incident.target = result.get("target") or run.target_revision or None
+    target = result.get("target")
+    if isinstance(target, (list, tuple)):      # restore runs recorded before issue 12 kept the backup's list
+        target = ", ".join(map(str, target))
+    incident.target = target or run.target_revision or None
     incident.reached = list(result.get("to") or [])
     incident.outcome = result.get("outcome") or run.state
     incident.validation = result.get("validation")

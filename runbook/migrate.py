@@ -685,7 +685,9 @@ def _run_locked(result: MigrationResult, name: str, env: Environment, tgt: Targe
                 if time.monotonic() - backup_started > GATE_RECHECK_AFTER_SECONDS and not _gate_passes(
                         result, name, env, monitor, project, the_plan, store, gate_override, log, event):
                     return None
-            baseline = validate.take_baseline(monitor, env) if direction == "upgrade" else None
+            # Both directions: a rollback's validation compares row counts, indexes and foreign keys
+            # with before the run as a migration's does (issue 12 §2 h).
+            baseline = validate.take_baseline(monitor, env)
 
             env_vars = dict(os.environ)
             env_vars[env.url_env] = _without_application_name(env.dsn)
@@ -713,8 +715,9 @@ def _run_locked(result: MigrationResult, name: str, env: Environment, tgt: Targe
                 _beat(beat, "validating")
                 result.validation = validate.validate(
                     name, env, expected=the_plan.expected_after[-1], project=project,
-                    baseline=baseline, touched_tables=result.touched_tables if direction == "upgrade" else (),
-                    expected_indexes=expected_indexes if direction == "upgrade" else ())
+                    baseline=baseline, touched_tables=result.touched_tables,
+                    expected_indexes=expected_indexes if direction == "upgrade" else (),
+                    may_drop=result.touched_tables if direction == "downgrade" else ())
                 log.write("validation: " + ("passed" if result.validation.passed else
                                             "FAILED: " + "; ".join(f"{c.name}: {c.detail}"
                                                                    for c in result.validation.failed)))

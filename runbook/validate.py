@@ -63,6 +63,7 @@ class ValidationReport:
     expected: list[str]                # the revision(s) the version table should hold
     current: list[str]
     error: str | None = None           # validation could not run at all (no connection, ...)
+    expected_basis: str = ""           # why `expected` (Expectation.basis): an explicit REV, a run, the heads
 
     @property
     def failed(self) -> list[ValidationCheck]:
@@ -209,30 +210,94 @@ def indexes_in_sql(text: str) -> list[str]:
 # The checks
 
 
-def _check_version(project: AlembicProject, conn: psycopg.Connection, expected: list[str]) -> tuple[
-        ValidationCheck, list[str]]:
+def _check_version(project: AlembicProject, conn: psycopg.Connection, expected: list[str],
+                   basis: str = "") -> tuple[ValidationCheck, list[str]]:
     current = project.current(conn)
     shown = ", ".join(current) or "(unversioned)"
     wanted = ", ".join(expected) or "(unversioned)"
+    why = f" ({basis})" if basis else ""
     if sorted(current) == sorted(expected):
-        return ValidationCheck("alembic version", "pass", f"alembic_version is {shown}", "5.1", "version"), current
-    return ValidationCheck("alembic version", "fail", f"alembic_version is {shown}, expected {wanted}", "5.1",
+        return ValidationCheck("alembic version", "pass", f"alembic_version is {shown}, as expected{why}", "5.1",
+                               "version"), current
+    return ValidationCheck("alembic version", "fail", f"alembic_version is {shown}, expected {wanted}{why}", "5.1",
                            "version"), current
 
 
-def _check_row_counts(conn: psycopg.Connection, env: Environment, baseline: Baseline | None) -> list[ValidationCheck]:
+# ---------------------------------------------------------------------------
+# What the version table should hold (issue 12 §2 e): decided here, for the CLI and Slack alike
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """The revision(s) an on-demand validation expects, and why. A database migrated step by step
+    (`--to +1`, runbook §3.2) is where the bot's latest run left it, not at head."""
+
+    revisions: list[str] | None        # None: the scripts' heads, read when validating
+    basis: str                         # one line for the report: where `revisions` comes from
+    run_id: str | None = None          # the run it follows, if any
+    run_kind: str | None = None        # migrate | rollback | restore
+    run_from: list[str] | None = None  # the revision(s) that run started from (§6.5's "before the run")
+
+
+RUN_KINDS = ("migrate", "rollback", "restore")
+
+
+def expected_revision(store: Any, name: str, project: AlembicProject, *,
+                      explicit: str | None = None) -> Expectation:
+    """What `validate` expects on environment `name`:
+
+    * `explicit` (the CLI's `--expect REV`): that revision, resolved by the app's scripts (an id,
+      a unique prefix, a branch label, head, heads or base); RevisionError when it is not one;
+    * otherwise the revision(s) the latest completed (succeeded) migrate, rollback or restore of
+      `name` left the database at (its result's `to`);
+    * with no such run on record (a database the bot never changed): the scripts' heads (None, read
+      by validate(), which reports scripts it cannot read).
+    Only an explicit REV raises (RevisionError, one line).
+    """
+    if explicit is not None:
+        resolved = project.resolve(explicit)
+        revisions = [] if resolved == "base" else project.heads() if resolved == "heads" else [resolved]
+        return Expectation(revisions, f"--expect {one_line(explicit, 60)}")
+    if store is not None:
+        from runbook.state.runs import RunStore
+
+        for run in RunStore(store).list(environment=name, states=("succeeded",), limit=20):
+            result = run.result or {}
+            if run.kind not in RUN_KINDS or not isinstance(result.get("to"), list):
+                continue
+            revisions = [str(r) for r in result["to"]]
+            started = result.get("from")
+            finished = run.finished_at.strftime("%Y-%m-%d %H:%M UTC") if run.finished_at else "at an unknown time"
+            return Expectation(revisions, f"where {run.kind} run {run.id} left it, {finished}", run.id, run.kind,
+                               [str(r) for r in started] if isinstance(started, list) else None)
+    return Expectation(None, "the scripts' head: no completed run of the bot on record")
+
+
+def _bare(table: str) -> str:
+    return table.rpartition(".")[2].strip('"').lower()
+
+
+def _check_row_counts(conn: psycopg.Connection, env: Environment, baseline: Baseline | None,
+                      may_drop: Sequence[str] = ()) -> list[ValidationCheck]:
+    """Rows now against the baseline, in both directions. `may_drop`: tables a rollback undoes the
+    creation of (the tables its revisions touch): one of them gone after the run is reported, not
+    failed; any other configured table gone, or any table with fewer rows, is data loss."""
     if not env.validation.tables:
         return [ValidationCheck("row counts", "skip", "no validation.tables configured", "5.1", "data_loss")]
     parts: list[str] = []
     lost: list[str] = []
     missing: list[str] = []
+    droppable = {_bare(t) for t in may_drop}
     for configured in env.validation.tables:
         table = _resolve_table(conn, configured)
+        before = baseline.row_counts.get(configured) if baseline else None
+        if table is None and before is not None and _bare(configured) in droppable:
+            parts.append(f"{configured} dropped by the rollback ({before} rows before)")
+            continue
         if table is None:
             missing.append(configured)
             continue
         now = _count(conn, table)
-        before = baseline.row_counts.get(configured) if baseline else None
         if before is None:
             parts.append(f"{configured} {now}")
         elif now < before:
@@ -487,15 +552,17 @@ def _guarded(name: str, section: str, kind: Kind, run) -> list[ValidationCheck]:
     return result if isinstance(result, list) else [result]
 
 
-def validate(name: str, env: Environment, *, expected: Sequence[str] | None = None,
+def validate(name: str, env: Environment, *, expected: Sequence[str] | Expectation | None = None,
              baseline: Baseline | None = None, touched_tables: Sequence[str] = (),
              expected_indexes: Sequence[str] = (), app_checks: bool = True,
-             project: AlembicProject | None = None) -> ValidationReport:
+             project: AlembicProject | None = None, may_drop: Sequence[str] = ()) -> ValidationReport:
     """Run §5 against one environment. Never raises for the target's faults: `error` or failed checks say it.
 
-    `expected`: the revision(s) the version table should hold (default: the scripts' heads).
+    `expected`: the revision(s) the version table should hold, or an Expectation (from
+    expected_revision(), for an on-demand validation: it names its basis); default: the scripts' heads.
     `baseline`: taken before the run (row counts, indexes, FKs); without it nothing is compared.
     `touched_tables` / `expected_indexes`: from the run's SQL preview (tables_in_sql, indexes_in_sql).
+    `may_drop`: after a rollback, the tables its revisions touch: one of them gone is no data loss.
     """
     started = datetime.now(timezone.utc)
     clock = time.monotonic()
@@ -504,6 +571,9 @@ def validate(name: str, env: Environment, *, expected: Sequence[str] | None = No
     checks: list[ValidationCheck] = []
     current: list[str] = []
     error = None
+    basis = expected.basis if isinstance(expected, Expectation) else ""
+    if isinstance(expected, Expectation):
+        expected = expected.revisions
     try:
         wanted = list(expected) if expected is not None else project.heads()
     except RevisionError as exc:
@@ -512,11 +582,11 @@ def validate(name: str, env: Environment, *, expected: Sequence[str] | None = No
         try:
             with _connect(target, env) as conn:
                 def version_check() -> ValidationCheck:
-                    check, current[:] = _check_version(project, conn, wanted)
+                    check, current[:] = _check_version(project, conn, wanted, basis)
                     return check
 
                 checks += _guarded("alembic version", "5.1", "version", version_check)
-                checks += _guarded("row counts", "5.1", "data_loss", lambda: _check_row_counts(conn, env, baseline))
+                checks += _guarded("row counts", "5.1", "data_loss", lambda: _check_row_counts(conn, env, baseline, may_drop))
                 checks += _guarded("required columns", "5.2", "corruption", lambda: _check_required_columns(conn, env))
                 checks += _guarded("foreign keys", "5.2", "corruption",
                                    lambda: _check_foreign_keys(conn, baseline, touched_tables))
@@ -530,7 +600,7 @@ def validate(name: str, env: Environment, *, expected: Sequence[str] | None = No
         checks.append(_check_health(env))
     return ValidationReport(environment=name, target=target.label, started_at=started,
                             duration_seconds=time.monotonic() - clock, checks=checks, expected=wanted,
-                            current=current, error=error)
+                            current=current, error=error, expected_basis=basis)
 
 
 def report_to_json(report: ValidationReport) -> dict[str, Any]:
@@ -542,6 +612,7 @@ def report_to_json(report: ValidationReport) -> dict[str, Any]:
         "duration_seconds": round(report.duration_seconds, 3),
         "passed": report.passed,
         "expected": list(report.expected),
+        "expected_basis": report.expected_basis,
         "current": list(report.current),
         "data_loss": report.data_loss,
         "corruption": report.corruption,
@@ -551,5 +622,5 @@ def report_to_json(report: ValidationReport) -> dict[str, Any]:
     }
 
 
-__all__ = ["Baseline", "ValidationCheck", "ValidationReport", "baseline_of", "indexes_in_sql", "report_to_json",
+__all__ = ["Baseline", "Expectation", "ValidationCheck", "ValidationReport", "baseline_of", "expected_revision", "indexes_in_sql", "report_to_json",
            "tables_in_sql", "take_baseline", "validate"]

@@ -14,6 +14,7 @@ from bot.flows import BackupProgress
 from runbook import backup as engine
 from runbook.state import Store
 from tests.support.configs import settings_for, with_password, write_config
+from tests.support.sample_app import REV_0003
 from tests.support.slack import USER_ID
 from tests.test_backup import add_random_bytes
 from tests.test_end_to_end import BOT_TOKEN, ack_text, command, everything_slack_saw, slack, start  # noqa: F401
@@ -60,10 +61,11 @@ def test_cli_backup_backups_and_restore_with_yes(sample_db, pg_bin_dir, tmp_path
     original = expenses(url)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DELETE FROM expenses WHERE id > 10")
-    refused = cli(config, "restore", str(entry["id"]))
-    assert refused.returncode == 2 and refused.stdout == ""
-    assert refused.stderr.strip() == (f"runbook-bot: restore replaces data in production (backup {entry['id']}, "
-                                      "the whole database): add --yes to confirm (it is recorded as your approval)")
+    refused = cli(config, "restore", str(entry["id"]))              # the plan, nothing done
+    assert refused.returncode == 2
+    assert "  expenses: 10 rows now -> 50 rows in the backup: replaced" in refused.stdout
+    assert refused.stderr.strip() == ("runbook-bot: nothing was restored: add --yes to run it (recorded as your "
+                                      "approval)")
     assert len(expenses(url)) == 10
 
     restored = cli(config, "restore", str(entry["id"]), "--yes", "--json")
@@ -81,6 +83,72 @@ def test_cli_backup_backups_and_restore_with_yes(sample_db, pg_bin_dir, tmp_path
     assert unknown.stderr.strip() == ("runbook-bot: restore refused: unknown backup id 999 for production: "
                                       "see `backups production` for the catalogue")
     for done in (made, tables, listed, refused, restored, unknown):
+        assert PASSWORD not in done.stdout + done.stderr
+
+
+def test_cli_restore_without_yes_prints_the_plan_a_slack_approver_reads_and_changes_nothing(sample_db, pg_bin_dir,
+                                                                                           tmp_path):
+    """Issue 12 §2 g: what is replaced (rows now and in the backup), what a full restore drops (tables,
+    and other objects created since the backup), the backup and the revision guard; exit 2, nothing
+    restored, no safety backup, no run."""
+    from runbook.state.runs import RunStore
+
+    url = sample_db("head")
+    config = write_config(tmp_path, with_password(url, PASSWORD), extra_env=pg_bin_line(pg_bin_dir),
+                          state_url=f"sqlite:///{tmp_path}/state.db")
+    made = cli(config, "backup", "--json")
+    assert made.returncode == 0, made.stderr
+    entry = json.loads(made.stdout)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM expenses WHERE id > 20")
+        conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        conn.execute("INSERT INTO notes SELECT g, 'n' FROM generate_series(1, 3) g")
+        conn.execute("CREATE FUNCTION note_count() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM notes'")
+
+    full = cli(config, "restore", str(entry["id"]))
+    assert full.returncode == 2, full.stderr
+    lines = full.stdout.splitlines()
+    assert lines[0].startswith(f"Restore plan production (") and lines[0].endswith(
+        f"): the whole database from backup #{entry['id']}")
+    assert "  expenses: 20 rows now -> 50 rows in the backup: replaced" in lines
+    assert "  notes: 3 rows now -> no table in the backup: DROPPED (not in the backup)" in lines
+    assert "  ! 1 table(s) created since the backup will be dropped: notes" in lines
+    assert any(line.startswith("  ! 1 function(s) created since the backup will be dropped: note_count")
+               for line in lines), full.stdout
+    assert f"Backup #{entry['id']} {entry['name']}: full," in full.stdout
+    assert f"taken at revision {REV_0003}" in full.stdout
+    assert f"is at revision {REV_0003}: the restore stops if that changes before it runs" in full.stdout
+    assert full.stderr.strip() == "runbook-bot: nothing was restored: add --yes to run it (recorded as your approval)"
+
+    as_json = cli(config, "restore", str(entry["id"]), "--json")
+    assert as_json.returncode == 2
+    plan = json.loads(as_json.stdout)
+    assert plan["confirmed"] is False and plan["blockers"] == [] and plan["mode"] == "full"
+    assert {c["table"]: (c["rows_now"], c["rows_in_backup"], c["action"]) for c in plan["changes"]}[
+        "public.notes"] == (3, None, "drop")
+
+    tables = cli(config, "restore", str(entry["id"]), "--table", "expenses")
+    assert tables.returncode == 2
+    assert "  expenses: 20 rows now -> 50 rows in the backup: replaced" in tables.stdout
+    assert "notes" not in tables.stdout and "(chosen tables)" in tables.stdout
+
+    unknown = cli(config, "restore", "999")
+    assert unknown.returncode == 1 and unknown.stdout == ""
+    assert unknown.stderr.strip() == ("runbook-bot: restore refused: unknown backup id 999 for production: "
+                                      "see `backups production` for the catalogue")
+
+    assert len(expenses(url)) == 20                                   # nothing was restored
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM notes").fetchone()[0] == 3
+    store = Store(f"sqlite:///{tmp_path}/state.db")
+    try:
+        assert RunStore(store).list() == []
+        assert [b.id for b in engine.list_backups(store, "production")] == [entry["id"]]   # no safety backup
+        assert [e.outcome for e in store.events(limit=20) if e.action == "restore.plan"] == \
+            ["refused", "shown", "shown", "shown"]
+    finally:
+        store.close()
+    for done in (made, full, as_json, tables, unknown):
         assert PASSWORD not in done.stdout + done.stderr
 
 

@@ -1,6 +1,7 @@
 """Configuration: valid files load; every malformed file gets one line naming the key, exit 2."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,83 @@ def test_cli_unknown_command_is_one_line():
     result = subprocess.run([sys.executable, "-m", "bot.cli", "frobnicate"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "invalid choice" in result.stderr
+
+
+# -- issue 12 §2 i: every documented example loads; every documented duration reaches PostgreSQL ----
+
+ROOT = Path(__file__).resolve().parent.parent
+_FENCE = re.compile(r"^(?P<indent> *)```yaml\n(?P<body>.*?)^(?P=indent)```", re.S | re.M)
+_NEEDED_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")     # ${VAR} without a :-default
+
+
+def yaml_examples() -> list[tuple[str, str]]:
+    """(label, text) of every ```yaml block in README.md and docs/*.md."""
+    found = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for number, match in enumerate(_FENCE.finditer(doc.read_text(encoding="utf-8")), 1):
+            lines = match.group("body").splitlines(keepends=True)
+            indent = len(match.group("indent"))
+            found.append((f"{doc.relative_to(ROOT)}#{number}", "".join(line[indent:] for line in lines)))
+    return found
+
+
+def test_the_readme_has_a_configuration_example():
+    """Guards the test below against passing on zero examples (a renamed fence, a moved file)."""
+    assert any("environments:" in text for _, text in yaml_examples())
+
+
+def interval_settings(env) -> dict[str, str]:
+    return {"migration.lock_timeout": env.migration.lock_timeout,
+            "migration.statement_timeout": env.migration.statement_timeout,
+            "watch.statement_timeout": env.watch.statement_timeout,
+            "watch.lock_timeout": env.watch.lock_timeout,
+            "validation.statement_timeout": env.validation.statement_timeout,
+            "validation.lock_timeout": env.validation.lock_timeout,
+            "backups.lock_wait_timeout": env.backups.lock_wait_timeout}
+
+
+def assert_postgres_takes(pg_url: str, env) -> None:
+    """Each timeout as the bot hands it over: a `-c name=value` option of the connection, which
+    PostgreSQL refuses (TargetError) when it cannot parse the value."""
+    from runbook.target import Target
+
+    for value in interval_settings(env).values():
+        with Target(pg_url).connect("config-test", statement_timeout=value, lock_timeout=value) as conn:
+            conn.execute("SELECT 1")
+
+
+@pytest.mark.parametrize("label, text", yaml_examples(), ids=[label for label, _ in yaml_examples()])
+def test_every_yaml_example_in_the_docs_loads_with_the_real_loader(label, text, pg_url, tmp_path):
+    environ = {name: pg_url if name.endswith("URL") else "placeholder"
+               for name in _NEEDED_VAR.findall(text)}
+    settings = parse_settings(text, source=tmp_path / "runbook-bot.yaml", environ=environ)
+    for name, env in settings.environments.items():
+        assert env.dsn == pg_url, name
+        assert_postgres_takes(pg_url, env)
+
+
+@pytest.mark.parametrize("written, expected", [
+    ("0", "0"), ("'0'", "0"), ("5s", "5s"), ("'5 s'", "5s"), ("100ms", "100ms"), ("2min", "2min"),
+    ("1h", "1h"), ("1d", "1d"), ("250us", "250us"), ("1500", "1500"), ("1.5s", "1.5s"), ("2.5", "2.5"),
+])
+def test_every_documented_duration_form_loads_and_postgres_takes_it(written, expected, pg_url):
+    text = (f"environments:\n  production:\n    database_url: {pg_url}\n    app_dir: app\n"
+            f"    migration: {{lock_timeout: {written}, statement_timeout: {written}}}\n"
+            f"    watch: {{statement_timeout: {written}, lock_timeout: {written}}}\n"
+            f"    validation: {{statement_timeout: {written}, lock_timeout: {written}}}\n"
+            f"    backups: {{lock_wait_timeout: {written}}}\n")
+    env = parse(text).environments["production"]
+    assert set(interval_settings(env).values()) == {expected}
+    assert_postgres_takes(pg_url, env)
+
+
+@pytest.mark.parametrize("written", ["soon", "-1", "true", "5 S", "5s;drop"])
+def test_a_bad_duration_is_one_line_naming_the_key(written):
+    text = ("environments:\n  production:\n    database_url: postgresql://x/y\n    app_dir: app\n"
+            f"    migration: {{statement_timeout: '{written}'}}\n" if written != "true" else
+            "environments:\n  production:\n    database_url: postgresql://x/y\n    app_dir: app\n"
+            "    migration: {statement_timeout: true}\n")
+    with pytest.raises(ConfigError) as caught:
+        parse(text)
+    assert str(caught.value) == ("/etc/rb/runbook-bot.yaml: environments.production.migration.statement_timeout: "
+                                 "Value error, must be a duration such as 5s, 100ms, 2min or 0 (no limit)")

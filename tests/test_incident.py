@@ -352,3 +352,21 @@ def test_a_restore_is_an_incident_of_its_own_unless_it_recovers_a_failed_migrati
     assert step.outcome == "failed" and "after a failed migration" in step.detail
     assert any("interrupted during 'restore' (after a failed migration)" in e for e in found.errors)
     assert "division by zero" in found.errors
+
+
+def test_a_restore_recorded_with_its_target_as_a_list_still_reads_as_a_revision(tmp_path):
+    """Restore runs recorded before issue 12 §2 j kept the backup's revision list as their target:
+    the summary shows it as text in Markdown and in Slack, never `['0003…']`."""
+    store = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    store.migrate()
+    runs = RunStore(store)
+    run = runs.start(kind="restore", environment="production", actor="U0ALICE01", from_revision=REV_0003,
+                     details={"backup_id": 1, "mode": "full", "tables": []})
+    runs.finish(run.id, "failed", summary="psql: lock timeout", result={
+        "outcome": "failed", "error": "psql: lock timeout", "from": [REV_0003], "to": [REV_0003],
+        "target": [REV_0003], "backup_id": 1, "mode": "full"})
+    found = incidents.gather(store, run_id=run.id)
+    assert found.target == REV_0003
+    assert f"`{REV_0003}` → `{REV_0003}`" in incidents.render_markdown(found)
+    assert "['" not in incidents.render_markdown(found) + "".join(incidents.render_mrkdwn(found))
+    store.close()

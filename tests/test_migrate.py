@@ -248,6 +248,45 @@ def test_a_reversible_rollback_runs_under_the_same_supervision(sample_db, tmp_pa
     assert result.validation.passed and result.validation.expected == [REV_0001]
 
 
+def test_a_rollback_validates_row_counts_against_before_the_run_as_a_migration_does(sample_db, tmp_path):
+    """Issue 12 §2 h: the rollback of 0002 compares each configured table with its count before the
+    run; categories, which the undone revision created and its downgrade drops, is reported as
+    dropped by the rollback (not as missing)."""
+    url = sample_db(REV_0002)
+    settings, name, env = environment(tmp_path, url, validation={"tables": ["expenses", "incomes", "categories"]})
+    with psycopg.connect(url) as conn:
+        categories = conn.execute("SELECT count(*) FROM categories").fetchone()[0]
+    result = migrate.downgrade(name, env)
+    assert result.outcome == "succeeded" and _version(url) == [REV_0001]
+    [counts] = [c for c in result.validation.checks if c.name == "row counts"]
+    assert counts.status == "pass", counts.detail
+    assert counts.detail == (f"expenses 50 -> 50; incomes {_rows(url, 'incomes')} -> {_rows(url, 'incomes')}; "
+                             f"categories dropped by the rollback ({categories} rows before)")
+    assert result.validation.passed, [(c.name, c.detail) for c in result.validation.failed]
+
+
+def test_rows_a_rollback_deletes_are_data_loss_as_after_a_migration(sample_db, tmp_path):
+    """A downgrade that deletes rows of a table its revision never touched: the rollback's
+    validation flags the loss with the counts before and after (today's code said "no count from
+    before the run to compare with" and passed)."""
+    app = app_copy(tmp_path, [("0004_incomes_note", "op.add_column('incomes', sa.Column('note', sa.Text()))",
+                                "op.execute('DELETE FROM expenses WHERE id > 40')\n"
+                                "op.drop_column('incomes', 'note')")])
+    url = sample_db(REV_0003)
+    settings, name, env = environment(tmp_path, url, app_dir=app, validation={"tables": ["expenses"]})
+    assert migrate.upgrade(name, env).outcome == "succeeded"
+    result = migrate.downgrade(name, env)
+    assert _version(url) == [REV_0003]
+    assert result.outcome == "validation failed" and result.validation.data_loss
+    [counts] = [c for c in result.validation.failed if c.name == "row counts"]
+    assert counts.detail == "data loss: expenses 50 -> 40 (-10)" and counts.tables == ("expenses",)
+
+
+def _rows(url: str, table: str) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
 def test_refused_while_a_pg_dump_is_connected(sample_db, tmp_path, pg_bin_dir):
     url = sample_db(REV_0001)
     settings, name, env = environment(tmp_path, url)

@@ -670,3 +670,48 @@ def test_a_rollback_request_shows_the_downgrade_sql_it_runs(sample_db, make_bot,
     assert "DROP TABLE categories" in sql and "ALTER TABLE expenses DROP COLUMN category_id" in sql
     assert "CREATE TABLE categories" not in sql and "ADD COLUMN" not in sql
     assert "-- Running downgrade 0002_categories -> 0001_expenses_incomes" in sql
+
+
+def test_validate_after_a_step_by_step_migration_expects_where_the_run_left_it_on_the_cli_and_in_slack(
+        sample_db, make_bot, tmp_path):
+    """Issue 12 §2 e: after `migrate --to +1` (runbook §3.2) the database is at 0002 on purpose.
+    `validate` expects the revision the latest completed run left it at, not head, from the CLI and
+    from Slack, so nothing recommends a rollback; `--expect REV` says otherwise explicitly."""
+    import sys
+
+    url = with_password(sample_db(REV_0001), PASSWORD)
+    bot = make_bot(url, validation={"tables": ["expenses"]})
+    config = tmp_path / "bot" / "runbook-bot.yaml"
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(config), *args],
+                              capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
+
+    stepped = cli("migrate", "--to", "+1", "--yes", "--json")
+    assert stepped.returncode == 0, stepped.stderr
+    run_id = json.loads(stepped.stdout)["run_id"]
+    assert version(url) == [REV_0002]
+
+    checked = cli("validate", "--json")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    report = json.loads(checked.stdout)
+    assert report["passed"] and report["expected"] == [REV_0002] and report["current"] == [REV_0002]
+    assert report["expected_basis"].startswith(f"where migrate run {run_id} left it, ")
+    [version_check] = [c for c in report["checks"] if c["name"] == "alembic version"]
+    assert version_check["detail"].startswith(f"alembic_version is {REV_0002}, as expected (where migrate run")
+
+    explicit = cli("validate", "--expect", "head")
+    assert explicit.returncode == 1
+    assert f"alembic_version is {REV_0002}, expected {REV_0003} (--expect head)" in explicit.stdout
+    unknown = cli("validate", "--expect", "nope")
+    assert unknown.returncode == 2 and unknown.stdout == "" and len(unknown.stderr.strip().splitlines()) == 1
+    assert unknown.stderr.startswith("runbook-bot: validate: ")
+
+    bot.command("validate")
+    [posted] = [m for m in bot.slack.messages(kind="message") if m.text.startswith("Validation production")]
+    assert posted.text == "Validation production: PASS"
+    assert f"as expected (where migrate run {run_id} left it" in dumped(posted.blocks)
+    assert bot.requests("recommendation") == [] and not [m for m in bot.slack.messages(kind="message")
+                                                         if m.thread_ts == posted.ts]
+    for done in (stepped, checked, explicit, unknown):
+        assert PASSWORD not in done.stdout + done.stderr

@@ -181,6 +181,9 @@ def test_the_cli_restore_is_a_run_that_status_and_incident_show(sample_db, pg_bi
     assert incident.returncode == 0, incident.stderr
     assert incident.stdout.startswith("# Incident summary: restore on production (succeeded)")
     assert f"| Run | `{run.id}` (restore, succeeded) |" in incident.stdout
+    # the target is the backup's revision as text, never a Python list (issue 12 §2 j)
+    assert f"| Revision | `{REV_0003}` → `{REV_0003}`; reached `{REV_0003}` |" in incident.stdout
+    assert "['" not in incident.stdout
     assert f"the whole database from backup #{backup_id}; revision {REV_0003} before, {REV_0003} after" \
         in incident.stdout
     assert "the backup this restore restores" in incident.stdout
