@@ -596,6 +596,53 @@ def _count_rows(conn: psycopg.Connection, tables: Sequence[str]) -> dict[str, in
     return counts
 
 
+# Each table's columns as the database defines them now: name and type, in order (dropped ones left out).
+COLUMNS_SQL = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+  FROM pg_attribute a
+ WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
+ ORDER BY a.attnum
+"""
+
+
+def _table_columns(conn: psycopg.Connection, tables: Sequence[str]) -> dict[str, list[list[str]]]:
+    """table -> [[column, type], ...]: what a table restore compares with the live definition."""
+    return {t: [[name, kind] for name, kind in conn.execute(COLUMNS_SQL, (t,)).fetchall()] for t in tables}
+
+
+def _definition_refusals(conn: psycopg.Connection, item: Backup, chosen: Sequence[str], current: Sequence[str],
+                         name: str) -> list[str]:
+    """Why a table restore of `chosen` from `item` must be refused: a table restore replaces rows only, so
+    a table whose definition changed since the backup (a column added, dropped or retyped) would be left
+    with every value of the new column NULL or the restore would fail half-way. Backups that recorded
+    no definitions are compared by revision instead."""
+    recorded = item.details.get("columns")
+    if not isinstance(recorded, dict):
+        if item.revision is not None and sorted(item.revision) == sorted(current):
+            return []
+        return [f"backup #{item.id} was taken at {', '.join(item.revision or []) or 'an unrecorded revision'}, "
+                f"{name} is at {', '.join(current) or 'no revision'}, and it did not record its table definitions: "
+                "a table restore cannot tell whether they still match; use a full restore, or a backup taken at "
+                "the current revision"]
+    live = _table_columns(conn, [t for t in chosen if t in recorded])
+    refusals = []
+    for table in chosen:
+        if table not in recorded or table not in live:
+            continue
+        then, now = dict(map(tuple, recorded[table])), dict(map(tuple, live[table]))
+        added = [c for c in now if c not in then]
+        dropped = [c for c in then if c not in now]
+        retyped = [f"{c} ({then[c]} -> {now[c]})" for c in then if c in now and then[c] != now[c]]
+        parts = ([f"added since: {', '.join(added)}"] if added else []) + \
+                ([f"dropped since: {', '.join(dropped)}"] if dropped else []) + \
+                ([f"retyped: {', '.join(retyped)}"] if retyped else [])
+        if parts:
+            refusals.append(f"{_plain(table)} is not defined as it was in backup #{item.id} ({'; '.join(parts)}): a "
+                            "table restore replaces rows only and would leave those columns wrong; use a full "
+                            "restore, or take a backup at the current revision")
+    return refusals
+
+
 def _foreign_keys(conn: psycopg.Connection) -> list[tuple[str, str, str, str]]:
     return [tuple(r) for r in conn.execute(FOREIGN_KEYS_SQL).fetchall()]
 
@@ -939,6 +986,7 @@ class _Facts:
     fmt: str                     # custom | directory | plain
     revision: list[str] | None
     snapshot: str
+    columns: dict[str, list[list[str]]] = field(default_factory=dict)   # per counted table: [name, type]
 
 
 def _read_facts(conn: psycopg.Connection, env: Environment, name: str, kind: str, tables: Sequence[str],
@@ -968,7 +1016,8 @@ def _read_facts(conn: psycopg.Connection, env: Environment, name: str, kind: str
         revision = None
     snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
     return _Facts(server_version=server_version, database_size=db_size, tools=tools, existing=existing,
-                  chosen=chosen, counted=counted, fmt=fmt, revision=revision, snapshot=snapshot)
+                  chosen=chosen, counted=counted, fmt=fmt, revision=revision, snapshot=snapshot,
+                  columns=_table_columns(conn, counted))
 
 
 class _Attempt:
@@ -1023,7 +1072,8 @@ def _backup_locked(name: str, env: Environment, store, target: Target, storage: 
             server_version=facts.server_version, tool_version=facts.tools.pg_dump.version,
             revision=facts.revision, tables=list(facts.chosen) if kind == "tables" else list(facts.existing),
             row_counts={}, actor=actor,
-            details={"jobs": jobs, "verify": verify, "database_size_bytes": facts.database_size})
+            details={"jobs": jobs, "verify": verify, "database_size_bytes": facts.database_size,
+                     "columns": facts.columns})
         started.update(id=backup_id, partial=partial)
         attempt = _Attempt(store, target, backup_id, partial, facts.fmt, started_clock)
         conninfo, password = conninfo_without_password(env.dsn, purpose="pg_dump")
@@ -1337,6 +1387,8 @@ def plan_restore(name: str, env: Environment, store, backup_id: int | str, *,
             extras = [t for t in [*existing, *parents] if t not in item.tables] if mode == "full" else []
             later = _created_since(conn, item) if mode == "full" else []
             now_counts = _count_rows(conn, [t for t in chosen + extras if t in existing or t in parents])
+            definitions = _definition_refusals(conn, item, [t for t in chosen if t in existing], current, name) \
+                if mode == "tables" else []
     except TargetError as exc:
         raise BackupError(str(exc)) from None
     changes = [TableChange(table=t, rows_now=now_counts.get(t), rows_in_backup=item.row_counts.get(t),
@@ -1360,6 +1412,7 @@ def plan_restore(name: str, env: Environment, store, backup_id: int | str, *,
         refusal = _partitioned_refusal(chosen, parents, item)
         if refusal:
             blockers.append(refusal)
+        blockers += definitions
         missing = [t for t in chosen if t not in existing and t not in parents]
         if missing:
             blockers.append(f"{', '.join(_plain(t) for t in missing)} no longer exist(s) in {name}: a table restore "
@@ -1512,6 +1565,8 @@ def _restore_archive(name: str, env: Environment, store, target: Target, held: g
         fks = _foreign_keys(conn)
         sequences = {t: [r[0] for r in conn.execute(OWNED_SEQUENCES_SQL, [_ident(t).as_string(conn)])]
                      for t in chosen if t in existing}
+        definitions = _definition_refusals(conn, item, [t for t in chosen if t in existing], revision_before, name) \
+            if mode == "tables" else []
     if sorted(revision_before) != sorted(expected_revision):
         raise BackupError(f"the revision of {name} changed since the restore was requested (was "
                           f"{', '.join(expected_revision) or 'none'}, now {', '.join(revision_before) or 'none'}): "
@@ -1531,6 +1586,8 @@ def _restore_archive(name: str, env: Environment, store, target: Target, held: g
         if gone:
             raise BackupError(f"{', '.join(_plain(t) for t in gone)} no longer exist(s) in {name}: "
                               "a table restore replaces rows only; nothing was restored")
+        if definitions:
+            raise BackupError(f"{definitions[0]}; nothing was restored")
         for src, ref, conname, deltype in fks:
             if ref in chosen and src not in chosen and deltype in ("c", "n", "d"):
                 raise BackupError(f"{_plain(src)} references {_plain(ref)} with a cascading delete "

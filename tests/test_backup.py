@@ -737,6 +737,31 @@ def test_table_restore_leaves_other_tables_untouched(sample_db, pg_bin_dir, tmp_
         engine.plan_restore(name, env, store, made.id, tables=["nope"])
 
 
+def test_a_table_restore_across_a_changed_definition_is_refused_naming_the_columns(sample_db, pg_bin_dir, tmp_path):
+    """Issue 12 f: a `--table expenses` backup from 0001 restored after 0002 added expenses.category_id would
+    leave that column in place with every value NULL. Refused, in the plan and by the restore itself."""
+    url = sample_db(REV_0001)
+    name, env, store = environment(tmp_path, url, pg_bin_dir)
+    made = engine.backup(name, env, store, kind="tables", tables=["expenses"])
+    assert made.details["columns"]["public.expenses"][0] == ["id", "integer"]
+    upgrade(url, "head")                                   # 0002 adds expenses.category_id; 0003 fills it
+    filled = rows(url, "expenses")
+    plan = engine.plan_restore(name, env, store, made.id, tables=["expenses"])
+    [blocker] = plan.blockers
+    assert blocker.startswith(f"expenses is not defined as it was in backup #{made.id} (added since: category_id)")
+    assert "use a full restore, or take a backup at the current revision" in blocker
+    with pytest.raises(BackupError, match=r"added since: category_id.*nothing was restored$"):
+        engine.restore(name, env, store, made.id, tables=["expenses"], expected_revision=plan.current_revision)
+    assert rows(url, "expenses") == filled                  # category_id values still there
+    # a backup that recorded no definitions is judged by its revision
+    engine._update(store, made.id, details={k: v for k, v in made.details.items() if k != "columns"})
+    [blocker] = engine.plan_restore(name, env, store, made.id, tables=["expenses"]).blockers
+    assert "did not record its table definitions" in blocker and f"taken at {REV_0001}" in blocker
+    # at the current revision, nothing differs: allowed
+    same = engine.backup(name, env, store, kind="tables", tables=["expenses"])
+    assert engine.plan_restore(name, env, store, same.id, tables=["expenses"]).blockers == []
+
+
 def test_restore_stops_when_the_revision_changed_since_the_request(sample_db, pg_bin_dir, tmp_path):
     url = sample_db(REV_0001)
     name, env, store = environment(tmp_path, url, pg_bin_dir)
