@@ -46,6 +46,7 @@ import psycopg
 
 from runbook.config import Environment
 from runbook.revisions import AlembicProject, Revision, RevisionError, one_line, per_revision_sql
+from runbook.sqlscan import LOCK_MODES, Statement, conflicts, statements
 from runbook.units import human_size, short_duration
 
 Rating = Literal["low", "medium", "high"]
@@ -355,138 +356,6 @@ def run_squawk(sql: str, argv: Sequence[str], *, pg_major: int | None, exclude: 
     if not isinstance(findings, list):
         raise ReviewError("squawk's JSON output is not a list of findings")
     return [f for f in findings if isinstance(f, dict)]
-
-
-# ---------------------------------------------------------------------------
-# Statements: which tables each one locks, and how strongly (PostgreSQL's explicit-locking table)
-
-LOCK_MODES = ("AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareLock",
-              "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock")
-_CONFLICTS = {
-    "AccessShareLock": {"AccessExclusiveLock"},
-    "RowShareLock": {"ExclusiveLock", "AccessExclusiveLock"},
-    "RowExclusiveLock": {"ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"},
-    "ShareUpdateExclusiveLock": {"ShareUpdateExclusiveLock", "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock",
-                                 "AccessExclusiveLock"},
-    "ShareLock": {"RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareRowExclusiveLock", "ExclusiveLock",
-                  "AccessExclusiveLock"},
-    "ShareRowExclusiveLock": {"RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareLock", "ShareRowExclusiveLock",
-                              "ExclusiveLock", "AccessExclusiveLock"},
-    "ExclusiveLock": set(LOCK_MODES[1:]),
-    "AccessExclusiveLock": set(LOCK_MODES),
-}
-# ALTER TABLE subcommands that take less than ACCESS EXCLUSIVE (the ALTER TABLE reference page).
-_SHARE_UPDATE_EXCLUSIVE_CMDS = {"AT_ValidateConstraint", "AT_SetStatistics", "AT_SetOptions", "AT_ResetOptions",
-                                "AT_ClusterOn", "AT_DropCluster", "AT_SetRelOptions", "AT_ResetRelOptions",
-                                "AT_ReplaceRelOptions", "AT_DetachPartitionFinalize"}
-_SHARE_ROW_EXCLUSIVE_CMDS = {"AT_EnableTrig", "AT_EnableAlwaysTrig", "AT_EnableReplicaTrig", "AT_DisableTrig",
-                             "AT_EnableTrigAll", "AT_DisableTrigAll", "AT_EnableTrigUser", "AT_DisableTrigUser"}
-
-
-def conflicts(wanted: str, held: str) -> bool:
-    return held in _CONFLICTS.get(wanted, set())
-
-
-@dataclass(frozen=True)
-class Statement:
-    start: int                     # byte offsets in the rendered SQL
-    end: int
-    line: int                      # 1-based line of its first character
-    text: str                      # one line
-    locks: tuple[tuple[str, str], ...]   # (relation as named, lock mode), strongest per relation
-    indexes: tuple[str, ...] = ()  # index names whose table the database tells (DROP INDEX)
-
-
-def _name(range_var: Any) -> str:
-    schema = getattr(range_var, "schemaname", None)
-    return f"{schema}.{range_var.relname}" if schema else range_var.relname
-
-
-def _stronger(a: str | None, b: str) -> str:
-    return b if a is None or LOCK_MODES.index(b) > LOCK_MODES.index(a) else a
-
-
-def _statement_locks(node: Any) -> tuple[dict[str, str], list[str]]:
-    """{relation: lock mode} a statement takes on existing relations, and index names it drops."""
-    kind = type(node).__name__
-    locks: dict[str, str] = {}
-    indexes: list[str] = []
-
-    def take(range_var: Any, mode: str) -> None:
-        if range_var is not None and getattr(range_var, "relname", None):
-            name = _name(range_var)
-            locks[name] = _stronger(locks.get(name), mode)
-
-    if kind == "IndexStmt":
-        take(node.relation, "ShareUpdateExclusiveLock" if node.concurrent else "ShareLock")
-    elif kind == "AlterTableStmt":
-        for cmd in node.cmds or ():
-            sub = cmd.subtype.name if hasattr(cmd.subtype, "name") else str(cmd.subtype)
-            constraint = cmd.def_ if type(cmd.def_).__name__ == "Constraint" else None
-            if constraint is not None and constraint.contype.name == "CONSTR_FOREIGN":
-                take(node.relation, "ShareRowExclusiveLock")
-                take(constraint.pktable, "ShareRowExclusiveLock")
-            elif sub in _SHARE_UPDATE_EXCLUSIVE_CMDS:
-                take(node.relation, "ShareUpdateExclusiveLock")
-            elif sub in _SHARE_ROW_EXCLUSIVE_CMDS:
-                take(node.relation, "ShareRowExclusiveLock")
-            else:
-                take(node.relation, "AccessExclusiveLock")
-    elif kind in ("RenameStmt",):
-        take(node.relation, "AccessExclusiveLock")
-    elif kind == "TruncateStmt":
-        for rel in node.relations or ():
-            take(rel, "AccessExclusiveLock")
-    elif kind in ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
-        take(node.relation, "RowExclusiveLock")
-    elif kind == "ReindexStmt":
-        take(node.relation, "ShareLock")
-    elif kind == "DropStmt":
-        type_name = node.removeType.name
-        for obj in node.objects or ():
-            parts = [getattr(p, "sval", "") for p in obj] if isinstance(obj, (tuple, list)) else []
-            if not parts or not all(parts):
-                continue
-            name = ".".join(parts)
-            if type_name == "OBJECT_TABLE":
-                locks[name] = "AccessExclusiveLock"
-            elif type_name == "OBJECT_INDEX":
-                indexes.append(name)
-    elif kind == "CreateStmt":
-        for element in node.tableElts or ():
-            for constraint in getattr(element, "constraints", None) or ([element] if type(element).__name__ ==
-                                                                         "Constraint" else []):
-                if constraint.contype.name == "CONSTR_FOREIGN":
-                    take(constraint.pktable, "ShareRowExclusiveLock")
-    return locks, indexes
-
-
-def statements(sql: str) -> list[Statement]:
-    """The statements of a rendered revision with the locks they take; [] when pglast cannot parse it."""
-    import pglast
-
-    data = sql.encode("utf-8")
-    try:
-        parsed = pglast.parse_sql(sql)
-    except Exception:  # pglast.parser.ParseError: squawk reports syntax-error itself
-        return []
-    out = []
-    for raw in parsed:
-        start = raw.stmt_location or 0
-        end = start + (raw.stmt_len or (len(data) - start))
-        chunk = data[start:end].decode("utf-8", errors="replace")
-        lead = len(chunk) - len(chunk.lstrip())
-        body = "\n".join(line for line in chunk.strip().splitlines() if not line.lstrip().startswith("--"))
-        line = data[:start + len(chunk[:lead].encode())].count(b"\n") + 1
-        # leading comment lines are part of the chunk: the statement starts after them
-        for text_line in chunk[lead:].splitlines():
-            if text_line.lstrip().startswith("--") or not text_line.strip():
-                line += 1
-                continue
-            break
-        locks, indexes = _statement_locks(raw.stmt)
-        out.append(Statement(start, end, line, " ".join(body.split()), tuple(locks.items()), tuple(indexes)))
-    return out
 
 
 class _Locator:

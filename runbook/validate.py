@@ -21,7 +21,6 @@ tree (runbook/rollback.py) can weigh them.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import time
 import urllib.error
@@ -36,6 +35,7 @@ from psycopg import sql
 from runbook.config import Environment
 from runbook.precheck import project_of, target_of
 from runbook.revisions import AlembicProject, RevisionError, one_line, run_argv
+from runbook.sqlscan import touched
 from runbook.target import Target, TargetError, password_of, redact
 
 Status = Literal["pass", "fail", "skip"]
@@ -170,40 +170,15 @@ def baseline_of(env: Environment) -> Baseline:
 # ---------------------------------------------------------------------------
 # What a run's SQL touches (from the offline preview)
 
-_IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
-_QUALIFIED = rf"{_IDENT}(?:\s*\.\s*{_IDENT})?"
-_TABLE_STATEMENTS = re.compile(
-    rf"\b(?:ALTER\s+TABLE(?:\s+IF\s+EXISTS)?(?:\s+ONLY)?|CREATE\s+(?:UNLOGGED\s+)?TABLE(?:\s+IF\s+NOT\s+EXISTS)?|"
-    rf"DROP\s+TABLE(?:\s+IF\s+EXISTS)?|INSERT\s+INTO|UPDATE(?:\s+ONLY)?|DELETE\s+FROM(?:\s+ONLY)?|"
-    rf"TRUNCATE(?:\s+TABLE)?(?:\s+ONLY)?|REFERENCES|"
-    rf"CREATE\s+(?:UNIQUE\s+)?INDEX(?:\s+CONCURRENTLY)?(?:\s+IF\s+NOT\s+EXISTS)?(?:\s+{_IDENT})?\s+ON(?:\s+ONLY)?)"
-    rf"\s+(?P<table>{_QUALIFIED})",
-    re.IGNORECASE)
-_CREATE_INDEX = re.compile(
-    rf"\bCREATE\s+(?:UNIQUE\s+)?INDEX(?:\s+CONCURRENTLY)?(?:\s+IF\s+NOT\s+EXISTS)?\s+(?P<index>{_IDENT})\s+ON\b",
-    re.IGNORECASE)
-_IGNORED_TABLES = {"alembic_version"}
-
-
-def _unquote(name: str) -> str:
-    parts = re.findall(r'"((?:[^"]|"")+)"|([^".\s]+)', name)
-    out = [(quoted.replace('""', '"') if quoted else plain.lower()) for quoted, plain in parts]
-    return ".".join(out)
-
-
 def tables_in_sql(text: str) -> list[str]:
-    """Tables a rendered migration creates, alters, fills or drops (alembic_version left out)."""
-    found: dict[str, None] = {}
-    for match in _TABLE_STATEMENTS.finditer(text or ""):
-        table = _unquote(match.group("table"))
-        if table.rpartition(".")[2] not in _IGNORED_TABLES:
-            found[table] = None
-    return list(found)
+    """Tables a rendered migration creates, alters, fills or drops (alembic_version left out), from the one
+    analyser (runbook.sqlscan); [] when it cannot be parsed."""
+    return touched(text).tables
 
 
 def indexes_in_sql(text: str) -> list[str]:
     """Indexes a rendered migration creates."""
-    return list(dict.fromkeys(_unquote(m.group("index")) for m in _CREATE_INDEX.finditer(text or "")))
+    return touched(text).indexes
 
 
 # ---------------------------------------------------------------------------
