@@ -215,6 +215,41 @@ def test_a_busy_message_is_accepted_by_slack_and_the_rest_goes_into_a_file(local
     assert all(f"lock waits {i}: " in shown for i in range(40))     # nothing lost
 
 
+def test_a_busy_databases_precheck_is_posted_whole_within_slacks_limit(local_slack):
+    """The issue's busy database: 25 long queries, 40 lock waits, 12 pending revisions (14,648
+    characters of block text before the budget): Slack accepts it, the rest is in the file."""
+    from runbook.activity import Activity, BlockingRoot, LockWait
+    from tests.test_blocks import _report, _revision, _session
+
+    waits = [LockWait(10_000 + i, "app", "worker", 31 + i, f"update expenses set amount = {i} where id = {i} " * 6,
+                      [9_999], 9_999, "RowExclusiveLock", "public.expenses") for i in range(40)]
+    query = "select * from expenses join incomes using (user_id) where amount > 0 " * 8
+    report = _report(
+        reasons=[f"session {n} waiting on a lock on public.expenses for over 30 s behind pid 9999" for n in range(40)],
+        activity=Activity(active_count=80, long_queries=[_session(i, query) for i in range(25)],
+                          idle_in_transaction=[_session(500 + i) for i in range(10)], lock_waits=waits,
+                          roots=[BlockingRoot(9_999, _session(9_999, "vacuum full expenses"), waits)]),
+        alembic=_report().alembic.__class__(current=["000000000000"], heads=["00000000000c"],
+                                            pending=[_revision(i, message="backfill " * 30) for i in range(1, 13)]))
+    unfitted = blocks.fit_text_budget
+    try:                                          # what the renderer made, before the budget: over Slack's limit
+        totals: list[int] = []
+        blocks.fit_text_budget = lambda m, **kw: (totals.append(blocks.text_length(m.blocks)), unfitted(m, **kw))[1]
+        message = blocks.precheck_message(report)
+    finally:
+        blocks.fit_text_budget = unfitted
+    assert totals and totals[0] > 12000
+    client = make_client(BOT_TOKEN, local_slack.url)
+    posted = post_message(client, _Redact(), CHANNEL_ID, message)
+    assert posted.failure is None and posted.file_failure is None
+    shown = local_slack.message(CHANNEL_ID, posted.ts)
+    assert blocks.text_length(shown.blocks) <= blocks.MAX_TOTAL_TEXT
+    everything = json.dumps(shown.blocks) + "".join(f.text for f in shown.files)
+    assert "25 long queries" in everything and "40 waiting on locks" in everything
+    assert "12 pending revisions" in everything
+    assert [f.filename for f in shown.files] == [blocks.OVERFLOW_FILENAME]
+
+
 def test_a_busy_update_is_cut_with_a_line_saying_so(local_slack):
     client = make_client(BOT_TOKEN, local_slack.url)
     gateway = SlackGateway(client, _Redact())
