@@ -6,8 +6,10 @@ mentions are only ever built by `user()`, `usergroup()`, `mention()` and `here()
 
 Limits (reference/slack.md §2.1): 50 blocks per message, section text 3000,
 header 150, 10 section fields of 2000, button value 2000, unique action_id and
-block_id, and a non-empty top-level `text` fallback. Renderers keep inside them
-whatever the input size by truncating lists with "… and N more".
+block_id, known block types, and a non-empty top-level `text` fallback. Renderers
+keep inside them whatever the input size by truncating lists with "… and N more".
+A message's block text in all stays within MAX_TOTAL_TEXT: `validate` moves the
+blocks past it into an attached file, with a line saying so (`fit_text_budget`).
 """
 from __future__ import annotations
 
@@ -32,6 +34,14 @@ MAX_BUTTON_VALUE = 2000
 MAX_URL = 3000
 MAX_ID = 255
 MAX_FALLBACK_TEXT = 40000      # Slack truncates above this; renderers keep it to a few hundred
+# Slack refuses a message whose blocks hold more than about 12,000 characters of text in all
+# (`msg_blocks_too_long`, undocumented: bolt-js #2867, #2509), each block within its own limit.
+# Our budget keeps a margin; what does not fit goes into an attached file (design rule 19).
+MAX_TOTAL_TEXT = 11000
+# Block types Slack knows; anything else is `invalid_blocks`.
+BLOCK_TYPES = frozenset({"section", "divider", "header", "context", "actions", "image", "input", "rich_text",
+                         "file", "video", "markdown"})
+OVERFLOW_FILENAME = "rest-of-message.txt"
 
 # An inline SQL preview must leave room in its section for the fences and a title.
 SQL_INLINE_LIMIT = 2500
@@ -295,8 +305,72 @@ def _element(element: Any, where: str, action_ids: set[str]) -> None:
                 _text_object(confirm.get(key), f"{where} confirm.{key}", limit, plain_only=key != "text")
 
 
+def block_text_length(block: Any) -> int:
+    """The characters of text a block holds as Slack counts them towards a message's total: section
+    text and fields, header text, context text elements."""
+    if not isinstance(block, Mapping):
+        return 0
+    texts: list[Any] = []
+    if block.get("type") in ("section", "header"):
+        texts.append(block.get("text"))
+        texts.extend(block.get("fields") or [])
+    elif block.get("type") == "context":
+        texts.extend(block.get("elements") or [])
+    return sum(len(t.get("text") or "") for t in texts
+               if isinstance(t, Mapping) and t.get("type") in ("plain_text", "mrkdwn"))
+
+
+def text_length(blocks: Sequence[Any]) -> int:
+    return sum(block_text_length(b) for b in blocks)
+
+
+def _plain(block: Mapping[str, Any]) -> str:
+    """A block's text for the overflow file: mrkdwn escapes undone (a file is not mrkdwn)."""
+    parts: list[Any] = [block.get("text"), *(block.get("fields") or []), *(block.get("elements") or [])]
+    texts = [p.get("text") for p in parts if isinstance(p, Mapping) and isinstance(p.get("text"), str)]
+    return "\n".join(texts).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def fit_text_budget(message: Message, *, budget: int = MAX_TOTAL_TEXT, attach: bool = True) -> Message:
+    """The message within `budget` characters of block text: blocks are kept in order while they fit;
+    from the first that does not, the text blocks go into one attached file (`attach`) or are cut
+    (chat.update and response_url carry no files), and a context line in their place says so.
+    Buttons (actions blocks) stay. A message within the budget is returned as it is."""
+    if text_length(message.blocks) <= budget:
+        return message
+    note_room = 400
+    kept: list[dict[str, Any]] = []
+    moved: list[str] = []
+    at: int | None = None
+    total = 0
+    for block in message.blocks:
+        length = block_text_length(block)
+        if at is None and total + length <= budget - note_room:
+            kept.append(block)
+            total += length
+            continue
+        if at is None:
+            at = len(kept)
+        if isinstance(block, Mapping) and block.get("type") == "actions":
+            kept.append(block)
+        elif length:
+            moved.append(_plain(block))
+    characters = sum(len(m) for m in moved)
+    what = f"{len(moved)} more part{'s' if len(moved) != 1 else ''} of this message ({characters} characters)"
+    files = list(message.files)
+    if attach:
+        files.append(FileUpload(f"The rest of: {truncate(one_line(message.text, 120), 120) or 'the message'}",
+                                OVERFLOW_FILENAME, "\n\n".join(moved) + "\n"))
+        note = f":page_facing_up: {what} did not fit in one Slack message: they are in the attached file `{OVERFLOW_FILENAME}`."
+    else:
+        note = f":scissors: {what} did not fit in one Slack message and were left out."
+    kept.insert(at if at is not None else len(kept), context(note))
+    return Message(text=message.text, blocks=kept[:MAX_BLOCKS], files=files)
+
+
 def validate(message: Message) -> Message:
-    """Raise BlockError with a clear reason if Slack would reject the message; else return it."""
+    """Raise BlockError with a clear reason if Slack would reject the message; else return it, within
+    the total text budget (the blocks past it moved into an attached file: `fit_text_budget`)."""
     if not isinstance(message, Message):
         raise BlockError("not a Message")
     if not isinstance(message.text, str) or not message.text.strip():
@@ -315,6 +389,8 @@ def validate(message: Message) -> Message:
         where = f"block {i} ({kind or '?'})"
         if not kind:
             raise BlockError(f"block {i}: every block needs a type")
+        if kind not in BLOCK_TYPES:
+            raise BlockError(f"{where}: Slack has no block type {str(kind)[:40]!r}")
         block_id = block.get("block_id")
         if block_id is not None:
             if not isinstance(block_id, str) or not block_id or len(block_id) > MAX_ID:
@@ -364,6 +440,8 @@ def validate(message: Message) -> Message:
             raise BlockError(f"file {i}: title and filename are required")
         if not isinstance(content, (str, bytes)):
             raise BlockError(f"file {i}: content must be str or bytes")
+    if text_length(blocks) > MAX_TOTAL_TEXT:
+        return validate(fit_text_budget(message))
     return message
 
 
@@ -717,7 +795,8 @@ def working_text(command_text: str) -> str:
 
 
 __all__ = [
-    "BlockError", "FileUpload", "Message", "validate", "escape", "truncate", "code", "code_block", "one_line",
+    "BlockError", "FileUpload", "Message", "validate", "fit_text_budget", "text_length", "moved_pointer",
+    "MAX_TOTAL_TEXT", "escape", "truncate", "code", "code_block", "one_line",
     "user", "usergroup", "mention", "here", "channel", "is_user_id", "slack_time", "duration", "size",
     "header", "section", "context", "divider", "button", "actions", "bounded_lines",
     "help_message", "error_message", "precheck_message", "status_message", "run_status_line", "working_text",
@@ -815,6 +894,14 @@ def approval_message(request: Any, *, title: str, summary: str, what: Sequence[d
 def approval_pointer(channel_id: str, kind: str, environment: str) -> Message:
     """Ephemeral: the request was posted in the approvals channel, not where it was typed."""
     line = f"Approval for {escape(kind)} on {escape(one_line(environment, 40))} requested in {channel(channel_id)}."
+    return validate(Message(text=line, blocks=[section(line)]))
+
+
+def moved_pointer(channel_id: str, what: str) -> Message:
+    """Via response_url: the answer is in `channel_id`, because the bot cannot post where the command
+    was typed (not invited there, a private channel or a DM)."""
+    line = (f":arrow_right: {escape(one_line(what, 150))} — posted in {channel(channel_id)}: the bot cannot post "
+            "in this conversation (invite it here to get answers in place).")
     return validate(Message(text=line, blocks=[section(line)]))
 
 

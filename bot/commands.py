@@ -248,8 +248,16 @@ def _tokens(text: str) -> list[str]:
         raise CommandError(f"Could not read the command ({exc}). Check your quotes; see `/migrate help`.") from None
 
 
+def unescape_slack(text: str) -> str:
+    """Slash-command text as typed: Slack sends `&`, `<` and `>` HTML-escaped (and only those), so
+    they are undone here, once, at the edge; whatever echoes the text escapes it again, once."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
 def parse(text: str, environments: list[str] | tuple[str, ...]) -> Command:
-    """Parse the text after `/migrate`. `environments` are the configured names."""
+    """Parse the text after `/migrate` as Slack sends it (`&`, `<`, `>` escaped). `environments` are
+    the configured names."""
+    text = unescape_slack(text or "")
     if len(text) > 2000:
         raise CommandError("That command is too long (over 2000 characters). See `/migrate help`.")
     tokens = _tokens(text or "")

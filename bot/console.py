@@ -123,7 +123,9 @@ def _signed(secret: str, body: bytes) -> dict[str, str]:
 def _slash(url: str, secret: str, text: str, response_url: str) -> tuple[int, str, float]:
     command, _, rest = text.strip().partition(" ")
     body = urllib.parse.urlencode({
-        "command": command, "text": rest, "user_id": DEMO_USER, "user_name": "demo",
+        # Slack sends &, < and > in the text HTML-escaped; so does the demo (bot.commands.parse undoes it)
+        "command": command, "text": rest.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"),
+        "user_id": DEMO_USER, "user_name": "demo",
         "channel_id": DEMO_CHANNEL, "team_id": "T0DEMO0001", "trigger_id": f"demo.{time.time_ns()}",
         "response_url": response_url,
     }).encode()
@@ -199,7 +201,7 @@ class Demo:
         config.write_text(demo_config(url, server.bin_dir))
         settings = parse_settings(config.read_text(), source=config)
 
-        slack = LocalSlack()
+        slack = LocalSlack(joined=(DEMO_CHANNEL,))     # the bot was invited to its channel (README)
         slack.start()
         self._stack.callback(slack.stop)
         self.slack = slack

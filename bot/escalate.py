@@ -54,6 +54,7 @@ class EscalationReport:
     github_error: str | None = None
     hook: levels.HookResult | None = None
     slack_error: str | None = None
+    file_error: str | None = None          # the message was posted; its incident file was not
 
     @property
     def ok(self) -> bool:
@@ -101,13 +102,17 @@ class Escalator:
     def _post(self, channel: str | None, message: blocks.Message, *, thread_ts: str | None = None,
               broadcast: bool = False) -> tuple[str | None, str | None]:
         """(ts, error): nothing is posted without a client or a channel."""
+        posted = self._posted(channel, message, thread_ts=thread_ts, broadcast=broadcast)
+        return (posted.ts, str(posted.failure) if posted.failure else None) if posted else (None, None)
+
+    def _posted(self, channel: str | None, message: blocks.Message, *, thread_ts: str | None = None,
+                broadcast: bool = False) -> Any:
+        """bot.gateway.Posted (the message and its file each as it went), None without a client or channel."""
         from bot.flows import post_message
 
         if self.client is None or channel is None:
-            return None, None
-        ts, error = post_message(self.client, self.redactor, channel, message, thread_ts=thread_ts,
-                                 broadcast=broadcast)
-        return ts, error
+            return None
+        return post_message(self.client, self.redactor, channel, message, thread_ts=thread_ts, broadcast=broadcast)
 
     # -- escalation -----------------------------------------------------------------------
 
@@ -126,8 +131,18 @@ class Escalator:
             channel = origin_channel if level == 1 and origin_channel else self._channel(origin_channel)
             thread_ts = None
         report = EscalationReport(escalation, channel=channel)
-        report.ts, report.slack_error = self._post(channel, self.message(escalation), thread_ts=thread_ts,
-                                                   broadcast=thread_ts is not None)
+        message = self.message(escalation)
+        posted = self._posted(channel, message, thread_ts=thread_ts, broadcast=thread_ts is not None)
+        home = self._channel(None)
+        if posted is not None and posted.failure is not None and posted.failure.unreachable and thread_ts is None \
+                and home and home != channel:
+            # the bot cannot post where level 1 was asked for: it goes where escalations go (a pointer follows)
+            channel = report.channel = home
+            posted = self._posted(channel, message)
+        if posted is not None:
+            report.ts = posted.ts
+            report.slack_error = str(posted.failure) if posted.failure else None
+            report.file_error = str(posted.file_failure) if posted.file_failure else None
         levels.record(self.store, escalation, channel=channel, ts=report.ts, posted=report.ts is not None)
         reply_to = thread_ts or report.ts
         try:

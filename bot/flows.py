@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
 
 from bot import approvals, blocks
+from bot.gateway import Posted, SlackGateway
 from bot.commands import Command, backup_args, escalate_args, restore_args
 from runbook import precheck
 from runbook.config import ConfigError, Settings
@@ -47,6 +47,7 @@ class Flows:
         self.store = store
         self.client = client
         self.redactor = redactor
+        self.gateway = SlackGateway(client, redactor)
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="runbook-flow")
         self._slots = threading.BoundedSemaphore(max_queued)
         self._projects: dict[str, AlembicProject] = {}
@@ -168,31 +169,92 @@ class Flows:
             return self.settings.slack.channel
         raise ConfigError("slack.channel is not configured and the command came from no channel")
 
-    def post(self, origin: Origin, message: "blocks.Message", thread_ts: str | None = None) -> str | None:
-        """Post a durable message (and its files) in the command's channel; returns its ts."""
-        return post_message(self.client, self.redactor, self.channel_for(origin), message, thread_ts=thread_ts)[0]
+    def post(self, origin: Origin, message: "blocks.Message", thread_ts: str | None = None, *,
+             stateful: bool = False) -> str | None:
+        """Post a durable message (and its files) in the command's channel; returns its ts, or None
+        when it could not go there (see `deliver`)."""
+        channel, ts = self.deliver(origin, message, thread_ts=thread_ts, stateful=stateful)
+        return ts if channel == self.channel_for(origin) else None
 
-    def update(self, channel: str, ts: str, message: "blocks.Message") -> bool:
-        """Replace a posted message in place (chat.update by its stored ts); False if Slack refused."""
-        message = self.redactor.message(message)
-        blocks.validate(message)
-        try:
-            self.client.chat_update(channel=channel, ts=ts, text=message.text, blocks=message.blocks)
-            return True
-        except SlackApiError as exc:
-            log.error("Slack refused an update in %s: %s", channel, exc.response.get("error"))
-            return False
+    def deliver(self, origin: Origin, message: "blocks.Message", *, thread_ts: str | None = None,
+                stateful: bool = False) -> tuple[str | None, str | None]:
+        """Post in the command's channel; where the bot cannot post (not invited, a private channel,
+        a DM), the answer goes another way (design rule 19, README "Slack set-up"):
+        - a stateful message (updated later, or with a thread others act in: `stateful`), or one with
+          files (a response_url carries none), goes to `slack.channel`, and the user gets a one-line
+          pointer to it through the command's response_url;
+        - any other answer goes through the response_url itself, seen only by the user.
+        Returns (channel, ts) of the durable message, (None, None) when there is none."""
+        channel = self.channel_for(origin)
+        posted = self.gateway.post(channel, message, thread_ts=thread_ts)
+        if posted.ts is not None or posted.failure is None or not posted.failure.unreachable \
+                or thread_ts is not None or not origin.channel_id:
+            self._file_failed(origin, posted)
+            return (posted.channel, posted.ts) if posted.ts is not None else (None, None)
+        home = self.settings.slack.channel if self.settings.slack is not None else None
+        if (stateful or message.files) and home and home != channel:
+            moved = self.gateway.post(home, message)
+            if moved.ts is not None:
+                self._file_failed(origin, moved)
+                self.respond(origin, blocks.moved_pointer(home, message.text), why=str(posted.failure))
+                return moved.channel, moved.ts
+        self.respond(origin, message, why=str(posted.failure))
+        return None, None
+
+    def _file_failed(self, origin: Origin, posted: Posted) -> None:
+        """The message is in Slack but a file of it is not: the user hears it as it is."""
+        if posted.ts is not None and posted.file_failure is not None:
+            self.reply_ephemeral(origin, blocks.error_message(
+                f"The message was posted, but its file could not be attached ({posted.file_failure}); "
+                "the bot's log has the details."))
+
+    # a final update (a run's or a backup's last word) outlasts this many rate limits before it gives up
+    FINAL_UPDATE_ATTEMPTS = 6
+
+    def update(self, channel: str, ts: str, message: "blocks.Message", *, final: bool = False) -> bool:
+        """Replace a posted message in place (chat.update by its stored ts); False if it did not
+        happen (a rate limit included: `gateway.cooling(channel)` then says for how long). A `final`
+        update is the state people are left with: it waits out Slack's Retry-After and tries again
+        rather than being dropped."""
+        import time
+
+        for _ in range(self.FINAL_UPDATE_ATTEMPTS if final else 1):
+            if final:
+                time.sleep(self.gateway.cooling(channel))
+            failure = self.gateway.update(channel, ts, message)
+            if failure is None:
+                return True
+            if not failure.rate_limited:
+                return False
+        if final:
+            log.error("undeliverable: the final state of message %s in %s was not written (rate limited "
+                      "%d times)", ts, channel, self.FINAL_UPDATE_ATTEMPTS)
+        return False
 
     def reply_ephemeral(self, origin: Origin, message: "blocks.Message") -> None:
-        message = self.redactor.message(message)
-        blocks.validate(message)
-        if origin.source != "slack" or not origin.channel_id:
+        """Transient feedback only the user sees: an ephemeral in the command's channel, else (the bot
+        is not there, or the command came from a DM) through the command's response_url."""
+        if origin.source != "slack":
+            self.gateway.prepare(message, attach=False)     # still checked: the CLI shares these renderers
             return
-        try:
-            self.client.chat_postEphemeral(channel=origin.channel_id, user=origin.user_id,
-                                           text=message.text, blocks=message.blocks)
-        except SlackApiError as exc:
-            log.error("Slack refused an ephemeral reply: %s", exc.response.get("error"))
+        failure = None
+        if origin.channel_id:
+            failure = self.gateway.ephemeral(origin.channel_id, origin.user_id, message)
+            if failure is None or not failure.unreachable:
+                return
+        self.respond(origin, message, why=str(failure) if failure else "the command came from no channel")
+
+    def respond(self, origin: Origin, message: "blocks.Message", *, why: str) -> bool:
+        """Through the command's response_url (5 uses in 30 minutes: a command needs at most two,
+        its answer or a pointer, and an error after a pointer). When that fails too, one line in the
+        log says what was lost: nothing else can reach the user."""
+        failure = self.gateway.respond(origin.response_url, message) if origin.response_url else None
+        if origin.response_url and failure is None:
+            return True
+        log.error("undeliverable: a reply to %s in %s could not be posted (%s) nor sent through the "
+                  "response_url (%s): %s", origin.user_id or "?", origin.channel_id or "no channel", why,
+                  failure or "the command has none", self.redactor(blocks.one_line(message.text, 120)))
+        return False
 
     # -- commands -------------------------------------------------------------------------
 
@@ -382,32 +444,24 @@ class Flows:
             return
         if report.ts is None:
             self.reply_ephemeral(origin, blocks.error_message(
-                f"The level {level} escalation was recorded, but Slack refused its message "
+                f"The level {level} escalation was recorded, but its message was not posted "
                 f"({report.slack_error or 'no channel'}): tell the owner another way."))
-        elif origin.channel_id and report.channel != origin.channel_id:
+            return
+        if report.file_error:
+            self.reply_ephemeral(origin, blocks.error_message(
+                f"The level {level} escalation was posted, but its incident file could not be attached "
+                f"({report.file_error}): `runbook-bot incident` prints it."))
+        if origin.channel_id and report.channel != origin.channel_id:
             self.reply_ephemeral(origin, blocks.escalation_pointer(report.channel, level, name))
 
 
 def post_message(client: Any, redactor: "Redactor", channel: str, message: "blocks.Message", *,
-                 thread_ts: str | None = None, broadcast: bool = False) -> tuple[str | None, str | None]:
-    """Post a durable message, redacted and validated, and upload its files into its thread (the
-    thread it went in, or its own). Returns (ts, None), or (None, Slack's error) when refused.
+                 thread_ts: str | None = None, broadcast: bool = False) -> Posted:
+    """Post a durable message through the gateway (redacted, validated, within the text budget) and
+    upload its files into its thread. `Posted.ts` is set once the message is in Slack, even when a
+    file of it failed (`Posted.file_failure`); `Posted.failure` says why it is not.
     `broadcast`: a thread reply also shown in the channel."""
-    message = redactor.message(message)
-    blocks.validate(message)
-    try:
-        response = client.chat_postMessage(channel=channel, text=message.text, blocks=message.blocks,
-                                           thread_ts=thread_ts, unfurl_links=False,
-                                           **({"reply_broadcast": True} if broadcast and thread_ts else {}))
-        ts = response.get("ts")
-        for upload in message.files:
-            client.files_upload_v2(channel=channel, thread_ts=thread_ts or ts, title=upload.title,
-                                   filename=upload.filename, content=upload.content)
-        return ts, None
-    except SlackApiError as exc:
-        error = str(exc.response.get("error") or "unknown error")
-        log.error("Slack refused a message in %s: %s", channel, error)
-        return None, error
+    return SlackGateway(client, redactor).post(channel, message, thread_ts=thread_ts, broadcast=broadcast)
 
 
 class BackupProgress:
@@ -435,18 +489,20 @@ class BackupProgress:
             return
         message = blocks.backup_progress_message(self.environment, self.kind, self.tables, progress)
         if self.ts is None:
-            self.channel = self.flows.channel_for(self.origin)
-            self.ts = self.flows.post(self.origin, message)
+            # stateful: updated in place, so where the command's channel is closed to the bot it is
+            # posted in slack.channel (and the user gets a pointer)
+            self.channel, self.ts = self.flows.deliver(self.origin, message, stateful=True)
             self._last_update = time.monotonic()
             if self.ts and progress.backup_id is not None:
                 remember_message(self.flows.store, progress.backup_id, self.channel, self.ts)
-        elif time.monotonic() - self._last_update >= self.update_every:
+        elif time.monotonic() - self._last_update >= self.update_every and self.channel \
+                and not self.flows.gateway.cooling(self.channel):
             self.flows.update(self.channel, self.ts, message)
             self._last_update = time.monotonic()
 
     def finish(self, message: "blocks.Message", *, or_post: bool = True) -> None:
         if self.ts is not None and self.channel is not None:
-            self.flows.update(self.channel, self.ts, message)
+            self.flows.update(self.channel, self.ts, message, final=True)
         elif or_post:
             self.flows.post(self.origin, message)
 

@@ -11,6 +11,16 @@ call (method, headers, parsed body) and answers like Slack would. Scripted fault
 stands for `response_url`s, `/upload/<file id>` for files_upload_v2 upload URLs,
 and an attached `LocalSocketMode` makes `apps.connections.open` hand out a ws://
 URL on loopback. Nothing here touches the network beyond 127.0.0.1.
+
+It is as strict as Slack where the bot could go wrong:
+- channel membership: the bot posts, updates, uploads and sends ephemerals only in
+  channels it has joined (`join`, or `joined=` at construction). A public channel it
+  has not joined answers `not_in_channel`; a private one (`add_channel(private=True)`),
+  a DM between people (`add_dm`) or an unknown id answers `channel_not_found`; an
+  ephemeral in the bot's own DM without the Messages tab answers `messages_tab_disabled`;
+- blocks: more than 50, an unknown type (`invalid_blocks`), more than 12,000 characters of
+  block text in all (`msg_blocks_too_long`);
+- a response_url takes 5 posts within 30 minutes, then answers 404 `used_url`.
 """
 from __future__ import annotations
 
@@ -33,6 +43,48 @@ LOCAL_APP_ID = "A0RUNBOOK"
 
 # form fields the SDK sends as JSON strings; decoded so tests can read them directly
 _JSON_FIELDS = ("blocks", "attachments", "files", "metadata")
+
+# What Slack refuses in blocks (see bot/blocks.py for the bot's own, tighter, budget).
+SLACK_MAX_BLOCKS = 50
+SLACK_MAX_TOTAL_TEXT = 12000
+SLACK_BLOCK_TYPES = frozenset({"section", "divider", "header", "context", "actions", "image", "input", "rich_text",
+                               "file", "video", "markdown", "table", "context_actions"})
+RESPONSE_URL_USES = 5
+RESPONSE_URL_WINDOW = 30 * 60.0
+
+
+def _block_text(block: Any) -> int:
+    if not isinstance(block, dict):
+        return 0
+    parts = [block.get("text"), *(block.get("fields") or [])]
+    if block.get("type") == "context":
+        parts += list(block.get("elements") or [])
+    return sum(len(p.get("text") or "") for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
+
+
+def blocks_refusal(blocks: Any) -> str | None:
+    """Slack's error for blocks it would refuse, else None."""
+    if blocks in (None, "", []):
+        return None
+    if not isinstance(blocks, list) or len(blocks) > SLACK_MAX_BLOCKS:
+        return "invalid_blocks"
+    if any(not isinstance(b, dict) or b.get("type") not in SLACK_BLOCK_TYPES for b in blocks):
+        return "invalid_blocks"
+    if sum(_block_text(b) for b in blocks) > SLACK_MAX_TOTAL_TEXT:
+        return "msg_blocks_too_long"
+    return None
+
+
+@dataclass
+class Channel:
+    """A conversation as the local Slack knows it."""
+
+    id: str
+    private: bool = False
+    joined: bool = False            # the bot is a member
+    dm: bool = False                # an IM: with the bot (`with_bot`) or between people
+    with_bot: bool = False
+    messages_tab: bool = True       # for the bot's own DM: the App Home's Messages tab is on
 
 
 class _MappingAccess:
@@ -117,6 +169,10 @@ class _Fault:
     error: str | None
     retry_after: int | None
     times: int
+    match: dict[str, Any] | None = None      # only calls whose body holds these items
+
+    def applies(self, body: dict[str, Any] | None) -> bool:
+        return not self.match or all((body or {}).get(k) == v for k, v in self.match.items())
 
     def describe(self) -> str:
         if self.status == 429:
@@ -133,8 +189,10 @@ class LocalSlack:
     """The Slack Web API on 127.0.0.1; a context manager, or start()/stop()."""
 
     def __init__(self, *, socket_mode: bool = False, usergroups: dict[str, list[str]] | None = None,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", joined: tuple[str, ...] | list[str] = ()) -> None:
         self._host = host
+        self._channels: dict[str, Channel] = {c: Channel(c, joined=True) for c in joined}
+        self._response_uses: dict[str, list[float]] = {}
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._calls: list[Call] = []
@@ -204,18 +262,54 @@ class LocalSlack:
     # ------------------------------------------------------------------ scripting
 
     def fail_next(self, method: str, *, status: int | None = None, error: str | None = None,
-                  retry_after: int | None = 0, times: int = 1) -> None:
+                  retry_after: int | None = 0, times: int = 1, match: dict[str, Any] | None = None) -> None:
         """Script the next `times` calls of `method` to fail.
 
         Default is 429 with `Retry-After: retry_after`; `status=500` answers a bare
         500; `error="channel_not_found"` answers 200 `{"ok": false, "error": ...}`.
+        `match`: only calls whose body holds these items (e.g. {"ts": ...}: one message's
+        updates). `method` "upload" fails the files_upload_v2 upload URL (status only).
         """
         if status is None:
             status = 200 if error else 429
         if status == 200 and not error:
             raise ValueError("fail_next with status 200 needs an error")
         with self._lock:
-            self._faults.setdefault(method, []).append(_Fault(status, error, retry_after, times))
+            self._faults.setdefault(method, []).append(_Fault(status, error, retry_after, times, match))
+
+    def join(self, *channels: str) -> None:
+        """The bot joins these (public unless added as private before): it may now post in them."""
+        with self._lock:
+            for channel in channels:
+                self._channels.setdefault(channel, Channel(channel)).joined = True
+
+    def leave(self, channel: str) -> None:
+        with self._lock:
+            self._channels.setdefault(channel, Channel(channel)).joined = False
+
+    def add_channel(self, channel: str, *, private: bool = False, joined: bool = False) -> None:
+        """A channel that exists (a public one the bot has not joined answers `not_in_channel`)."""
+        with self._lock:
+            self._channels[channel] = Channel(channel, private=private, joined=joined)
+
+    def add_dm(self, channel: str, *, with_bot: bool = False, messages_tab: bool = True) -> None:
+        """A direct message: the bot's own (it may post there; an ephemeral needs the Messages tab)
+        or between people (the bot cannot see it at all)."""
+        with self._lock:
+            self._channels[channel] = Channel(channel, private=True, joined=with_bot, dm=True, with_bot=with_bot,
+                                              messages_tab=messages_tab)
+
+    def refusal(self, channel: str | None, *, ephemeral: bool = False) -> str | None:
+        """Slack's error for the bot posting in `channel`, else None."""
+        with self._lock:
+            known = self._channels.get(channel or "")
+        if known is None:
+            return "channel_not_found"
+        if known.dm and known.with_bot and ephemeral and not known.messages_tab:
+            return "messages_tab_disabled"
+        if known.joined:
+            return None
+        return "channel_not_found" if known.private else "not_in_channel"
 
     def set_usergroup(self, group_id: str, users: list[str]) -> None:
         with self._lock:
@@ -317,15 +411,14 @@ class LocalSlack:
     def _next_ts(self) -> str:
         return f"{int(time.time())}.{next(self._seq):06d}"
 
-    def _take_fault(self, method: str) -> _Fault | None:
+    def _take_fault(self, method: str, body: dict[str, Any] | None = None) -> _Fault | None:
         with self._lock:
-            queue = self._faults.get(method)
-            if not queue:
+            fault = next((f for f in self._faults.get(method) or [] if f.applies(body)), None)
+            if fault is None:
                 return None
-            fault = queue[0]
             fault.times -= 1
             if fault.times <= 0:
-                queue.pop(0)
+                self._faults[method].remove(fault)
             return fault
 
     def _record(self, call: Call, events: list[tuple[str, PostedMessage]]) -> None:
@@ -343,7 +436,7 @@ class LocalSlack:
     # each answer: (status, headers, json-or-text, events)
     def _api(self, method: str, body: dict[str, Any], headers: dict[str, str]):
         """(status, headers, answer, events, fault description) for one Web API call."""
-        fault = self._take_fault(method)
+        fault = self._take_fault(method, body)
         if fault is not None:
             if fault.status == 429:
                 return (429, {"Retry-After": str(fault.retry_after or 0)}, {"ok": False, "error": "ratelimited"},
@@ -370,8 +463,9 @@ class LocalSlack:
 
     def _post_message(self, body: dict[str, Any]):
         channel = body.get("channel")
-        if not channel:
-            return {"ok": False, "error": "channel_not_found"}, []
+        refused = self.refusal(channel) or blocks_refusal(body.get("blocks"))
+        if refused:
+            return {"ok": False, "error": refused}, []
         text, blocks = body.get("text") or "", body.get("blocks") or []
         if not text and not blocks:
             return {"ok": False, "error": "no_text"}, []
@@ -387,6 +481,9 @@ class LocalSlack:
 
     def _update(self, body: dict[str, Any]):
         channel, ts = body.get("channel"), body.get("ts")
+        refused = self.refusal(channel) or blocks_refusal(body.get("blocks"))
+        if refused:
+            return {"ok": False, "error": refused}, []
         with self._lock:
             msg = self.message(channel, ts) if channel and ts else None
             if msg is None:
@@ -401,8 +498,9 @@ class LocalSlack:
 
     def _post_ephemeral(self, body: dict[str, Any]):
         channel, user = body.get("channel"), body.get("user")
-        if not channel:
-            return {"ok": False, "error": "channel_not_found"}, []
+        refused = self.refusal(channel, ephemeral=True) or blocks_refusal(body.get("blocks"))
+        if refused:
+            return {"ok": False, "error": refused}, []
         if not user:
             return {"ok": False, "error": "user_not_in_channel"}, []
         with self._lock:
@@ -440,6 +538,9 @@ class LocalSlack:
                 f = self._files.get(entry.get("id")) if isinstance(entry, dict) else None
                 if f is None or f.content is None:
                     return {"ok": False, "error": "file_not_found"}, []
+            refused = self.refusal(body.get("channel_id")) if body.get("channel_id") else None
+            if refused:
+                return {"ok": False, "error": refused}, []
             for entry in files:
                 f = self._files[entry["id"]]
                 f.title = entry.get("title") or f.filename
@@ -473,6 +574,20 @@ class LocalSlack:
                 return 404, "file not found"
             f.content = raw
         return 200, f"OK - {len(raw)}"
+
+    def _response_refusal(self, response_id: str, body: dict[str, Any]) -> str | None:
+        """Why Slack would refuse this response_url post (counting it as a use when not), else None."""
+        refused = blocks_refusal(body.get("blocks"))
+        if refused:
+            return refused
+        now = time.monotonic()
+        with self._lock:
+            uses = [t for t in self._response_uses.get(response_id, []) if now - t < RESPONSE_URL_WINDOW]
+            if len(uses) >= RESPONSE_URL_USES:
+                self._response_uses[response_id] = uses
+                return "used_url"
+            self._response_uses[response_id] = uses + [now]
+        return None
 
     def _response(self, response_id: str, body: dict[str, Any]):
         with self._lock:
@@ -585,16 +700,22 @@ class _Handler(BaseHTTPRequestHandler):
         if len(segments) == 2 and segments[0] == "upload":
             method = "upload"
             body: dict[str, Any] = {"file_id": segments[1], "length": len(raw)}
-            status, answer = slack._upload(segments[1], raw)
             resp_headers: dict[str, str] = {}
+            fault = slack._take_fault("upload", body)
+            if fault is not None:
+                status, answer, fault_desc = (fault.status if fault.status != 200 else 500), "failed", fault.describe()
+            else:
+                status, answer = slack._upload(segments[1], raw)
         elif len(segments) == 2 and segments[0] == "response":
             method = "response"
             body = _decode_json_fields({**query, **parse_body(raw, headers.get("content-type", ""))})
-            fault = slack._take_fault("response")
+            fault = slack._take_fault("response", body)
             if fault is not None:
                 status = fault.status if fault.status != 200 else 404
                 answer, resp_headers = fault.error or "failed", {}
                 fault_desc = fault.describe()
+            elif (refused := slack._response_refusal(segments[1], body)) is not None:
+                status, answer, resp_headers = (404 if refused == "used_url" else 400), refused, {}
             else:
                 message = slack._response(segments[1], body)
                 events.append(("response", message))
@@ -764,5 +885,5 @@ class LocalSocketMode:
             return self._acks[envelope_id]
 
 
-__all__ = ["LocalSlack", "LocalSocketMode", "Call", "PostedMessage", "UploadedFile", "SocketAck", "parse_body",
+__all__ = ["LocalSlack", "LocalSocketMode", "Call", "Channel", "blocks_refusal", "PostedMessage", "UploadedFile", "SocketAck", "parse_body",
            "LOCAL_TEAM_ID", "LOCAL_BOT_USER_ID", "LOCAL_BOT_ID", "LOCAL_APP_ID"]

@@ -42,7 +42,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from slack_sdk.errors import SlackApiError
 
 from bot import approvals, blocks
 from bot import migration_blocks as mblocks
@@ -228,9 +227,15 @@ def run_with_yes(settings: Settings, store, proposal: migrate.Proposal, typed: s
 class LiveRun(RunWatcher):
     """One run's messages in its request's thread: the monitor (posted once, then chat.update by its
     ts at most every `every` seconds, from a thread of its own so Slack never slows the supervisor),
-    lock-timeout reports as they happen, and at the end the log, validation and recommendation."""
+    lock-timeout reports as they happen, and at the end the log, validation and recommendation.
+
+    Slack's chat.update budget is shared with the request's own updates and backup progress: after
+    a 429 the monitor waits out its Retry-After and doubles its interval (up to `slowest`) rather than
+    dropping updates into more 429s; the final view waits its turn and is always written (it retries
+    past rate limits: Flows.update(final=True))."""
 
     every = 2.0
+    slowest = 16.0
 
     def __init__(self, desk: "Migrations", request: ApprovalRequest, run_id: str):
         self.desk, self.request, self.run_id = desk, request, run_id
@@ -289,11 +294,17 @@ class LiveRun(RunWatcher):
             log.warning("run %s: the live monitor has no connection (%s)", self.run_id, self.desk.redactor(str(exc)))
             self._render_until_stopped(None)
 
+    def _wait_before_next(self) -> float:
+        """Until the next write is due: `every` after the last one, and not before a rate limit Slack
+        put on the thread's channel has passed."""
+        cooling = self.desk.flows.gateway.cooling(self.request.channel) if self.ts is not None else 0.0
+        return max(0.0, self._written_at + self.every - time.monotonic(), cooling)
+
     def _render_until_stopped(self, conn: Any) -> None:
-        while not self._stop.wait(max(0.0, self._written_at + self.every - time.monotonic())):
+        while not self._stop.wait(self._wait_before_next()):
             self._write(conn)
         # the last word waits for its turn too: never two writes within `every`
-        remaining = self._written_at + self.every - time.monotonic()
+        remaining = self._wait_before_next()
         if remaining > 0:
             time.sleep(remaining)
         self._write(conn, final=True)
@@ -327,8 +338,11 @@ class LiveRun(RunWatcher):
                 self.ts = self.desk.post_in_thread(self.request, message)
                 if self.ts is not None:
                     self._remember_monitor()
-            else:
-                self.desk.flows.update(self.request.channel, self.ts, message)
+            elif not self.desk.flows.update(self.request.channel, self.ts, message, final=final) and not final \
+                    and self.desk.flows.gateway.cooling(self.request.channel):
+                self.every = min(self.every * 2, self.slowest)      # rate limited: slow down, for this run
+                log.warning("run %s: Slack rate-limited the monitor; updating every %.0f s now", self.run_id,
+                            self.every)
         except Exception as exc:   # a Slack hiccup must never stop the monitor, let alone the run
             log.warning("run %s: monitor message not written (%s)", self.run_id, type(exc).__name__)
         self._written_at = time.monotonic()
@@ -411,15 +425,10 @@ class Migrations:
         return self.flows.post(self._origin(request.channel), message, thread_ts=request.message_ts)
 
     def upload_in_thread(self, channel: str | None, thread_ts: str | None, upload: blocks.FileUpload) -> None:
+        """A file in a thread, through the gateway (redacted; a failure logged as it is)."""
         if not channel or not thread_ts:
             return
-        upload = blocks.FileUpload(self.redactor(upload.title), upload.filename,
-                                   self.redactor(upload.content) if isinstance(upload.content, str) else upload.content)
-        try:
-            self.client.files_upload_v2(channel=channel, thread_ts=thread_ts, title=upload.title,
-                                        filename=upload.filename, content=upload.content)
-        except SlackApiError as exc:
-            log.error("Slack refused the file %s: %s", upload.filename, exc.response.get("error"))
+        self.flows.gateway.upload(channel, thread_ts, upload)
 
     # -- /migrate run and /migrate rollback --------------------------------------------------
 
@@ -462,7 +471,9 @@ class Migrations:
                           report.error or "; ".join(f"{c.name}: {c.detail}" for c in report.failed)[:2000],
                           {"checks": {c.name: c.status for c in report.checks}, "expected": report.expected,
                            "expected_basis": report.expected_basis})
-        ts = self.flows.post(origin, mblocks.validation_message(report))
+        # stateful when it fails: the recommendation (with its button) goes in its thread
+        channel, ts = self.flows.deliver(origin, mblocks.validation_message(report),
+                                         stateful=bool(report.failed and not report.error))
         if report.failed and not report.error:
             latest = backups.latest_verified(self.store, name)
             # §6.5 about the run the expectation follows: a migration's own range, not whatever is newest
@@ -474,7 +485,6 @@ class Migrations:
                      "to": list(report.current), "at": report.started_at.isoformat(),
                      "error": "; ".join(f"{c.name}: {c.detail}" for c in report.failed), "log_tail": "",
                      "run_id": None}
-            channel = self.flows.channel_for(origin)
             self.recommend(name, rollback.recommendation_to_json(rec), facts, backup=latest,
                            requester=origin.user_id, thread=(channel, ts) if ts else None)
         return report
@@ -745,7 +755,7 @@ class Migrations:
         if not runs.claim_follow_up(run.id, MONITOR_CLAIM, f"runbook-bot on {runs.host} (pid {os.getpid()})"):
             return False
         message = mblocks.monitor_interrupted_message(run, migrator_app=migrate.migrator_application_name(run.id))
-        return self.flows.update(channel, ts, message)
+        return self.flows.update(channel, ts, message, final=True)
 
     def _close_interrupted_request(self, run: Any) -> bool:
         outcome = interrupted_outcome(run)

@@ -469,6 +469,7 @@ def test_malformed_or_forged_buttons_change_nothing(make_bot, slack, case, expec
         ts = "1700000000.000999"
     elif case == "another channel":
         channel = "C0ELSEWHERE"
+        slack.join(channel)                                 # a click comes from a channel the bot is in
     before = slack.methods().count("chat.update")
     bot.click(request, ALICE, action, value=value, message_ts=ts, channel=channel)
     [refusal] = [m for m in slack.messages(kind="ephemeral") if m.user == ALICE]

@@ -287,12 +287,16 @@ def test_precheck_stays_valid_with_huge_inputs():
     message = blocks.precheck_message(report)   # validate() runs inside; check again explicitly
     validate(message)
     assert len(message.blocks) <= 50
-    text = _all_text(message)
+    # within Slack's total text budget: the rest went into a file, with a line saying so
+    assert blocks.text_length(message.blocks) <= blocks.MAX_TOTAL_TEXT
+    [rest] = [f for f in message.files if f.filename == blocks.OVERFLOW_FILENAME]
+    assert "in the attached file `rest-of-message.txt`" in _all_text(message)
+    text = _all_text(message) + rest.content
     assert "… and" in text and "more" in text
     assert "1000 waiting on locks" in text
     assert "500 pending revisions" in text and "IRREVERSIBLE" in text
     assert len(message.text) < 1000
-    assert len(message.files) == 1
+    assert len(message.files) == 2          # the SQL preview, and the rest of the message
 
 
 def test_sql_preview_inline_when_short():

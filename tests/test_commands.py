@@ -35,3 +35,10 @@ def test_malformed_commands_get_one_line(text, envs, fragment):
     assert fragment in str(caught.value)
     assert "\n" not in str(caught.value)
     assert len(str(caught.value)) < 300
+
+
+def test_slack_escaped_text_is_unescaped_once():
+    """Slack sends `&`, `<`, `>` HTML-escaped; parse undoes it once (a literal "&amp;" typed by the
+    user arrives as "&amp;amp;" and stays "&amp;")."""
+    command = parse("escalate 1 a &amp; b &lt;c&gt; &amp;amp;", ["production"])
+    assert command.args == ("1", "a", "&", "b", "<c>", "&amp;")

@@ -22,7 +22,7 @@ BOT_TOKEN = "xoxb-e2e-secret-token-42"
 
 @pytest.fixture
 def slack():
-    with LocalSlack() as local:
+    with LocalSlack(joined=("C0TESTCHAN", "C0RUNBOOK1")) as local:   # the configured channel, the commands' one
         yield local
 
 

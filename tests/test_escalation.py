@@ -511,7 +511,7 @@ def test_an_escalation_slack_refuses_is_still_recorded_and_the_asker_told(tmp_pa
     bot.command("escalate 2 nobody answers")
     [told] = local_slack.messages(kind="ephemeral")
     assert told.user == ASKER and told.text.endswith(
-        "The level 2 escalation was recorded, but Slack refused its message (channel_not_found): "
+        "The level 2 escalation was recorded, but its message was not posted (channel_not_found): "
         "tell the owner another way.")
     [event] = bot.store.events(action="escalate")
     assert event.outcome == "level 2" and event.details["posted"] is False and event.details["ts"] is None

@@ -43,7 +43,7 @@ def health_of(bot) -> tuple[int, dict]:
 
 def test_http_health_follows_the_state_database_and_never_hangs(sample_db, state_db, pg_server, tmp_path):
     name, state_url = state_db
-    with LocalSlack() as slack, SilentProxy.to(state_url) as proxy:
+    with LocalSlack(joined=("C0TESTCHAN",)) as slack, SilentProxy.to(state_url) as proxy:
         config = write_config(tmp_path, sample_db(REV_0001), state_url=proxy.url_for(state_url))
         bot = start_bot("bot", config, tmp_path, slack.url)
         try:
@@ -78,7 +78,7 @@ def test_http_health_follows_the_state_database_and_never_hangs(sample_db, state
 
 
 def test_socket_mode_health_follows_the_socket(sample_db, tmp_path):
-    with LocalSlack(socket_mode=True) as slack:
+    with LocalSlack(socket_mode=True, joined=("C0HEALTH01",)) as slack:
         config = write_config(tmp_path, sample_db(REV_0001), channel="C0HEALTH01",
                               extra_env="    watch: {every_seconds: 5}")
         bot = start_bot("bot", config, tmp_path, slack.url, mode="socket")

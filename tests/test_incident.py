@@ -41,7 +41,7 @@ def _version(url: str) -> list[str]:
 
 @pytest.fixture
 def slack():
-    with LocalSlack() as local:
+    with LocalSlack(joined=("C0ESCALATE1",)) as local:
         yield local
 
 

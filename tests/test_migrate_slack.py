@@ -294,6 +294,33 @@ def test_approve_runs_once_watched_live_then_log_validation_and_done(sample_db, 
     assert PASSWORD not in seen and BOT_TOKEN not in seen
 
 
+def test_the_monitor_slows_down_after_429s_and_always_writes_its_final_state(sample_db, make_bot, local_slack):
+    """Slack rate-limits the monitor's chat.update (429, more than the client's own two retries): the
+    monitor waits out Retry-After, slows down, and its final view is still written."""
+    bot = make_bot(with_password(sample_db(REV_0001), PASSWORD))
+    bot.backup()
+    request = bot.ask()
+    limited: list[str] = []
+
+    def rate_limit_the_monitor(event, message):
+        if event == "posted" and message.thread_ts == request.message_ts and not limited \
+                and message.text.startswith("Migration production:") and message.blocks[0]["type"] == "header":
+            limited.append(message.ts)
+            local_slack.fail_next("chat.update", retry_after=0, times=9, match={"ts": message.ts})
+
+    local_slack.add_listener(rate_limit_the_monitor)
+    bot.click(request, ALICE)
+    assert bot.get(request).state == "done"
+    [ts] = limited
+    monitor = local_slack.message(CHANNEL, ts)
+    assert "succeeded" in monitor.text                                 # the final state, written
+    updates = [c for c in local_slack.calls("chat.update") if c.body.get("ts") == ts]
+    assert sum(1 for c in updates if c.fault) == 9 and updates[-1].fault is None
+    # after each 429 that outlasted the client's retries (every third), nothing until Retry-After passed
+    for gave_up, following in zip(updates[2::3], updates[3::3]):
+        assert following.at - gave_up.at >= 1.0, (gave_up.at, following.at)
+
+
 def events_of(bot: MigrateBot, request: ApprovalRequest) -> list[tuple[str, str, str]]:
     return [(e.actor, e.action, e.outcome) for e in reversed(bot.store.events(limit=500)) if e.run_id == request.id]
 

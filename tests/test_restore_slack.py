@@ -327,6 +327,7 @@ def test_a_restore_asked_elsewhere_is_posted_in_the_approvals_channel(restore_bo
     bot = restore_bot
     item = bot.backup()
     before = bot.audited()
+    local_slack.join("C0ELSEWHERE")            # invited there too (test_slack_delivery: where it is not)
     signed_post(bot.server.url + "/slack/events",
                 slash_command_body(f"restore {item.id}", user_id=REQUESTER, channel_id="C0ELSEWHERE"))
     bot.settle(before)

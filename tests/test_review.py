@@ -414,7 +414,7 @@ def test_precheck_shows_the_review_and_an_approver_acknowledges_it_over_slack(ri
     from tests.test_end_to_end import BOT_TOKEN, ack_text, command, everything_slack_saw, start
 
     settings, name, env, url, app = risky_app([INDEX, NOT_NULL, FOREIGN_KEY])
-    with LocalSlack() as slack:
+    with LocalSlack(joined=("C0TESTCHAN", "C0RUNBOOK1")) as slack:
         runtime, server = start(settings, slack)
         try:
             command(server, runtime, "precheck")

@@ -44,7 +44,7 @@ def test_serve_http_acks_answers_and_stops_on_sigterm(sample_db, tmp_path):
     config = write_config(tmp_path, sample_db(REV_0001), channel="C0SERVE001")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with LocalSlack() as slack:
+    with LocalSlack(joined=("C0SERVE001",)) as slack:
         bot = serve(config, "http", port, SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET,
                     SLACK_API_URL=slack.url)
         try:
@@ -67,7 +67,7 @@ def test_serve_http_acks_answers_and_stops_on_sigterm(sample_db, tmp_path):
 def test_serve_socket_mode_connects_and_answers(sample_db, tmp_path):
     config = write_config(tmp_path, sample_db(REV_0001), channel="C0SERVE001")
     port = free_port()
-    with LocalSlack(socket_mode=True) as slack:
+    with LocalSlack(socket_mode=True, joined=("C0SERVE001",)) as slack:
         bot = serve(config, "socket", port, SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_APP_TOKEN=APP_TOKEN,
                     SLACK_API_URL=slack.url)
         try:

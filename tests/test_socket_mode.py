@@ -38,7 +38,7 @@ class SocketBot:
 
 @pytest.fixture(scope="module")
 def socket_bot(tmp_path_factory):
-    with LocalSlack(socket_mode=True) as slack:
+    with LocalSlack(socket_mode=True, joined=("C0RUNBOOK1",)) as slack:
         if os.environ.get(REAL_FLOWS_ENV) == "real":
             flows = real_flows(slack, tmp_path_factory.mktemp("state"))
         else:

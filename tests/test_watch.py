@@ -73,7 +73,7 @@ def state_url(request, tmp_path):
 
 @pytest.fixture
 def slack():
-    with LocalSlack() as local:
+    with LocalSlack(joined=("C0TESTCHAN", "C0RUNBOOK1")) as local:   # the configured channel, the commands' one
         yield local
 
 

@@ -26,7 +26,7 @@ PASSWORD = "Activity-Passw0rd"
 
 @pytest.fixture
 def slack():
-    with LocalSlack() as local:
+    with LocalSlack(joined=("C0TESTCHAN", "C0RUNBOOK1")) as local:   # the configured channel, the commands' one
         yield local
 
 
