@@ -459,32 +459,26 @@ def cmd_rollback(settings: Settings, args) -> int:
 
 
 def cmd_validate(settings: Settings, args) -> int:
+    """`validate [--expect REV]`: runbook.ops.validate, its report and, on failure, what to do (§6.5)."""
+    from runbook import ops, rollback
     from runbook import validate
-    from runbook.precheck import project_of
     from runbook.revisions import RevisionError
     from runbook.state import StateError
 
     name, env = settings.environment(args.env)
     try:
         store = _open_store(settings)
-    except StateError as exc:
-        print(f"runbook-bot: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    project = project_of(env)
-    try:
-        expectation = validate.expected_revision(store, name, project, explicit=args.expect)
-    except RevisionError as exc:
+        done = ops.validate(name, env, store, cli_actor(), expect=args.expect)
+    except (StateError, RevisionError) as exc:
         print(f"runbook-bot: validate: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    report = validate.validate(name, env, expected=expectation, project=project)
-    outcome = "error" if report.error else ("pass" if report.passed else "fail")
-    store.record(actor=cli_actor(), action="validate", environment=name, outcome=outcome,
-                 summary=report.error or "; ".join(f"{c.name}: {c.detail}" for c in report.failed)[:2000],
-                 details={"checks": {c.name: c.status for c in report.checks}, "expected": report.expected,
-                          "expected_basis": report.expected_basis})
     from bot import text
 
-    _emit(args, lambda: validate.report_to_json(report), lambda: text.validation_text(report))
+    report = done.report
+    _emit(args, lambda: {**validate.report_to_json(report), "recommendation":
+                         rollback.recommendation_to_json(done.recommendation) if done.recommendation else None},
+          lambda: text.validation_text(report) + (
+              "\n\n" + text.recommendation_text(done.recommendation) if done.recommendation else ""))
     if report.error:
         return EXIT_ERROR
     return EXIT_OK if report.passed else EXIT_NO_GO

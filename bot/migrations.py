@@ -461,31 +461,19 @@ class Migrations:
     # -- /migrate validate -----------------------------------------------------------------
 
     def validate(self, name: str, origin: Any) -> validate.ValidationReport:
-        """§5 on demand, posted; a failure gets the §6.5 recommendation in its thread."""
+        """§5 on demand (runbook.ops.validate), posted; a failure gets its §6.5 recommendation in its thread."""
         env = self.settings.environments[name]
-        project = self.flows.project(name)
-        expectation = validate.expected_revision(self.store, name, project)
-        report = validate.validate(name, env, expected=expectation, project=project)
-        outcome = "error" if report.error else ("pass" if report.passed else "fail")
-        self.flows.record(origin, "validate", name, outcome,
-                          report.error or "; ".join(f"{c.name}: {c.detail}" for c in report.failed)[:2000],
-                          {"checks": {c.name: c.status for c in report.checks}, "expected": report.expected,
-                           "expected_basis": report.expected_basis})
+        done = ops.validate(name, env, self.store, self.flows.actor(origin), project=self.flows.project(name))
+        report = done.report
         # stateful when it fails: the recommendation (with its button) goes in its thread
         channel, ts = self.flows.deliver(origin, mblocks.validation_message(report),
-                                         stateful=bool(report.failed and not report.error))
-        if report.failed and not report.error:
-            latest = backups.latest_verified(self.store, name)
-            # §6.5 about the run the expectation follows: a migration's own range, not whatever is newest
-            start = expectation.run_from if expectation.run_kind == "migrate" else None
-            rec = rollback.fit_to_backup(
-                rollback.decide(project=project, start=start, current=report.current, validation=report,
-                                backup_available=latest is not None), latest)
+                                         stateful=done.recommendation is not None)
+        if done.recommendation is not None:
             facts = {"environment": name, "what": "Validation", "from": list(report.current),
                      "to": list(report.current), "at": report.started_at.isoformat(),
                      "error": "; ".join(f"{c.name}: {c.detail}" for c in report.failed), "log_tail": "",
                      "run_id": None}
-            self.recommend(name, rollback.recommendation_to_json(rec), facts, backup=latest,
+            self.recommend(name, rollback.recommendation_to_json(done.recommendation), facts, backup=done.backup,
                            requester=origin.user_id, thread=(channel, ts) if ts else None)
         return report
 

@@ -610,26 +610,19 @@ def _table_columns(conn: psycopg.Connection, tables: Sequence[str]) -> dict[str,
     return {t: [[name, kind] for name, kind in conn.execute(COLUMNS_SQL, (t,)).fetchall()] for t in tables}
 
 
-def _definition_refusals(conn: psycopg.Connection, item: Backup, chosen: Sequence[str], current: Sequence[str],
-                         name: str) -> list[str]:
-    """Why a table restore of `chosen` from `item` must be refused: a table restore replaces rows only, so
-    a table whose definition changed since the backup (a column added, dropped or retyped) would be left
-    with every value of the new column NULL or the restore would fail half-way. Backups that recorded
-    no definitions are compared by revision instead."""
+def definition_changes(conn: psycopg.Connection, item: Backup, tables: Sequence[str]) -> dict[str, str] | None:
+    """table -> how its definition changed since `item` was taken ("added since: note"), for the tables
+    that changed; None when the backup recorded no definitions (taken before they were recorded)."""
     recorded = item.details.get("columns")
     if not isinstance(recorded, dict):
-        if item.revision is not None and sorted(item.revision) == sorted(current):
-            return []
-        return [f"backup #{item.id} was taken at {', '.join(item.revision or []) or 'an unrecorded revision'}, "
-                f"{name} is at {', '.join(current) or 'no revision'}, and it did not record its table definitions: "
-                "a table restore cannot tell whether they still match; use a full restore, or a backup taken at "
-                "the current revision"]
-    live = _table_columns(conn, [t for t in chosen if t in recorded])
-    refusals = []
-    for table in chosen:
-        if table not in recorded or table not in live:
+        return None
+    names = {t: t if t in recorded else next((r for r in recorded if r.partition(".")[2] == t), t) for t in tables}
+    live = _table_columns(conn, [n for n in names.values() if n in recorded])
+    changes: dict[str, str] = {}
+    for table, name in names.items():
+        if name not in recorded or not live.get(name):
             continue
-        then, now = dict(map(tuple, recorded[table])), dict(map(tuple, live[table]))
+        then, now = dict(map(tuple, recorded[name])), dict(map(tuple, live[name]))
         added = [c for c in now if c not in then]
         dropped = [c for c in then if c not in now]
         retyped = [f"{c} ({then[c]} -> {now[c]})" for c in then if c in now and then[c] != now[c]]
@@ -637,10 +630,27 @@ def _definition_refusals(conn: psycopg.Connection, item: Backup, chosen: Sequenc
                 ([f"dropped since: {', '.join(dropped)}"] if dropped else []) + \
                 ([f"retyped: {', '.join(retyped)}"] if retyped else [])
         if parts:
-            refusals.append(f"{_plain(table)} is not defined as it was in backup #{item.id} ({'; '.join(parts)}): a "
-                            "table restore replaces rows only and would leave those columns wrong; use a full "
-                            "restore, or take a backup at the current revision")
-    return refusals
+            changes[table] = "; ".join(parts)
+    return changes
+
+
+def _definition_refusals(conn: psycopg.Connection, item: Backup, chosen: Sequence[str], current: Sequence[str],
+                         name: str) -> list[str]:
+    """Why a table restore of `chosen` from `item` must be refused: a table restore replaces rows only, so
+    a table whose definition changed since the backup (a column added, dropped or retyped) would be left
+    with every value of the new column NULL or the restore would fail half-way. Backups that recorded
+    no definitions are compared by revision instead."""
+    changes = definition_changes(conn, item, chosen)
+    if changes is None:
+        if item.revision is not None and sorted(item.revision) == sorted(current):
+            return []
+        return [f"backup #{item.id} was taken at {', '.join(item.revision or []) or 'an unrecorded revision'}, "
+                f"{name} is at {', '.join(current) or 'no revision'}, and it did not record its table definitions: "
+                "a table restore cannot tell whether they still match; use a full restore, or a backup taken at "
+                "the current revision"]
+    return [f"{_plain(table)} is not defined as it was in backup #{item.id} ({change}): a table restore replaces "
+            "rows only and would leave those columns wrong; use a full restore, or take a backup at the current "
+            "revision" for table, change in changes.items()]
 
 
 def _foreign_keys(conn: psycopg.Connection) -> list[tuple[str, str, str, str]]:
@@ -1704,5 +1714,5 @@ __all__ = [
     "BackupError", "BackupFailed", "Backup", "Progress", "ProgressCallback", "DumpSession", "TableChange",
     "RestorePlan", "RestoreResult", "CatalogObject", "KINDS", "LEVELS", "VERIFY_LEVELS",
     "backup", "list_backups", "get_backup", "latest_verified", "last_backup_at", "verify_backup", "remember_message",
-    "apply_retention", "plan_restore", "restore", "dump_in_progress", "resolve_tables", "backup_to_json",
+    "apply_retention", "definition_changes", "plan_restore", "restore", "dump_in_progress", "resolve_tables", "backup_to_json",
 ]

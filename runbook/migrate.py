@@ -733,7 +733,7 @@ def _run_locked(result: MigrationResult, name: str, env: Environment, tgt: Targe
                 result.recommendation = rollback.fit_to_backup(rollback.decide(
                     project=project, start=current, current=result.to_revisions, direction=direction,
                     failure=result.error, validation=result.validation, touched_tables=applied_tables),
-                    result.backup if result.backup is not None else restore_from)
+                    result.backup if result.backup is not None else restore_from, monitor)
                 log.write("recommendation: " + result.recommendation.headline)
             sup.report("done")
     except TargetError as exc:

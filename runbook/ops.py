@@ -14,10 +14,11 @@ The guards, in the order a run meets them:
   at, after its last change, within the window, or a new one taken under the lock, the decision made
   with the revision read there; retention keeps it until a newer run has its own.
 
-Restores are an operation of runbook/backup.py (`plan_restore`, `restore`), which records its own run.
+`validate` is §5 on demand with its §6.5 recommendation. Restores are an operation of runbook/backup.py (`plan_restore`, `restore`), which records its own run.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from runbook import backup as backups
@@ -189,5 +190,54 @@ def run(settings: Settings, store, name: str, direction: str, *, target: str, ex
                        progress_every=progress_every)
 
 
-__all__ = ["GateOverride", "MAX_OVERRIDE_REASON", "NothingToDo", "Refused", "RunWatcher", "authorise_override",
-           "irreversible", "propose", "protection_now", "run"]
+# ---------------------------------------------------------------------------
+# Validating on demand (§5, §6.5)
+
+
+@dataclass(frozen=True)
+class Validation:
+    """`validate`'s answer: the report, and when it failed, what to do (§6.5) with the backup it uses."""
+
+    report: Any                       # runbook.validate.ValidationReport
+    recommendation: Any = None        # runbook.rollback.Recommendation, fitted to `backup`
+    backup: Any = None                # the latest verified full backup, or None
+
+
+def validate(name: str, env: Environment, store, actor: str, *, project: AlembicProject | None = None,
+             expect: str | None = None) -> Validation:
+    """§5 against what the database should hold (runbook.validate.expected_revision: `expect`, else where
+    the latest completed run left it), recorded as one `validate` event; a failure gets its §6.5
+    recommendation, about the run the expectation follows. RevisionError for an unknown `expect`."""
+    from runbook import rollback
+    from runbook import validate as checks
+    from runbook.precheck import project_of
+
+    project = project or project_of(env)
+    expectation = checks.expected_revision(store, name, project, explicit=expect)
+    report = checks.validate(name, env, expected=expectation, project=project)
+    outcome = "error" if report.error else ("pass" if report.passed else "fail")
+    secret = password_of(env.dsn)
+    store.record(actor=actor, action="validate", environment=name, outcome=outcome,
+                 summary=redact(report.error or "; ".join(f"{c.name}: {c.detail}" for c in report.failed)[:2000],
+                                secret),
+                 details={"checks": {c.name: c.status for c in report.checks}, "expected": report.expected,
+                          "expected_basis": report.expected_basis})
+    if not report.failed or report.error:
+        return Validation(report)
+    latest = backups.latest_verified(store, name)
+    # §6.5 about the run the expectation follows: a migration's own range, not whatever is newest
+    start = expectation.run_from if expectation.run_kind == "migrate" else None
+    rec = rollback.decide(project=project, start=start, current=report.current, validation=report,
+                          backup_available=latest is not None)
+    if rec.action == "table_restore" and latest is not None:
+        from runbook.precheck import target_of
+
+        with target_of(env).connect("validate-advice") as conn:
+            rec = rollback.fit_to_backup(rec, latest, conn)
+    else:
+        rec = rollback.fit_to_backup(rec, latest)
+    return Validation(report, rec, latest)
+
+
+__all__ = ["GateOverride", "MAX_OVERRIDE_REASON", "NothingToDo", "Refused", "RunWatcher", "Validation",
+           "authorise_override", "irreversible", "propose", "protection_now", "run", "validate"]

@@ -207,18 +207,29 @@ def _restore(walk: list[TreeStep], action: Action, undo: list[Revision], backup_
     return Recommendation(action, headline, walk, tables=list(tables), undo=[r.revision for r in undo])
 
 
-def fit_to_backup(rec: Recommendation, backup: Any) -> Recommendation:
+def fit_to_backup(rec: Recommendation, backup: Any, conn: Any = None) -> Recommendation:
     """A table restore (§6.3) loads data only, so it needs every affected table in the backup it
-    restores from. A table the migration created is not in a pre-migration backup, and restoring
-    the others would leave it (and the version table) behind: then the tree's answer to "only
-    specific tables affected?" is no, and §6.2 (full restore from that backup) is the way back.
-    `backup`: the runbook.backup.Backup the button would restore from, or None."""
+    restores from, defined as it is now. A table the migration created is not in a pre-migration backup,
+    and restoring the others would leave it (and the version table) behind; a column a revision added
+    would be left NULL: then the tree's answer to "only specific tables affected?" is no, and §6.2
+    (full restore from that backup) is the way back. `backup`: the runbook.backup.Backup the button
+    would restore from, or None; `conn`: the target, to compare the tables' definitions."""
     if rec.action != "table_restore" or backup is None:
         return rec
     held = {t for t in backup.tables} | {t.partition(".")[2] for t in backup.tables if "." in t}
     missing = [t for t in rec.tables if t not in held]
     if not missing:
-        return rec
+        from runbook.backup import definition_changes
+
+        changed = definition_changes(conn, backup, rec.tables) if conn is not None else None
+        if not changed:
+            return rec
+        names = ", ".join(changed)
+        walk = [*rec.walk, TreeStep("Are the affected tables defined as in the backup?", "no",
+                                    "; ".join(f"{t}: {c}" for t, c in changed.items())
+                                    + ": a table restore loads rows only")]
+        return Recommendation("full_restore", f"full restore (§6.2) from backup #{backup.id}: {names} changed "
+                                              "definition since it was taken", walk, undo=list(rec.undo))
     names = ", ".join(missing)
     walk = [*rec.walk, TreeStep("Are the affected tables in the backup?", "no",
                                 f"{names} did not exist when backup #{backup.id} was taken (created by the "

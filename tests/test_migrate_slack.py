@@ -51,6 +51,9 @@ REVERSIBLE = ("0004_incomes_note", "op.add_column('incomes', sa.Column('note', s
 IRREVERSIBLE = ("0004_incomes_note", "op.add_column('incomes', sa.Column('note', sa.Text()))",
                 "raise NotImplementedError('the notes cannot be taken back')")
 FAILING = ("0005_divide_by_zero", "op.execute('SELECT 1/0')", "pass")
+# data only: the table keeps its definition, so a table restore can take the rows back
+IRREVERSIBLE_DATA = ("0004_incomes_doubled", "op.execute('UPDATE incomes SET amount = amount * 2')",
+                     "raise NotImplementedError('the old amounts cannot be told apart')")
 
 
 def version(url: str) -> list[str]:
@@ -512,10 +515,10 @@ def local_slack_message(bot: MigrateBot, posted) -> Any:
 
 def test_an_irreversible_failure_recommends_a_table_restore_from_the_backup(sample_db, make_bot, tmp_path):
     url = sample_db(REV_0003)
-    bot = make_bot(url, app_dir=app_copy(tmp_path, [IRREVERSIBLE, FAILING]), migration={"step_by_step": True})
+    bot = make_bot(url, app_dir=app_copy(tmp_path, [IRREVERSIBLE_DATA, FAILING]), migration={"step_by_step": True})
     request = bot.ask()
     bot.click(request, ALICE)
-    assert bot.get(request).state == "failed" and version(url) == ["0004_incomes_note"]
+    assert bot.get(request).state == "failed" and version(url) == ["0004_incomes_doubled"]
     [made] = backups.list_backups(bot.store, "production")           # taken before the run, at 0003
     assert made.reason == "migrate" and made.revision == [REV_0003]
     [advice] = [m for m in bot.thread(request) if "what now (§6.5)" in dumped(m.blocks)]
@@ -528,6 +531,20 @@ def test_an_irreversible_failure_recommends_a_table_restore_from_the_backup(samp
     assert restore.state == "pending" and restore.requester == ALICE
     assert restore.params["backup_id"] == made.id and restore.params["mode"] == "tables"
     assert restore.params["tables"] == ["public.incomes"]
+
+
+def test_a_column_the_failed_run_added_turns_the_table_restore_into_a_full_restore(sample_db, make_bot, tmp_path):
+    """Issue 12 f: a table restore loads rows only; incomes gained `note` since the backup, so §6.5 says full."""
+    url = sample_db(REV_0003)
+    bot = make_bot(url, app_dir=app_copy(tmp_path, [IRREVERSIBLE, FAILING]), migration={"step_by_step": True})
+    request = bot.ask()
+    bot.click(request, ALICE)
+    assert bot.get(request).state == "failed" and version(url) == ["0004_incomes_note"]
+    [made] = backups.list_backups(bot.store, "production")
+    [advice] = [m for m in bot.thread(request) if "what now (§6.5)" in dumped(m.blocks)]
+    text = dumped(advice.blocks)
+    assert f"full restore (§6.2) from backup #{made.id}: incomes changed definition since it was taken" in text
+    assert "Are the affected tables defined as in the backup?" in text and "added since: note" in text
 
 
 def test_a_table_the_failed_run_created_turns_the_table_restore_into_a_full_restore(sample_db, make_bot, tmp_path):

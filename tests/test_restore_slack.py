@@ -155,7 +155,8 @@ def test_full_restore_asks_for_approval_then_brings_back_the_exact_rows(restore_
     [run] = RunStore(bot.runtime.store).list(environment="production")
     assert (run.kind, run.state, run.step, run.approval_id, run.actor) == ("restore", "succeeded", "restore",
                                                                            request.id, REQUESTER)
-    assert run.details == {"backup_id": item.id, "mode": "full", "tables": item.tables}
+    safety = bot.get(request).result["safety_backup_id"]           # the safety backup protects the restore
+    assert run.details == {"backup_id": item.id, "mode": "full", "tables": item.tables, "protected_by": safety}
     assert (run.from_revision, run.target_revision) == (REV_0002, REV_0002) and run.finished_at is not None
     assert run.result["from"] == [REV_0002] and run.result["to"] == [REV_0002] and run.result["error"] is None
     assert run.result["safety_backup_id"] == safety.id and final.result["run_id"] == run.id
@@ -203,7 +204,8 @@ def test_table_restore_leaves_other_tables_alone(restore_bot):
     assert rows(bot.url, "incomes") == incomes_changed
     [run] = RunStore(bot.runtime.store).list()
     assert (run.kind, run.state) == ("restore", "succeeded")
-    assert run.details == {"backup_id": item.id, "mode": "tables", "tables": ["public.expenses"]}
+    assert run.details == {"backup_id": item.id, "mode": "tables", "tables": ["public.expenses"],
+                           "protected_by": bot.get(request).result["safety_backup_id"]}
 
 
 def test_restore_stops_when_the_revision_changed_after_approval_was_asked(restore_bot):
