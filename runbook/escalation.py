@@ -124,9 +124,9 @@ def assess(settings: Settings, store, environment: str, *, now: datetime | None 
 
 
 def _run_situation(environment: str, run: Run) -> Situation:
-    result = run.result or {}
-    validation = result.get("validation") or {}
-    error = result.get("error") or run.summary or run.state
+    result = run.outcome
+    validation = result.validation or {}
+    error = result.error or run.summary or run.state
     at = run.finished_at or run.heartbeat_at
     label = f"{run.kind} run {run.id}"
     if validation.get("data_loss"):
@@ -143,9 +143,9 @@ def _run_situation(environment: str, run: Run) -> Situation:
         return Situation(environment, ("6.5",), f"{label} was interrupted: {error}", run.id, at)
     if run.kind == "rollback":
         return Situation(environment, ("6.2", "7"), f"{label} {run.state}: {error}", run.id, at)
-    recommended = (result.get("recommendation") or {}).get("section")
+    recommended = (result.recommendation or {}).get("section")
     sections = ("6.5",) + ((recommended,) if recommended and recommended != "6.5" else ())
-    return Situation(environment, sections, f"{label} {result.get('outcome') or run.state}: {error}", run.id, at)
+    return Situation(environment, sections, f"{label} {result.outcome or run.state}: {error}", run.id, at)
 
 
 # ---------------------------------------------------------------------------
@@ -154,17 +154,17 @@ def _run_situation(environment: str, run: Run) -> Situation:
 
 def automatic_level(run: Run) -> tuple[int, str] | None:
     """(level, reason) a finished run escalates to on its own, or None."""
-    result = run.result or {}
-    validation = result.get("validation") or {}
+    result = run.outcome
+    validation = result.validation or {}
     if validation.get("data_loss"):
         lost = "; ".join(c.get("detail", "") for c in validation.get("checks") or []
                          if c.get("status") == "fail" and c.get("kind") == "data_loss")
         return 3, f"validation after {run.kind} run {run.id} found data loss: {lost or 'see the summary'}"
     if run.kind == "rollback" and run.state == "failed":
-        return 2, f"rollback run {run.id} failed: {result.get('error') or run.summary or 'see the summary'}"
+        return 2, f"rollback run {run.id} failed: {result.error or run.summary or 'see the summary'}"
     if run.kind == "restore" and run.state == "failed":
-        backup_id = result.get("backup_id", run.detail("backup_id", "?"))
-        error = result.get("error") or run.summary or "see the summary"
+        backup_id = result.backup_id if result.backup_id is not None else run.detail("backup_id", "?")
+        error = result.error or run.summary or "see the summary"
         return 2, f"the restore of backup #{backup_id} failed: {error}"
     return None
 

@@ -240,15 +240,15 @@ def gather(store, *, environment: str | None = None, run_id: str | None = None, 
                      if r.kind == "rollback" and r.id != run.id and r.started_at >= run.started_at
                      and (until is None or r.started_at < until)]
         for rollback in sorted(rollbacks, key=lambda r: r.started_at):
-            result = rollback.result or {}
+            result = rollback.outcome
             incident.steps.append(Step(
                 "rollback", rollback.started_at, rollback.state,
                 scrub(f"run {rollback.id}: {rollback.from_revision or 'base'} -> {rollback.target_revision or '?'}"
-                      + (f": {result.get('error')}" if result.get("error") else "")),
+                      + (f": {result.error}" if result.error else "")),
                 approved_by=tuple(_approvers(rollback, events, approvals)), approval=_how(rollback, approvals),
                 actor=rollback.actor))
-            if result.get("error"):
-                incident.errors.append(scrub(f"rollback {rollback.id}: {result['error']}"))
+            if result.error:
+                incident.errors.append(scrub(f"rollback {rollback.id}: {result.error}"))
             elif rollback.state == "interrupted" and rollback.summary:     # where it stopped, and why
                 incident.errors.append(scrub(f"rollback {rollback.id}: {rollback.summary}"))
     elif backups:
@@ -355,18 +355,15 @@ def _how(run: Run, approvals) -> str:
 
 
 def _run_facts(incident: Incident, run: Run, events: list[_Event], approvals, scrub: _Scrubber) -> None:
-    result = run.result or {}
-    incident.from_revisions = list(result.get("from") or [r.strip() for r in run.from_revision.split(",") if r.strip()])
-    target = result.get("target")
-    if isinstance(target, (list, tuple)):      # restore runs recorded before issue 12 kept the backup's list
-        target = ", ".join(map(str, target))
-    incident.target = target or run.target_revision or None
-    incident.reached = list(result.get("to") or [])
-    incident.outcome = result.get("outcome") or run.state
-    incident.validation = result.get("validation")
-    incident.recommendation = result.get("recommendation")
-    if result.get("error"):
-        incident.errors.append(scrub(result["error"]))
+    result = run.outcome
+    incident.from_revisions = result.from_revisions or [r.strip() for r in run.from_revision.split(",") if r.strip()]
+    incident.target = result.target or run.target_revision or None
+    incident.reached = list(result.to_revisions or [])
+    incident.outcome = result.outcome or run.state
+    incident.validation = result.validation
+    incident.recommendation = result.recommendation
+    if result.error:
+        incident.errors.append(scrub(result.error))
     elif run.state in ("failed", "interrupted") and run.summary:
         incident.errors.append(scrub(run.summary))
     if incident.validation:
@@ -376,7 +373,7 @@ def _run_facts(incident: Incident, run: Run, events: list[_Event], approvals, sc
 
 
 def _run_steps(incident: Incident, run: Run, events: list[_Event], approvals, scrub: _Scrubber) -> None:
-    result = run.result or {}
+    result = run.outcome
     approved_by = tuple(_approvers(run, events, approvals))
     how = _how(run, approvals)
     mine = [e for e in events if e.run_id == run.id]
@@ -388,11 +385,11 @@ def _run_steps(incident: Incident, run: Run, events: list[_Event], approvals, sc
         what = (f"{len(tables)} table(s) ({', '.join(map(str, tables[:5]))})" if run.detail("mode") == "tables"
                 else "the whole database")
         detail = (f"run {run.id}: {what} from backup #{run.detail('backup_id', '?')}; revision {frm} before"
-                  + (f", {reached} after" if "to" in result else "")
-                  + (f"; safety backup #{result['safety_backup_id']}" if result.get("safety_backup_id") else ""))
+                  + (f", {reached} after" if result.to_revisions is not None else "")
+                  + (f"; safety backup #{result.safety_backup_id}" if result.safety_backup_id else ""))
     else:
         detail = (f"run {run.id}: {frm} -> {incident.target or '?'}; reached {reached}; "
-                  f"{result.get('attempts', 0)} attempt(s)")
+                  f"{result.attempts} attempt(s)")
     incident.steps.append(Step(
         run.kind, started.at if started else run.started_at, incident.outcome or run.state, scrub(detail),
         approved_by=approved_by, approval=how, actor=run.actor))

@@ -51,13 +51,13 @@ def check(store: Any, name: str, env: Environment, revision: str, project: Alemb
     runs = RunStore(store).list(environment=source, states=(SUCCEEDED,), limit=RUNS_LOOKED_AT)
     unvalidated = None
     for run in runs:                                     # newest first
-        result = run.result or {}
-        ends = [str(r) for r in result.get("to") or []]
+        result = run.outcome
+        ends = result.to_revisions or []
         if run.kind in ("rollback", "restore"):
-            started = [str(r) for r in result.get("from") or []]
+            started = result.from_revisions or []
             if _reaches(project, started, revision) and not _reaches(project, ends, revision):
                 how = ("rolled back" if run.kind == "rollback" else
-                       f"undone by a restore of backup #{result.get('backup_id')}")
+                       f"undone by a restore of backup #{result.backup_id}")
                 return PromotionCheck(False, f"promotion gate: {rule}; {revision} was {how} on {source} "
                                              f"(run {run.id}, {run.finished_at or run.started_at:%Y-%m-%d %H:%M} UTC"
                                              f" to {', '.join(ends) or 'base'}): migrate and validate {source} "
@@ -65,8 +65,7 @@ def check(store: Any, name: str, env: Environment, revision: str, project: Alemb
             continue
         if run.kind != "migrate" or not _reaches(project, ends, revision):
             continue
-        validation = result.get("validation") or {}
-        if validation.get("passed") is True:
+        if result.validation_passed is True:
             when = f"{run.finished_at or run.started_at:%Y-%m-%d %H:%M} UTC"
             return PromotionCheck(True, f"{revision} was applied and validated on {source} by run {run.id} "
                                         f"({when}, reached {', '.join(ends)})", source, run.id)
@@ -75,8 +74,9 @@ def check(store: Any, name: str, env: Environment, revision: str, project: Alemb
         missing = (f"run {unvalidated.id} applied it on {source} but its validation did not pass: fix the cause, "
                    f"roll {source} back and migrate it again")
     else:
-        latest = next((r for r in runs if r.kind == "migrate" and (r.result or {}).get("to")), None)
-        seen = (f"{source}'s latest migration by the bot reached {', '.join(latest.result['to'])} (run {latest.id})"
+        latest = next((r for r in runs if r.kind == "migrate" and r.outcome.to_revisions), None)
+        seen = (f"{source}'s latest migration by the bot reached {', '.join(latest.outcome.to_revisions)} "
+                f"(run {latest.id})"
                 if latest is not None else f"the bot has no successful migration of {source} on record")
         missing = f"{seen}; migrate and validate {source} first (`/migrate run {source} {revision}`)"
     return PromotionCheck(False, f"promotion gate: {rule}; {revision} has not been: {missing}", source)

@@ -237,14 +237,12 @@ def expected_revision(store: Any, name: str, project: AlembicProject, *,
         from runbook.state.runs import RunStore
 
         for run in RunStore(store).list(environment=name, states=("succeeded",), limit=20):
-            result = run.result or {}
-            if run.kind not in RUN_KINDS or not isinstance(result.get("to"), list):
+            result = run.outcome
+            if run.kind not in RUN_KINDS or result.to_revisions is None:
                 continue
-            revisions = [str(r) for r in result["to"]]
-            started = result.get("from")
             finished = run.finished_at.strftime("%Y-%m-%d %H:%M UTC") if run.finished_at else "at an unknown time"
-            return Expectation(revisions, f"where {run.kind} run {run.id} left it, {finished}", run.id, run.kind,
-                               [str(r) for r in started] if isinstance(started, list) else None)
+            return Expectation(result.to_revisions, f"where {run.kind} run {run.id} left it, {finished}", run.id,
+                               run.kind, result.from_revisions)
     return Expectation(None, "the scripts' head: no completed run of the bot on record")
 
 

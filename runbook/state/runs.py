@@ -46,6 +46,47 @@ _ONCE = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
+class RunResult:
+    """What a finished run recorded in runs.result, typed: migrate and rollback record
+    runbook.migrate.result_to_json, a restore runbook.backup.restore's facts. Every reader goes
+    through this, so a missing or malformed key reads as "not recorded", never as a KeyError."""
+
+    outcome: str | None = None
+    error: str | None = None
+    from_revisions: list[str] | None = None     # None: not recorded
+    to_revisions: list[str] | None = None
+    target: str | None = None
+    attempts: int = 0
+    validation: dict[str, Any] | None = None    # runbook.validate.report_to_json
+    recommendation: dict[str, Any] | None = None
+    backup_id: int | None = None                # a restore's backup
+    safety_backup_id: int | None = None
+
+    @staticmethod
+    def _revisions(value: Any) -> list[str] | None:
+        return [str(r) for r in value] if isinstance(value, (list, tuple)) else None
+
+    @classmethod
+    def of(cls, raw: dict[str, Any] | None) -> "RunResult":
+        raw = raw if isinstance(raw, dict) else {}
+        target = raw.get("target")
+        if isinstance(target, (list, tuple)):      # restore runs recorded before issue 12 kept the backup's list
+            target = ", ".join(map(str, target))
+        validation = raw.get("validation")
+        recommendation = raw.get("recommendation")
+        return cls(outcome=raw.get("outcome"), error=raw.get("error") or None,
+                   from_revisions=cls._revisions(raw.get("from")), to_revisions=cls._revisions(raw.get("to")),
+                   target=str(target) if target else None, attempts=int(raw.get("attempts") or 0),
+                   validation=validation if isinstance(validation, dict) else None,
+                   recommendation=recommendation if isinstance(recommendation, dict) else None,
+                   backup_id=raw.get("backup_id"), safety_backup_id=raw.get("safety_backup_id"))
+
+    @property
+    def validation_passed(self) -> bool | None:
+        return None if self.validation is None else self.validation.get("passed")
+
+
+@dataclass(frozen=True)
 class Run:
     id: str
     kind: str
@@ -76,6 +117,11 @@ class Run:
 
     def detail(self, key: str, default: Any = None) -> Any:
         return (self.details or {}).get(key, default)
+
+    @property
+    def outcome(self) -> RunResult:
+        """runs.result, typed."""
+        return RunResult.of(self.result)
 
 
 def new_run_id() -> str:
