@@ -406,10 +406,10 @@ def open_github_issue(settings: Settings, store, escalation: Escalation, *, secr
         return None
     title = f"[runbook-bot] {escalation.title}" + (f": {escalation.reason}" if escalation.reason else "")
     body = render_markdown(settings, escalation, secrets=secrets)
-    if escalation.owner_github:
-        body = f"cc @{escalation.owner_github}\n\n{body}"
+    cc = [escalation.owner_github] if escalation.owner_github else []
     try:
-        issue = github.open_issue(config, redact(title, *secrets), body, extra_secrets=secrets)
+        # every mention in the title and body is made inert there; the owner is the one real one
+        issue = github.open_issue(config, redact(title, *secrets), body, cc=cc, extra_secrets=secrets)
     except github.GitHubError as exc:
         store.record(actor=escalation.actor, action=f"{ACTION}.github", environment=escalation.environment,
                      outcome="error", summary=redact(str(exc), *secrets), run_id=escalation.run_id,
