@@ -6,10 +6,11 @@ directory, DATABASE_URL in the environment), never inside the test process.
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from runbook.subprocess_env import app_subprocess_env
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = ROOT / "examples" / "home_budget"
@@ -26,8 +27,7 @@ REVISIONS = (REV_0001, REV_0002, REV_0003)
 def alembic(pg_url: str, *args: str, app_dir: Path = APP_DIR, timeout: float = 120,
             check: bool = True) -> subprocess.CompletedProcess:
     """Run the app's alembic with `args` (e.g. "upgrade", "head"); raises AssertionError on failure."""
-    env = dict(os.environ)
-    env[URL_ENV] = pg_url
+    env = app_subprocess_env(URL_ENV, pg_url)    # as the bot runs an app's alembic: no bot secret
     result = subprocess.run([*ALEMBIC_ARGV, *args], cwd=app_dir, env=env, capture_output=True,
                             text=True, timeout=timeout)
     if check and result.returncode != 0:

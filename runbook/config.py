@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from runbook import subprocess_env
+
 DEFAULT_CONFIG_NAME = "runbook-bot.yaml"
 CONFIG_ENV = "RUNBOOK_BOT_CONFIG"
 
@@ -57,6 +59,18 @@ def _pg_interval(value: Any) -> Any:
 
 
 PgInterval = Annotated[str, BeforeValidator(_pg_interval)]
+EnvVarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+
+
+def _passable(name: str) -> str:
+    """A variable the app's subprocesses may receive: never the bot's Slack, GitHub or own settings."""
+    if subprocess_env.forbidden(name):
+        raise ValueError(subprocess_env.forbidden_reason(name))
+    return name
+
+
+# A variable name the app's subprocesses may be given (`url_env`, `app_env`).
+AppVarName = Annotated[EnvVarName, AfterValidator(_passable)]
 
 
 class _Strict(BaseModel):
@@ -199,7 +213,7 @@ class Environment(_Strict):
     database_url: SecretStr
     app_dir: Path
     alembic: list[str] = Field(default_factory=lambda: ["alembic"], min_length=1)
-    url_env: str = Field("DATABASE_URL", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    url_env: AppVarName = "DATABASE_URL"
     pg_bin_dir: Path | None = None
     production: bool = False
     connect_timeout_seconds: float = Field(5, gt=0, le=120)
@@ -212,6 +226,10 @@ class Environment(_Strict):
     review: Review = Review()
     # Migrate only to revisions applied and validated by the bot on this environment first.
     promote_from: EnvName | None = None
+    # More variables the app's own code needs from the bot's environment (its Alembic and smoke
+    # command get nothing else but the allowlist of runbook.subprocess_env); never a Slack,
+    # GitHub or RUNBOOK_BOT_* one.
+    app_env: list[AppVarName] = Field(default_factory=list, max_length=100)
 
     @field_validator("database_url")
     @classmethod
@@ -260,7 +278,6 @@ def _notify_target(value: str) -> str:
 
 # Who a level tags: the configured owner, everyone active in the channel, or a user / user group ID.
 NotifyTarget = Annotated[str, AfterValidator(_notify_target)]
-EnvVarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=300)]
 
 
@@ -386,6 +403,18 @@ class Settings(_Strict):
                     raise ValueError(f"{where}: promotion cycle {' -> '.join([*seen, source])}")
                 seen.append(source)
                 source = self.environments[source].promote_from
+        return self
+
+    @model_validator(mode="after")
+    def _github_token_withheld(self) -> "Settings":
+        """The GitHub token's variable, whatever its name, never reaches the app's subprocesses."""
+        github = self.escalation.github
+        if github is None:
+            return self
+        for name, env in self.environments.items():
+            if github.token_env in (*env.app_env, env.url_env):
+                raise ValueError(f"environments.{name}.app_env: {github.token_env} holds the GitHub token "
+                                 "(escalation.github.token_env) and may never be passed to the app's subprocesses")
         return self
 
     def environment(self, name: str | None) -> tuple[str, Environment]:

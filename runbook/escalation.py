@@ -29,6 +29,7 @@ from runbook import incident as incidents
 from runbook.config import EscalationLevel, PauseHook, Settings
 from runbook.state.models import utcnow
 from runbook.state.runs import Run, RunStore
+from runbook.subprocess_env import forbidden
 from runbook.target import password_of, redact
 
 ACTION = "escalate"
@@ -317,7 +318,9 @@ class HookResult:
         return f"the pause hook `{shown}` FAILED: {self.error}"
 
 
-# The bot's own credentials are none of the hook's business (it gets the rest of the environment).
+# The bot's own credentials are none of the hook's business. Unlike the app's subprocesses, the hook
+# is the operator's own command (kubectl, aws...) and keeps the rest of the environment (KUBECONFIG,
+# cloud credentials), less every Slack, GitHub and RUNBOOK_BOT_* variable (runbook.subprocess_env).
 BOT_SECRET_VARIABLES = ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET")
 
 
@@ -329,10 +332,11 @@ def withheld_variables(settings: Settings) -> tuple[str, ...]:
 def run_pause_hook(hook: PauseHook, *, environment: str, level: int, reason: str = "", run_id: str | None = None,
                    secrets: Sequence[str] = (), withhold: Sequence[str] = BOT_SECRET_VARIABLES) -> HookResult:
     """Run the hook: its argv as given (no shell), stdin closed, in a session of its own so a
-    timeout kills everything it started. It learns the context from RUNBOOK_BOT_* variables;
-    the variables named in `withhold` (the bot's tokens) are left out of its environment."""
+    timeout kills everything it started. It learns the context from RUNBOOK_BOT_* variables set
+    here; the variables named in `withhold` (the GitHub token's, whatever its name) and every
+    inherited Slack, GitHub or RUNBOOK_BOT_* one are left out of its environment."""
     argv = tuple(hook.argv)
-    env = {name: value for name, value in os.environ.items() if name not in withhold}
+    env = {name: value for name, value in os.environ.items() if name not in withhold and not forbidden(name)}
     env.update(RUNBOOK_BOT_ENVIRONMENT=environment, RUNBOOK_BOT_LEVEL=str(level), RUNBOOK_BOT_REASON=reason,
                RUNBOOK_BOT_RUN_ID=run_id or "")
     started = time.monotonic()
@@ -402,10 +406,10 @@ def open_github_issue(settings: Settings, store, escalation: Escalation, *, secr
         return None
     title = f"[runbook-bot] {escalation.title}" + (f": {escalation.reason}" if escalation.reason else "")
     body = render_markdown(settings, escalation, secrets=secrets)
-    if escalation.owner_github:
-        body = f"cc @{escalation.owner_github}\n\n{body}"
+    cc = [escalation.owner_github] if escalation.owner_github else []
     try:
-        issue = github.open_issue(config, redact(title, *secrets), body, extra_secrets=secrets)
+        # every mention in the title and body is made inert there; the owner is the one real one
+        issue = github.open_issue(config, redact(title, *secrets), body, cc=cc, extra_secrets=secrets)
     except github.GitHubError as exc:
         store.record(actor=escalation.actor, action=f"{ACTION}.github", environment=escalation.environment,
                      outcome="error", summary=redact(str(exc), *secrets), run_id=escalation.run_id,

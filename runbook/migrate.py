@@ -49,6 +49,7 @@ from runbook import activity, backup, guard
 from runbook.config import Environment
 from runbook.precheck import project_of, target_of
 from runbook.revisions import AlembicProject, RevisionError, last_error_line, one_line
+from runbook.subprocess_env import app_subprocess_env
 from runbook.target import Target, TargetError, password_of, redact
 from runbook.tether import tethered
 
@@ -187,6 +188,9 @@ def _pgoptions(env: Environment, app_name: str, server_version: int) -> str:
         # A backend notices a vanished client (the tether killed alembic) within seconds and
         # rolls back, instead of finishing a long statement for nobody.
         options.append("-c client_connection_check_interval=2s")
+    # Deliberately kept: the operator's own PGOPTIONS (a search_path, a role) applies to the
+    # migrator's session as to every tool (runbook.subprocess_env passes it); ours come after it
+    # and win on the same setting.
     inherited = os.environ.get("PGOPTIONS", "").strip()
     return " ".join(([inherited] if inherited else []) + options)
 
@@ -689,10 +693,9 @@ def _run_locked(result: MigrationResult, name: str, env: Environment, tgt: Targe
             # with before the run as a migration's does (issue 12 §2 h).
             baseline = validate.take_baseline(monitor, env)
 
-            env_vars = dict(os.environ)
-            env_vars[env.url_env] = _without_application_name(env.dsn)
-            env_vars["PGOPTIONS"] = _pgoptions(env, sup.app_name, monitor.info.server_version)
-            env_vars["PGAPPNAME"] = sup.app_name
+            env_vars = app_subprocess_env(env.url_env, _without_application_name(env.dsn), env.app_env, extra={
+                "PGOPTIONS": _pgoptions(env, sup.app_name, monitor.info.server_version),
+                "PGAPPNAME": sup.app_name})
             log.write(f"PGOPTIONS: {env_vars['PGOPTIONS']}")
             sup.step_count = len(the_plan.steps)
             failed = False

@@ -24,6 +24,7 @@ from typing import Iterator
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from runbook.subprocess_env import subprocess_env
 from runbook.target import application_name
 
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
@@ -57,7 +58,8 @@ def server_major(server_version_num: int) -> int:
 @lru_cache(maxsize=64)
 def _probe(path: str, mtime: float) -> tuple[str, int]:
     try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=20,
+                             stdin=subprocess.DEVNULL, env=subprocess_env()).stdout
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ToolError(f"{path} does not run ({exc.__class__.__name__})") from None
     match = _VERSION.search(out)
@@ -119,8 +121,10 @@ def _passfile_line(password: str) -> str:
 
 @contextmanager
 def client_env(password: str) -> Iterator[dict[str, str]]:
-    """os.environ for a client tool: PGPASSFILE when there is a password, PGPASSWORD never."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PGPASSWORD", "PGPASSFILE")}
+    """The environment of a client tool (pg_dump, pg_restore, psql): the allowlist of
+    runbook.subprocess_env (no Slack, GitHub or RUNBOOK_BOT_* variable; no PGPASSWORD), with
+    PGPASSFILE pointing at a private file when there is a password."""
+    env = subprocess_env()
     if not password:
         yield env
         return

@@ -88,7 +88,8 @@ def preview_cache_dir() -> Path:
 
 
 def project_of(env: Environment) -> AlembicProject:
-    return AlembicProject(env.app_dir, list(env.alembic), env.url_env, preview_cache_dir=preview_cache_dir())
+    return AlembicProject(env.app_dir, list(env.alembic), env.url_env, preview_cache_dir=preview_cache_dir(),
+                          app_env=env.app_env)
 
 
 def _free_bytes(directory: Path) -> int | None:

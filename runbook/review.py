@@ -47,6 +47,7 @@ import psycopg
 from runbook.config import Environment
 from runbook.revisions import AlembicProject, Revision, RevisionError, one_line, per_revision_sql
 from runbook.sqlscan import LOCK_MODES, Statement, conflicts, statements
+from runbook.subprocess_env import subprocess_env
 from runbook.units import human_size, short_duration
 
 Rating = Literal["low", "medium", "high"]
@@ -315,7 +316,7 @@ def squawk_argv(env: Environment) -> list[str]:
 def _squawk_version(argv: tuple[str, ...], timeout: float) -> str | None:
     try:
         out = subprocess.run([*argv, "--version"], capture_output=True, text=True, timeout=timeout,
-                             stdin=subprocess.DEVNULL)
+                             stdin=subprocess.DEVNULL, env=subprocess_env(libpq=False))
     except (OSError, subprocess.TimeoutExpired):
         return None
     text = (out.stdout or out.stderr).strip()
@@ -336,7 +337,8 @@ def run_squawk(sql: str, argv: Sequence[str], *, pg_major: int | None, exclude: 
     if exclude:
         command += ["--exclude", ",".join(exclude)]
     try:
-        out = subprocess.run(command, input=sql, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+        out = subprocess.run(command, input=sql, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                             env=subprocess_env(libpq=False))
     except FileNotFoundError:
         raise ReviewError(f"cannot run {argv[0]!r}: not found (pip install squawk-cli, or set review.squawk)") \
             from None

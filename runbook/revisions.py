@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from runbook.subprocess_env import app_subprocess_env
 from runbook.target import password_of, redact
 
 
@@ -552,11 +553,14 @@ class AlembicProject:
 
     def __init__(self, app_dir: Path | str, alembic_argv: Sequence[str] = ("alembic",),
                  url_env: str = "DATABASE_URL", *, version_table: str = "alembic_version",
-                 version_table_schema: str | None = None, preview_cache_dir: Path | None = None):
+                 version_table_schema: str | None = None, preview_cache_dir: Path | None = None,
+                 app_env: Sequence[str] = ()):
         self.app_dir = Path(app_dir).expanduser().absolute()
         self.preview_cache_dir = preview_cache_dir
         self.alembic_argv = list(alembic_argv) or ["alembic"]
         self.url_env = url_env
+        # Variables of the bot's environment the app's alembic also gets (runbook.subprocess_env).
+        self.app_env = tuple(app_env)
         self.version_table = version_table
         self.version_table_schema = version_table_schema
         config, self._section = _config_args(self.alembic_argv)
@@ -842,8 +846,7 @@ class AlembicProject:
             return cached
         argv = [*self.alembic_argv, direction, destination, "--sql"]
         shown = f"alembic {direction} {destination} --sql"
-        env = dict(os.environ)
-        env[self.url_env] = dsn
+        env = app_subprocess_env(self.url_env, dsn, self.app_env)
         secret = password_of(dsn)
         try:
             result = run_argv(argv, cwd=self.app_dir, env=env, timeout=timeout)

@@ -20,7 +20,6 @@ tree (runbook/rollback.py) can weigh them.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 import urllib.error
@@ -36,6 +35,7 @@ from runbook.config import Environment
 from runbook.precheck import project_of, target_of
 from runbook.revisions import AlembicProject, RevisionError, one_line, run_argv
 from runbook.sqlscan import touched
+from runbook.subprocess_env import app_subprocess_env
 from runbook.target import Target, TargetError, password_of, redact
 
 Status = Literal["pass", "fail", "skip"]
@@ -457,8 +457,7 @@ def _check_smoke(env: Environment, dsn: str) -> ValidationCheck:
         return ValidationCheck("smoke command", "skip", "no validation.smoke_command configured", "5.4", "app")
     secret = password_of(dsn)
     shown = " ".join(argv)
-    process_env = dict(os.environ)
-    process_env[env.url_env] = dsn
+    process_env = app_subprocess_env(env.url_env, dsn, env.app_env)
     timeout = env.validation.smoke_timeout_seconds
     started = time.monotonic()
     try:

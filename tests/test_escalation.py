@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -515,3 +516,34 @@ def test_an_escalation_slack_refuses_is_still_recorded_and_the_asker_told(tmp_pa
         "tell the owner another way.")
     [event] = bot.store.events(action="escalate")
     assert event.outcome == "level 2" and event.details["posted"] is False and event.details["ts"] is None
+
+
+MENTIONING = ("0004_mentions_in_its_error", "raise RuntimeError('ask @dba-oncall or @acme/dba-team about it')",
+              "pass")
+# A GitHub mention: @ not after a letter, digit or _, then a user or org/team name.
+GITHUB_MENTION = re.compile(r"(?<![A-Za-z0-9_])@([A-Za-z0-9][A-Za-z0-9-]*(?:/[A-Za-z0-9_.-]+)?)")
+
+
+def test_mentions_in_the_reason_and_the_apps_output_notify_nobody_on_github(
+        sample_db, tmp_path, local_slack, bots, monkeypatch):
+    """Issue 13 §4: the reason (anyone's text) and the run's error (the app's output) reach the issue's
+    title and body; GitHub would notify every @user and @org/team there. Only the owner is cc'd."""
+    monkeypatch.setenv("GITHUB_TOKEN", GITHUB_TOKEN)
+    with FakeGitHub() as github:
+        bot = make_bot(tmp_path, sample_db(REV_0003), local_slack,
+                       escalation=f"  github: {{repo: acme/home_budget, api_url: {dumps(github.url)}}}\n")
+        bots.append(bot)
+        failed_migration(bot, tmp_path, revisions=(MENTIONING,))
+        bot.command("escalate production 2 paging @octocat and @acme/everyone, cc bob@example.com")
+        wait_for(lambda: len(github.requests) == 1 and len(bot.posted()) >= 2, 10, what="the GitHub issue")
+
+    [issue] = github.requests
+    title, body = issue.body["title"], issue.body["body"]
+    assert GITHUB_MENTION.findall(title) == []
+    assert title == ("[runbook-bot] Escalation level 2 (Owner): production: paging @\u200boctocat and "
+                     "@\u200bacme/everyone, cc bob@example.com")
+    assert GITHUB_MENTION.findall(body) == ["zeevbensender"]          # the cc line, and only it
+    assert body.startswith("cc @zeevbensender\n\n")
+    assert "@\u200boctocat and @\u200bacme/everyone" in body              # the reason, still readable
+    assert "ask @\u200bdba-oncall or @\u200bacme/dba-team about it" in body   # the app's error, quoted
+    assert "bob@example.com" in body                                   # an e-mail address is no mention
