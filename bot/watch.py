@@ -17,6 +17,7 @@ clock. What it does, in order:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 from dataclasses import replace
@@ -70,7 +71,8 @@ class WatchMetrics:
             return Gauge(name, doc, list(labels), registry=registry)
 
         self.lock_waiters = gauge("runbook_bot_watch_lock_waiters", "Sessions waiting on a heavyweight lock")
-        self.long_queries = gauge("runbook_bot_watch_long_queries", "Queries running longer than long_query_seconds")
+        self.long_queries = gauge("runbook_bot_watch_long_queries",
+                                  "Queries running longer than long_query_seconds, lock waiters not included")
         self.idle_in_transaction = gauge("runbook_bot_watch_idle_in_transaction",
                                          "Sessions idle in transaction longer than idle_in_transaction_seconds")
         self.oldest_xact = gauge("runbook_bot_watch_oldest_transaction_seconds", "Age of the oldest open transaction")
@@ -90,11 +92,15 @@ class WatchMetrics:
         self.poll_seconds.labels(env).observe(observation.seconds)
         self.last_poll_seconds.labels(env).set(observation.seconds)
         self.up.labels(env).set(1 if observation.ok else 0)
-        if not observation.ok or observation.poll is None:
+        counts = observation.poll if observation.ok else None
+        if counts is None:
+            # unknown, not the last values: a dashboard must not show a calm target it cannot see
+            for gauge in (self.lock_waiters, self.long_queries, self.idle_in_transaction, self.oldest_xact):
+                gauge.labels(env).set(math.nan)
             return
-        counts = observation.poll
         self.lock_waiters.labels(env).set(counts.lock_waiters)
-        self.long_queries.labels(env).set(counts.long_queries)
+        # lock waiters are counted once, by lock_waiters, not again as long queries
+        self.long_queries.labels(env).set(counts.long_queries - counts.long_lock_waiters)
         self.idle_in_transaction.labels(env).set(counts.idle_in_transaction)
         self.oldest_xact.labels(env).set(counts.oldest_xact_seconds or 0.0)
         self.last_success.labels(env).set(observation.at.timestamp())

@@ -111,6 +111,7 @@ class Poll:
     oldest_xact_seconds: float | None
     oldest_lock_wait_seconds: float | None = None  # query age of the longest waiter: an upper bound
     old_prepared: int = 0     # prepared transactions older than the idle-in-transaction threshold
+    long_lock_waiters: int = 0  # of long_queries, those waiting on a lock (the lock alert's business)
 
     @property
     def quiet(self) -> bool:
@@ -137,6 +138,8 @@ SELECT count(*) FILTER (WHERE a.state = 'active')                               
        count(*) FILTER (WHERE a.wait_event_type = 'Lock')                           AS lock_waiters,
        count(*) FILTER (WHERE a.state = 'active'
                           AND now() - a.query_start > make_interval(secs => %(long_s)s)) AS long_queries,
+       count(*) FILTER (WHERE a.state = 'active' AND a.wait_event_type = 'Lock'
+                          AND now() - a.query_start > make_interval(secs => %(long_s)s)) AS long_lock_waiters,
        count(*) FILTER (WHERE a.state IN ('idle in transaction', 'idle in transaction (aborted)')
                           AND now() - a.state_change > make_interval(secs => %(idle_s)s)) AS idle_in_transaction,
        extract(epoch FROM max(now() - a.xact_start))::float8                        AS oldest_xact_seconds,
@@ -184,6 +187,7 @@ def poll(
         oldest_xact_seconds=row["oldest_xact_seconds"],
         oldest_lock_wait_seconds=row["oldest_lock_wait_seconds"],
         old_prepared=row["old_prepared"],
+        long_lock_waiters=row["long_lock_waiters"],
     )
 
 

@@ -74,8 +74,8 @@ def lock_wait_possible(counts: Poll, env: Environment) -> bool:
 
 def needs_snapshot(counts: Poll, env: Environment) -> bool:
     """Whether the poll saw anything that could be over a threshold."""
-    return bool(lock_wait_possible(counts, env) or counts.long_queries or counts.idle_in_transaction
-                or counts.old_prepared)
+    return bool(lock_wait_possible(counts, env) or counts.long_queries > counts.long_lock_waiters
+                or counts.idle_in_transaction or counts.old_prepared)
 
 
 def observe(name: str, env: Environment, *, clock=utcnow) -> Observation:
@@ -85,7 +85,8 @@ def observe(name: str, env: Environment, *, clock=utcnow) -> Observation:
     started_at, started = clock(), time.perf_counter()
     try:
         with target.connect(MONITOR_PURPOSE, statement_timeout=env.watch.statement_timeout,
-                            lock_timeout=env.watch.lock_timeout) as conn:
+                            lock_timeout=env.watch.lock_timeout,
+                            deadline_seconds=env.watch.poll_deadline) as conn:
             counts = poll(conn, long_query_seconds=thresholds.long_query_seconds,
                           idle_in_transaction_seconds=thresholds.idle_in_transaction_seconds)
             activity = None
@@ -405,7 +406,7 @@ def live_activity(env: Environment) -> tuple[Activity, str]:
     """`activity` on demand (Slack and CLI): the full snapshot against the thresholds, and the target."""
     target = Target(env.dsn, connect_timeout=env.connect_timeout_seconds)
     with target.connect("activity", statement_timeout=env.watch.statement_timeout,
-                        lock_timeout=env.watch.lock_timeout) as conn:
+                        lock_timeout=env.watch.lock_timeout, deadline_seconds=env.watch.poll_deadline) as conn:
         result = snapshot(conn, long_query_seconds=env.thresholds.long_query_seconds,
                           idle_in_transaction_seconds=env.thresholds.idle_in_transaction_seconds,
                           query_chars=QUERY_CHARS)
