@@ -866,7 +866,9 @@ def _session_text(d: Mapping[str, Any], doing: str) -> str:
 def _waiter_line(w: Mapping[str, Any], label: str = "") -> str:
     what = ""
     if w.get("mode") or w.get("relation"):
-        what = f" for {escape(w.get('mode') or 'a lock')}" + (f" on {code(w['relation'], 60)}" if w.get("relation") else "")
+        # a row lock is waited on as the other transaction's id (or the tuple): say it is a row
+        on = "on a row of" if w.get("locktype") in ("transactionid", "tuple") else "on"
+        what = f" for {escape(w.get('mode') or 'a lock')}" + (f" {on} {code(w['relation'], 60)}" if w.get("relation") else "")
     who = _session_who(w)
     return (f"• {label}pid {int(w.get('pid') or 0)}{' · ' + who if who else ''} · waiting {duration(w.get('seconds'))}"
             f"{what}\n    {code(w.get('query') or '', QUERY_SNIPPET)}")

@@ -155,7 +155,9 @@ class WatchRunner:
         book.record_poll(observation)
         if self.metrics is not None:
             self.metrics.observed(observation)
-        now = self.clock()
+        # the poll's own time, its wall-clock slot: resolve_after_seconds and escalate_after_seconds
+        # are counted on the polls' grid, not on when each poll's work happened to finish
+        now = slot
         changed = book.apply(environment, evaluate(environment, env, observation), now, seen=kinds_seen(observation))
         self.deliver(changed)
         self.escalate(environment, book, now)
@@ -215,7 +217,7 @@ class WatchRunner:
             if not book.claim_escalation(alert.id, now):
                 continue
             message = self.redactor.message(
-                blocks.escalation_message(alert, owner, (now - alert.opened_at).total_seconds()))
+                blocks.escalation_message(alert, owner, alert.open_for(now)))
             try:
                 self.client.chat_postMessage(channel=alert.channel, thread_ts=alert.ts, text=message.text,
                                              blocks=message.blocks, unfurl_links=False)

@@ -9,6 +9,7 @@ import json
 import math
 import threading
 import time
+from datetime import timedelta
 
 import psycopg
 from prometheus_client import generate_latest
@@ -16,7 +17,7 @@ from prometheus_client import generate_latest
 from tests.support.proxy import SilentProxy
 from tests.support.sessions import Sessions
 from tests.support.waiting import wait_for
-from tests.test_watch import (make_table, make_watch, slack, state_older_than,  # noqa: F401  (fixtures)
+from tests.test_watch import (make_table, make_watch, slack, state_older_than, state_url,  # noqa: F401
                               waited_longer_than)
 
 
@@ -71,3 +72,175 @@ def test_a_partition_that_swallows_queries_is_a_cannot_read_alert_within_two_int
         run_within(watch, 2 * every, every)
         assert alert.text.startswith("REACHABLE AGAIN") and len(watch.posts()) == 1
         assert metric(watch, "runbook_bot_watch_up") == 1 and metric(watch, "runbook_bot_watch_lock_waiters") == 0
+
+
+# -- 3. escalation and timing ------------------------------------------------------------------------
+
+class LaggingClock:
+    """The watch's clock, `lag` seconds after the slot: how long a poll's work took."""
+
+    def __init__(self, now) -> None:
+        self.now, self.lag = now, 0.0
+
+    def __call__(self):
+        return self.now + timedelta(seconds=self.lag)
+
+    def advance(self, seconds: float):
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+def lagging(watch) -> LaggingClock:
+    watch.clock = watch.runner.clock = LaggingClock(watch.clock.now)
+    return watch.clock
+
+
+def idle(s: Sessions, conn: psycopg.Connection, seconds: float = 0.4) -> None:
+    conn.execute("SELECT 1")
+    wait_for(lambda: state_older_than(s, conn.info.backend_pid, seconds), timeout=10, what=f"idle {seconds} s")
+
+
+def test_resolve_and_escalation_count_on_the_polls_own_time(pg_url, make_watch):
+    """A poll whose work ends earlier than the one before it does not push resolve_after_seconds or
+    escalate_after_seconds to the next poll: both count from the poll's own time, its slot."""
+    watch = make_watch(pg_url, thresholds={"idle_in_transaction_seconds": 0.3},
+                       watch={"resolve_after_seconds": 60}, escalation="  escalate_after_seconds: 120\n")
+    clock = lagging(watch)
+    with Sessions(pg_url) as s:
+        stays, goes = s.open(autocommit=False), s.open(autocommit=False)
+        idle(s, stays)
+        idle(s, goes)
+        clock.lag = 0.5
+        watch.run()                                   # both open
+        assert len(watch.posts()) == 2
+        goes.commit()
+        watch.run()                                   # `goes` missed for the first time
+        clock.lag = 0.1
+        watch.run()                                   # 60 s after it was missed, 120 s after both opened
+        by_pid = {m.text.split("pid ")[1].split()[0]: m for m in watch.posts()}
+        assert by_pid[str(goes.info.backend_pid)].text.startswith("RESOLVED")
+        [tag] = watch.replies()
+        assert tag.thread_ts == by_pid[str(stays.info.backend_pid)].ts and "open for 2 min" in tag.text
+
+
+def test_a_flapping_alert_escalates_on_the_time_it_was_open(pg_url, make_watch, state_url):
+    """Open 60 s, resolved, back 9 min later inside the re-open window: the owner is tagged when the
+    two episodes add up to escalate_after_seconds, not at once for the 10 minutes since it first opened.
+    The resolved line then gives the second episode's figures, not the first's."""
+    watch = make_watch(pg_url, thresholds={"idle_in_transaction_seconds": 0.3}, state_url=state_url,
+                       watch={"resolve_after_seconds": 60, "reopen_within_seconds": 900},
+                       escalation="  escalate_after_seconds: 600\n")
+    with Sessions(pg_url) as s:
+        conn = s.open(autocommit=False)
+        idle(s, conn, 1.5)                            # a first episode idle for 1.5 s (server time)
+        watch.run()
+        [alert] = watch.posts()
+        conn.commit()
+        watch.run()
+        watch.run()                                   # resolved: open 60 s (until first missed)
+        assert alert.text.startswith("RESOLVED") and "lasted at least 1." in alert.text
+        watch.clock.advance(400)
+        idle(s, conn)
+        watch.run(advance=120)                        # back, 640 s after the first opening: re-opened
+        assert "came back 1 time" in json.dumps(alert.blocks) and not alert.text.startswith("RESOLVED")
+        assert watch.replies() == [], "tagged for the resolved gap"
+        watch.run(advance=300)                        # 60 + 300 s open
+        assert watch.replies() == []
+        watch.run(advance=240)                        # 60 + 540 s open: due
+        [tag] = watch.replies()
+        assert "open for 10 min" in tag.text
+        conn.commit()
+        watch.run()
+        watch.run()
+        assert alert.text.startswith("RESOLVED")
+        lasted = alert.text.split("lasted at least ")[1]
+        assert not lasted.startswith("1.") and not lasted.startswith("2"), alert.text   # this episode's idle time
+        assert len(watch.posts()) == 1 and len(watch.replies()) == 1
+
+
+def test_a_root_blocker_handing_over_keeps_one_incident(pg_url, make_watch):
+    """The holder commits while the migration it held up takes the lock and keeps it: the readers'
+    outage goes on behind a new root. One lock alert, carried on under the new root; the roots'
+    idle time is told in it, with no idle alert of their own."""
+    make_table(pg_url)
+    watch = make_watch(pg_url, thresholds={"lock_wait_seconds": 0.3, "idle_in_transaction_seconds": 0.3},
+                       watch={"resolve_after_seconds": 0})
+    with Sessions(pg_url) as s:
+        holder = s.open(autocommit=False, application_name="report-job")
+        holder.execute("SELECT count(*) FROM t")
+        migration = s.open(autocommit=False, application_name="migrator")
+        alter = threading.Thread(target=migration.execute, args=("ALTER TABLE t ADD COLUMN c int",), daemon=True)
+        alter.start()
+        s.wait_until_waiting(migration.info.backend_pid)
+        readers = [s.start("SELECT count(*) FROM t /* reader */") for _ in range(3)]
+        for reader in readers:
+            s.wait_until_waiting(reader.pid)
+        wait_for(lambda: waited_longer_than(s, readers[-1].pid, 0.4), timeout=10, what="the readers to wait 0.4 s")
+        watch.run()
+        [alert] = watch.posts()
+        assert f"root blocker pid {holder.info.backend_pid} holds up 4 sessions" in alert.text
+
+        holder.commit()                               # hand-over: the ALTER gets its lock and keeps it
+        alter.join(10)
+        assert not alter.is_alive()
+        wait_for(lambda: state_older_than(s, migration.info.backend_pid, 0.4), timeout=10, what="the migration idle")
+        assert all(not r.done for r in readers)
+        watch.run()
+        watch.run()
+        assert len(watch.posts()) == 1, [m.text for m in watch.posts()]
+        assert f"root blocker pid {migration.info.backend_pid} holds up 3 sessions" in alert.text
+        assert not alert.text.startswith("RESOLVED")
+
+        migration.commit()
+        wait_for(lambda: all(r.done for r in readers), timeout=10, what="the readers to get through")
+        watch.run()
+        assert alert.text.startswith("RESOLVED") and len(watch.posts()) == 1
+    assert [e.outcome for e in watch.store.events(action="alert")] == ["resolved", "opened"]
+
+
+# -- 4. content ---------------------------------------------------------------------------------------
+
+def test_a_row_lock_wait_names_its_table_and_is_not_counted_as_a_long_query(pg_url, make_watch):
+    make_table(pg_url)
+    watch = make_watch(pg_url, thresholds={"lock_wait_seconds": 0.3, "long_query_seconds": 0.3,
+                                           "idle_in_transaction_seconds": 3600})
+    with Sessions(pg_url) as s:
+        first = s.open(autocommit=False, application_name="worker-1")
+        first.execute("UPDATE t SET id = id WHERE id = 1")
+        second = s.start("UPDATE t SET id = id WHERE id = 1 /* second */", application_name="worker-2")
+        s.wait_until_waiting(second.pid)
+        sleeper = s.start("SELECT pg_sleep(60) /* long */")
+        s.wait_until_active(sleeper.pid, "long")
+        wait_for(lambda: waited_longer_than(s, second.pid, 0.4) and state_older_than(s, sleeper.pid, 0.4),
+                 timeout=10, what="the wait and the query to pass 0.4 s")
+        watch.run()
+        [lock] = [m for m in watch.posts() if "Lock wait" in m.text]
+        assert "waiting" in json.dumps(lock.blocks) and "for ShareLock on a row of `t`" in json.dumps(lock.blocks)
+    assert metric(watch, "runbook_bot_watch_lock_waiters") == 1
+    assert metric(watch, "runbook_bot_watch_long_queries") == 1          # the pg_sleep only
+
+
+def test_two_long_queries_back_to_back_on_one_connection_are_two_alerts(pg_url, make_watch):
+    watch = make_watch(pg_url, thresholds={"long_query_seconds": 0.3}, watch={"resolve_after_seconds": 0})
+    with Sessions(pg_url) as s:
+        pooled = s.open(application_name="pool")
+        pid = pooled.info.backend_pid
+
+        def two_queries() -> None:
+            try:
+                pooled.execute("SELECT pg_sleep(1.5) /* first */")
+                pooled.execute("SELECT pg_sleep(60) /* second */")
+            except psycopg.Error:
+                pass                                  # cancelled at the end of the test
+
+        threading.Thread(target=two_queries, daemon=True).start()
+        s.wait_until_active(pid, "first")
+        wait_for(lambda: state_older_than(s, pid, 0.4), timeout=10, what="the first query to pass 0.4 s")
+        watch.run()
+        s.wait_until_active(pid, "second")
+        wait_for(lambda: state_older_than(s, pid, 0.4), timeout=10, what="the second query to pass 0.4 s")
+        watch.run()
+        first, second = watch.posts()
+        assert first.text.startswith("RESOLVED") and "first" in json.dumps(first.blocks)
+        assert "second" in json.dumps(second.blocks) and not second.text.startswith("RESOLVED")
+        s.observe("SELECT pg_cancel_backend(%s)", (pid,))
