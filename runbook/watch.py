@@ -375,6 +375,21 @@ class AlertBook:
                 return row
         return None
 
+    def group_message(self, environment: str, kind: str) -> tuple[str, str] | None:
+        """(channel, ts) of the message that holds the open alerts of `kind` in `environment`, if
+        any: a new alert of that kind joins it instead of posting one more (one incident, one message)."""
+        with self.store.session() as session:
+            row = session.scalars(select(AlertRow).where(
+                AlertRow.environment == environment, AlertRow.kind == kind, AlertRow.state == "open",
+                AlertRow.ts.is_not(None)).order_by(AlertRow.id.desc()).limit(1)).first()
+            return (row.channel, row.ts) if row is not None else None
+
+    def message_alerts(self, channel: str, ts: str) -> list[Alert]:
+        """Every alert a message tells of, open or resolved."""
+        with self.store.session() as session:
+            return [Alert.of(r) for r in session.scalars(select(AlertRow).where(
+                AlertRow.channel == channel, AlertRow.ts == ts).order_by(AlertRow.id))]
+
     def set_message(self, alert_id: int, channel: str, ts: str) -> bool:
         """Remember the alert's Slack message; only the first one sticks."""
         with self.store.session() as session, session.begin():
