@@ -12,14 +12,18 @@ import time
 from datetime import timedelta
 
 import psycopg
+import pytest
 from prometheus_client import generate_latest
 
+from bot.localslack import LocalSlack
+
 from runbook.watch import AlertBook
+from tests.support.pgsettings import start_server_with
 from tests.support.proxy import SilentProxy
 from tests.support.sessions import Sessions
 from tests.support.waiting import wait_for
-from tests.test_watch import (make_table, make_watch, slack, state_older_than, state_url,  # noqa: F401
-                              waited_longer_than)
+from tests.test_watch import (Watch, load, make_table, make_watch, slack, state_older_than,  # noqa: F401
+                              state_url, waited_longer_than, watch_config)
 
 
 def metric(watch, name: str, environment: str = "production") -> float | None:
@@ -245,3 +249,61 @@ def test_two_long_queries_back_to_back_on_one_connection_are_two_alerts(pg_url, 
         assert first.text.startswith("RESOLVED") and "first" in json.dumps(first.blocks)
         assert "second" in json.dumps(second.blocks) and not second.text.startswith("RESOLVED")
         s.observe("SELECT pg_cancel_backend(%s)", (pid,))
+
+
+# -- 2. storms --------------------------------------------------------------------------------------
+
+STORM = 200
+
+
+@pytest.fixture(scope="module")
+def storm_server():
+    """A server of its own with room for 200 misbehaving sessions and the test's own."""
+    server = start_server_with({"max_connections": str(STORM + 60)})
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_storm_of_200_long_queries_is_one_message_one_tag_and_a_new_lock_wait_is_not_held_up(storm_server, tmp_path):
+    """With Slack's per-channel limits enforced (429s), 200 long queries are one message, edited only
+    when it changes and tagged once; a lock wait that starts during the storm is posted by the first
+    poll after its threshold, that poll taking under 2 s (threshold + interval + 2 s at most)."""
+    url = storm_server.create_database("storm")
+    make_table(url)
+    limits = {"chat.postMessage": (1, 1.0), "chat.update": (50, 60.0)}
+    with LocalSlack(rate_limits=limits) as local:
+        watch = Watch(load(watch_config(tmp_path, url, thresholds={"long_query_seconds": 1, "lock_wait_seconds": 1},
+                                        watch={"every_seconds": 5},
+                                        escalation="  escalate_after_seconds: 60\n")), local)
+        try:
+            with Sessions(url) as s:
+                storm = [s.start(f"SELECT pg_sleep(120) /* storm {i} */", application_name="batch") for i in range(STORM)]
+                wait_for(lambda: state_older_than(s, storm[-1].pid, 1.2), timeout=30, what="the storm to pass 1.2 s")
+                assert run_within(watch, 10, 5).startswith("ran")
+                [storm_message] = watch.posts()
+                assert f"{STORM} sessions" in storm_message.text and "more" in json.dumps(storm_message.blocks)
+
+                holder = s.open(autocommit=False, application_name="holder")
+                holder.execute("UPDATE t SET id = id WHERE id = 1")
+                waiter = s.start("UPDATE t SET id = id WHERE id = 1 /* new lock wait */", application_name="api")
+                s.wait_until_waiting(waiter.pid)
+                for _ in range(3):                    # storm polls while the wait grows
+                    assert run_within(watch, 10, 5).startswith("ran")
+                wait_for(lambda: waited_longer_than(s, waiter.pid, 1.1), timeout=10, what="the wait to pass 1.1 s")
+                started = time.monotonic()
+                run_within(watch, 10, 5)
+                took = time.monotonic() - started
+                lock = [m for m in watch.posts() if "Lock wait" in m.text]
+                assert len(lock) == 1 and took < 2.0, (took, [m.text for m in watch.posts()])
+
+                for _ in range(12):                   # a minute on: escalation, once
+                    run_within(watch, 10, 5)
+                tags = [r for r in watch.replies() if r.thread_ts == storm_message.ts]
+                assert len(tags) == 1 and f"{STORM} sessions" in tags[0].text
+                assert len([m for m in watch.posts() if "Long query" in m.text]) == 1
+                assert storm_message.updates <= 2      # the storm did not change: a refresh at most
+                assert not [c for c in local.calls() if c.status == 429 and c.method == "chat.update"]
+        finally:
+            watch.close()
