@@ -887,6 +887,10 @@ def _alert_summary(alert: Any) -> tuple[str, list[dict[str, Any]]]:
             doing = "running for" if root.get("state") == "active" else f"{escape(root.get('state') or 'idle')} for"
             root_text = "*Root blocker*: " + _session_text(root, doing)
         line = f"{env}: root blocker {holder} holds up {n} session{'s' if n != 1 else ''}, longest wait {duration(d.get('longest_wait_seconds'))}"
+        earlier = [one_line(str(r), 80) for r in d.get("earlier_roots") or []]
+        if earlier:   # the root handed over while the same sessions kept waiting (one incident)
+            root_text += "\n_Root blocker before: " + ", ".join(
+                code(r, 90) if r.startswith("prepared:") else f"pid {escape(r)}" for r in earlier) + "_"
         queue = d.get("queue") or []
         lines = [_waiter_line(w, "queue head: " if i == 0 else "") for i, w in enumerate(queue)]
         title = f"*Queue behind it* ({n} waiting, head first)"
@@ -945,7 +949,12 @@ def alert_message(alert: Any, *, dashboards: Mapping[str, str] | None = None) ->
     return validate(Message(text=truncate(text, 3000), blocks=blocks))
 
 
-_GROUP_NOUNS = {"lock_wait": "lock queues", "prepared_transaction": "prepared transactions", "unreachable": "targets"}
+_GROUP_NOUNS = {"lock_wait": "lock queue", "prepared_transaction": "prepared transaction", "unreachable": "target"}
+
+
+def _counted(n: int, kind: str) -> str:
+    noun = _GROUP_NOUNS.get(kind, "session")
+    return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
 def _alert_seconds(alert: Any) -> float:
@@ -970,12 +979,11 @@ def alert_group_message(alerts: Sequence[Any], *, dashboards: Mapping[str, str] 
     env = one_line(first.environment, 40)
     title = ALERT_TITLES.get(first.kind, escape(first.kind))
     name = title.split(" ", 1)[1]
-    noun = _GROUP_NOUNS.get(first.kind, "sessions")
     now_open = sorted((a for a in alerts if a.is_open), key=lambda a: (-_alert_seconds(a), a.id))
     opened = min(a.opened_at for a in alerts)
     gone = len(alerts) - len(now_open)
     if now_open:
-        line = f"{env}: {len(now_open)} {noun}, longest {duration(_alert_seconds(now_open[0]))}"
+        line = f"{env}: {_counted(len(now_open), first.kind)}, longest {duration(_alert_seconds(now_open[0]))}"
         head = header(f"{title}: {line}")
         text = f"{title}: {escape(line)}"
         heading = f"*Now* ({len(now_open)}, longest first)"
@@ -986,7 +994,7 @@ def alert_group_message(alerts: Sequence[Any], *, dashboards: Mapping[str, str] 
             when += f" · {gone} more cleared since"
     else:
         lasted = "at least " + duration(max(a.peak_seconds for a in alerts))
-        line = f"{env}: {len(alerts)} {noun}"
+        line = f"{env}: {_counted(len(alerts), first.kind)}"
         head = header(f":white_check_mark: Resolved: {name.lower()} · {line} · lasted {lasted}")
         text = f"RESOLVED: {name} {escape(line)} (lasted {lasted})"
         lines = [_group_line(a) for a in sorted(alerts, key=lambda a: (-_alert_seconds(a), a.id))[:100]]
@@ -1002,7 +1010,7 @@ def escalation_message(alert: Any, owner: str, open_seconds: float, *, sessions:
     `sessions` > 1 for a grouped message, which is tagged once for all it holds."""
     line, _ = _alert_summary(alert)
     if sessions > 1:
-        line = f"{one_line(alert.environment, 40)}: {sessions} {_GROUP_NOUNS.get(alert.kind, 'sessions')}"
+        line = f"{one_line(alert.environment, 40)}: {_counted(sessions, alert.kind)}"
     title = ALERT_TITLES.get(alert.kind, escape(alert.kind)).split(" ", 1)[1]
     text = (f"{mention(owner)} escalation: {escape(title.lower())} alert open for {duration(open_seconds)} — "
             f"{escape(line)} (runbook §7.2)")

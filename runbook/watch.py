@@ -328,7 +328,9 @@ class AlertBook:
                         row.channel, row.ts, row.peak_seconds = None, None, 0.0
                         row.episode_opened_at, row.open_seconds = now, 0.0
                     row.state, row.resolved_at = "open", None
-                row.cleared_at, row.last_seen_at, row.details = None, now, c.details
+                earlier = (row.details or {}).get("earlier_roots") if change != OPENED else None
+                row.cleared_at, row.last_seen_at = None, now
+                row.details = {"earlier_roots": earlier, **c.details} if earlier else c.details   # kept once handed over
                 row.peak_seconds = max(row.peak_seconds, c.seconds, (now - _episode_start(row)).total_seconds()
                                        if c.kind == "unreachable" else 0.0)
                 changed.append(Alert.of(row, change))

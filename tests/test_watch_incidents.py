@@ -48,23 +48,28 @@ def run_within(watch, seconds: float, advance: float) -> str:
 
 # -- 1. a partition after the handshake ------------------------------------------------------------
 
-def test_a_partition_that_swallows_queries_is_a_cannot_read_alert_within_two_intervals(pg_url, make_watch, slack):
-    """The handshake passes and every query is lost: statement_timeout never starts on the server. The
-    poll gives up at its own deadline, the target is 'cannot read', watch_up 0, its gauges unknown."""
+@pytest.mark.parametrize("partition, said", [("swallow_queries", "no answer within 2.5 s"),
+                                              ("silence", "cannot connect")])
+def test_a_partition_that_swallows_queries_is_a_cannot_read_alert_within_two_intervals(pg_url, make_watch, slack,
+                                                                                     partition, said):
+    """swallow_queries: the handshake passes and every query is lost, so statement_timeout never
+    starts on the server; the poll gives up at its own deadline. silence: the handshake itself hangs;
+    connect_timeout_seconds ends it. Either way the target is 'cannot read', watch_up 0, its gauges
+    unknown, within two intervals."""
     every = 5
     with SilentProxy.to(pg_url) as proxy:
         watch = make_watch(proxy.url_for(pg_url), watch={"every_seconds": every, "resolve_after_seconds": 0})
         assert run_within(watch, 2 * every, every).startswith("ran")
         assert metric(watch, "runbook_bot_watch_up") == 1 and metric(watch, "runbook_bot_watch_lock_waiters") == 0
 
-        proxy.swallow_queries()
+        getattr(proxy, partition)()
         started = time.monotonic()
         outcome = run_within(watch, 2 * every, every)
         assert outcome.startswith("ran"), outcome
         [alert] = watch.posts()
         assert time.monotonic() - started < 2 * every
         assert alert.text.startswith(":electric_plug: Cannot reach production")
-        assert "no answer within 2.5 s" in json.dumps(alert.blocks)
+        assert said in json.dumps(alert.blocks), json.dumps(alert.blocks)
         assert metric(watch, "runbook_bot_watch_up") == 0
         for gauge in ("lock_waiters", "long_queries", "idle_in_transaction", "oldest_transaction_seconds"):
             value = metric(watch, f"runbook_bot_watch_{gauge}")
@@ -194,6 +199,7 @@ def test_a_root_blocker_handing_over_keeps_one_incident(pg_url, make_watch):
         watch.run()
         assert len(watch.posts()) == 1, [m.text for m in watch.posts()]
         assert f"root blocker pid {migration.info.backend_pid} holds up 3 sessions" in alert.text
+        assert f"Root blocker before: pid {holder.info.backend_pid}" in json.dumps(alert.blocks)
         assert not alert.text.startswith("RESOLVED")
 
         migration.commit()
