@@ -23,6 +23,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/precheck.py
 	$(BIN)/python bench/backup.py
 	$(BIN)/python bench/monitor.py
+	$(BIN)/python bench/storm.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -953,7 +953,9 @@ def _session_text(d: Mapping[str, Any], doing: str) -> str:
 def _waiter_line(w: Mapping[str, Any], label: str = "") -> str:
     what = ""
     if w.get("mode") or w.get("relation"):
-        what = f" for {escape(w.get('mode') or 'a lock')}" + (f" on {code(w['relation'], 60)}" if w.get("relation") else "")
+        # a row lock is waited on as the other transaction's id (or the tuple): say it is a row
+        on = "on a row of" if w.get("locktype") in ("transactionid", "tuple") else "on"
+        what = f" for {escape(w.get('mode') or 'a lock')}" + (f" {on} {code(w['relation'], 60)}" if w.get("relation") else "")
     who = _session_who(w)
     return (f"• {label}pid {int(w.get('pid') or 0)}{' · ' + who if who else ''} · waiting {duration(w.get('seconds'))}"
             f"{what}\n    {code(w.get('query') or '', QUERY_SNIPPET)}")
@@ -972,6 +974,10 @@ def _alert_summary(alert: Any) -> tuple[str, list[dict[str, Any]]]:
             doing = "running for" if root.get("state") == "active" else f"{escape(root.get('state') or 'idle')} for"
             root_text = "*Root blocker*: " + _session_text(root, doing)
         line = f"{env}: root blocker {holder} holds up {n} session{'s' if n != 1 else ''}, longest wait {duration(d.get('longest_wait_seconds'))}"
+        earlier = [one_line(str(r), 80) for r in d.get("earlier_roots") or []]
+        if earlier:   # the root handed over while the same sessions kept waiting (one incident)
+            root_text += "\n_Root blocker before: " + ", ".join(
+                code(r, 90) if r.startswith("prepared:") else f"pid {escape(r)}" for r in earlier) + "_"
         queue = d.get("queue") or []
         lines = [_waiter_line(w, "queue head: " if i == 0 else "") for i, w in enumerate(queue)]
         title = f"*Queue behind it* ({n} waiting, head first)"
@@ -1030,9 +1036,68 @@ def alert_message(alert: Any, *, dashboards: Mapping[str, str] | None = None) ->
     return validate(Message(text=truncate(text, 3000), blocks=blocks))
 
 
-def escalation_message(alert: Any, owner: str, open_seconds: float) -> Message:
-    """The thread reply that tags the escalation owner (a user or a user group) once (runbook §7.2)."""
+_GROUP_NOUNS = {"lock_wait": "lock queue", "prepared_transaction": "prepared transaction", "unreachable": "target"}
+
+
+def _counted(n: int, kind: str) -> str:
+    noun = _GROUP_NOUNS.get(kind, "session")
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
+def _alert_seconds(alert: Any) -> float:
+    d = alert.details
+    return float(d.get("longest_wait_seconds") or d.get("seconds") or alert.peak_seconds or 0.0)
+
+
+def _group_line(alert: Any) -> str:
+    """One alert inside a grouped message: its summary without the environment, and its query."""
+    line = _alert_summary(alert)[0].split(": ", 1)[-1]
+    query = alert.details.get("query") or (alert.details.get("head") or {}).get("query")
+    return f"• {escape(line)}" + (f" · {code(query, 80)}" if query else "")
+
+
+def alert_group_message(alerts: Sequence[Any], *, dashboards: Mapping[str, str] | None = None) -> Message:
+    """The alerts of one kind in one environment that share a message (one incident, one message):
+    a single alert as alert_message shows it; several as a list, longest first, within Slack's
+    text budget and with a count of the rest."""
+    if len(alerts) == 1:
+        return alert_message(alerts[0], dashboards=dashboards)
+    first = alerts[0]
+    env = one_line(first.environment, 40)
+    title = ALERT_TITLES.get(first.kind, escape(first.kind))
+    name = title.split(" ", 1)[1]
+    now_open = sorted((a for a in alerts if a.is_open), key=lambda a: (-_alert_seconds(a), a.id))
+    opened = min(a.opened_at for a in alerts)
+    gone = len(alerts) - len(now_open)
+    if now_open:
+        line = f"{env}: {_counted(len(now_open), first.kind)}, longest {duration(_alert_seconds(now_open[0]))}"
+        head = header(f"{title}: {line}")
+        text = f"{title}: {escape(line)}"
+        heading = f"*Now* ({len(now_open)}, longest first)"
+        lines = [_group_line(a) for a in now_open[:200]]
+        body = [section(heading + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(heading) - 1, total=len(now_open)))]
+        when = f"open since {slack_time(opened)} · last checked {slack_time(max(a.last_seen_at for a in alerts))}"
+        if gone:
+            when += f" · {gone} more cleared since"
+    else:
+        lasted = "at least " + duration(max(a.peak_seconds for a in alerts))
+        line = f"{env}: {_counted(len(alerts), first.kind)}"
+        head = header(f":white_check_mark: Resolved: {name.lower()} · {line} · lasted {lasted}")
+        text = f"RESOLVED: {name} {escape(line)} (lasted {lasted})"
+        lines = [_group_line(a) for a in sorted(alerts, key=lambda a: (-_alert_seconds(a), a.id))[:100]]
+        body = [context("Last seen:\n" + bounded_lines(lines, 2000 - 11, total=len(alerts)))]
+        resolved = max((a.resolved_at or a.last_seen_at) for a in alerts)
+        when = f"opened {slack_time(opened)} · resolved {slack_time(resolved)}"
+    blocks = [head, *body, context(when, _dashboard_links(dashboards))]
+    return validate(Message(text=truncate(text, 3000), blocks=blocks))
+
+
+def escalation_message(alert: Any, owner: str, open_seconds: float, *, sessions: int = 1) -> Message:
+    """The thread reply that tags the escalation owner (a user or a user group) once (runbook §7.2);
+    `sessions` > 1 for a grouped message, which is tagged once for all it holds."""
     line, _ = _alert_summary(alert)
+    if sessions > 1:
+        line = f"{one_line(alert.environment, 40)}: {_counted(sessions, alert.kind)}"
     title = ALERT_TITLES.get(alert.kind, escape(alert.kind)).split(" ", 1)[1]
     text = (f"{mention(owner)} escalation: {escape(title.lower())} alert open for {duration(open_seconds)} — "
             f"{escape(line)} (runbook §7.2)")
@@ -1084,7 +1149,7 @@ def watch_message(environment: str, state: Any, alerts: Sequence[Any], every_sec
     return validate(Message(text=text, blocks=blocks))
 
 
-__all__ += ["link", "alert_message", "escalation_message", "activity_message", "watch_message"]
+__all__ += ["link", "alert_message", "alert_group_message", "escalation_message", "activity_message", "watch_message"]
 
 
 # --------------------------------------------------------------------------

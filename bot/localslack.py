@@ -7,7 +7,8 @@
 
 `LocalSlack` serves the methods the bot calls on 127.0.0.1 (port 0), records every
 call (method, headers, parsed body) and answers like Slack would. Scripted faults
-(`fail_next`) give 429 with Retry-After, 500, or `ok: false`. `/response/<id>`
+(`fail_next`) give 429 with Retry-After, 500, or `ok: false`; `rate_limits` make it
+answer 429 as Slack does when a method is called too often for one channel. `/response/<id>`
 stands for `response_url`s, `/upload/<file id>` for files_upload_v2 upload URLs,
 and an attached `LocalSocketMode` makes `apps.connections.open` hand out a ws://
 URL on loopback. Nothing here touches the network beyond 127.0.0.1.
@@ -189,10 +190,17 @@ class LocalSlack:
     """The Slack Web API on 127.0.0.1; a context manager, or start()/stop()."""
 
     def __init__(self, *, socket_mode: bool = False, usergroups: dict[str, list[str]] | None = None,
-                 host: str = "127.0.0.1", joined: tuple[str, ...] | list[str] = ()) -> None:
+                 host: str = "127.0.0.1", joined: tuple[str, ...] | list[str] = (),
+                 rate_limits: dict[str, tuple[int, float]] | None = None) -> None:
+        """`joined`: the channels the bot is a member of. `rate_limits`: {method: (calls, per_seconds)}
+        allowed per channel, as Slack enforces them (chat.postMessage about 1 per second per channel,
+        chat.update about 50 per minute); a call over the limit gets 429 with Retry-After and is
+        recorded like any call."""
         self._host = host
         self._channels: dict[str, Channel] = {c: Channel(c, joined=True) for c in joined}
         self._response_uses: dict[str, list[float]] = {}
+        self._rate_limits = dict(rate_limits or {})
+        self._rate_windows: dict[tuple[str, str], list[float]] = {}
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._calls: list[Call] = []
@@ -411,6 +419,21 @@ class LocalSlack:
     def _next_ts(self) -> str:
         return f"{int(time.time())}.{next(self._seq):06d}"
 
+    def _over_rate_limit(self, method: str, body: dict[str, Any]) -> int | None:
+        """Seconds to wait when this call would go over the channel's limit, else None (and counted)."""
+        limit = self._rate_limits.get(method)
+        if limit is None:
+            return None
+        calls, per = limit
+        now = time.monotonic()
+        with self._lock:
+            window = self._rate_windows.setdefault((method, str(body.get("channel") or "")), [])
+            window[:] = [t for t in window if now - t < per]
+            if len(window) >= calls:
+                return max(1, int(per - (now - window[0]) + 0.999))
+            window.append(now)
+            return None
+
     def _take_fault(self, method: str, body: dict[str, Any] | None = None) -> _Fault | None:
         with self._lock:
             fault = next((f for f in self._faults.get(method) or [] if f.applies(body)), None)
@@ -444,6 +467,10 @@ class LocalSlack:
             if fault.status != 200:
                 return fault.status, {}, "Internal Server Error", [], fault.describe()
             return 200, {}, {"ok": False, "error": fault.error}, [], fault.describe()
+        retry_after = self._over_rate_limit(method, body)
+        if retry_after is not None:
+            return (429, {"Retry-After": str(retry_after)}, {"ok": False, "error": "ratelimited"}, [],
+                    f"429 over the {method} rate limit of the channel")
         token = body.get("token")
         auth = headers.get("authorization", "")
         if not token and not auth.lower().startswith("bearer "):

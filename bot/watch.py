@@ -16,9 +16,12 @@ clock. What it does, in order:
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import socket
+import threading
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
@@ -35,6 +38,8 @@ from runbook.watch import (OPENED, REOPENED, RESOLVED, Alert, AlertBook, Observa
 log = logging.getLogger("runbook_bot.watch")
 
 WATCH_ACTOR = "runbook-bot/watch"
+# An open message whose content has not changed is still edited this often, to refresh its figures.
+REFRESH_SECONDS = 300
 
 
 def job_id(environment: str) -> str:
@@ -70,7 +75,8 @@ class WatchMetrics:
             return Gauge(name, doc, list(labels), registry=registry)
 
         self.lock_waiters = gauge("runbook_bot_watch_lock_waiters", "Sessions waiting on a heavyweight lock")
-        self.long_queries = gauge("runbook_bot_watch_long_queries", "Queries running longer than long_query_seconds")
+        self.long_queries = gauge("runbook_bot_watch_long_queries",
+                                  "Queries running longer than long_query_seconds, lock waiters not included")
         self.idle_in_transaction = gauge("runbook_bot_watch_idle_in_transaction",
                                          "Sessions idle in transaction longer than idle_in_transaction_seconds")
         self.oldest_xact = gauge("runbook_bot_watch_oldest_transaction_seconds", "Age of the oldest open transaction")
@@ -90,11 +96,15 @@ class WatchMetrics:
         self.poll_seconds.labels(env).observe(observation.seconds)
         self.last_poll_seconds.labels(env).set(observation.seconds)
         self.up.labels(env).set(1 if observation.ok else 0)
-        if not observation.ok or observation.poll is None:
+        counts = observation.poll if observation.ok else None
+        if counts is None:
+            # unknown, not the last values: a dashboard must not show a calm target it cannot see
+            for gauge in (self.lock_waiters, self.long_queries, self.idle_in_transaction, self.oldest_xact):
+                gauge.labels(env).set(math.nan)
             return
-        counts = observation.poll
         self.lock_waiters.labels(env).set(counts.lock_waiters)
-        self.long_queries.labels(env).set(counts.long_queries)
+        # lock waiters are counted once, by lock_waiters, not again as long queries
+        self.long_queries.labels(env).set(counts.long_queries - counts.long_lock_waiters)
         self.idle_in_transaction.labels(env).set(counts.idle_in_transaction)
         self.oldest_xact.labels(env).set(counts.oldest_xact_seconds or 0.0)
         self.last_success.labels(env).set(observation.at.timestamp())
@@ -120,6 +130,10 @@ class WatchRunner:
         self.leader = leader or AlwaysLeader()
         self.identity = identity or replica_identity()
         self.clock = clock
+        # what each open message last said, by ts: an edit is sent only when that changes. Kept in
+        # the process (a cache, not state): a new leader edits each open message once more.
+        self._sent: dict[str, tuple[Any, datetime]] = {}
+        self._sent_lock = threading.Lock()
 
     def book(self, environment: str) -> AlertBook:
         return AlertBook.for_environment(self.store, self.settings.environments[environment])
@@ -149,9 +163,11 @@ class WatchRunner:
         book.record_poll(observation)
         if self.metrics is not None:
             self.metrics.observed(observation)
-        now = self.clock()
+        # the poll's own time, its wall-clock slot: resolve_after_seconds and escalate_after_seconds
+        # are counted on the polls' grid, not on when each poll's work happened to finish
+        now = slot
         changed = book.apply(environment, evaluate(environment, env, observation), now, seen=kinds_seen(observation))
-        self.deliver(changed)
+        self.deliver(changed, now)
         self.escalate(environment, book, now)
         if self.metrics is not None:
             self.metrics.alerts(environment, book.alerts(environment))
@@ -163,32 +179,79 @@ class WatchRunner:
     def channel(self) -> str | None:
         return self.settings.slack.channel if self.settings.slack is not None else None
 
-    def _message(self, alert: Alert) -> blocks.Message:
-        return self.redactor.message(blocks.alert_message(alert, dashboards=self.settings.escalation.dashboards))
+    def _message(self, alerts: list[Alert]) -> blocks.Message:
+        return self.redactor.message(blocks.alert_group_message(alerts, dashboards=self.settings.escalation.dashboards))
 
-    def deliver(self, changed: list[Alert]) -> None:
-        """Post new alerts once; update the others by their stored ts."""
+    def deliver(self, changed: list[Alert], now: datetime | None = None) -> None:
+        """One message per incident: the alerts of one kind in one environment share it.
+
+        New incidents are posted first, so they never queue behind edits of old ones in Slack's
+        per-channel budget; a new alert of a kind that already has an open message joins it. Then
+        each message touched is edited, only when what it says changed (sessions in or out,
+        cleared, resolved, re-opened) or its figures are older than REFRESH_SECONDS.
+        """
+        now = now or self.clock()
+        book = AlertBook(self.store)
         for alert in changed:
             self._record(alert)
-            try:
-                if alert.ts is None:
-                    if alert.is_open:
-                        self._post(alert)
-                    continue          # resolved before Slack ever saw it: nothing to update
-                message = self._message(alert)
-                self.client.chat_update(channel=alert.channel, ts=alert.ts, text=message.text, blocks=message.blocks)
-            except SlackApiError as exc:
-                log.error("Slack refused the %s alert %s: %s", alert.kind, alert.id, exc.response.get("error"))
+        fresh: dict[tuple[str, str], list[Alert]] = {}
+        for alert in changed:
+            if alert.ts is None and alert.is_open:     # resolved before Slack ever saw it: nothing to do
+                fresh.setdefault((alert.environment, alert.kind), []).append(alert)
+        touched: dict[tuple[str, str], None] = {}
+        for (environment, kind), alerts in fresh.items():
+            current = book.group_message(environment, kind)
+            if current is None:
+                self._post(book, alerts, now)
+                continue
+            for alert in alerts:
+                book.set_message(alert.id, *current)
+            touched[current] = None
+        for alert in changed:
+            if alert.ts is not None and alert.channel is not None:
+                touched[(alert.channel, alert.ts)] = None
+        for channel, ts in touched:
+            self._update(book, channel, ts, now)
 
-    def _post(self, alert: Alert) -> None:
+    def _post(self, book: AlertBook, alerts: list[Alert], now: datetime) -> None:
         channel = self.channel
         if channel is None:
-            log.warning("an alert opened but slack.channel is not configured: %s", alert.key)
+            log.warning("an alert opened but slack.channel is not configured: %s", alerts[0].key)
             return
-        message = self._message(alert)
-        response = self.client.chat_postMessage(channel=channel, text=message.text, blocks=message.blocks,
-                                                unfurl_links=False)
-        AlertBook(self.store).set_message(alert.id, channel, response["ts"])
+        message = self._message(alerts)
+        try:
+            response = self.client.chat_postMessage(channel=channel, text=message.text, blocks=message.blocks,
+                                                    unfurl_links=False)
+        except SlackApiError as exc:
+            log.error("Slack refused the %s alert %s: %s", alerts[0].kind, alerts[0].id, exc.response.get("error"))
+            return
+        for alert in alerts:
+            book.set_message(alert.id, channel, response["ts"])
+        self._remember(response["ts"], _fingerprint(book.message_alerts(channel, response["ts"])), now)
+
+    def _update(self, book: AlertBook, channel: str, ts: str, now: datetime) -> None:
+        alerts = book.message_alerts(channel, ts)
+        if not alerts:
+            return
+        fingerprint = _fingerprint(alerts)
+        with self._sent_lock:
+            last = self._sent.get(ts)
+        if last is not None and last[0] == fingerprint and (now - last[1]).total_seconds() < REFRESH_SECONDS:
+            return
+        message = self._message(alerts)
+        try:
+            self.client.chat_update(channel=channel, ts=ts, text=message.text, blocks=message.blocks)
+        except SlackApiError as exc:
+            log.error("Slack refused the %s alert %s: %s", alerts[0].kind, alerts[0].id, exc.response.get("error"))
+            return
+        self._remember(ts, fingerprint, now, done=not any(a.is_open for a in alerts))
+
+    def _remember(self, ts: str, fingerprint: Any, now: datetime, *, done: bool = False) -> None:
+        with self._sent_lock:
+            if done:
+                self._sent.pop(ts, None)        # a re-opening changes what it says anyway
+            else:
+                self._sent[ts] = (fingerprint, now)
 
     def _record(self, alert: Alert) -> None:
         outcome = {OPENED: "opened", REOPENED: "reopened", RESOLVED: "resolved"}.get(alert.change)
@@ -200,25 +263,51 @@ class WatchRunner:
                                                                    "key": self.redactor(alert.key)})
 
     def escalate(self, environment: str, book: AlertBook, now: datetime) -> None:
+        """Tag the owner once per message: a grouped incident is one page, not one per session."""
         escalation = self.settings.escalation
         owner = escalation.owner.slack
         if owner is None:
             return
+        due: dict[tuple[str, str], list[Alert]] = {}
         for alert in book.due_for_escalation(environment, now, escalation.escalate_after_seconds,
                                              escalation.escalate_kinds):
-            if not book.claim_escalation(alert.id, now):
+            due.setdefault((alert.channel, alert.ts), []).append(alert)
+        for (channel, ts), alerts in due.items():
+            tagged_before = any(a.escalated_at is not None for a in book.message_alerts(channel, ts))
+            won = [a for a in alerts if book.claim_escalation(a.id, now)]
+            if tagged_before or not won:
                 continue
+            alert = won[0]
+            sessions = sum(1 for a in book.message_alerts(channel, ts) if a.is_open)
             message = self.redactor.message(
-                blocks.escalation_message(alert, owner, (now - alert.opened_at).total_seconds()))
+                blocks.escalation_message(alert, owner, alert.open_for(now), sessions=sessions))
             try:
-                self.client.chat_postMessage(channel=alert.channel, thread_ts=alert.ts, text=message.text,
+                self.client.chat_postMessage(channel=channel, thread_ts=ts, text=message.text,
                                              blocks=message.blocks, unfurl_links=False)
             except SlackApiError as exc:
                 log.error("could not tag the escalation owner for alert %s: %s", alert.id, exc.response.get("error"))
-                book.release_escalation(alert.id)
+                for claimed in won:
+                    book.release_escalation(claimed.id)
                 continue
             self.store.record(actor=WATCH_ACTOR, action="alert", environment=environment, outcome="escalated",
                               summary=f"{alert.kind} {alert.subject} tagged {owner}", details={"alert_id": alert.id})
+
+
+def _fingerprint(alerts: list[Alert]) -> tuple:
+    """What a message says, without the figures that move every poll (ages, wait times)."""
+    return tuple((a.id, a.state, a.cleared_at is None, a.reopened, json.dumps(_steady(a.details), sort_keys=True,
+                                                                              default=str)) for a in alerts)
+
+
+_MOVING = frozenset({"seconds", "xact_seconds", "longest_wait_seconds"})
+
+
+def _steady(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _steady(v) for k, v in node.items() if k not in _MOVING}
+    if isinstance(node, list):
+        return [_steady(v) for v in node]
+    return node
 
 
 def _with_error(observation: Observation, error: str) -> Observation:

@@ -50,6 +50,7 @@ class SessionInfo:
     wait_event_type: str | None = None
     wait_event: str | None = None
     backend_start: datetime | None = None   # with pid, names one session for its whole life
+    query_start: datetime | None = None     # with pid, names one query (pooled connections run many)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class Poll:
     oldest_xact_seconds: float | None
     oldest_lock_wait_seconds: float | None = None  # query age of the longest waiter: an upper bound
     old_prepared: int = 0     # prepared transactions older than the idle-in-transaction threshold
+    long_lock_waiters: int = 0  # of long_queries, those waiting on a lock (the lock alert's business)
 
     @property
     def quiet(self) -> bool:
@@ -137,6 +139,8 @@ SELECT count(*) FILTER (WHERE a.state = 'active')                               
        count(*) FILTER (WHERE a.wait_event_type = 'Lock')                           AS lock_waiters,
        count(*) FILTER (WHERE a.state = 'active'
                           AND now() - a.query_start > make_interval(secs => %(long_s)s)) AS long_queries,
+       count(*) FILTER (WHERE a.state = 'active' AND a.wait_event_type = 'Lock'
+                          AND now() - a.query_start > make_interval(secs => %(long_s)s)) AS long_lock_waiters,
        count(*) FILTER (WHERE a.state IN ('idle in transaction', 'idle in transaction (aborted)')
                           AND now() - a.state_change > make_interval(secs => %(idle_s)s)) AS idle_in_transaction,
        extract(epoch FROM max(now() - a.xact_start))::float8                        AS oldest_xact_seconds,
@@ -184,6 +188,7 @@ def poll(
         oldest_xact_seconds=row["oldest_xact_seconds"],
         oldest_lock_wait_seconds=row["oldest_lock_wait_seconds"],
         old_prepared=row["old_prepared"],
+        long_lock_waiters=row["long_lock_waiters"],
     )
 
 
@@ -192,7 +197,7 @@ def poll(
 # transaction).
 _SESSION_COLUMNS = """
        a.pid, a.usename, a.application_name, a.datname, a.state, a.backend_type,
-       a.wait_event_type, a.wait_event, a.backend_start,
+       a.wait_event_type, a.wait_event, a.backend_start, a.query_start,
        extract(epoch FROM now() - CASE WHEN a.state = 'active' THEN a.query_start
                                        ELSE a.state_change END)::float8 AS seconds,
        extract(epoch FROM now() - a.query_start)::float8                AS query_seconds,
@@ -235,8 +240,10 @@ WHERE w.pid IS NOT NULL
 
 # Enrichment, read only when there are lock waiters (pg_locks copies the whole lock table
 # under the lock manager's partition locks): the waiters' requested lock (mode, object, exact
-# wait start, PG 14+) and the locks held by prepared transactions (pid IS NULL), which is how
-# blocker "0" is tied to a gid. Relation names resolve in the connected database only.
+# wait start, PG 14+), the tuple locks the waiters hold (a row-lock waiter waits on the other
+# transaction's id, which names no table; the tuple lock it took first does) and the locks held
+# by prepared transactions (pid IS NULL), which is how blocker "0" is tied to a gid. Relation
+# names resolve in the connected database only.
 LOCKS_SQL = """
 SELECT l.pid, l.granted, l.locktype, l.database, l.relation, l.page, l.tuple, l.virtualxid,
        l.transactionid::text AS transactionid, l.classid, l.objid, l.objsubid,
@@ -246,7 +253,7 @@ SELECT l.pid, l.granted, l.locktype, l.database, l.relation, l.page, l.tuple, l.
             THEN l.relation::regclass::text END AS relation_name,
        {wait_seconds} AS wait_seconds
 FROM pg_locks l
-WHERE (NOT l.granted AND l.pid = ANY(%(pids)s::int[]))
+WHERE (l.pid = ANY(%(pids)s::int[]) AND (NOT l.granted OR l.locktype = 'tuple'))
    OR (l.granted AND l.pid IS NULL)
 """
 _WAITSTART = "extract(epoch FROM now() - l.waitstart)::float8"   # the column exists from PG 14
@@ -324,6 +331,7 @@ def _session(row: Mapping[str, Any]) -> SessionInfo:
         wait_event_type=row["wait_event_type"],
         wait_event=row["wait_event"],
         backend_start=row["backend_start"],
+        query_start=row.get("query_start"),
     )
 
 
@@ -450,11 +458,19 @@ def _read_locks(
         return {}, []
     waiting: dict[int, dict[str, Any]] = {}
     held: list[dict[str, Any]] = []
+    rows_held: dict[int, dict[str, Any]] = {}
     for row in lock_rows:
-        if row["granted"]:
+        if not row["granted"]:
+            waiting.setdefault(row["pid"], row)   # a backend waits for one lock at a time
+        elif row["pid"] is None:
             held.append(row)
         else:
-            waiting.setdefault(row["pid"], row)   # a backend waits for one lock at a time
+            rows_held.setdefault(row["pid"], row)
+    for pid, wanted in waiting.items():
+        tuple_lock = rows_held.get(pid)
+        if wanted["relation"] is None and tuple_lock is not None:
+            # the row's table, for the report only: "relation" stays as the lock manager has it
+            waiting[pid] = {**wanted, "relation_name": tuple_lock["relation_name"] or str(tuple_lock["relation"])}
     return waiting, held
 
 

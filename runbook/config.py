@@ -135,6 +135,17 @@ class Watch(_Strict):
     # The monitor connection's own limits: it must never queue behind a lock itself.
     statement_timeout: PgInterval = "2s"
     lock_timeout: PgInterval = "100ms"
+    # How long one poll may read the target once connected (connect_timeout_seconds covers the
+    # connection itself). statement_timeout is enforced by the server, which never sees a query
+    # lost in a partition: past this deadline the bot abandons the connection and the poll
+    # becomes a "cannot read" alert. Default: half the interval, at most 15 s.
+    poll_deadline_seconds: float | None = Field(None, gt=0, le=3600)
+
+    @property
+    def poll_deadline(self) -> float:
+        if self.poll_deadline_seconds is not None:
+            return self.poll_deadline_seconds
+        return min(15.0, self.every_seconds / 2)
 
 
 class Migration(_Strict):

@@ -45,6 +45,10 @@ def aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=timezone.utc)
 
 
+def _episode_start(row: AlertRow) -> datetime:
+    return aware(row.episode_opened_at) or aware(row.opened_at)
+
+
 def _iso(value: datetime | None) -> str:
     return value.astimezone(timezone.utc).isoformat() if value is not None else ""
 
@@ -74,8 +78,8 @@ def lock_wait_possible(counts: Poll, env: Environment) -> bool:
 
 def needs_snapshot(counts: Poll, env: Environment) -> bool:
     """Whether the poll saw anything that could be over a threshold."""
-    return bool(lock_wait_possible(counts, env) or counts.long_queries or counts.idle_in_transaction
-                or counts.old_prepared)
+    return bool(lock_wait_possible(counts, env) or counts.long_queries > counts.long_lock_waiters
+                or counts.idle_in_transaction or counts.old_prepared)
 
 
 def observe(name: str, env: Environment, *, clock=utcnow) -> Observation:
@@ -85,7 +89,8 @@ def observe(name: str, env: Environment, *, clock=utcnow) -> Observation:
     started_at, started = clock(), time.perf_counter()
     try:
         with target.connect(MONITOR_PURPOSE, statement_timeout=env.watch.statement_timeout,
-                            lock_timeout=env.watch.lock_timeout) as conn:
+                            lock_timeout=env.watch.lock_timeout,
+                            deadline_seconds=env.watch.poll_deadline) as conn:
             counts = poll(conn, long_query_seconds=thresholds.long_query_seconds,
                           idle_in_transaction_seconds=thresholds.idle_in_transaction_seconds)
             activity = None
@@ -113,6 +118,9 @@ class Condition:
     since: str                # backend_start (or prepare time), ISO 8601; "" when unknown
     seconds: float            # how long it has lasted so far, as far as the server tells
     details: dict[str, Any] = field(default_factory=dict)
+    # The session is the root blocker of a lock alert, which names it: it opens no alert of its own
+    # (one incident, one message); an alert it already had carries on until it clears.
+    absorbed: bool = False
 
     @property
     def key(self) -> str:
@@ -124,6 +132,11 @@ def _session_details(s: SessionInfo) -> dict[str, Any]:
             "seconds": round(s.seconds, 1), "xact_seconds": None if s.xact_seconds is None else round(s.xact_seconds, 1),
             "query": s.query[:QUERY_CHARS], "database": s.database,
             "wait_event_type": s.wait_event_type, "wait_event": s.wait_event}
+
+
+def _member(pid: int, backend_start: datetime | None) -> str:
+    """One session for its whole life (a pid alone is reused)."""
+    return f"{pid}@{_iso(backend_start)}"
 
 
 def _lock_condition(name: str, root: BlockingRoot, over: float) -> Condition | None:
@@ -145,6 +158,8 @@ def _lock_condition(name: str, root: BlockingRoot, over: float) -> Condition | N
         "root": blocker, "queue_length": len(queue), "head": waiters[0], "queue": waiters,
         "longest_wait_seconds": round(max(w.seconds for w in queue), 1),
         "relation": head.relation, "mode": head.mode,
+        # every waiter, to recognise the same queue when its root hands over (AlertBook.apply)
+        "waiters": [_member(w.pid, w.backend_start) for w in queue],
     })
 
 
@@ -158,17 +173,22 @@ def evaluate(name: str, env: Environment, observation: Observation) -> list[Cond
         return []
     thresholds = env.thresholds
     found: list[Condition] = []
+    roots: set[str] = set()
     for root in activity.roots:
         condition = _lock_condition(name, root, thresholds.lock_wait_seconds)
         if condition is not None:
             found.append(condition)
+            if root.session is not None:
+                roots.add(_member(root.pid, root.session.backend_start))
     for s in activity.long_queries:
         if s.wait_event_type == "Lock":
             continue          # a waiter is the lock alert's business, named in its queue
-        found.append(Condition(name, "long_query", str(s.pid), _iso(s.backend_start), s.seconds, _session_details(s)))
+        # keyed by the query's start too: two queries back to back on one pooled connection are two alerts
+        found.append(Condition(name, "long_query", str(s.pid), _iso(s.query_start or s.backend_start), s.seconds,
+                               _session_details(s), absorbed=_member(s.pid, s.backend_start) in roots))
     for s in activity.idle_in_transaction:
         found.append(Condition(name, "idle_in_transaction", str(s.pid), _iso(s.backend_start), s.seconds,
-                               _session_details(s)))
+                               _session_details(s), absorbed=_member(s.pid, s.backend_start) in roots))
     for p in activity.prepared:
         if p.seconds >= thresholds.idle_in_transaction_seconds:
             found.append(Condition(name, "prepared_transaction", p.gid, _iso(p.prepared_at), p.seconds,
@@ -206,6 +226,8 @@ class Alert:
     details: dict[str, Any]
     channel: str | None
     ts: str | None
+    episode_opened_at: datetime | None = None   # when the current open episode began
+    open_seconds: float = 0.0                   # how long the earlier episodes were open
     change: str = ONGOING           # what this apply() did to it
 
     @classmethod
@@ -213,11 +235,18 @@ class Alert:
         return cls(row.id, row.key, row.environment, row.kind, row.subject, row.since, row.state,
                    aware(row.opened_at), aware(row.last_seen_at), aware(row.cleared_at), aware(row.resolved_at),
                    aware(row.escalated_at), row.reopened, row.peak_seconds, dict(row.details or {}),
-                   row.channel, row.ts, change)
+                   row.channel, row.ts, aware(row.episode_opened_at) or aware(row.opened_at), row.open_seconds or 0.0,
+                   change=change)
 
     @property
     def is_open(self) -> bool:
         return self.state == "open"
+
+    def open_for(self, now: datetime) -> float:
+        """Seconds this incident has actually been open: resolved gaps between episodes do not count;
+        a gap shorter than resolve_after_seconds is no gap (the alert never resolved)."""
+        current = (now - (self.episode_opened_at or self.opened_at)).total_seconds() if self.is_open else 0.0
+        return self.open_seconds + max(0.0, current)
 
 
 @dataclass(frozen=True)
@@ -269,27 +298,40 @@ class AlertBook:
             existing = {}
             if conditions:
                 existing = {r.key: r for r in session.scalars(select(AlertRow).where(AlertRow.key.in_(list(conditions))))}
+            handed_over: set[int] = set()
             for key, c in conditions.items():
                 row = existing.get(key)
+                if row is None and c.kind == "lock_wait":
+                    row = self._same_queue(session, environment, c, set(conditions), handed_over)
                 if row is None:
+                    if c.absorbed:
+                        continue    # named by the lock alert it is the root of
                     row = AlertRow(key=key, environment=environment, kind=c.kind, subject=c.subject[:250],
                                    since=c.since, state="open", opened_at=now, last_seen_at=now,
-                                   peak_seconds=c.seconds, details=c.details, reopened=0)
+                                   peak_seconds=c.seconds, details=c.details, reopened=0,
+                                   episode_opened_at=now, open_seconds=0.0)
                     session.add(row)
                     session.flush()
                     changed.append(Alert.of(row, OPENED))
                     continue
+                if c.absorbed and row.state != "open":
+                    continue
                 change = ONGOING
                 if row.state != "open":
                     if row.resolved_at is not None and now - aware(row.resolved_at) <= self.reopen_within:
+                        # the same incident again: a new episode, whose figures the message shows
                         change, row.reopened = REOPENED, row.reopened + 1
+                        row.episode_opened_at, row.peak_seconds = now, 0.0
                     else:   # the same key long after: a new incident, a new message
                         change = OPENED
                         row.opened_at, row.escalated_at, row.reopened = now, None, 0
                         row.channel, row.ts, row.peak_seconds = None, None, 0.0
+                        row.episode_opened_at, row.open_seconds = now, 0.0
                     row.state, row.resolved_at = "open", None
-                row.cleared_at, row.last_seen_at, row.details = None, now, c.details
-                row.peak_seconds = max(row.peak_seconds, c.seconds, (now - aware(row.opened_at)).total_seconds()
+                earlier = (row.details or {}).get("earlier_roots") if change != OPENED else None
+                row.cleared_at, row.last_seen_at = None, now
+                row.details = {"earlier_roots": earlier, **c.details} if earlier else c.details   # kept once handed over
+                row.peak_seconds = max(row.peak_seconds, c.seconds, (now - _episode_start(row)).total_seconds()
                                        if c.kind == "unreachable" else 0.0)
                 changed.append(Alert.of(row, change))
             gone = session.scalars(select(AlertRow).where(
@@ -302,12 +344,53 @@ class AlertBook:
                     row.cleared_at = now
                 if now - aware(row.cleared_at) >= self.resolve_after:
                     row.state, row.resolved_at = "resolved", now
+                    # the episode ended when it was first missed, not when the grace ran out
+                    episode = max(0.0, (aware(row.cleared_at) - _episode_start(row)).total_seconds())
+                    row.open_seconds = (row.open_seconds or 0.0) + episode
                     if row.kind == "unreachable":
-                        row.peak_seconds = (aware(row.cleared_at) - aware(row.opened_at)).total_seconds()
+                        row.peak_seconds = episode
                     changed.append(Alert.of(row, RESOLVED))
                 else:
                     changed.append(Alert.of(row, CLEARING))
         return changed
+
+    def _same_queue(self, session, environment: str, c: Condition, keys: set[str],
+                    taken: set[int]) -> AlertRow | None:
+        """An open lock alert whose root is gone while sessions of its queue still wait, now behind
+        `c`'s root: the root handed over (the holder committed, the migration it held up took the
+        lock and keeps it) and the readers' outage goes on. It is the same incident: the alert
+        carries on under the new root's key."""
+        waiting = set(c.details.get("waiters") or ())
+        if not waiting:
+            return None
+        rows = session.scalars(select(AlertRow).where(
+            AlertRow.environment == environment, AlertRow.kind == "lock_wait", AlertRow.state == "open")
+            .order_by(AlertRow.id))
+        for row in rows:
+            if row.id in taken or row.key in keys:
+                continue          # its own root still blocks someone: a queue of its own
+            if waiting & set((row.details or {}).get("waiters") or ()):
+                taken.add(row.id)
+                earlier = [*((row.details or {}).get("earlier_roots") or []), row.subject][-5:]
+                c.details["earlier_roots"] = earlier
+                row.key, row.subject, row.since = c.key, c.subject[:250], c.since
+                return row
+        return None
+
+    def group_message(self, environment: str, kind: str) -> tuple[str, str] | None:
+        """(channel, ts) of the message that holds the open alerts of `kind` in `environment`, if
+        any: a new alert of that kind joins it instead of posting one more (one incident, one message)."""
+        with self.store.session() as session:
+            row = session.scalars(select(AlertRow).where(
+                AlertRow.environment == environment, AlertRow.kind == kind, AlertRow.state == "open",
+                AlertRow.ts.is_not(None)).order_by(AlertRow.id.desc()).limit(1)).first()
+            return (row.channel, row.ts) if row is not None else None
+
+    def message_alerts(self, channel: str, ts: str) -> list[Alert]:
+        """Every alert a message tells of, open or resolved."""
+        with self.store.session() as session:
+            return [Alert.of(r) for r in session.scalars(select(AlertRow).where(
+                AlertRow.channel == channel, AlertRow.ts == ts).order_by(AlertRow.id))]
 
     def set_message(self, alert_id: int, channel: str, ts: str) -> bool:
         """Remember the alert's Slack message; only the first one sticks."""
@@ -318,13 +401,14 @@ class AlertBook:
 
     def due_for_escalation(self, environment: str, now: datetime, after_seconds: float,
                            kinds: Iterable[str]) -> list[Alert]:
-        """Open alerts with a message, open at least `after_seconds`, of an escalating kind, not yet escalated."""
-        cutoff = now - timedelta(seconds=after_seconds)
+        """Open alerts with a message, seen in the last poll, of an escalating kind, not yet escalated,
+        that have been open at least `after_seconds` (Alert.open_for: resolved gaps do not count)."""
         with self.store.session() as session:
             rows = session.scalars(select(AlertRow).where(
                 AlertRow.environment == environment, AlertRow.state == "open", AlertRow.escalated_at.is_(None),
-                AlertRow.ts.is_not(None), AlertRow.kind.in_(list(kinds))).order_by(AlertRow.id))
-            return [Alert.of(r) for r in rows if aware(r.opened_at) <= cutoff]
+                AlertRow.cleared_at.is_(None), AlertRow.ts.is_not(None), AlertRow.kind.in_(list(kinds)))
+                .order_by(AlertRow.id))
+            return [a for a in map(Alert.of, rows) if a.open_for(now) >= after_seconds]
 
     def claim_escalation(self, alert_id: int, now: datetime) -> bool:
         """The one caller that gets True tags the owner; everyone else does nothing."""
@@ -405,7 +489,7 @@ def live_activity(env: Environment) -> tuple[Activity, str]:
     """`activity` on demand (Slack and CLI): the full snapshot against the thresholds, and the target."""
     target = Target(env.dsn, connect_timeout=env.connect_timeout_seconds)
     with target.connect("activity", statement_timeout=env.watch.statement_timeout,
-                        lock_timeout=env.watch.lock_timeout) as conn:
+                        lock_timeout=env.watch.lock_timeout, deadline_seconds=env.watch.poll_deadline) as conn:
         result = snapshot(conn, long_query_seconds=env.thresholds.long_query_seconds,
                           idle_in_transaction_seconds=env.thresholds.idle_in_transaction_seconds,
                           query_chars=QUERY_CHARS)

@@ -259,3 +259,18 @@ def test_local_slack_with_its_own_socket_mode_and_restartable():
     finally:
         slack.stop()
     slack.stop()  # idempotent
+
+
+def test_per_channel_rate_limits_answer_429_with_retry_after():
+    """As Slack: over a method's limit for one channel, 429 and Retry-After; other channels unaffected."""
+    with LocalSlack(rate_limits={"chat.postMessage": (2, 60.0)}) as slack:
+        client = WebClient(token="xoxb-rate", base_url=slack.url, retry_handlers=[])
+        client.chat_postMessage(channel="C0RATE0001", text="one")
+        client.chat_postMessage(channel="C0RATE0001", text="two")
+        with pytest.raises(SlackApiError) as refused:
+            client.chat_postMessage(channel="C0RATE0001", text="three")
+        assert refused.value.response.status_code == 429
+        assert 1 <= int(refused.value.response.headers["Retry-After"]) <= 60
+        client.chat_postMessage(channel="C0RATE0002", text="another channel")
+        assert [c.status for c in slack.calls("chat.postMessage")] == [200, 200, 429, 200]
+        assert len(slack.messages(kind="message")) == 3

@@ -165,7 +165,9 @@ def test_lock_queue_gives_one_alert_naming_the_root_blocker_updated_then_resolve
 
         watch.run()
         watch.run()
-        assert len(watch.posts()) == 1 and alert.updates == 2              # updated by ts, never re-posted
+        assert len(watch.posts()) == 1 and alert.updates == 0              # nothing changed: not edited
+        watch.run(advance=300)
+        assert len(watch.posts()) == 1 and alert.updates == 1              # figures refreshed by ts, never re-posted
         assert slack.calls("chat.update")[-1].body["ts"] == alert.ts
 
         holder.commit()                                                    # the root blocker lets go
@@ -213,7 +215,9 @@ def test_idle_in_transaction_session_is_one_alert(pg_url, make_watch):
         [alert] = watch.posts()
         assert f"pid {idle.info.backend_pid} idle in transaction for" in alert.text
         assert "forgot to commit" in json.dumps(alert.blocks) and "forgotten-shell" in json.dumps(alert.blocks)
-        assert alert.updates == 2
+        assert alert.updates == 0                 # what it says has not changed: no edit
+        watch.run(advance=300)
+        assert alert.updates == 1                 # its figures are refreshed every 5 minutes
 
 
 # -- flapping -------------------------------------------------------------------------------------

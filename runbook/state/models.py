@@ -141,10 +141,15 @@ class AlertRow(Base):
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     escalated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     reopened: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    peak_seconds: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    peak_seconds: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)   # of the current episode
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
     channel: Mapped[str | None] = mapped_column(String(40))
     ts: Mapped[str | None] = mapped_column(String(40))
+    # 0007: an incident that resolved and came back within the re-open window is one alert with
+    # several open episodes. Escalation counts the time it was open: the earlier episodes'
+    # (open_seconds) plus the current one's (since episode_opened_at; None: since opened_at).
+    episode_opened_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    open_seconds: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (Index("ix_alerts_environment_state", "environment", "state"),)
 

@@ -17,7 +17,7 @@ from runbook.dsn import redact
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "runbook_bot_alembic_version"
 # The newest migration in migrations/versions; tests/test_state.py keeps the two in step.
-HEAD = "0006_run_details"
+HEAD = "0007_alert_episodes"
 
 
 def _sqlalchemy_url(url: str) -> str:

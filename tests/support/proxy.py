@@ -4,13 +4,18 @@
         bot_url = proxy.url_for(url)       # postgresql://…@127.0.0.1:<port>/<db>
         proxy.silence()                    # bytes stop flowing both ways; connections stay open
         proxy.resume()
+        proxy.swallow_queries()            # connecting still works; every query is lost on the way
 
 Silenced, a client's query neither fails nor answers, as when a host is black-holed: exactly the
-case where a health check must not hang.
+case where a health check must not hang. Swallowing is the partition that strikes after the
+handshake: the connection opens (connect_timeout is satisfied) and then the first query the
+client sends, and everything after it on that connection, is dropped, so the server never sees
+it and its statement_timeout never starts.
 """
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -20,6 +25,7 @@ class SilentProxy:
         self.target = target                     # (host, port), or a unix socket path
         self._flowing = threading.Event()
         self._flowing.set()
+        self._swallowing = threading.Event()
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -45,6 +51,10 @@ class SilentProxy:
 
     def resume(self) -> None:
         self._flowing.set()
+        self._swallowing.clear()
+
+    def swallow_queries(self) -> None:
+        self._swallowing.set()
 
     def _accept(self) -> None:
         while not self._closed.is_set():
@@ -59,10 +69,10 @@ class SilentProxy:
                 upstream = socket.create_connection(self.target)
             with self._lock:
                 self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream, _ClientStream()), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, stream: "_ClientStream | None" = None) -> None:
         try:
             while True:
                 data = source.recv(65536)
@@ -71,7 +81,10 @@ class SilentProxy:
                 while not self._flowing.wait(0.1):      # silenced: hold the bytes, keep the connection
                     if self._closed.is_set():
                         return
-                sink.sendall(data)
+                if stream is not None:
+                    data = stream.passed(data, swallowing=self._swallowing.is_set())
+                if data:
+                    sink.sendall(data)
         except OSError:
             pass
         finally:
@@ -97,3 +110,43 @@ class SilentProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# Untyped messages a client may send before its startup message (int32 length, int32 code).
+_SSL_REQUEST, _GSSENC_REQUEST, _PROTOCOL_3 = 80877103, 80877104, 196608
+
+
+class _ClientStream:
+    """Splits what a PostgreSQL client sends into messages, to let the handshake through and drop
+    everything from the first query on while swallowing (the password exchange, 'p', still passes)."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.started = False        # past the startup message: typed messages from here on
+        self.dropping = False
+
+    def passed(self, data: bytes, *, swallowing: bool) -> bytes:
+        self.buffer += data
+        out = b""
+        while True:
+            if not self.started:
+                if len(self.buffer) < 8:
+                    break
+                length, code = struct.unpack("!ii", self.buffer[:8])
+                if len(self.buffer) < length:
+                    break
+                message, self.buffer = self.buffer[:length], self.buffer[length:]
+                if code not in (_SSL_REQUEST, _GSSENC_REQUEST):
+                    self.started = code == _PROTOCOL_3 or self.started
+            else:
+                if len(self.buffer) < 5:
+                    break
+                length = struct.unpack("!i", self.buffer[1:5])[0] + 1
+                if len(self.buffer) < length:
+                    break
+                message, self.buffer = self.buffer[:length], self.buffer[length:]
+                if swallowing and message[:1] != b"p":
+                    self.dropping = True
+            if not self.dropping:
+                out += message
+        return out
