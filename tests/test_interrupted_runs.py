@@ -366,7 +366,11 @@ def restore_held_at_a_lock(sample_db, pg_state_url, tmp_path, pg_bin_dir, slack_
             wait_for(lambda: [s for s in restore_sessions(target) if s[1] == "Lock"], timeout=60,
                      what="the restore's psql to wait for the application's lock")
             assert run.state == "running" and run.approval_id == request.id and run.pid == bot.pid
-            assert run.details == {"backup_id": item.id, "mode": "full", "tables": item.tables}
+            # the safety backup, taken before the restore step, protects the run (retention keeps it)
+            safety = backups.list_backups(store, "production")[0]
+            assert safety.reason == "safety" and safety.details["before_restore_of"] == item.id
+            assert run.details == {"backup_id": item.id, "mode": "full", "tables": item.tables,
+                                   "protected_by": safety.id}
             assert requests.get(request.id).state == "executing"
             yield HeldRestore(bot, store, target, item, request, run, before, app.rollback)
     finally:

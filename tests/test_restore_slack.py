@@ -159,7 +159,7 @@ def test_full_restore_asks_for_approval_then_brings_back_the_exact_rows(restore_
     assert run.details == {"backup_id": item.id, "mode": "full", "tables": item.tables, "protected_by": safety}
     assert (run.from_revision, run.target_revision) == (REV_0002, REV_0002) and run.finished_at is not None
     assert run.result["from"] == [REV_0002] and run.result["to"] == [REV_0002] and run.result["error"] is None
-    assert run.result["safety_backup_id"] == safety.id and final.result["run_id"] == run.id
+    assert run.result["safety_backup_id"] == safety and final.result["run_id"] == run.id
     assert f"run `{run.id}`" in result_text
     seen = ("\n".join(json.dumps(c.body, default=str) for c in local_slack.calls()) + log_lines.getvalue()
             + json.dumps([[r.summary, r.result, r.details] for r in RunStore(bot.runtime.store).list()]))
