@@ -26,7 +26,7 @@ from slack_bolt.context.ack import Ack
 from slack_bolt.middleware.authorization.single_team_authorization import SingleTeamAuthorization
 from slack_sdk import WebClient
 from slack_sdk.http_retry import default_retry_handlers
-from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler, ServerErrorRetryHandler
 
 from bot import blocks
 from bot.approvals import ACTION_PATTERN as APPROVAL_ACTIONS, Click
@@ -39,6 +39,8 @@ log = logging.getLogger("runbook_bot.slack")
 SLASH_COMMAND = "/migrate"
 DEFAULT_LISTENER_THREADS = 16
 RATE_LIMIT_RETRIES = 2
+# 500, 503 from Slack: retried with backoff (slack_sdk's handler), then reported like any failure.
+SERVER_ERROR_RETRIES = 2
 SLACK_API_URL_ENV = "SLACK_API_URL"
 SIGNING_SECRET_ENV = "SLACK_SIGNING_SECRET"
 
@@ -120,11 +122,13 @@ for _kind in LISTENER_KINDS:
 
 def make_client(token: str | None, base_url: str | None = None, *, timeout: int = 30,
                 rate_limit_retries: int = RATE_LIMIT_RETRIES) -> WebClient:
-    """A WebClient that retries 429s (rule 8) and honours SLACK_API_URL."""
+    """A WebClient that retries 429s (rule 8), Slack's 5xx and dropped connections (a short Slack outage
+    must not leave a request reading "running"), and honours SLACK_API_URL."""
     base_url = base_url or os.environ.get(SLACK_API_URL_ENV) or WebClient.BASE_URL
     if not base_url.endswith("/"):
         base_url += "/"
-    handlers = default_retry_handlers() + [RateLimitErrorRetryHandler(max_retry_count=rate_limit_retries)]
+    handlers = default_retry_handlers() + [RateLimitErrorRetryHandler(max_retry_count=rate_limit_retries),
+                                           ServerErrorRetryHandler(max_retry_count=SERVER_ERROR_RETRIES)]
     return WebClient(token=token, base_url=base_url, timeout=timeout, retry_handlers=handlers)
 
 

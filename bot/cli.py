@@ -196,6 +196,12 @@ def _open_store(settings: Settings):
     for run in RunStore(store).reap(actor=cli_actor()):
         print(f"runbook-bot: {run.kind} run {run.id} on {run.environment} was interrupted: {run.summary}",
               file=sys.stderr)
+    from runbook.backup import sweep_interrupted
+
+    for name, env in settings.environments.items():      # a backup whose process was killed mid-dump
+        for backup_id in sweep_interrupted(name, env, store):
+            print(f"runbook-bot: backup #{backup_id} of {name} was interrupted: marked failed, its partial archive "
+                  "removed", file=sys.stderr)
     return store
 
 

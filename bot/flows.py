@@ -147,7 +147,7 @@ class Flows:
         text = self.redactor(text)
         try:
             self.record(origin, command.action, command.environment, "error", text)
-        except StateError as exc:
+        except Exception as exc:  # the state database may be what failed: the user still gets the one line
             log.error("could not record an event: %s", self.redactor(str(exc)))
         self.reply_ephemeral(origin, blocks.error_message(text))
 

@@ -49,6 +49,7 @@ class Runtime:
         store = Store(settings.state_url)
         store.migrate()
         reaped = cls._reap_interrupted_runs(store)
+        cls._sweep_interrupted_backups(settings, store)
         client = make_client(token, api_url or os.environ.get("SLACK_API_URL"))
         redactor = Redactor(settings, extra_secrets=known_secrets(settings) + (token, signing_secret or ""))
         flows = Flows(settings, store, client, redactor=redactor, max_workers=workers)
@@ -82,6 +83,7 @@ class Runtime:
         """Runs whose process died: marked interrupted (never resumed), posted once by whoever reaped them."""
         reaped = self._reap_interrupted_runs(self.store)
         self.flows.migrations.announce_interrupted(reaped)
+        self._sweep_interrupted_backups(self.settings, self.store)
         return reaped
 
     @staticmethod
@@ -93,6 +95,24 @@ class Runtime:
         for run in reaped:
             log.warning("%s run %s on %s was interrupted: %s", run.kind, run.id, run.environment, run.summary)
         return reaped
+
+    @staticmethod
+    def _sweep_interrupted_backups(settings: Settings, store: Store) -> list[int]:
+        """Backups whose process died mid-dump: failed, their partial archives removed (runbook.backup)."""
+        from runbook.backup import sweep_interrupted
+
+        swept: list[int] = []
+        for name, env in settings.environments.items():
+            try:
+                found = sweep_interrupted(name, env, store)
+            except Exception as exc:  # the reaper must keep going; the next tick retries
+                log.error("sweeping %s's interrupted backups failed: %s", name, type(exc).__name__)
+                continue
+            if found:
+                log.warning("backup(s) %s of %s were interrupted: marked failed, partial archives removed",
+                            ", ".join(f"#{i}" for i in found), name)
+            swept += found
+        return swept
 
     def stop_scheduler(self) -> None:
         """No scheduled run starts any more; the leader's session closes, and its advisory lock with it."""

@@ -79,7 +79,7 @@ from runbook.pgtools import Tools, ToolError, client_env, conninfo_without_passw
 from runbook.revisions import AlembicProject, RevisionError
 from runbook.state.backups import last_backup_at, latest_verified_row
 from runbook.state.models import BackupRow, as_utc
-from runbook.storage import (CHUNK, Storage, StorageError, archive_size, remove_local, sha256_directory,
+from runbook.storage import (CHUNK, PARTIAL_PREFIX, Storage, StorageError, archive_size, remove_local, sha256_directory,
                              size_so_far)
 from runbook.target import Target, TargetError, redact
 from runbook.tether import tethered
@@ -1122,6 +1122,28 @@ def _backup_locked(name: str, env: Environment, store, target: Target, storage: 
     return result
 
 
+def sweep_interrupted(name: str, env: Environment, store) -> list[int]:
+    """Backups left `running` by a process that died mid-dump (kill -9, an OOM kill): marked failed and
+    their partial archives removed, at the next start and by the reaper, not at the next backup. Only
+    while the target's operation lock is free: a backup that is really running holds it. Returns the ids
+    swept; [] when there were none, or the target cannot be reached or is busy (the next sweep retries)."""
+    query = select(BackupRow).where(BackupRow.environment == name, BackupRow.status == "running")
+    with store.session() as session:
+        running = [Backup.of(row) for row in session.scalars(query)]
+    if not running:
+        return []
+    try:
+        with guard.exclusive(target_of(env), name, "sweep", wait_seconds=0):
+            storage = Storage(env.backups)
+            for item in running:
+                remove_local(storage.staging / (PARTIAL_PREFIX + item.name))
+            _fail_interrupted(store, name)
+    except (guard.OperationRunning, TargetError, StorageError, OSError) as exc:
+        log.info("backups of %s left running not swept now: %s", name, redact(str(exc)))
+        return []
+    return [item.id for item in running]
+
+
 def _fail_interrupted(store, environment: str) -> None:
     """Entries left `running` by a bot that died mid-backup (called under the operation lock, so
     nothing of this target can still be running): failed, so they are never mistaken for live ones."""
@@ -1714,5 +1736,5 @@ __all__ = [
     "BackupError", "BackupFailed", "Backup", "Progress", "ProgressCallback", "DumpSession", "TableChange",
     "RestorePlan", "RestoreResult", "CatalogObject", "KINDS", "LEVELS", "VERIFY_LEVELS",
     "backup", "list_backups", "get_backup", "latest_verified", "last_backup_at", "verify_backup", "remember_message",
-    "apply_retention", "definition_changes", "plan_restore", "restore", "dump_in_progress", "resolve_tables", "backup_to_json",
+    "apply_retention", "definition_changes", "plan_restore", "sweep_interrupted", "restore", "dump_in_progress", "resolve_tables", "backup_to_json",
 ]

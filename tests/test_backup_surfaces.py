@@ -273,3 +273,40 @@ def test_a_long_backup_posts_one_progress_message_and_updates_it(pg_url, pg_bin_
     finally:
         server.close()
         runtime.close()
+
+
+def test_a_backup_killed_mid_dump_is_failed_and_its_partial_removed_at_the_next_start(sample_db, pg_bin_dir,
+                                                                                       tmp_path):
+    """Issue 13 §3: kill -9 during a backup left a `running` row and a `.partial-…` file until the next backup
+    (or 6 h). The next start of any command sweeps them, once the target's operation lock is free."""
+    import os
+    import signal
+
+    from tests.support.sessions import Sessions
+    from tests.support.waiting import wait_for
+
+    url = sample_db(REV_0003)
+    config = write_config(tmp_path, with_password(url, PASSWORD), extra_env=pg_bin_line(pg_bin_dir))
+    store = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    store.migrate()
+    with Sessions(url) as sessions:
+        holder = sessions.open(autocommit=False)
+        holder.execute("LOCK TABLE expenses IN ACCESS EXCLUSIVE MODE")   # pg_dump waits for its lock
+        proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "--config", str(config), "backup"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            running = wait_for(lambda: [b for b in engine.list_backups(store, "production") if b.status == "running"],
+                               timeout=60, what="the backup's running row")[0]
+            partial = tmp_path / "backups" / f".partial-{running.name}"
+            wait_for(partial.exists, timeout=30, what="the partial archive")
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        holder.rollback()
+    assert engine.get_backup(store, "production", running.id).status == "running"      # left behind
+    swept = cli(config, "backups")                                                    # the next start
+    assert swept.returncode == 0, swept.stderr
+    assert f"backup #{running.id} of production was interrupted: marked failed" in swept.stderr
+    left = engine.get_backup(store, "production", running.id)
+    assert left.status == "failed" and "interrupted" in left.error and not partial.exists()
+    assert "was interrupted" not in cli(config, "backups").stderr                    # once

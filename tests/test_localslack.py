@@ -274,3 +274,15 @@ def test_per_channel_rate_limits_answer_429_with_retry_after():
         client.chat_postMessage(channel="C0RATE0002", text="another channel")
         assert [c.status for c in slack.calls("chat.postMessage")] == [200, 200, 429, 200]
         assert len(slack.messages(kind="message")) == 3
+
+
+def test_the_bots_client_rides_out_a_short_slack_outage(local_slack):
+    """Issue 13 §3: two 500s while a run finishes must not leave its message reading "running"."""
+    from bot.app import make_client
+
+    client = make_client("xoxb-local-test", local_slack.url)
+    ts = client.chat_postMessage(channel=CHANNEL, text="running")["ts"]
+    local_slack.fail_next("chat.update", status=500, times=2)
+    assert client.chat_update(channel=CHANNEL, ts=ts, text="done")["ok"]
+    assert [c.status for c in local_slack.calls("chat.update")] == [500, 500, 200]
+    assert local_slack.message(CHANNEL, ts).text == "done"

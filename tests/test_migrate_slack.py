@@ -759,3 +759,26 @@ def test_validate_after_a_step_by_step_migration_expects_where_the_run_left_it_o
                                                          if m.thread_ts == posted.ts]
     for done in (stepped, checked, explicit, unknown):
         assert PASSWORD not in done.stdout + done.stderr
+
+
+def test_a_command_while_the_state_database_is_down_gets_one_line(sample_db, make_bot, tmp_path):
+    """Issue 13 §3: acked, then the state database is gone: the user is told so in one line, not dropped."""
+    import shutil
+
+    (tmp_path / "state").mkdir()
+    bot = make_bot(sample_db(REV_0001), state_url=f"sqlite:///{tmp_path / 'state' / 'state.db'}")
+    state_file = Path(bot.store.engine.url.database)
+    moved = state_file.parent.with_name(state_file.parent.name + "-gone")
+    bot.store.engine.dispose()
+    shutil.move(str(state_file.parent), str(moved))         # the directory is gone: nothing can be opened
+    try:
+        before = len(bot.slack.messages(kind="ephemeral"))
+        answer = signed_post(bot.server.url + "/slack/events", slash_command_body("backups", user_id=REQUESTER,
+                                                                                   channel_id=CHANNEL))
+        assert answer.status == 200 and "Working on" in answer.text                # acked first, as always
+        wait_for(lambda: len(bot.slack.messages(kind="ephemeral")) > before, timeout=30, what="the one-line answer")
+        [said] = bot.ephemerals(REQUESTER)[before:]
+        assert "the bot's state database is unreachable" in said and "try again in a moment" in said
+        assert "Traceback" not in said and "OperationalError" not in said and len(said.splitlines()) == 1
+    finally:
+        shutil.move(str(moved), str(state_file.parent))

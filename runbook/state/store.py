@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from runbook.state.models import EventRow
@@ -83,8 +84,18 @@ class Store:
             return False  # migrate() reports the problem properly
         return versions == [HEAD]
 
-    def session(self) -> Session:
-        return self._sessions()
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A short session; a state database that cannot be reached (or drops the connection) is a
+        StateError with one redacted line, which every surface knows how to say, never SQLAlchemy's
+        OperationalError escaping to a generic handler."""
+        try:
+            with self._sessions() as session:
+                yield session
+        except (OperationalError, InterfaceError) as exc:
+            first = str(getattr(exc, "orig", exc) or exc).strip().splitlines()
+            raise StateError("the bot's state database is unreachable"
+                             + (f" ({redact(first[0])[:200]})" if first else "") + "; try again in a moment") from None
 
     def ping(self) -> bool:
         try:
