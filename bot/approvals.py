@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, Protocol
 from slack_sdk.errors import SlackApiError
 
 from bot import blocks
+from runbook import authz
 from runbook.config import ConfigError, Settings
 from runbook.state import StateError, Store
 from runbook.state.approvals import (
@@ -354,12 +355,10 @@ class ApprovalService:
     def is_approver(self, environment: str, user_id: str) -> bool:
         """Whether `user_id` is one of the environment's approvers, directly or through a user group
         (Refusal "unverifiable" when Slack cannot say who is in a group)."""
-        approvers = self.settings.environments[environment].approvals.approvers
-        if user_id in approvers:
-            return True
-        return any(user_id in self._group_members(group) for group in approvers if group.startswith("S"))
+        return authz.listed(user_id, self.settings.environments[environment].approvals.approvers,
+                            self.group_members)
 
-    def _group_members(self, group: str) -> list[str]:
+    def group_members(self, group: str) -> list[str]:
         """Asked on every click that needs it, so a removal from the group counts at once."""
         try:
             response = self.client.usergroups_users_list(usergroup=group)
