@@ -51,11 +51,11 @@ def channel_refusal(settings: Settings, channel_id: str | None) -> "blocks.Mrkdw
     places = [blocks.channel(c) for c in allowed if c != "dm"]
     if "dm" in allowed:
         places.append(blocks.Mrkdwn("a direct message with the bot"))
-    where = ", ".join(places[:-1]) + (" or " if len(places) > 1 else "") + places[-1] if places else None
-    if where is None:
+    if not places:
         return blocks.mrkdwn("`/migrate` is not taken in any channel (see slack.command_channels); nothing was done.")
+    listed = ", ".join(places[:-1]) + " or " + places[-1] if len(places) > 1 else places[0]
     return blocks.mrkdwn("`/migrate` is not taken in this channel: use it in {}. Nothing was done.",
-                         blocks.Mrkdwn(where))
+                         blocks.Mrkdwn(listed))
 
 
 class Busy(Exception):
