@@ -21,11 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from slack_bolt import App, BoltResponse
+from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.context.ack import Ack
 from slack_bolt.middleware.authorization.single_team_authorization import SingleTeamAuthorization
 from slack_sdk import WebClient
 from slack_sdk.http_retry import default_retry_handlers
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler, ServerErrorRetryHandler
 
 from bot import blocks
@@ -84,6 +85,7 @@ class BotApp(App):
     flows: Any
     settings: Any
     verifies_signatures: bool
+    signature_verifier: SignatureVerifier     # bot.http checks every request with it before Bolt parses it
     listener_executor: ThreadPoolExecutor
 
     def shutdown(self, wait: bool = True) -> None:
@@ -234,11 +236,12 @@ def build_app(settings: Any, client: WebClient, flows: FlowsLike, *, signing_sec
     app.flows = flows
     app.settings = settings
     app.verifies_signatures = real_secret
+    app.signature_verifier = SignatureVerifier(secret)
     app.listener_executor = executor
 
     @app.command(command)
-    def on_migrate(ack: Ack, body: dict[str, Any], respond: Any) -> None:
-        _handle_migrate(app, ack, body, respond)
+    def on_migrate(ack: Ack, body: dict[str, Any], respond: Any, request: BoltRequest) -> None:
+        _handle_migrate(app, ack, body, respond, request)
 
     # Buttons (approvals) register their app.action(...) listeners HERE, before the
     # fallback below: Bolt gives a request to the first listener that matches.
@@ -277,7 +280,8 @@ def build_app(settings: Any, client: WebClient, flows: FlowsLike, *, signing_sec
     return app
 
 
-def _handle_migrate(app: BotApp, ack: Ack, body: dict[str, Any], respond: Any) -> None:
+def _handle_migrate(app: BotApp, ack: Ack, body: dict[str, Any], respond: Any,
+                    request: BoltRequest | None = None) -> None:
     flows = app.flows
     text = body.get("text") or ""
     try:
@@ -288,11 +292,18 @@ def _handle_migrate(app: BotApp, ack: Ack, body: dict[str, Any], respond: Any) -
         ack(text=message.text)
         return
     app.metrics.command(command.action)
+    origin = make_origin(body, request)
+    wrong_channel = None
+    if command.action != "help" and getattr(app.settings, "slack", None) is not None:
+        from bot.flows import channel_refusal
+
+        wrong_channel = channel_refusal(app.settings, origin.channel_id)
     if command.action == "help":  # answered in the ack itself; the flow only records the event
         ack(**blocks.help_message(ACTIONS).as_kwargs())
+    elif wrong_channel is not None:  # said in the ack (the bot may not even be in that channel); Flows records it
+        ack(text=blocks.error_message(wrong_channel).text)
     else:
         ack(text=blocks.working_text(command.text))
-    origin = make_origin(body)
     try:
         flows.submit(command, origin)
     except Exception as exc:
@@ -347,12 +358,28 @@ def user_and_channel(body: dict[str, Any]) -> tuple[Any, Any]:
     return user, channel
 
 
-def make_origin(body: dict[str, Any]) -> Any:
+_SIGNATURE = re.compile(r"^v0=([0-9a-f]{64})$")
+
+
+def request_key(body: dict[str, Any], request: BoltRequest | None = None) -> str | None:
+    """What identifies one delivery of a request: its signature over HTTP (a replay of the same
+    signed bytes carries the same one), else its trigger_id (Socket Mode: no signatures)."""
+    if request is not None:
+        signature = (request.headers.get("x-slack-signature") or [""])[0]
+        match = _SIGNATURE.match(signature or "")
+        if match:
+            return "sig:" + match.group(1)
+    trigger = body.get("trigger_id")
+    return "trigger:" + trigger[:64] if isinstance(trigger, str) and trigger else None
+
+
+def make_origin(body: dict[str, Any], request: BoltRequest | None = None) -> Any:
     from bot.flows import Origin
 
     user, channel = user_and_channel(body)
     return Origin(user_id=user or "", channel_id=channel or None, response_url=body.get("response_url") or None,
-                  trigger_id=body.get("trigger_id") or None, source="slack")
+                  trigger_id=body.get("trigger_id") or None, source="slack",
+                  request_key=request_key(body, request))
 
 
 def warm_up(app: App) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, Protocol
 from slack_sdk.errors import SlackApiError
 
 from bot import blocks
+from runbook import authz
 from runbook.config import ConfigError, Settings
 from runbook.state import StateError, Store
 from runbook.state.approvals import (
@@ -67,10 +68,12 @@ class ApprovalError(Exception):
 
 
 class Refusal(Exception):
-    """A click that changes nothing; one line for the clicker, and the audit outcome."""
+    """A click that changes nothing; one line for the clicker, and the audit outcome. `text` keeps
+    a blocks.Mrkdwn line as it is (its mentions shown as mentions); str() of it is plain."""
 
     def __init__(self, text: str, outcome: str = "refused"):
         super().__init__(text)
+        self.text = text
         self.outcome = outcome
 
 
@@ -257,7 +260,7 @@ class ApprovalService:
                 facts["button_value"] = click.value    # which request a forged or stale button named
             self._audit(click.user_id or "unknown", decision, request.environment if request else None,
                         refusal.outcome, str(refusal), request, facts)
-            self._ephemeral(click, str(refusal))
+            self._ephemeral(click, refusal.text)
             return refusal.outcome
         except Exception as exc:
             log.error("approval click failed: %s", self.redactor(repr(exc)))
@@ -346,17 +349,14 @@ class ApprovalService:
             raise Refusal(f"You asked for this {what}; someone else has to approve it.", "self-approval")
         if self.is_approver(request.environment, user_id):
             return
-        who = ", ".join(blocks.mention(a) for a in approvals.approvers[:10]) or "nobody"
-        raise Refusal(f"You are not an approver on {request.environment} (approvers: {who}); "
-                      "nothing was changed.", "unauthorised")
+        raise Refusal(blocks.mrkdwn("You are not an approver on {} (approvers: {}); nothing was changed.",
+                                    request.environment, blocks.mentions(approvals.approvers)), "unauthorised")
 
     def is_approver(self, environment: str, user_id: str) -> bool:
         """Whether `user_id` is one of the environment's approvers, directly or through a user group
         (Refusal "unverifiable" when Slack cannot say who is in a group)."""
-        approvers = self.settings.environments[environment].approvals.approvers
-        if user_id in approvers:
-            return True
-        return any(user_id in self.group_members(group) for group in approvers if group.startswith("S"))
+        return authz.listed(user_id, self.settings.environments[environment].approvals.approvers,
+                            self.group_members)
 
     def group_members(self, group: str) -> list[str]:
         """Asked on every click that needs it, so a removal from the group counts at once."""
@@ -365,8 +365,9 @@ class ApprovalService:
         except SlackApiError as exc:
             error = exc.response.get("error")
             log.warning("usergroups.users.list %s failed: %s", group, error)
-            raise Refusal(f"Could not check membership of {blocks.mention(group)} ({error}); "
-                          "nothing was changed. Try again in a moment.", "unverifiable") from None
+            raise Refusal(blocks.mrkdwn("Could not check membership of {} ({}); nothing was changed. "
+                                        "Try again in a moment.", blocks.mention(group), str(error)),
+                          "unverifiable") from None
         users = response.get("users")
         return list(users) if isinstance(users, list) else []
 

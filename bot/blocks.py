@@ -80,9 +80,33 @@ class Message:
 # --------------------------------------------------------------------------
 # text helpers
 
+class Mrkdwn(str):
+    """Text that is Slack mrkdwn already: a mention built by the helpers below, or a line put
+    together by `mrkdwn()` from escaped pieces. `escape()` leaves it as it is, so a mention is
+    never escaped a second time (which shows `&lt;@U…&gt;` instead of the person)."""
+
+    __slots__ = ()
+
+
 def escape(text: Any) -> str:
-    """Neutralise mrkdwn control characters; only &, < and > (Slack's rule)."""
+    """Neutralise mrkdwn control characters; only &, < and > (Slack's rule). Mrkdwn is left alone."""
+    if isinstance(text, Mrkdwn):
+        return text
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def mrkdwn(template: str, *args: Any, **kwargs: Any) -> Mrkdwn:
+    """`template.format(...)` with every argument escaped unless it is Mrkdwn (a mention, or a
+    line built here): the one way to write a line that mixes mentions with untrusted text.
+    `template` is the program's own text, never a user's."""
+    return Mrkdwn(template.format(*(escape(a) for a in args), **{k: escape(v) for k, v in kwargs.items()}))
+
+
+def mentions(slack_ids: Sequence[str], limit: int = 10, *, none: str = "nobody") -> Mrkdwn:
+    """Users and user groups as real mentions, comma-separated, at most `limit` of them."""
+    shown = [mention(i) for i in slack_ids[:limit]]
+    more = f" and {len(slack_ids) - limit} more" if len(slack_ids) > limit else ""
+    return Mrkdwn(", ".join(shown) + more) if shown else Mrkdwn(escape(none))
 
 
 def truncate(text: str, limit: int) -> str:
@@ -120,32 +144,32 @@ def user(user_id: str) -> str:
     """`<@U…>`: the only way a user mention is written."""
     if not isinstance(user_id, str) or not _USER_ID.match(user_id):
         raise BlockError(f"not a Slack user ID: {user_id!r:.40}")
-    return f"<@{user_id}>"
+    return Mrkdwn(f"<@{user_id}>")
 
 
 def usergroup(group_id: str) -> str:
     """`<!subteam^S…>`: the only way a user-group mention is written."""
     if not isinstance(group_id, str) or not _GROUP_ID.match(group_id):
         raise BlockError(f"not a Slack user group ID: {group_id!r:.40}")
-    return f"<!subteam^{group_id}>"
+    return Mrkdwn(f"<!subteam^{group_id}>")
 
 
-def mention(slack_id: str) -> str:
+def mention(slack_id: str) -> Mrkdwn:
     """A user or a user group, chosen by the ID's prefix (approvers lists hold both)."""
     if isinstance(slack_id, str) and slack_id.startswith("S"):
         return usergroup(slack_id)
     return user(slack_id)
 
 
-def here() -> str:
-    return "<!here>"
+def here() -> Mrkdwn:
+    return Mrkdwn("<!here>")
 
 
 def channel(channel_id: str) -> str:
     """`<#C…>`: a link to a channel."""
     if not isinstance(channel_id, str) or not _CHANNEL_ID.match(channel_id):
         raise BlockError(f"not a Slack channel ID: {channel_id!r:.40}")
-    return f"<#{channel_id}>"
+    return Mrkdwn(f"<#{channel_id}>")
 
 
 def is_user_id(value: Any) -> bool:
@@ -471,8 +495,16 @@ def help_message(actions_spec: Mapping[str, Any] | None = None) -> Message:
 
 
 def error_message(text: str) -> Message:
-    """One line, escaped, for an ephemeral reply."""
-    line = escape(one_line(text, 500)) or "Something went wrong."
+    """One line for an ephemeral reply: escaped, unless it is Mrkdwn (built by `mrkdwn()`, whose
+    mentions must stay mentions; it is only flattened, never cut inside a mention)."""
+    if isinstance(text, Mrkdwn):
+        line = " ".join(text.split())
+        if len(line) > 1000:
+            cut = line.rfind(" ", 0, 999)          # mentions hold no spaces: never cut inside one
+            line = line[:cut if cut > 0 else 999] + " …"
+    else:
+        line = escape(one_line(text, 500))
+    line = line or "Something went wrong."
     return validate(Message(text=f":warning: {line}", blocks=[section(f":warning: {line}")]))
 
 
@@ -797,7 +829,8 @@ def working_text(command_text: str) -> str:
 __all__ = [
     "BlockError", "FileUpload", "Message", "validate", "fit_text_budget", "text_length", "moved_pointer",
     "MAX_TOTAL_TEXT", "escape", "truncate", "code", "code_block", "one_line",
-    "user", "usergroup", "mention", "here", "channel", "is_user_id", "slack_time", "duration", "size",
+    "Mrkdwn", "mrkdwn", "mentions", "user", "usergroup", "mention", "here", "channel", "is_user_id", "slack_time",
+    "duration", "size",
     "header", "section", "context", "divider", "button", "actions", "bounded_lines",
     "help_message", "error_message", "precheck_message", "status_message", "run_status_line", "working_text",
 ]

@@ -233,6 +233,29 @@ class Command:
     args: tuple[str, ...] = field(default_factory=tuple)
 
     @property
+    def permission(self) -> str | None:
+        """The runbook.authz action this command needs (a key of an environment's `permissions`), or
+        None when everyone may (read-only commands, `watch on|status`, `escalate 1`)."""
+        if self.action in ("run", "rollback", "restore", "backup"):
+            return self.action
+        if self.action == "ack-risk":
+            return "ack_risk"
+        if self.action == "watch" and self.args[:1] == ("off",):
+            return "watch_off"
+        if self.action == "escalate":
+            level = escalate_args(self.args)[0]
+            return f"escalate_{level}" if level >= 2 else None
+        return None
+
+    @property
+    def changes_state(self) -> bool:
+        """Whether running it twice would act twice (ask twice, back up twice, page twice): such a
+        command is run once per Slack request, however often the request arrives (replays)."""
+        if self.action == "watch":
+            return self.args[:1] in (("on",), ("off",))
+        return self.action in ("run", "rollback", "restore", "backup", "ack-risk", "escalate")
+
+    @property
     def text(self) -> str:
         parts = ["/migrate", self.action]
         if self.environment:

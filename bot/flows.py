@@ -16,7 +16,7 @@ from slack_sdk import WebClient
 from bot import approvals, blocks
 from bot.gateway import Posted, SlackGateway
 from bot.commands import Command, backup_args, escalate_args, restore_args
-from runbook import precheck
+from runbook import authz, precheck
 from runbook.config import ConfigError, Settings
 from runbook.revisions import AlembicProject, RevisionError
 from runbook.state import StateError, Store
@@ -34,6 +34,28 @@ class Origin:
     response_url: str | None = None
     trigger_id: str | None = None
     source: str = "slack"
+    # What identifies this delivery of the request (its signature in HTTP mode, else its trigger_id):
+    # a replay of the same signed request carries the same one (issue 13 §4).
+    request_key: str | None = None
+
+
+def channel_refusal(settings: Settings, channel_id: str | None) -> "blocks.Mrkdwn | None":
+    """None when `/migrate` may be typed in `channel_id` (slack.command_channels: channel IDs and
+    `dm`; default slack.channel and DMs); else the one line saying where to go instead. Pure: the
+    ack gives the line at once, and Flows records the refusal."""
+    if settings.slack is None:
+        return None          # no channel configured: the bot answers wherever it is asked
+    allowed = settings.slack.allowed_command_channels
+    if channel_id in allowed or ("dm" in allowed and (channel_id or "").startswith("D")):
+        return None
+    places = [blocks.channel(c) for c in allowed if c != "dm"]
+    if "dm" in allowed:
+        places.append(blocks.Mrkdwn("a direct message with the bot"))
+    if not places:
+        return blocks.mrkdwn("`/migrate` is not taken in any channel (see slack.command_channels); nothing was done.")
+    listed = ", ".join(places[:-1]) + " or " + places[-1] if len(places) > 1 else places[0]
+    return blocks.mrkdwn("`/migrate` is not taken in this channel: use it in {}. Nothing was done.",
+                         blocks.Mrkdwn(listed))
 
 
 class Busy(Exception):
@@ -135,6 +157,8 @@ class Flows:
     def _run(self, command: Command, origin: Origin) -> None:
         handler: Callable[[Command, Origin], None] = getattr(self, "do_" + command.action.replace("-", "_"))
         try:
+            if not self._admitted(command, origin):
+                return
             handler(command, origin)
         except (ConfigError, TargetError, RevisionError, StateError) as exc:
             self._fail(command, origin, str(exc))
@@ -142,6 +166,39 @@ class Flows:
             log.error("%s failed: %s", command.text, self.redactor(repr(exc)), exc_info=self.redactor.safe_exc_info(exc))
             self._fail(command, origin, f"`{command.text}` failed unexpectedly ({type(exc).__name__}); "
                                         "the bot's log has the details.")
+
+    def _admitted(self, command: Command, origin: Origin) -> bool:
+        """Before any command runs: typed where commands are taken, not a replay of a request that
+        was run already, and by someone allowed to (runbook.authz decides). A refusal is one line
+        (the channel refusal was the ack's already) and an event."""
+        name = self.settings.environment(command.environment)[0] if command.environment else None
+        if origin.source == "slack" and command.action != "help":
+            where = channel_refusal(self.settings, origin.channel_id)
+            if where is not None:
+                self.record(origin, command.action, name, "unauthorised", where,
+                            {"channel": origin.channel_id, "command": command.text})
+                return False
+        if command.changes_state and origin.request_key:
+            from runbook.state.replays import first_delivery
+
+            if not first_delivery(self.store, origin.request_key, claimed_by=self.actor(origin)):
+                log.warning("ignored a replayed request: %s by %s", command.text[:200], origin.user_id[:40])
+                self.record(origin, command.action, name, "replayed", f"a replay of `{command.text}` was ignored")
+                return False
+        permission = command.permission
+        if permission is None or name is None:
+            return True
+        try:
+            if authz.allowed(self.settings, name, permission, self.actor(origin),
+                             members_of=self.approvals.group_members):
+                return True
+            line = blocks.Mrkdwn(authz.refusal_line(self.settings, name, permission, mention=blocks.mention,
+                                                    escape=blocks.escape))
+        except approvals.Refusal as exc:       # a user group Slack would not expand
+            line = exc.text
+        self.record(origin, command.action, name, "unauthorised", line, {"permission": permission})
+        self.reply_ephemeral(origin, blocks.error_message(line))
+        return False
 
     def _fail(self, command: Command, origin: Origin, text: str) -> None:
         text = self.redactor(text)
@@ -285,20 +342,8 @@ class Flows:
         from bot.review_blocks import ack_message
         from runbook import review
 
-        revision, reason = ack_risk_args(command.args)
+        revision, reason = ack_risk_args(command.args)     # who may: the ack_risk permission (_admitted)
         name, env = self.settings.environment(command.environment)
-        try:
-            allowed = self.approvals.is_approver(name, origin.user_id)
-        except approvals.Refusal as exc:
-            self._fail(command, origin, str(exc))
-            return
-        if not allowed:
-            who = ", ".join(blocks.mention(a) for a in env.approvals.approvers[:10]) or "nobody"
-            self.record(origin, review.ACK_ACTION, name, "refused", f"not an approver: {revision}")
-            self.reply_ephemeral(origin, blocks.error_message(
-                f"Only an approver on {name} may acknowledge a risk (approvers: {who}); "
-                "no acknowledgement was recorded."))
-            return
         project = self.project(name)
         with precheck.target_of(env).connect("ack-risk") as conn:
             current = project.current(conn)

@@ -530,7 +530,7 @@ class Migrations:
         except approvals.Refusal as refusal:
             self._audit(click.user_id or "unknown", action, row, refusal.outcome, str(refusal),
                         {"button_value": click.value[:40]} if row is None else None)
-            self._tell(click, str(refusal))
+            self._tell(click, refusal.text)
             return refusal.outcome
         except Exception as exc:
             log.error("a %s click failed: %s", action, self.redactor(repr(exc)))
@@ -567,9 +567,9 @@ class Migrations:
         if user == row.requester or self.approvals.is_approver(row.environment, user):
             return
         approvers = self.settings.environments[row.environment].approvals.approvers
-        who = ", ".join(blocks.mention(a) for a in approvers[:10]) or "nobody"
-        raise approvals.Refusal(f"Only the requester or an approver on {row.environment} (approvers: {who}) may "
-                                f"{what}; nothing was changed.", "unauthorised")
+        raise approvals.Refusal(blocks.mrkdwn("Only the requester or an approver on {} (approvers: {}) may {}; "
+                                              "nothing was changed.", row.environment, blocks.mentions(approvers),
+                                              what), "unauthorised")
 
     def _backup_first(self, click: approvals.Click, request: ApprovalRequest) -> str:
         if request.state != PENDING or request.is_due(utcnow()):

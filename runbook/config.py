@@ -116,6 +116,28 @@ class Approvals(_Strict):
     require_backup_within_minutes: int = Field(60, ge=1)
 
 
+# Who may do an action from Slack (issue 13 §2): "everyone" in the workspace, the environment's
+# "approvers" (approvals.approvers), or a list of user (U…, W…) and user-group (S…) IDs ([] is nobody).
+Who = Literal["everyone", "approvers"] | list[SlackUserOrGroup]
+
+
+class Permissions(_Strict):
+    """Who may do what from Slack on one environment; runbook.authz decides with it. What acts
+    without an approval defaults to the approvers; asking for what still needs an approval (run,
+    rollback, restore) and the owner escalation default to everyone. Read-only commands are not
+    listed: everyone may. The CLI is trusted (it has the configuration and the database already)."""
+
+    watch_off: Who = "approvers"        # `/migrate watch off`: silences alerting
+    escalate_2: Who = "everyone"        # `/migrate escalate 2`: tags the owner
+    escalate_3: Who = "approvers"       # `/migrate escalate 3`: @here and the pause hook
+    backup: Who = "approvers"           # `/migrate backup`: retention may delete older backups
+    ack_risk: Who = "approvers"         # `/migrate ack-risk`: clears a HIGH risk rating
+    gate_override: Who = "approvers"    # overriding a migrate/rollback/restore guard
+    run: Who = "everyone"               # asking; the approval decides
+    rollback: Who = "everyone"
+    restore: Who = "everyone"
+
+
 class Thresholds(_Strict):
     long_query_seconds: float = Field(300, gt=0)
     lock_wait_seconds: float = Field(30, gt=0)
@@ -235,6 +257,7 @@ class Environment(_Strict):
     migration: Migration = Migration()
     validation: Validation = Validation()
     review: Review = Review()
+    permissions: Permissions = Permissions()
     # Migrate only to revisions applied and validated by the bot on this environment first.
     promote_from: EnvName | None = None
     # More variables the app's own code needs from the bot's environment (its Alembic and smoke
@@ -264,6 +287,13 @@ class Environment(_Strict):
 
 class Slack(_Strict):
     channel: SlackChannel
+    # Where `/migrate` may be typed: channel IDs and `dm` (direct messages with the bot). Default:
+    # `channel` and DMs. Elsewhere a command is refused with one line saying where to go.
+    command_channels: list[SlackChannel | Literal["dm"]] | None = None
+
+    @property
+    def allowed_command_channels(self) -> list[str]:
+        return list(self.command_channels) if self.command_channels is not None else [self.channel, "dm"]
 
 
 class Owner(_Strict):

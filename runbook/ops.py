@@ -97,9 +97,11 @@ def protection_now(store, name: str, env: Environment, current: Sequence[str]) -
 def authorise_override(settings: Settings, name: str, override: GateOverride | None,
                        members_of: Callable[[str], Sequence[str]] | None = None) -> None:
     """Refused unless `override` is None or comes, with a reason, from someone allowed to let a run
-    through a closed no-go gate: an approver of the environment (a user ID, or a member of an approver
-    user group through `members_of`), or the command line (`cli:<user>`: whoever runs the CLI holds the
-    configuration and the database credentials already)."""
+    through a closed no-go gate: the environment's `permissions.gate_override` (default its approvers;
+    user groups expanded through `members_of`), decided by runbook.authz; the command line (`cli:<user>`)
+    holds the configuration and the database credentials already, so it may."""
+    from runbook import authz
+
     if override is None:
         return
     reason = " ".join(override.reason.split())
@@ -107,16 +109,8 @@ def authorise_override(settings: Settings, name: str, override: GateOverride | N
         raise Refused("a gate override needs a reason: say why the run may go ahead now")
     if len(reason) > MAX_OVERRIDE_REASON:
         raise Refused(f"the override's reason is longer than {MAX_OVERRIDE_REASON} characters: shorten it")
-    actor = override.actor
-    if actor.startswith("cli:"):
-        return
-    approvers = settings.environments[name].approvals.approvers
-    if actor in approvers:
-        return
-    groups = [a for a in approvers if a.startswith("S")]
-    if members_of is not None and any(actor in members_of(group) for group in groups):
-        return
-    raise Refused(f"only an approver on {name} may override the no-go gate; nothing was changed")
+    if not authz.allowed(settings, name, "gate_override", override.actor, members_of):
+        raise Refused(authz.refusal_line(settings, name, "gate_override"))
 
 
 # ---------------------------------------------------------------------------

@@ -22,6 +22,12 @@ from tests.test_end_to_end import BOT_TOKEN, ack_text, command, everything_slack
 PASSWORD = "Surface-Db-Passw0rd"
 
 
+def slack_settings(directory, url, **kwargs):
+    """The settings of the Slack tests: the user who types the commands is an approver, since
+    `/migrate backup` is the approvers' by default (retention may delete older backups)."""
+    return settings_for(directory, url, approvers=(USER_ID,), **kwargs)
+
+
 def pg_bin_line(bin_dir) -> str:
     return f"    pg_bin_dir: {json.dumps(str(bin_dir))}"
 
@@ -174,7 +180,7 @@ def test_cli_backup_refusals_are_one_line(sample_db, tmp_path, pg_bin_dir):
 
 def test_migrate_backup_and_backups_over_slack(sample_db, pg_bin_dir, tmp_path, slack):
     url = sample_db("head")
-    settings = settings_for(tmp_path, with_password(url, PASSWORD), channel="C0RUNBOOK1",
+    settings = slack_settings(tmp_path, with_password(url, PASSWORD), channel="C0RUNBOOK1",
                             extra_env=pg_bin_line(pg_bin_dir))
     runtime, server = start(settings, slack)
     try:
@@ -216,7 +222,7 @@ def test_migrate_backup_and_backups_over_slack(sample_db, pg_bin_dir, tmp_path, 
     ("backups staging", "Unknown environment 'staging'. Configured: production."),
 ])
 def test_malformed_backup_commands_are_refused_in_the_ack(tmp_path, slack, text, expected):
-    settings = settings_for(tmp_path, "postgresql://app@127.0.0.1:1/budget")
+    settings = slack_settings(tmp_path, "postgresql://app@127.0.0.1:1/budget")
     runtime, server = start(settings, slack)
     try:
         answer = command(server, runtime, text)
@@ -230,7 +236,7 @@ def test_malformed_backup_commands_are_refused_in_the_ack(tmp_path, slack, text,
 
 def test_unknown_table_and_unreachable_target_get_one_ephemeral_line(sample_db, pg_bin_dir, tmp_path, slack):
     url = sample_db("head")
-    settings = settings_for(tmp_path, with_password(url, PASSWORD), extra_env=pg_bin_line(pg_bin_dir))
+    settings = slack_settings(tmp_path, with_password(url, PASSWORD), extra_env=pg_bin_line(pg_bin_dir))
     runtime, server = start(settings, slack)
     try:
         command(server, runtime, "backup tables=nope")
@@ -242,7 +248,7 @@ def test_unknown_table_and_unreachable_target_get_one_ephemeral_line(sample_db, 
     finally:
         server.close()
         runtime.close()
-    settings = settings_for(tmp_path, f"postgresql://app:{PASSWORD}@127.0.0.1:1/budget", connect_timeout=1,
+    settings = slack_settings(tmp_path, f"postgresql://app:{PASSWORD}@127.0.0.1:1/budget", connect_timeout=1,
                             extra_env=pg_bin_line(pg_bin_dir))
     runtime, server = start(settings, slack)
     try:
@@ -259,7 +265,7 @@ def test_a_long_backup_posts_one_progress_message_and_updates_it(pg_url, pg_bin_
     monkeypatch.setattr(BackupProgress, "post_after", 0.05)
     monkeypatch.setattr(BackupProgress, "every", 0.02)
     monkeypatch.setattr(BackupProgress, "update_every", 0.05)
-    settings = settings_for(tmp_path, pg_url, extra_env=pg_bin_line(pg_bin_dir))
+    settings = slack_settings(tmp_path, pg_url, extra_env=pg_bin_line(pg_bin_dir))
     runtime, server = start(settings, slack)
     try:
         command(server, runtime, "backup")

@@ -223,7 +223,7 @@ def test_level_3_tags_owner_and_here_and_posts_the_pause_hooks_redacted_output(
                    escalation=f"  pause_hook: {{argv: {dumps(hook)}, timeout_seconds: 30}}\n"
                               "  github: {repo: acme/home_budget, api_url: 'http://127.0.0.1:1'}\n")
     bots.append(bot)
-    bot.command("escalate 3 users see 500s")
+    bot.command("escalate 3 users see 500s", user="U0APPROVE1")      # an approver: escalate_3's default
     message, github_reply, hook_reply = bot.posted()
     assert github_reply.text.startswith(":warning: No GitHub issue: cannot reach GitHub at http://127.0.0.1:1")
     for text in (message.text, dumps(message.blocks)):
@@ -275,7 +275,7 @@ def test_a_failing_pause_hook_is_posted_recorded_and_fails_the_cli(sample_db, tm
     bot = make_bot(tmp_path, sample_db(REV_0003), local_slack,
                    escalation=f"  pause_hook: {{argv: {dumps(hook)}, timeout_seconds: 30}}\n")
     bots.append(bot)
-    bot.command("escalate 3")
+    bot.command("escalate 3", user="U0APPROVE1")
     message, reply = bot.posted()
     assert ":x: *The pause hook" in reply.text and "failed*: exit status 7" in reply.text
     assert "Pause the application by hand" in reply.text

@@ -229,7 +229,8 @@ def test_back_up_first_takes_a_verified_backup_and_the_run_needs_no_other(sample
     request = bot.ask("run 0002")
     assert request.params["target"] == REV_0002
     bot.click(request, MALLORY, ACTION_BACKUP_FIRST)                 # not the requester, not an approver
-    assert "Only the requester or an approver" in bot.ephemerals(MALLORY)[0]
+    assert bot.ephemerals(MALLORY) == [f":warning: Only the requester or an approver on production (approvers: "
+                                       f"<@{ALICE}>, <@{BOB}>) may take this backup; nothing was changed."]
     assert backups.list_backups(bot.store, "production") == []
     bot.click(request, REQUESTER, ACTION_BACKUP_FIRST)
     [made] = backups.list_backups(bot.store, "production")

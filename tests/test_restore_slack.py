@@ -103,6 +103,7 @@ class RestoreBot:
 def restore_bot(sample_db, tmp_path, local_slack, pg_bin_dir):
     url = with_password(sample_db(REV_0002), PASSWORD)
     settings = settings_for(tmp_path, url, channel=CHANNEL, approvers=(ALICE,),
+                            command_channels=[CHANNEL, "C0ELSEWHERE", "dm"],    # asked elsewhere (below)
                             backups_dir=str(tmp_path / "backups"),
                             extra_env=f"    pg_bin_dir: {json.dumps(str(pg_bin_dir))}")
     runtime = Runtime.build(settings, bot_token=BOT_TOKEN, api_url=local_slack.url, signing_secret=SIGNING_SECRET)

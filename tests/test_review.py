@@ -430,7 +430,8 @@ def test_precheck_shows_the_review_and_an_approver_acknowledges_it_over_slack(ri
             # not an approver: refused, audited, nothing acknowledged
             command(server, runtime, f"ack-risk {INDEX[0]} looks fine to me")
             refusal = slack.messages(kind="ephemeral")[-1]
-            assert "Only an approver on production may acknowledge a risk" in refusal.text
+            assert refusal.text == (":warning: Only the approvers (<@U0APPROVE1>) may acknowledge a risk rating "
+                                    "(`/migrate ack-risk`) on production; nothing was done.")
             # an unknown revision: one line, nothing acknowledged
             command(server, runtime, "ack-risk 0099_nope fine", user_id="U0APPROVE1")
             assert "unknown revision '0099_nope'" in slack.messages(kind="ephemeral")[-1].text
@@ -447,8 +448,8 @@ def test_precheck_shows_the_review_and_an_approver_acknowledges_it_over_slack(ri
             assert again.text.startswith("Precheck production: GO")
             assert "acknowledged by <@U0APPROVE1>" in json.dumps(again.blocks)
             events = store.events(action=review.ACK_ACTION)
-            assert [(e.actor, e.outcome) for e in events] == [("U0APPROVE1", "ok"), ("U0APPROVE1", "ok"),
-                                                               ("U0TESTER1", "refused")]
+            assert [(e.actor, e.outcome) for e in events] == [("U0APPROVE1", "ok"), ("U0APPROVE1", "ok")]
+            assert [e.actor for e in store.events(action="ack-risk") if e.outcome == "unauthorised"] == ["U0TESTER1"]
             seen = everything_slack_saw(slack) + log_lines.getvalue()
             assert PASSWORD not in seen and BOT_TOKEN not in seen
         finally:

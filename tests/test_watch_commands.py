@@ -32,7 +32,8 @@ def slack():
 
 @pytest.fixture
 def bot(pg_url, tmp_path, slack):
-    settings = settings_for(tmp_path, with_password(pg_url, PASSWORD), thresholds={"idle_in_transaction_seconds": 0.3})
+    settings = settings_for(tmp_path, with_password(pg_url, PASSWORD), thresholds={"idle_in_transaction_seconds": 0.3},
+                            approvers=(USER_ID,))         # watch off is the approvers' by default
     runtime = Runtime.build(settings, bot_token="xoxb-watch-e2e", api_url=slack.url, signing_secret=SIGNING_SECRET)
     server = runtime.serve_http("127.0.0.1", 0, background=True)
     yield runtime, server

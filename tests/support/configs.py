@@ -6,17 +6,21 @@ from pathlib import Path
 
 from runbook.config import Settings, parse_settings
 from tests.support.sample_app import ALEMBIC_ARGV, APP_DIR
+from tests.support.slack import CHANNEL_ID
 
 
-def config_text(url: str, *, channel: str = "C0TESTCHAN", thresholds: dict | None = None,
+def config_text(url: str, *, channel: str = CHANNEL_ID, thresholds: dict | None = None,
                 extra_env: str = "", approvers: tuple[str, ...] = ("U0APPROVE1",), connect_timeout: float = 3,
                 state_url: str = "sqlite:///state.db", backups_dir: str = "backups",
-                approvals: dict | None = None) -> str:
-    """`approvals`: more keys of the environment's approvals block (required, expire_minutes, ...)."""
+                approvals: dict | None = None, command_channels: list[str] | None = None) -> str:
+    """`approvals`: more keys of the environment's approvals block (required, expire_minutes, ...).
+    `channel` defaults to the one the signed test commands come from (tests.support.slack): commands
+    are taken only in slack.channel and DMs unless `command_channels` says otherwise."""
     thresholds = thresholds or {}
+    taken = f", command_channels: {json.dumps(command_channels)}" if command_channels is not None else ""
     return "\n".join([
         f"state_url: {state_url}",
-        f"slack: {{channel: {channel}}}",
+        f"slack: {{channel: {channel}{taken}}}",
         "environments:",
         "  production:",
         f"    database_url: {json.dumps(url)}",
