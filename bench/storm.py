@@ -35,6 +35,7 @@ from bot.watch import WatchRunner, slot_of  # noqa: E402
 from runbook.config import parse_settings  # noqa: E402
 from runbook.state import Store  # noqa: E402
 from tests.support.configs import config_text  # noqa: E402
+from tests.support.slack import CHANNEL_ID  # noqa: E402
 from tests.support.pgsettings import start_server_with  # noqa: E402
 from tests.support.sessions import Sessions  # noqa: E402
 
@@ -58,7 +59,7 @@ def run_slots(runner: WatchRunner, every: int, until, timeout: float) -> list[fl
 
 
 def scenario(url: str, sessions: int, every: int, workdir: Path) -> dict:
-    with LocalSlack(rate_limits=LIMITS) as slack:
+    with LocalSlack(rate_limits=LIMITS, joined=(CHANNEL_ID,)) as slack:
         settings = parse_settings(config_text(
             url, thresholds={"long_query_seconds": 1, "lock_wait_seconds": LOCK_WAIT_SECONDS},
             state_url=f"sqlite:///{workdir}/state-{sessions}.db",

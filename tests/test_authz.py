@@ -142,6 +142,7 @@ def test_permissions_and_command_channels_are_validated(tmp_path):
 
 def test_a_stranger_cannot_pull_the_levers_from_a_dm(make_bot):
     bot = make_bot()
+    bot.slack.add_dm(DM, with_bot=True, messages_tab=True)          # the app's own Messages tab
     bot.command("watch off", channel=DM)
     bot.command("escalate 3 pausing everything", channel=DM)
     bot.command("backup", channel=DM)

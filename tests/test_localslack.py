@@ -263,7 +263,7 @@ def test_local_slack_with_its_own_socket_mode_and_restartable():
 
 def test_per_channel_rate_limits_answer_429_with_retry_after():
     """As Slack: over a method's limit for one channel, 429 and Retry-After; other channels unaffected."""
-    with LocalSlack(rate_limits={"chat.postMessage": (2, 60.0)}) as slack:
+    with LocalSlack(rate_limits={"chat.postMessage": (2, 60.0)}, joined=("C0RATE0001", "C0RATE0002")) as slack:
         client = WebClient(token="xoxb-rate", base_url=slack.url, retry_handlers=[])
         client.chat_postMessage(channel="C0RATE0001", text="one")
         client.chat_postMessage(channel="C0RATE0001", text="two")

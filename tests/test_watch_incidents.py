@@ -21,6 +21,7 @@ from runbook.watch import AlertBook
 from tests.support.pgsettings import start_server_with
 from tests.support.proxy import SilentProxy
 from tests.support.sessions import Sessions
+from tests.support.slack import CHANNEL_ID
 from tests.support.waiting import wait_for
 from tests.test_watch import (Watch, load, make_table, make_watch, slack, state_older_than,  # noqa: F401
                               state_url, waited_longer_than, watch_config)
@@ -279,7 +280,7 @@ def test_a_storm_of_200_long_queries_is_one_message_one_tag_and_a_new_lock_wait_
     url = storm_server.create_database("storm")
     make_table(url)
     limits = {"chat.postMessage": (1, 1.0), "chat.update": (50, 60.0)}
-    with LocalSlack(rate_limits=limits) as local:
+    with LocalSlack(rate_limits=limits, joined=(CHANNEL_ID,)) as local:
         watch = Watch(load(watch_config(tmp_path, url, thresholds={"long_query_seconds": 1, "lock_wait_seconds": 1},
                                         watch={"every_seconds": 5},
                                         escalation="  escalate_after_seconds: 60\n")), local)
