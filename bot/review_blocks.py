@@ -1,4 +1,5 @@
-"""Block Kit and terminal renderings of the risk review (issue 7), and the ack-risk replies.
+"""Block Kit renderings of the risk review (issue 7), and the ack-risk replies (the terminal's are in
+bot/text.py).
 
 `risk_blocks(risk, environment=...)` takes `runbook.review.review_to_json(...)` (a dict), so the
 same renderer serves the precheck (from the report) and the migrate approval request (from the
@@ -102,32 +103,6 @@ def request_risk_blocks(params: Mapping[str, Any], environment: str) -> list[dic
     return risk_blocks(params.get("risk"), environment=environment, error=params.get("risk_error"))
 
 
-def risk_text(risk: Mapping[str, Any] | None, *, environment: str, error: str | None = None) -> list[str]:
-    """The same for the terminal: lines to add under §1.2."""
-    if error:
-        return [f"  risk review: not reviewed: {error}"]
-    if not risk or not risk.get("revisions"):
-        return []
-    out = [f"  risk review (squawk {risk.get('squawk_version') or '?'}, PostgreSQL {risk.get('server_major')}): "
-           f"highest {risk.get('highest')}"]
-    for rev in risk["revisions"]:
-        out.append(f"    {str(rev.get('rating')).upper():6} {rev.get('revision')}: {rev.get('reason')}")
-        for finding in rev.get("findings") or []:
-            out.append(f"             {finding.get('rule')} ({rev.get('path')}, SQL line {finding.get('line')}): "
-                       f"{finding.get('statement')}")
-        for finding in rev.get("silenced") or []:
-            out.append(f"             allowed {finding.get('rule')}: {finding.get('allowed')}")
-        for live in rev.get("live") or []:
-            out.append(f"             now: {live}")
-        ack = rev.get("acknowledgement")
-        if ack:
-            out.append(f"             acknowledged by {ack.get('actor')} at {ack.get('at')}: {ack.get('reason')}")
-        elif rev.get("blocking") and rev.get("status") == "reviewed" and not rev.get("live"):
-            out.append(f"             once reviewed: runbook-bot ack-risk --env {environment} {rev.get('revision')} "
-                       "--reason TEXT")
-    return out
-
-
 def ack_message(ack: Any) -> Message:
     """The reply to `/migrate ack-risk`: what was recorded, by whom."""
     line = (f":ballot_box_with_check: {_who(ack.actor)} acknowledged the risk of {code(ack.revision, 60)} on "
@@ -138,4 +113,4 @@ def ack_message(ack: Any) -> Message:
                             blocks=[section(line), context(note)]))
 
 
-__all__ = ["RATING_MARK", "ack_message", "request_risk_blocks", "risk_blocks", "risk_text"]
+__all__ = ["RATING_MARK", "ack_message", "request_risk_blocks", "risk_blocks"]

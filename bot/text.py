@@ -1,6 +1,8 @@
 """Plain-text renderings for the terminal (the CLI's default output)."""
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from runbook.precheck import PrecheckReport
 from runbook.units import human_size
 from runbook.revisions import AlembicState
@@ -14,6 +16,33 @@ def _pending_lines(state: AlembicState) -> list[str]:
         flag = "" if rev.reversible else f"  [irreversible: {rev.irreversible_reason or 'no downgrade'}]"
         lines.append(f"    {rev.revision}  {rev.message}{flag}")
     return lines or ["    none"]
+
+
+def risk_text(risk: Mapping[str, Any] | None, *, environment: str, error: str | None = None) -> list[str]:
+    """The risk review (runbook.review.review_to_json) for the terminal: lines to add under §1.2."""
+    if error:
+        return [f"  risk review: not reviewed: {error}"]
+    if not risk or not risk.get("revisions"):
+        return []
+    out = [f"  risk review (squawk {risk.get('squawk_version') or '?'}, PostgreSQL {risk.get('server_major')}): "
+           f"highest {risk.get('highest')}"]
+    for rev in risk["revisions"]:
+        out.append(f"    {str(rev.get('rating')).upper():6} {rev.get('revision')}: {rev.get('reason')}")
+        for finding in rev.get("findings") or []:
+            out.append(f"             {finding.get('rule')} ({rev.get('path')}, SQL line {finding.get('line')}): "
+                       f"{finding.get('statement')}")
+        for finding in rev.get("silenced") or []:
+            out.append(f"             allowed {finding.get('rule')}: {finding.get('allowed')}")
+        for live in rev.get("live") or []:
+            out.append(f"             now: {live}")
+        ack = rev.get("acknowledgement")
+        if ack:
+            out.append(f"             acknowledged by {ack.get('actor')} at {ack.get('at')}: {ack.get('reason')}")
+        elif rev.get("blocking") and rev.get("status") == "reviewed" and not rev.get("live"):
+            out.append(f"             once reviewed: runbook-bot ack-risk --env {environment} {rev.get('revision')} "
+                       "--reason TEXT")
+    return out
+
 
 
 def precheck_text(report: PrecheckReport) -> str:
@@ -44,7 +73,6 @@ def precheck_text(report: PrecheckReport) -> str:
             out.append("  pending (oldest first):")
             out += _pending_lines(report.alembic)
             if getattr(report, "risk", None) is not None:
-                from bot.review_blocks import risk_text
                 from runbook.review import review_to_json
 
                 out += risk_text(review_to_json(report.risk), environment=report.environment)
