@@ -558,7 +558,7 @@ class Redactor:
     def __init__(self, settings: Settings, extra_secrets: tuple[str, ...] = ()):
         from runbook.target import password_of
 
-        secrets = [password_of(env.dsn) for env in settings.environments.values()]
+        secrets = [password_of(dsn) for env in settings.environments.values() for dsn in (env.dsn, env.rehearsal_dsn)]
         secrets += [s for s in extra_secrets if s]
         self.secrets = tuple(s for s in secrets if s and len(s) >= 3)
 

@@ -68,7 +68,7 @@ def install_log_redaction() -> None:
 def known_secrets(settings: Settings | None) -> tuple[str, ...]:
     secrets = [os.environ.get(name, "") for name in TOKEN_ENV]
     if settings is not None:
-        secrets += [password_of(env.dsn) for env in settings.environments.values()]
+        secrets += [password_of(dsn) for env in settings.environments.values() for dsn in (env.dsn, env.rehearsal_dsn)]
         secrets.append(password_of(settings.state_url))
         if settings.escalation.github is not None:        # the GitHub token of escalations (issue 6)
             secrets.append(os.environ.get(settings.escalation.github.token_env, ""))

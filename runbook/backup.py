@@ -12,6 +12,8 @@ Public API (bot/flows, bot/cli and bot/approvals build on it; names are stable):
     plan_restore(name, env, store, backup_id, *, tables=()) -> RestorePlan      what would be replaced, dropped
     restore(name, env, store, backup_id, *, expected_revision, tables=(), actor=..., progress=None,
             lock=None) -> RestoreResult                                         raises BackupError
+    restored_copy(name, env, store, backup_id, *, server_dsn, dbname) -> Target  a scratch copy (a context)
+    create_scratch / restore_into_scratch / drop_scratch                         its pieces (verify: restore)
     dump_in_progress(conn) -> list[DumpSession]                                 any pg_dump on this db
     last_backup_at(store, name) -> datetime | None          the newest verified full backup (precheck)
     backup_to_json(backup) -> dict                           the CLI's --json contract
@@ -1256,35 +1258,65 @@ def _scratch_conninfo(dsn: str, dbname: str, purpose: str) -> tuple[str, str]:
     return conninfo_without_password(dsn, purpose=purpose, dbname=dbname)
 
 
+def create_scratch(admin: Target, dbname: str) -> None:
+    """An empty database `dbname` on `admin`'s server (TEMPLATE template0: nothing of template1's)."""
+    with admin.connect("scratch", statement_timeout="120s") as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(dbname)))
+
+
+def drop_scratch(admin: Target, dbname: str) -> str | None:
+    """DROP DATABASE ... WITH (FORCE) (ends leftover sessions too); the error as one line, else None."""
+    try:
+        with admin.connect("scratch", statement_timeout="120s") as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+    except TargetError as exc:
+        log.error("could not drop the scratch database %s: %s", dbname, exc)
+        return str(exc)
+    return None
+
+
+def restore_into_scratch(admin: Target, dbname: str, tools: Tools, tool_env: dict[str, str], archive: Path, *,
+                         kind: str, fmt: str, jobs: int, state: dict[str, Any]) -> str | None:
+    """Restore `archive` into the scratch database `dbname` (created by create_scratch) on `admin`'s
+    server; the problem as one line, else None. `tool_env` may carry PGOPTIONS (a statement_timeout)."""
+    conninfo, _password = _scratch_conninfo(admin.dsn, dbname, "pg_restore")
+    if fmt == "plain":
+        argv = [str(tools.psql.path), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1",
+                f"--dbname={conninfo}", f"--file={archive}"]
+        tool = "psql"
+    else:
+        argv = [str(tools.pg_restore.path), "--exit-on-error", "--no-owner", "--no-privileges", "--no-password",
+                f"--jobs={jobs}", f"--dbname={conninfo}"]
+        if kind == "tables":
+            # a table's foreign keys point at tables the archive does not hold: data, not constraints
+            argv += ["--section=pre-data", "--section=data"]
+        argv.append(str(archive))
+        tool = "pg_restore"
+    rc, _out, err = _run_tool(argv, tool_env, state=state)
+    if rc != 0:
+        return f"{tool} into a scratch database failed: {_first_error(err, tool)}"
+    return None
+
+
+def scratch_target(admin: Target, dbname: str) -> Target:
+    """The scratch database `dbname` on `admin`'s server, with admin's credentials."""
+    return Target(make_conninfo(**{**conninfo_to_dict(admin.dsn), "dbname": dbname}),
+                  connect_timeout=admin.connect_timeout)
+
+
 def _verify_by_restore(target: Target, tools: Tools, tool_env: dict[str, str], env: Environment, archive: Path, *,
                        kind: str, fmt: str, expected: dict[str, int], expected_tables: list[str],
                        state: dict[str, Any]) -> str | None:
     """Restore into a scratch database on the same server and compare; None when it matches.
     The scratch database is dropped whatever happens."""
     scratch = SCRATCH_PREFIX + secrets.token_hex(6)
-    with target.connect("verify", statement_timeout="120s") as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
+    create_scratch(target, scratch)
     try:
-        conninfo, _password = _scratch_conninfo(target.dsn, scratch, "pg_restore")
-        if fmt == "plain":
-            argv = [str(tools.psql.path), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1",
-                    f"--dbname={conninfo}", f"--file={archive}"]
-            rc, _out, err = _run_tool(argv, tool_env, state=state)
-            tool = "psql"
-        else:
-            argv = [str(tools.pg_restore.path), "--exit-on-error", "--no-owner", "--no-privileges", "--no-password",
-                    f"--jobs={_jobs(env)}", f"--dbname={conninfo}"]
-            if kind == "tables":
-                # a table's foreign keys point at tables the archive does not hold: data, not constraints
-                argv += ["--section=pre-data", "--section=data"]
-            argv.append(str(archive))
-            rc, _out, err = _run_tool(argv, tool_env, state=state)
-            tool = "pg_restore"
-        if rc != 0:
-            return f"{tool} into a scratch database failed: {_first_error(err, tool)}"
-        scratch_dsn = make_conninfo(**{**conninfo_to_dict(target.dsn), "dbname": scratch})
-        scratch_target = Target(scratch_dsn, connect_timeout=target.connect_timeout)
-        with scratch_target.connect("verify", statement_timeout="0") as conn:
+        problem = restore_into_scratch(target, scratch, tools, tool_env, archive, kind=kind, fmt=fmt,
+                                       jobs=_jobs(env), state=state)
+        if problem:
+            return problem
+        with scratch_target(target, scratch).connect("verify", statement_timeout="0") as conn:
             restored = _user_tables(conn)
             if kind == "schema":
                 missing = [t for t in expected_tables if t not in restored]
@@ -1294,11 +1326,61 @@ def _verify_by_restore(target: Target, tools: Tools, tool_env: dict[str, str], e
                   for t, n in sorted(expected.items()) if got.get(t) != n]
         return "row counts differ: " + "; ".join(differ[:5]) if differ else None
     finally:
-        try:
-            with target.connect("verify", statement_timeout="120s") as admin:
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
-        except TargetError as exc:
-            log.error("could not drop the scratch database %s: %s", scratch, exc)
+        drop_scratch(target, scratch)
+
+
+@contextmanager
+def restored_copy(name: str, env: Environment, store, backup_id: int | str, *, server_dsn: str, dbname: str,
+                  statement_timeout: str = "0", jobs: int = 1) -> Iterator[Target]:
+    """A verified full backup of `name` restored into a new database `dbname` on `server_dsn`'s server
+    (the scratch restore of `verify: restore`), for the block; dropped on the way out whatever happens.
+    BackupError (one line) when it cannot be made. `statement_timeout` and `jobs` keep it gentle on a
+    server the target shares."""
+    item = get_backup(store, name, backup_id)
+    if item.status != "verified" or item.kind != "full":
+        raise BackupError(f"backup {item.id} is a {item.status} {item.kind} backup: a copy needs a verified "
+                          "full one")
+    admin = Target(server_dsn, connect_timeout=env.connect_timeout_seconds)
+    created: list[str] = []
+    try:
+        _restore_copy(name, env, item, admin, dbname, statement_timeout, jobs, created)
+    except BackupError:
+        if created:
+            drop_scratch(admin, dbname)
+        raise
+    except (StorageError, TargetError) as exc:
+        if created:
+            drop_scratch(admin, dbname)
+        raise BackupError(str(exc)) from None
+    try:
+        yield scratch_target(admin, dbname)
+    finally:
+        drop_scratch(admin, dbname)
+
+
+def _restore_copy(name: str, env: Environment, item: Backup, admin: Target, dbname: str, statement_timeout: str,
+                  jobs: int, created: list[str]) -> None:
+    with admin.connect("scratch") as conn:
+        version_num, server_version = conn.execute(
+            "SELECT current_setting('server_version_num')::int, current_setting('server_version')").fetchone()
+    try:
+        tools = select_tools(env.pg_bin_dir, version_num, server_version, name)
+    except ToolError as exc:
+        raise BackupError(str(exc)) from None
+    with Storage(env.backups).fetch(item.location, directory=item.format == "directory") as (path, digest):
+        if item.sha256 and digest != item.sha256:
+            raise BackupError(f"backup {item.id} changed since it was verified (sha256 {digest[:12]}…, "
+                              f"catalogue says {item.sha256[:12]}…): not restored")
+        create_scratch(admin, dbname)
+        created.append(dbname)
+        _conninfo, password = conninfo_without_password(admin.dsn, purpose="pg_restore")
+        with client_env(password) as tool_env:
+            tool_env["PGOPTIONS"] = (tool_env.get("PGOPTIONS", "") + f" -c statement_timeout={statement_timeout}"
+                                     ).strip()
+            problem = restore_into_scratch(admin, dbname, tools, tool_env, path, kind=item.kind, fmt=item.format,
+                                           jobs=jobs, state={})
+        if problem:
+            raise BackupError(admin.scrub(problem))
 
 
 def verify_backup(name: str, env: Environment, store, backup_id: int | str, *, level: str = "full") -> Backup:
@@ -1737,4 +1819,5 @@ __all__ = [
     "RestorePlan", "RestoreResult", "CatalogObject", "KINDS", "LEVELS", "VERIFY_LEVELS",
     "backup", "list_backups", "get_backup", "latest_verified", "last_backup_at", "verify_backup", "remember_message",
     "apply_retention", "definition_changes", "plan_restore", "sweep_interrupted", "restore", "dump_in_progress", "resolve_tables", "backup_to_json",
+    "create_scratch", "drop_scratch", "restore_into_scratch", "restored_copy", "scratch_target",
 ]

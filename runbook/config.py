@@ -242,6 +242,30 @@ class Review(_Strict):
         return self
 
 
+class Rehearsal(_Strict):
+    """Issue 16: the pending range rehearsed on a restored copy before anyone approves it."""
+
+    # The server that holds the copy (a postgresql:// URL; its database is only used to connect);
+    # default: the target's own server.
+    server_url: SecretStr | None = None
+    # A migrate or rollback request without a passed rehearsal of the same range is refused.
+    required: bool = False
+    # The copy's restore and its own queries; the migration keeps migration.statement_timeout.
+    statement_timeout: PgInterval = "30min"
+    # Refused when the server's free disk (measurable when it is on this host) is below the copy's
+    # size plus this.
+    disk_margin: ByteSize = 512 << 20
+    # How often the migrator's locks are sampled from pg_locks.
+    lock_sample_ms: int = Field(20, ge=5, le=50)
+
+    @field_validator("server_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.match(r"^postgres(ql)?(\+psycopg)?://", value.get_secret_value()):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+
 class Environment(_Strict):
     database_url: SecretStr
     app_dir: Path
@@ -258,6 +282,7 @@ class Environment(_Strict):
     validation: Validation = Validation()
     review: Review = Review()
     permissions: Permissions = Permissions()
+    rehearsal: Rehearsal = Rehearsal()
     # Migrate only to revisions applied and validated by the bot on this environment first.
     promote_from: EnvName | None = None
     # More variables the app's own code needs from the bot's environment (its Alembic and smoke
@@ -283,6 +308,14 @@ class Environment(_Strict):
     def dsn(self) -> str:
         """The libpq form of database_url (drops a SQLAlchemy '+psycopg' driver suffix)."""
         return re.sub(r"^postgres(ql)?\+psycopg://", "postgresql://", self.database_url.get_secret_value())
+
+    @property
+    def rehearsal_dsn(self) -> str:
+        """The libpq form of rehearsal.server_url: where rehearsal copies are made (default: the target's
+        own server, reached as the target is)."""
+        if self.rehearsal.server_url is None:
+            return self.dsn
+        return re.sub(r"^postgres(ql)?\+psycopg://", "postgresql://", self.rehearsal.server_url.get_secret_value())
 
 
 class Slack(_Strict):

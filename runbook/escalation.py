@@ -221,7 +221,8 @@ class Escalation:
 def secrets_of(settings: Settings, environ: dict[str, str] | None = None) -> tuple[str, ...]:
     """What must never leave: every database password, the state database's, and the GitHub token."""
     environ = dict(os.environ) if environ is None else environ
-    found = [password_of(env.dsn) for env in settings.environments.values()] + [password_of(settings.state_url)]
+    found = [password_of(dsn) for env in settings.environments.values() for dsn in (env.dsn, env.rehearsal_dsn)]
+    found.append(password_of(settings.state_url))
     if settings.escalation.github is not None:
         found.append(environ.get(settings.escalation.github.token_env, ""))
     return tuple(s for s in found if s and len(s) >= 3)

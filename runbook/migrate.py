@@ -195,6 +195,14 @@ def _pgoptions(env: Environment, app_name: str, server_version: int) -> str:
     return " ".join(([inherited] if inherited else []) + options)
 
 
+def alembic_environment(env: Environment, url: str, app_name: str, server_version: int) -> dict[str, str]:
+    """The environment of an alembic subprocess run against `url` (the target, or a rehearsal's copy):
+    the subprocess allowlist (runbook.subprocess_env), the URL only in `url_env`, the timeouts and
+    application_name in PGOPTIONS (design rules 11, 14)."""
+    return app_subprocess_env(env.url_env, _without_application_name(url), env.app_env, extra={
+        "PGOPTIONS": _pgoptions(env, app_name, server_version), "PGAPPNAME": app_name})
+
+
 def _without_application_name(url: str) -> str:
     """A URL's own application_name would win over PGOPTIONS and hide the migrator's session."""
     parts = urlsplit(url)
@@ -426,6 +434,10 @@ class _Supervisor:
             proc.wait(timeout=30)
         # Whatever is left of the session must not keep its locks or its transaction.
         self.terminate()
+
+
+# runbook/rehearse.py runs the app's Alembic against a copy through the same supervisor.
+Supervisor = _Supervisor
 
 
 def _blocker_line(b: BlockerReport) -> str:
@@ -693,9 +705,7 @@ def _run_locked(result: MigrationResult, name: str, env: Environment, tgt: Targe
             # with before the run as a migration's does (issue 12 §2 h).
             baseline = validate.take_baseline(monitor, env)
 
-            env_vars = app_subprocess_env(env.url_env, _without_application_name(env.dsn), env.app_env, extra={
-                "PGOPTIONS": _pgoptions(env, sup.app_name, monitor.info.server_version),
-                "PGAPPNAME": sup.app_name})
+            env_vars = alembic_environment(env, env.dsn, sup.app_name, monitor.info.server_version)
             log.write(f"PGOPTIONS: {env_vars['PGOPTIONS']}")
             sup.step_count = len(the_plan.steps)
             failed = False
@@ -1011,6 +1021,6 @@ def result_to_json(result: MigrationResult) -> dict[str, Any]:
     }
 
 
-__all__ = ["BlockerReport", "MigrationResult", "Plan", "Progress", "Proposal", "RunLog", "StepResult",
+__all__ = ["BlockerReport", "alembic_environment", "Supervisor", "MigrationResult", "Plan", "Progress", "Proposal", "RunLog", "StepResult",
            "default_log_dir", "downgrade", "error_line", "migrator_application_name", "plan", "propose",
            "result_to_json", "run", "upgrade"]

@@ -30,6 +30,10 @@ from runbook.state.store import Store
 
 RUNNING, SUCCEEDED, FAILED, REFUSED, INTERRUPTED = "running", "succeeded", "failed", "refused", "interrupted"
 FINAL_STATES = (SUCCEEDED, FAILED, REFUSED, INTERRUPTED)
+# A rehearsal (runbook/rehearse.py) is a run on a restored copy: it never touches the target, so
+# whatever reads "what happened to the environment" (protection, status, incidents, promotion) must not
+# see it; RunStore.list leaves it out unless asked for by kind.
+REHEARSE = "rehearse"
 
 HEARTBEAT_SECONDS = 5.0
 # Six missed beats: long enough for a GC pause or a slow state database, short enough that a
@@ -172,8 +176,13 @@ class RunStore:
             return Run.of(row) if row else None
 
     def list(self, *, environment: str | None = None, states: tuple[str, ...] | None = None,
-             limit: int = 20) -> list[Run]:
+             limit: int = 20, kinds: tuple[str, ...] | None = None) -> list[Run]:
+        """Newest first. `kinds`: only these; default: every kind that acts on the target (no rehearsals)."""
         query = select(RunRow).order_by(RunRow.started_at.desc()).limit(limit)
+        if kinds is not None:
+            query = query.where(RunRow.kind.in_(list(kinds)))
+        else:
+            query = query.where(RunRow.kind != REHEARSE)
         if environment is not None:
             query = query.where(RunRow.environment == environment)
         if states is not None:
