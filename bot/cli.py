@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="stands for the approval; recorded as yours")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    p = sub.add_parser("rehearse", help="the pending range on a restored copy: time, locks, rewrites per revision, "
+                                        "up-down-up, §5; exit 0 passed, 1 a revision or downgrade failed, 2 error")
+    p.add_argument("--env", metavar="NAME")
+    p.add_argument("--to", metavar="REV", default="head", help="head (default), +1 or a revision")
+    p.add_argument("--backup", metavar="ID", help="restore this verified full backup (default: the latest at the "
+                                                  "current revision, else a new one)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
     p = sub.add_parser("validate", help="§5 post-migration validation; exit 0 pass, 1 fail, 2 error")
     p.add_argument("--env", metavar="NAME")
     p.add_argument("--expect", metavar="REV",
@@ -193,9 +201,15 @@ def _open_store(settings: Settings):
     store = Store(settings.state_url)
     store.migrate()
     # Every start looks for runs whose process died (issue 4): marked interrupted, never resumed.
-    for run in RunStore(store).reap(actor=cli_actor()):
+    reaped = RunStore(store).reap(actor=cli_actor())
+    for run in reaped:
         print(f"runbook-bot: {run.kind} run {run.id} on {run.environment} was interrupted: {run.summary}",
               file=sys.stderr)
+    if any(run.kind == "rehearse" for run in reaped):       # its copy is dropped (issue 16)
+        from runbook import rehearse
+
+        for dropped in rehearse.drop_scratch_of(settings, reaped):
+            print(f"runbook-bot: dropped {dropped}, the copy of an interrupted rehearsal", file=sys.stderr)
     from runbook.backup import sweep_interrupted
 
     for name, env in settings.environments.items():      # a backup whose process was killed mid-dump
@@ -219,6 +233,13 @@ def cmd_precheck(settings: Settings, args, *, sidecar=None) -> int:
     opened = sidecar.open(settings.state_url, cli_actor())
     acks = sidecar.events(environment=name, action=review.ACK_ACTION, limit=review.ACK_READ_LIMIT)
     backup = sidecar.last_backup_at(name)
+    rehearsals = sidecar.events(environment=name, action="rehearse", limit=20)
+
+    def rehearsed(current, head):
+        from runbook import rehearse
+        from runbook.precheck import project_of
+
+        return rehearse.match_in_events(answered(rehearsals, []), project_of(env), current, head)
 
     def answered(pending, fallback):
         try:
@@ -227,7 +248,8 @@ def cmd_precheck(settings: Settings, args, *, sidecar=None) -> int:
             return fallback
 
     report = precheck.run_precheck(name, env, last_backup_at=lambda: answered(backup, None),
-                                   acknowledgements=lambda: review.acknowledgements_in(answered(acks, [])))
+                                   acknowledgements=lambda: review.acknowledgements_in(answered(acks, [])),
+                                   rehearsal=rehearsed)
     try:
         for line in opened.result():
             print(f"runbook-bot: {line}", file=sys.stderr)
@@ -488,6 +510,21 @@ def cmd_validate(settings: Settings, args) -> int:
     if report.error:
         return EXIT_ERROR
     return EXIT_OK if report.passed else EXIT_NO_GO
+
+
+def cmd_rehearse(settings: Settings, args) -> int:
+    from runbook import ops, rehearse
+
+    name, env = settings.environment(args.env)
+    store = _store_or_report(settings)
+    if store is None:
+        return EXIT_ERROR
+    result = ops.rehearse(settings, store, name, target=args.to, backup_id=args.backup, actor=cli_actor(),
+                          on_phase=None if args.json else lambda text: print(f"... {text}", file=sys.stderr))
+    _emit(args, lambda: rehearse.to_json(result), lambda: rehearse.render_text(result))
+    if result.outcome in ("passed", "nothing to do"):
+        return EXIT_OK
+    return EXIT_NO_GO if result.outcome == "failed" else EXIT_ERROR
 
 
 def _store_or_report(settings: Settings):
@@ -775,6 +812,7 @@ COMMANDS.update(migrate=cmd_migrate, rollback=cmd_rollback, validate=cmd_validat
 COMMANDS.update(backup=cmd_backup, backups=cmd_backups, restore=cmd_restore)
 COMMANDS.update(incident=cmd_incident, escalate=cmd_escalate)
 COMMANDS["ack-risk"] = cmd_ack_risk
+COMMANDS["rehearse"] = cmd_rehearse
 
 
 if __name__ == "__main__":

@@ -42,6 +42,10 @@ ACTIONS: dict[str, ActionSpec] = {
         ActionSpec("rollback", "/migrate rollback [env] [-1 | REV] [override REASON]",
                    "Alembic downgrade (default: one revision), after approval; irreversible ones are refused",
                    "§6.1", max_args=1000, check_args=lambda args: migration_args(args, "rollback")),
+        ActionSpec("rehearse", "/migrate rehearse [env] [head | +1 | REV]",
+                   "the pending range on a restored copy: time, locks and rewrites per revision, up-down-up, "
+                   "§5; the target is not touched", "§1.3",
+                   max_args=1, check_args=lambda args: rehearse_args(args)),
         ActionSpec("validate", "/migrate validate [env]", "post-migration validation, with what to do if it fails",
                    "§5, §6.5"),
         ActionSpec("activity", "/migrate activity [env]",
@@ -189,6 +193,22 @@ def migration_args(args: Sequence[str], action: str) -> tuple[str, str | None]:
     else:
         typed = _revision_arg(words, action="rollback", default="-1", other="run", hint="-1, base or a revision id")
     return typed, reason
+
+
+def rehearse_args(args: Sequence[str]) -> str:
+    """`[head | +1 | REV]` of `/migrate rehearse` -> the target as typed (default head); resolved by the engine."""
+    usage = f"Usage: `{ACTIONS['rehearse'].usage}`."
+    if not args:
+        return "head"
+    arg = args[0]
+    shown = arg if len(arg) <= 40 else arg[:40] + "…"
+    if not _REVISION_ARG.match(arg):
+        raise CommandError(f"'{shown}' is neither a configured environment nor a revision (head, +1 or a revision "
+                           f"id). {usage}")
+    if arg.startswith("-"):
+        raise CommandError(f"{shown} goes down: a rehearsal runs the pending range up, then down and up again. "
+                           f"{usage}")
+    return arg
 
 
 def run_args(args: Sequence[str]) -> str:

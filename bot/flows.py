@@ -325,9 +325,14 @@ class Flows:
         name, env = self.settings.environment(command.environment)
         from runbook.review import acknowledgements
 
-        report = precheck.run_precheck(name, env, project=self.project(name),
+        from runbook import ops
+
+        project = self.project(name)
+        report = precheck.run_precheck(name, env, project=project,
                                        last_backup_at=last_backup_at(self.store, name),
-                                       acknowledgements=lambda: acknowledgements(self.store, name))
+                                       acknowledgements=lambda: acknowledgements(self.store, name),
+                                       rehearsal=lambda current, head: ops.rehearsal_of_range(
+                                           self.store, name, env, current, head, project))
         self.record(origin, "precheck", name, report.verdict, "; ".join(report.reasons)[:2000],
                     {"duration_seconds": round(report.duration_seconds, 3),
                      "checks": {c.name: c.status for c in report.checks},
@@ -417,6 +422,32 @@ class Flows:
             return
         if origin.channel_id and request.channel != origin.channel_id:
             self.reply_ephemeral(origin, blocks.approval_pointer(request.channel, command.action, name))
+
+    def do_rehearse(self, command: Command, origin: Origin) -> None:
+        """`/migrate rehearse [env] [head | +1 | REV]` (issue 16): the pending range on a restored copy, on
+        this executor like every long command; one message, updated as it goes, then the report."""
+        import time
+
+        from bot.commands import rehearse_args
+        from bot.migration_blocks import rehearsal_message, rehearsal_progress_message
+        from runbook import ops, rehearse
+
+        name, _env = self.settings.environment(command.environment)
+        typed = rehearse_args(command.args)
+        channel = self.channel_for(origin)
+        ts = self.post(origin, rehearsal_progress_message(name, typed, "starting"))
+        last = [0.0]
+
+        def phase(text: str) -> None:
+            if ts is not None and time.monotonic() - last[0] >= 1.0:
+                last[0] = time.monotonic()
+                self.update(channel, ts, rehearsal_progress_message(name, typed, text))
+
+        result = ops.rehearse(self.settings, self.store, name, target=typed, actor=self.actor(origin),
+                              on_phase=phase, project=self.project(name))
+        message = rehearsal_message(rehearse.to_json(result), environment=name)
+        if ts is None or not self.update(channel, ts, message):
+            self.post(origin, message)
 
     def do_validate(self, command: Command, origin: Origin) -> None:
         """`/migrate validate [env]` (§5): the report; a failure gets the §6.5 recommendation in its thread."""

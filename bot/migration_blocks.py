@@ -99,7 +99,8 @@ def backup_line(backup: Any) -> str:
 
 
 def migration_request_blocks(params: Mapping[str, Any], *, request_id: str, pending: bool, protection: Any,
-                             risk: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+                             risk: Sequence[dict[str, Any]] = (), rehearsal: Any = None,
+                             environment: str = "") -> list[dict[str, Any]]:
     """What approvers approve: current -> target, the revisions (with reversibility), the SQL preview
     (inline when short, else a file in the request's thread), the tables touched, the backup that
     stands behind it, and the guards the run keeps. `backup`: the latest verified full backup or None;
@@ -134,6 +135,7 @@ def migration_request_blocks(params: Mapping[str, Any], *, request_id: str, pend
         out.append(section(f"{label}: {sql.count(chr(10)) + 1} lines, attached as a file in this "
                            "message's thread :page_facing_up:"))
     out.extend(list(risk))
+    out.append(rehearsal_block(rehearsal, environment, params))
     if protection.relied_on:
         out.append(section(truncate(f":floppy_disk: *Protected by* {backup_line(protection.backup)}: "
                                     f"{escape(protection.reason)}", MAX_SECTION_TEXT)))
@@ -151,6 +153,73 @@ def migration_request_blocks(params: Mapping[str, Any], *, request_id: str, pend
         "unacknowledged HIGH risk) · one operation at a time (advisory lock) · lock timeouts retried with backoff · "
         "validated after (§5) · live progress in this thread", MAX_CONTEXT_TEXT)))
     return out
+
+
+def rehearsal_block(match: Any, environment: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The latest rehearsal of the request's range (runbook.rehearse.Match), one revision a line, or why
+    there is none that counts (issue 16)."""
+    from runbook.rehearse import match_line, revision_line_json
+
+    downgrade = params.get("direction") == "downgrade"
+    ask = (f"`/migrate rehearse {environment}`" if not downgrade else
+           f"`/migrate rehearse {environment}` from {_rev_text([str(params.get('target'))])}")
+    if match is None:
+        return section(truncate(f":grey_question: *Not rehearsed*: no rehearsal of this range on a restored copy; "
+                                f"{ask} runs it (the target is not touched)", MAX_SECTION_TEXT))
+    if not match.valid:
+        return section(truncate(f":warning: *Rehearsal void*: {escape(match_line(match))}", MAX_SECTION_TEXT))
+    icon = ":test_tube:" if match.passed else ":x:"
+    when = f" {match.finished_at:%Y-%m-%d %H:%M} UTC" if match.finished_at else ""
+    report = match.report
+    lines = [f"• {escape(revision_line_json(r))}" for r in (report.get("revisions") or [])[:20]]
+    if report.get("outcome") != "passed" and report.get("error"):
+        lines.append(f"• {escape(one_line(str(report['error']), 300))}")
+    head = (f"{icon} *Rehearsed*{when} on a copy of backup #{report.get('backup_id')}: "
+            f"*{escape(str(report.get('outcome')))}* in {duration(report.get('total_seconds'))} "
+            f"(run {escape(match.run_id[:8])})")
+    return section(truncate(head + "\n" + "\n".join(lines), MAX_SECTION_TEXT))
+
+
+def rehearsal_progress_message(environment: str, typed: str, phase: str) -> Message:
+    text = f"Rehearsing {environment} up to {typed} on a restored copy: {phase}"
+    return Message(text=escape(text), blocks=[section(f":hourglass_flowing_sand: *Rehearsing {escape(environment)}* "
+                                                      f"up to `{escape(one_line(typed, 80))}` on a restored copy · "
+                                                      f"{escape(one_line(phase, 200))}")])
+
+
+def rehearsal_message(report: Mapping[str, Any], *, environment: str) -> Message:
+    """A finished rehearsal (runbook.rehearse.to_json): one line per revision, the validation, the notes."""
+    from runbook.rehearse import revision_line_json
+
+    outcome = str(report.get("outcome"))
+    icon = {"passed": ":white_check_mark:", "failed": ":x:", "nothing to do": ":zzz:"}.get(outcome, ":warning:")
+    frm = _rev_text(report.get("from") or [])
+    head = f"{icon} *Rehearsal of {escape(environment)}* {frm} → {_target_text(str(report.get('to')))}: *{escape(outcome)}*"
+    out = [section(truncate(head + (f"\n{escape(one_line(str(report['error']), 500))}"
+                                    if report.get("error") and outcome != "passed" else ""), MAX_SECTION_TEXT))]
+    lines = [f"• {escape(revision_line_json(r))}" for r in (report.get("revisions") or [])
+             if r.get("ok") or r.get("error")]
+    if lines:
+        out.append(section(bounded_lines(lines[:40], MAX_SECTION_TEXT, total=len(lines))))
+    validation = report.get("validation")
+    if validation is not None:
+        failed = [c for c in validation.get("checks") or [] if c.get("status") == "fail"]
+        out.append(section(truncate("*Validation (§5) on the copy*: " + (
+            "passed" if validation.get("passed") else
+            "failed: " + "; ".join(f"{escape(c['name'])}: {escape(one_line(c.get('detail') or '', 200))}"
+                                   for c in failed)), MAX_SECTION_TEXT)))
+    bits = []
+    if report.get("backup_id") is not None:
+        bits.append(f"backup #{escape(report['backup_id'])}" + (" (taken for it)" if report.get("backup_taken") else "")
+                    + f" restored into {escape(report.get('scratch'))} in {duration(report.get('restore_seconds'))},"
+                    " dropped")
+    if report.get("upgrade_again_ok") is not None:
+        bits.append("up again " + ("ok" if report["upgrade_again_ok"] else "FAILED"))
+    bits.append(f"total {duration(report.get('total_seconds'))}")
+    bits += [escape(one_line(n, 300)) for n in report.get("notes") or []]
+    out.append(context(truncate(" · ".join(bits), MAX_CONTEXT_TEXT)))
+    text = f"Rehearsal of {environment}: {outcome}"
+    return Message(text=escape(text), blocks=out)
 
 
 def sql_inline(sql: str) -> bool:

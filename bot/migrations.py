@@ -190,8 +190,12 @@ def migration_kind(settings: Settings, store, direction: str, *,
         protected = ops.protection_now(store, request.environment, env, request.params.get("current") or [])
         risk = risk_blocks(request.params.get("risk"), environment=request.environment,
                            error=request.params.get("risk_error"))
+        rehearsed = ops.rehearsal_of_range(store, request.environment, env, request.params.get("current") or [],
+                                           str(request.params.get("target"))) \
+            if request.params.get("revisions") else None
         return mblocks.migration_request_blocks(request.params, request_id=request.id,
-                                                pending=request.state == PENDING, protection=protected, risk=risk)
+                                                pending=request.state == PENDING, protection=protected, risk=risk,
+                                                rehearsal=rehearsed, environment=request.environment)
 
     return approvals.ApprovalKind(
         name_of_kind, "Migration" if direction == "upgrade" else "Rollback", execute,

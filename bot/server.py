@@ -48,8 +48,9 @@ class Runtime:
             raise ConfigError("SLACK_BOT_TOKEN is not set: the bot needs its xoxb- token to post messages")
         store = Store(settings.state_url)
         store.migrate()
-        reaped = cls._reap_interrupted_runs(store)
+        reaped = cls._reap_interrupted_runs(store, settings)
         cls._sweep_interrupted_backups(settings, store)
+        cls._drop_rehearsal_leftovers(settings, store)
         client = make_client(token, api_url or os.environ.get("SLACK_API_URL"))
         redactor = Redactor(settings, extra_secrets=known_secrets(settings) + (token, signing_secret or ""))
         flows = Flows(settings, store, client, redactor=redactor, max_workers=workers)
@@ -81,20 +82,40 @@ class Runtime:
 
     def reap_interrupted_runs(self) -> list[Any]:
         """Runs whose process died: marked interrupted (never resumed), posted once by whoever reaped them."""
-        reaped = self._reap_interrupted_runs(self.store)
+        reaped = self._reap_interrupted_runs(self.store, self.settings)
         self.flows.migrations.announce_interrupted(reaped)
         self._sweep_interrupted_backups(self.settings, self.store)
         return reaped
 
     @staticmethod
-    def _reap_interrupted_runs(store: Store) -> list[Any]:
-        """Runs whose process died are marked interrupted (with an event), never resumed (issue 4)."""
+    def _reap_interrupted_runs(store: Store, settings: Settings | None = None) -> list[Any]:
+        """Runs whose process died are marked interrupted (with an event), never resumed (issue 4). A
+        rehearsal's copy is dropped instead (issue 16): it touched no target, so nothing is announced."""
+        from runbook import rehearse
         from runbook.state.runs import RunStore
 
         reaped = RunStore(store).reap()
         for run in reaped:
             log.warning("%s run %s on %s was interrupted: %s", run.kind, run.id, run.environment, run.summary)
-        return reaped
+        rehearsals = [run for run in reaped if run.kind == rehearse.KIND]
+        if rehearsals and settings is not None:
+            try:
+                for dropped in rehearse.drop_scratch_of(settings, rehearsals):
+                    log.warning("dropped %s, the copy of an interrupted rehearsal", dropped)
+            except Exception as exc:   # a rehearsal server that is down must not stop the bot; the next start retries
+                log.error("could not drop the copies of interrupted rehearsals: %s", type(exc).__name__)
+        return [run for run in reaped if run.kind != rehearse.KIND]
+
+    @staticmethod
+    def _drop_rehearsal_leftovers(settings: Settings, store: Store) -> None:
+        """At start: every rbrehearse_* database whose rehearsal is no longer running (issue 16)."""
+        from runbook import rehearse
+
+        try:
+            for dropped in rehearse.drop_leftovers(settings, store):
+                log.warning("dropped %s, the copy of a rehearsal that is no longer running", dropped)
+        except Exception as exc:
+            log.error("could not look for leftover rehearsal copies: %s", type(exc).__name__)
 
     @staticmethod
     def _sweep_interrupted_backups(settings: Settings, store: Store) -> list[int]:

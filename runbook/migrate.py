@@ -928,6 +928,8 @@ class Proposal:
     risk: Any = None
     risk_error: str | None = None
     promotion: Any = None
+    # issue 16: the latest rehearsal of this range (runbook.rehearse.Match; set by runbook.ops.propose)
+    rehearsal: Any = None
 
 
 def propose(name: str, env: Environment, *, direction: Direction = "upgrade", target: str | None = None,

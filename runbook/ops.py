@@ -6,7 +6,8 @@ below, never in a surface.
 The guards, in the order a run meets them:
 
 * asking: the target resolves against the app's scripts, there is something to do, no revision on the
-  way back is irreversible (the way back is then a restore), the promotion gate (`propose`);
+  way back is irreversible (the way back is then a restore), the promotion gate, and where
+  `rehearsal.required`, a passed rehearsal of the same range with unchanged files (`propose`);
 * running, under the run's operation lock (runbook/migrate.py): the database is still at the approved
   revision, no pg_dump is connected, the no-go gate (runbook/gate.py) is open or overridden by
   someone allowed to (`authorise_override`), with a reason, recorded;
@@ -18,6 +19,7 @@ The guards, in the order a run meets them:
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -82,7 +84,40 @@ def propose(name: str, env: Environment, direction: str, typed: str, command_tex
         raise NothingToDo(proposal.refusal)
     if proposal.refusal:
         raise Refused(f"`{command_text}` refused: {proposal.refusal}")
+    proposal = dataclasses.replace(proposal, rehearsal=rehearsal_for(store, name, env, proposal, project))
+    if env.rehearsal.required and not (proposal.rehearsal is not None and proposal.rehearsal.passed):
+        from runbook.rehearse import match_line
+
+        raise Refused(f"`{command_text}` refused: {name} requires a passed rehearsal of this range "
+                      f"(rehearsal.required), and it has {match_line(proposal.rehearsal)}; nobody is asked to "
+                      "approve it yet")
     return proposal
+
+
+def rehearsal_for(store, name: str, env: Environment, proposal: migrate.Proposal,
+                  project: AlembicProject | None = None) -> Any:
+    """The latest rehearsal of the proposal's range (a runbook.rehearse.Match, voided when a revision file
+    changed since), or None. A rollback's range matches the rehearsal of the same revisions going up: its
+    way down is what the rollback does."""
+    from runbook import rehearse as rehearsals
+    from runbook.precheck import project_of
+
+    if store is None or not proposal.revisions:
+        return None
+    return rehearsal_of_range(store, name, env, proposal.current, proposal.target, project)
+
+
+def rehearsal_of_range(store, name: str, env: Environment, current: Sequence[str], target: str,
+                       project: AlembicProject | None = None) -> Any:
+    """The latest rehearsal from `current` to `target` (either way), read now: an approval request shows it
+    each time it is drawn, so a revision file edited after the request voids it there too."""
+    from runbook import rehearse as rehearsals
+    from runbook.precheck import project_of
+
+    if store is None:
+        return None
+    end = [] if target == "base" else [target]
+    return rehearsals.latest_for(store, name, project or project_of(env), list(current), end)
 
 
 def protection_now(store, name: str, env: Environment, current: Sequence[str]) -> protection.Protection:
@@ -233,5 +268,24 @@ def validate(name: str, env: Environment, store, actor: str, *, project: Alembic
     return Validation(report, rec, latest)
 
 
+
+# ---------------------------------------------------------------------------
+# Rehearsing (issue 16)
+
+
+def rehearse(settings: Settings, store, name: str, *, target: str = "head", backup_id: Any = None,
+             actor: str, on_phase: Callable[[str], None] | None = None,
+             project: AlembicProject | None = None) -> Any:
+    """The pending range of `name` up to `target` on a restored copy (runbook/rehearse.py): a
+    runbook.rehearse.Rehearsal, never an exception for the target's or the copy's faults. Nobody approves
+    it: it never writes the target, takes no operation lock on it, and its copy is always dropped."""
+    from runbook import rehearse as rehearsals
+
+    return rehearsals.rehearse(name, settings.environments[name], store, target=target or "head",
+                               backup_id=backup_id, actor=actor, settings=settings, on_phase=on_phase,
+                               project=project)
+
+
 __all__ = ["GateOverride", "MAX_OVERRIDE_REASON", "NothingToDo", "Refused", "RunWatcher", "Validation",
-           "authorise_override", "irreversible", "propose", "protection_now", "run", "validate"]
+           "authorise_override", "irreversible", "propose", "protection_now", "rehearsal_for", "rehearsal_of_range",
+           "rehearse", "run", "validate"]

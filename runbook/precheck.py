@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from runbook import activity as activity_checks
 from runbook import review as risk_review
@@ -117,11 +117,14 @@ def alembic_status(env: Environment, *, project: AlembicProject | None = None) -
 def run_precheck(name: str, env: Environment, *, project: AlembicProject | None = None,
                  last_backup_at: datetime | Callable[[], datetime | None] | None = None,
                  acknowledgements: Sequence[risk_review.Acknowledgement]
-                 | Callable[[], Sequence[risk_review.Acknowledgement]] = ()) -> PrecheckReport:
+                 | Callable[[], Sequence[risk_review.Acknowledgement]] = (),
+                 rehearsal: Callable[[list[str], str], Any] | None = None) -> PrecheckReport:
     """Run §1 against one environment. Never raises for the target's faults: they become checks.
 
     `acknowledgements`: the risk acknowledgements recorded for this environment (or a callable
-    returning them, asked only when a review runs, after squawk)."""
+    returning them, asked only when a review runs, after squawk). `rehearsal(current, head)`: the latest
+    rehearsal of the pending range (a runbook.rehearse.Match or None): a passed one, with its revision
+    files unchanged, ticks §1.3 "Migration tested in staging/local environment"."""
     started = datetime.now(timezone.utc)
     clock = time.monotonic()
     target = target_of(env)
@@ -192,7 +195,12 @@ def run_precheck(name: str, env: Environment, *, project: AlembicProject | None 
         checks.append(Check("alembic status", "fail", "not checked: no connection to the database", "1.2"))
 
     # a callable is asked only now, so a caller can read the backup catalogue while the target answers
-    checks.extend(_checklist(env, health, snapshot, last_backup_at() if callable(last_backup_at) else last_backup_at))
+    rehearsed = None
+    if rehearsal is not None and state is not None and state.pending and state.problem is None \
+            and len(state.heads) == 1:
+        rehearsed = rehearsal(list(state.current), state.heads[0])
+    checks.extend(_checklist(env, health, snapshot, last_backup_at() if callable(last_backup_at) else last_backup_at,
+                             rehearsed))
     verdict, reasons = _verdict(checks, state)
     return PrecheckReport(
         environment=name, target=target.label, started_at=started,
@@ -308,10 +316,22 @@ def _pending_check(state: AlembicState) -> Check:
     return Check("pending revisions", "ok", detail + "; all reversible", "1.2")
 
 
-def _checklist(env: Environment, health, snapshot, last_backup_at: datetime | None) -> list[Check]:
+def _checklist(env: Environment, health, snapshot, last_backup_at: datetime | None,
+               rehearsed: Any = None) -> list[Check]:
     items: list[Check] = []
     items.append(Check(HUMAN_CHECKLIST[0][1], "warn", "left for a human: confirm before approving", "1.3", False))
-    items.append(Check(HUMAN_CHECKLIST[1][1], "warn", "left for a human: confirm before approving", "1.3", False))
+    if rehearsed is not None and rehearsed.passed:
+        from runbook.rehearse import match_line
+
+        items.append(Check(HUMAN_CHECKLIST[1][1], "ok", match_line(rehearsed), "1.3"))
+    else:
+        hint = ""
+        if rehearsed is not None:
+            from runbook.rehearse import match_line
+
+            hint = f" ({match_line(rehearsed)})"
+        items.append(Check(HUMAN_CHECKLIST[1][1], "warn", "left for a human: confirm before approving, or run "
+                           f"`rehearse` on a restored copy{hint}", "1.3", False))
     if last_backup_at is None:
         items.append(Check("Backup completed successfully", "warn",
                            "no backup yet: take one before migrating (§2)", "1.3"))

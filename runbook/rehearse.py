@@ -158,23 +158,48 @@ def latest_for(store, name: str, project: AlembicProject, start: Sequence[str], 
 
     if store is None:
         return None
-    start_key = sorted(start)
-    end_key = sorted([end] if isinstance(end, str) else end)
+    end_key = [end] if isinstance(end, str) else list(end)
     for run in RunStore(store).list(environment=name, states=(SUCCEEDED, FAILED), limit=limit, kinds=(KIND,)):
         report = run.result or {}
-        frm, to = sorted(report.get("from") or []), sorted([report.get("to")] if report.get("to") else [])
-        if not ((frm == start_key and to == end_key) or (frm == end_key and to == start_key)):
+        if not _same_range(report.get("from") or [], report.get("to"), start, end_key):
             continue
-        recorded = report.get("files") or {}
-        voided = []
-        for rev, digest in recorded.items():
-            try:
-                now = file_hashes([project.get(rev)])[rev]
-            except RevisionError:
-                now = None
-            if now != digest:
-                voided.append(rev)
+        voided = _voided(project, report.get("files") or {})
         return Match(run.id, run.finished_at, str(report.get("outcome")), report, voided)
+    return None
+
+
+def _voided(project: AlembicProject, recorded: dict[str, str]) -> list[str]:
+    voided = []
+    for rev, digest in recorded.items():
+        try:
+            now = file_hashes([project.get(rev)])[rev]
+        except RevisionError:
+            now = None
+        if now != digest:
+            voided.append(rev)
+    return voided
+
+
+def _same_range(frm: Sequence[str], to: str | None, start: Sequence[str], end: Sequence[str]) -> bool:
+    frm_key, to_key = sorted(frm), sorted([to] if to else [])
+    return (frm_key == sorted(start) and to_key == sorted(end)) or (frm_key == sorted(end) and to_key == sorted(start))
+
+
+def match_in_events(events: Sequence[Any], project: AlembicProject, start: Sequence[str],
+                    end: Sequence[str] | str) -> Match | None:
+    """latest_for over the rehearsal events (store.events(action="rehearse"), newest first): what the
+    command line's precheck reads through its state sidecar."""
+    end = [end] if isinstance(end, str) else list(end)
+    for event in events:
+        details = event.details or {}
+        if event.outcome not in ("passed", "failed") or "files" not in details:
+            continue
+        if not _same_range(details.get("from") or [], details.get("to"), start, end):
+            continue
+        report = {"outcome": event.outcome, "from": details.get("from"), "to": details.get("to"),
+                  "revisions": [], "lines": details.get("lines") or [], "backup_id": details.get("backup_id")}
+        return Match(str(details.get("run_id") or event.run_id or ""), event.at, event.outcome, report,
+                     _voided(project, details.get("files") or {}))
     return None
 
 
@@ -191,7 +216,7 @@ def match_line(match: Match | None) -> str:
 
 def summary_of(report: dict[str, Any]) -> str:
     """The revisions of a rehearsal's JSON, as in the text report but on one line."""
-    parts = [revision_line_json(r) for r in report.get("revisions") or []]
+    parts = [revision_line_json(r) for r in report.get("revisions") or []] or list(report.get("lines") or [])
     if report.get("error") and report.get("outcome") != "passed":
         parts.append(str(report["error"]))
     return "; ".join(parts) if parts else str(report.get("error") or "")
@@ -390,6 +415,8 @@ def drop_leftovers(settings: Any, store, environments: Sequence[str] | None = No
     dropped: list[str] = []
     servers: dict[str, Any] = {}
     for name in environments or list(settings.environments):
+        if not runs.list(environment=name, kinds=(KIND,), limit=1):
+            continue        # never rehearsed here: no connection to its server
         env = settings.environments[name]
         servers.setdefault(env.rehearsal_dsn, env)
     for dsn, env in servers.items():
@@ -508,7 +535,9 @@ def rehearse(name: str, env: Environment, store, *, target: str = "head", backup
         try:
             store.record(actor=actor, action=KIND, environment=name, outcome=result.outcome, summary=summary,
                          details={"backup_id": result.backup_id, "from": result.from_revisions,
-                                  "to": result.target}, run_id=run_id)
+                                  "to": result.target, "files": result.files, "run_id": run_id,
+                                  "lines": [revision_line(r) for r in result.revisions if r.ok or r.error]},
+                         run_id=run_id)
         except Exception:
             pass
     return result
@@ -779,5 +808,5 @@ def render_text(result: Rehearsal) -> str:
 
 
 __all__ = ["KIND", "LockHeld", "LockSampler", "Match", "Refused", "Rehearsal", "RevisionReport", "SCRATCH_PREFIX",
-           "drop_leftovers", "drop_scratch_of", "file_hashes", "latest_for", "match_line", "rehearse",
+           "drop_leftovers", "drop_scratch_of", "file_hashes", "latest_for", "match_in_events", "match_line", "rehearse",
            "render_text", "revision_line", "scratch_name", "summary_line", "to_json"]
