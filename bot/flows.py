@@ -434,19 +434,19 @@ class Flows:
 
         name, _env = self.settings.environment(command.environment)
         typed = rehearse_args(command.args)
-        channel = self.channel_for(origin)
-        ts = self.post(origin, rehearsal_progress_message(name, typed, "starting"))
+        # stateful: updated as it goes, so where the bot cannot post it goes to slack.channel (deliver)
+        channel, ts = self.deliver(origin, rehearsal_progress_message(name, typed, "starting"), stateful=True)
         last = [0.0]
 
         def phase(text: str) -> None:
-            if ts is not None and time.monotonic() - last[0] >= 1.0:
+            if channel is not None and ts is not None and time.monotonic() - last[0] >= 1.0:
                 last[0] = time.monotonic()
                 self.update(channel, ts, rehearsal_progress_message(name, typed, text))
 
         result = ops.rehearse(self.settings, self.store, name, target=typed, actor=self.actor(origin),
                               on_phase=phase, project=self.project(name))
         message = rehearsal_message(rehearse.to_json(result), environment=name)
-        if ts is None or not self.update(channel, ts, message):
+        if channel is None or ts is None or not self.update(channel, ts, message, final=True):
             self.post(origin, message)
 
     def do_validate(self, command: Command, origin: Origin) -> None:

@@ -140,8 +140,7 @@ def interval_settings(env) -> dict[str, str]:
             "watch.lock_timeout": env.watch.lock_timeout,
             "validation.statement_timeout": env.validation.statement_timeout,
             "validation.lock_timeout": env.validation.lock_timeout,
-            "backups.lock_wait_timeout": env.backups.lock_wait_timeout,
-            "rehearsal.statement_timeout": env.rehearsal.statement_timeout}
+            "backups.lock_wait_timeout": env.backups.lock_wait_timeout}
 
 
 def assert_postgres_takes(pg_url: str, env) -> None:

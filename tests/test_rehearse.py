@@ -79,10 +79,11 @@ def test_rehearsal_passes_up_down_up_and_leaves_the_target_untouched(sample_db, 
     assert result.upgrade_again_ok is True
     assert result.validation is not None and result.validation.passed
     assert not result.backup_taken
-    # 0002 adds a table and a column: its locks were seen, on the copy
+    # 0002 adds a table and a column (catalog only: its locks last milliseconds, between two samples at
+    # times; the rewrite test below holds one long enough to be seen every time)
     second = result.revisions[0]
-    assert second.locks and {lock.relation for lock in second.locks} & {"expenses", "categories"}
-    assert second.size_change_bytes > 0          # the new categories table
+    assert second.rewrites == [] and second.size_change_bytes > 0          # the new categories table
+    assert "categories" in second.size_by_table
     # the target: same revision, same rows, no write
     assert _target_facts(url) == before
     assert _writes(url) == writes_before
