@@ -1207,15 +1207,23 @@ def restore_summary(params: Mapping[str, Any], environment: str) -> str:
     return f"Restore {what} of {environment} from backup #{params.get('backup_id')}"
 
 
-def restore_request_blocks(params: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """What will be replaced (rows now vs in the backup), the backup's facts, the revision guard."""
+# Request states after which nothing more happens: their messages speak in the past.
+FINISHED_STATES = frozenset({"done", "failed", "rejected", "expired", "cancelled"})
+
+
+def restore_request_blocks(params: Mapping[str, Any], state: str = "pending") -> list[dict[str, Any]]:
+    """What will be replaced (rows now vs in the backup), the backup's facts, the revision guard;
+    once the request is finished, what was replaced (done) or would have been (anything else)."""
     backup = params.get("backup") or {}
     changes = params.get("changes") or []
     verb = {"replace": "replaced", "create": "created", "drop": ":warning: *dropped* (not in the backup)"}
-    lines = [f"• {code(c.get('table'), 80)}: {_rows(c.get('rows_now'))} now → "
+    then = {"done": "before"}.get(state, "then" if state in FINISHED_STATES else "now")
+    lines = [f"• {code(c.get('table'), 80)}: {_rows(c.get('rows_now'))} {then} → "
              f"{_rows(c.get('rows_in_backup'))} in the backup — {verb.get(c.get('action'), escape(c.get('action')))}"
              for c in changes[:300]]
-    title = f"*What will be replaced* ({'chosen tables' if params.get('mode') == 'tables' else 'full restore'})"
+    what = ("What was replaced" if state == "done" else "What would have been replaced" if state in FINISHED_STATES
+            else "What will be replaced")
+    title = f"*{what}* ({'chosen tables' if params.get('mode') == 'tables' else 'full restore'})"
     out = [section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1, total=len(changes)))]
     revision = backup.get("revision")
     facts = [f"*Backup* #{escape(params.get('backup_id'))} {code(backup.get('name', '?'), 80)}",
@@ -1224,10 +1232,16 @@ def restore_request_blocks(params: Mapping[str, Any]) -> list[dict[str, Any]]:
              f"taken at revision {_revs(revision) if revision else '_unknown_'}"]
     out.append(section(" · ".join(facts)))
     current = params.get("expected_revision") or []
-    out.append(section(f"*Target* {code(params.get('target', '?'), 80)} is at revision "
-                       f"{_revs(current) if current else '_none_'}: the restore stops if that changes before it "
-                       "runs. A safety backup of the current state is taken first, and the restore applies "
-                       "in one transaction: completely or not at all."))
+    target, at = code(params.get('target', '?'), 80), _revs(current) if current else '_none_'
+    if state == "done":
+        out.append(section(f"*Target* {target} was at revision {at} when approved. A safety backup of it was "
+                           "taken first, and the restore applied in one transaction."))
+    elif state in FINISHED_STATES:
+        out.append(section(f"*Target* {target} was at revision {at} when this was asked for."))
+    else:
+        out.append(section(f"*Target* {target} is at revision {at}: the restore stops if that changes before "
+                           "it runs. A safety backup of the current state is taken first, and the restore applies "
+                           "in one transaction: completely or not at all."))
     warnings = [f":warning: {escape(one_line(w, 400))}" for w in (params.get("warnings") or [])[:20]]
     if warnings:
         out.append(section(bounded_lines(warnings)))

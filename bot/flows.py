@@ -703,7 +703,7 @@ def restore_kind(settings: Settings, store: Store, *,
     return approvals.ApprovalKind(
         "restore", "Restore", execute,
         summary=lambda r: blocks.restore_summary(r.params, r.environment),
-        describe=lambda r: blocks.restore_request_blocks(r.params),
+        describe=lambda r: blocks.restore_request_blocks(r.params, r.state),
         result_blocks=result_blocks,
         on_failed=on_failed)
 

@@ -100,15 +100,16 @@ def backup_line(backup: Any) -> str:
 
 def migration_request_blocks(params: Mapping[str, Any], *, request_id: str, pending: bool, protection: Any,
                              risk: Sequence[dict[str, Any]] = (), rehearsal: Any = None,
-                             environment: str = "") -> list[dict[str, Any]]:
+                             environment: str = "", finished: bool = False) -> list[dict[str, Any]]:
     """What approvers approve: current -> target, the revisions (with reversibility), the SQL preview
     (inline when short, else a file in the request's thread), the tables touched, the backup that
     stands behind it, and the guards the run keeps. `backup`: the latest verified full backup or None;
-    without a fresh one (and while pending) a "Back up first" button."""
+    without a fresh one (and while pending) a "Back up first" button. A `finished` request (done,
+    failed, rejected...) keeps what was asked for, not what the run would do: its result says that."""
     downgrade = params.get("direction") == "downgrade"
     revisions = params.get("revisions") or []
     steps = params.get("steps") or []
-    head = (f"*{'Now at' if not downgrade else 'From'}* {_rev_text(params.get('current') or [])} → "
+    head = (f"*{'Now at' if not (downgrade or finished) else 'From'}* {_rev_text(params.get('current') or [])} → "
             f"*{'target' if not downgrade else 'back to'}* {_target_text(str(params.get('target')))}"
             f" · {len(steps)} alembic call{'s' if len(steps) != 1 else ''}"
             + (" (one revision at a time, §3.2)" if len(steps) > 1 else ""))
@@ -136,6 +137,8 @@ def migration_request_blocks(params: Mapping[str, Any], *, request_id: str, pend
                            "message's thread :page_facing_up:"))
     out.extend(list(risk))
     out.append(rehearsal_block(rehearsal, environment, params))
+    if finished:        # the backup taken (or not) and the run's guards are in its result, in the past
+        return out
     if protection.relied_on:
         out.append(section(truncate(f":floppy_disk: *Protected by* {backup_line(protection.backup)}: "
                                     f"{escape(protection.reason)}", MAX_SECTION_TEXT)))

@@ -187,7 +187,9 @@ def migration_kind(settings: Settings, store, direction: str, *,
         from bot.review_blocks import risk_blocks
 
         env = settings.environments[request.environment]
-        protected = ops.protection_now(store, request.environment, env, request.params.get("current") or [])
+        finished = request.state in blocks.FINISHED_STATES
+        protected = None if finished else ops.protection_now(store, request.environment, env,
+                                                             request.params.get("current") or [])
         risk = risk_blocks(request.params.get("risk"), environment=request.environment,
                            error=request.params.get("risk_error"))
         rehearsed = ops.rehearsal_of_range(store, request.environment, env, request.params.get("current") or [],
@@ -195,7 +197,8 @@ def migration_kind(settings: Settings, store, direction: str, *,
             if request.params.get("revisions") else None
         return mblocks.migration_request_blocks(request.params, request_id=request.id,
                                                 pending=request.state == PENDING, protection=protected, risk=risk,
-                                                rehearsal=rehearsed, environment=request.environment)
+                                                rehearsal=rehearsed, environment=request.environment,
+                                                finished=finished)
 
     return approvals.ApprovalKind(
         name_of_kind, "Migration" if direction == "upgrade" else "Rollback", execute,

@@ -272,6 +272,9 @@ def test_approve_runs_once_watched_live_then_log_validation_and_done(sample_db, 
     message = bot.message(request)
     assert "Migration production: done" in message.text and buttons(message) == []
     assert "validation passed" in dumped(message.blocks)
+    # finished: where it came from, not "Now at"; the run's guards and "Approving takes one" are in the past
+    assert "*From* " in dumped(message.blocks) and "Now at" not in dumped(message.blocks)
+    assert "The run stops" not in dumped(message.blocks) and "Approving takes" not in dumped(message.blocks)
 
     # the live monitor: ONE message in the thread, then chat.update on its ts, never twice within 2 s
     thread = bot.thread(request)
