@@ -157,6 +157,21 @@ def setup_logging(settings: Settings | None, level: int = logging.WARNING) -> No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; a reader that went away (`runbook-bot precheck | head -1`) ends it quietly,
+    as it ends any Unix tool, with the status of a process killed by SIGPIPE."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()          # buffered output meets a closed pipe here, not at exit
+        return code
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at /dev/null so that flush cannot fail too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + 13             # SIGPIPE
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
@@ -189,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise                   # the reader went away: main ends quietly
     except Exception as exc:  # last resort: one line, secrets scrubbed
         from runbook.target import redact
 
