@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping, NamedTuple, Sequence
 
 from bot.commands import ACTIONS
-from runbook.units import human_size
+from runbook.units import human_size, shorten
 
 MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000
@@ -110,10 +110,8 @@ def mentions(slack_ids: Sequence[str], limit: int = 10, *, none: str = "nobody")
 
 
 def truncate(text: str, limit: int) -> str:
-    """At most `limit` characters, with an ellipsis when cut."""
-    if limit <= 0:
-        return ""
-    return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
+    """At most `limit` characters, cut at a word boundary with an ellipsis (runbook.units.shorten)."""
+    return shorten(text, limit)
 
 
 def code(text: Any, limit: int = 200) -> str:

@@ -28,6 +28,7 @@ from typing import Iterable, Sequence
 
 from runbook.subprocess_env import app_subprocess_env
 from runbook.target import password_of, redact
+from runbook.units import shorten
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,7 @@ def _describe_raise(node: ast.Raise) -> str:
                 message = ""
         message = one_line(message)
         if message:
-            text += ": " + (message if len(message) <= 200 else message[:197] + "...")
+            text += ": " + shorten(message, 200)
     return text
 
 
@@ -491,8 +492,7 @@ def per_revision_sql(whole: str, steps: Sequence[tuple[str, str]]) -> dict[str, 
 
 
 def one_line(text: str, limit: int = 400) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+    return shorten(" ".join(text.split()), limit)
 
 
 _LOG_LINE = re.compile(r"^(INFO|DEBUG|WARNI|WARNING|ERROR|CRITI)\s*\[")
