@@ -492,16 +492,26 @@ def help_message(actions_spec: Mapping[str, Any] | None = None) -> Message:
     return validate(Message(text=f"/migrate commands: {names}", blocks=blocks))
 
 
+# An engine text names a command as the CLI spells it (`backups production`); in Slack it is `/migrate ...`.
+_BARE_COMMAND = re.compile(r"`((?:" + "|".join(re.escape(a) for a in ACTIONS) + r")(?: [^`\n]*)?)`")
+
+
+def slack_wording(text: str) -> str:
+    """An engine message as Slack shows it: every command it names gets its `/migrate ` prefix."""
+    return _BARE_COMMAND.sub(lambda m: f"`/migrate {m.group(1)}`", text)
+
+
 def error_message(text: str) -> Message:
     """One line for an ephemeral reply: escaped, unless it is Mrkdwn (built by `mrkdwn()`, whose
-    mentions must stay mentions; it is only flattened, never cut inside a mention)."""
+    mentions must stay mentions; it is only flattened, never cut inside a mention). Commands the
+    engine names the CLI way are named as Slack spells them (slack_wording)."""
     if isinstance(text, Mrkdwn):
         line = " ".join(text.split())
         if len(line) > 1000:
             cut = line.rfind(" ", 0, 999)          # mentions hold no spaces: never cut inside one
             line = line[:cut if cut > 0 else 999] + " …"
     else:
-        line = escape(one_line(text, 500))
+        line = escape(one_line(slack_wording(text), 500))
     line = line or "Something went wrong."
     return validate(Message(text=f":warning: {line}", blocks=[section(f":warning: {line}")]))
 
@@ -1306,7 +1316,7 @@ def backup_message(environment: str, backup: Any) -> Message:
     blocks: list[dict[str, Any]] = [header(f"{BACKUP_STATUS.get(backup.status, '')} {kind} {env}: "
                                            f"{'verified' if ok else backup.status} (#{backup.id})")]
     if not ok:
-        blocks.append(section(truncate(f":x: *{escape(one_line(backup.error or 'failed', 2000))}*\n"
+        blocks.append(section(truncate(f":x: *{escape(one_line(slack_wording(backup.error or 'failed'), 2000))}*\n"
                                        "Nothing was kept, and this backup is never offered for restore.",
                                        MAX_SECTION_TEXT)))
     revision = backup.revision

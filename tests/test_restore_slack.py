@@ -236,7 +236,7 @@ def test_restore_stops_when_the_revision_changed_after_approval_was_asked(restor
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("restore 999999", "unknown backup id 999999 for production"),
+    ("restore 999999", "unknown backup id 999999 for production: see `/migrate backups production` for the catalogue"),
     ("restore {id} tables=nope", "unknown table 'nope'"),
     ("restore {failed}", "only verified backups can be restored"),
     ("restore {schema}", "is schema-only"),
