@@ -191,7 +191,7 @@ def migration_kind(settings: Settings, store, direction: str, *,
         protected = None if finished else ops.protection_now(store, request.environment, env,
                                                              request.params.get("current") or [])
         risk = risk_blocks(request.params.get("risk"), environment=request.environment,
-                           error=request.params.get("risk_error"))
+                           error=request.params.get("risk_error"), low_as_count=True)
         rehearsed = ops.rehearsal_of_range(store, request.environment, env, request.params.get("current") or [],
                                            str(request.params.get("target"))) \
             if request.params.get("revisions") else None

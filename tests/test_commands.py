@@ -24,7 +24,6 @@ def test_a_negative_revision_is_not_an_option():
     assert parse("rollback production -1", ONE) == Command("rollback", "production", ("-1",))
 
 
-
 @pytest.mark.parametrize("text, envs, fragment", [
     ("frobnicate", ONE, "Unknown action 'frobnicate'"),
     ("precheck qa", ONE, "Unknown environment 'qa'. Configured: production"),
