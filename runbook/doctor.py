@@ -243,7 +243,7 @@ def _alembic_check(name: str, env: Environment) -> Check:
         return Check("app's alembic", "fail", message,
                      f"run `{' '.join(env.alembic)} heads` in {env.app_dir} with {env.url_env} set, and fix what it "
                      "says (a missing package: install the app's dependencies; a missing variable: list it in "
-                     "the environment's configuration)", name)
+                     "the environment's app_env)", name)
     shown = ", ".join(heads) if heads else "no revision yet"
     return Check("app's alembic", "ok", f"`{' '.join(env.alembic)} heads` runs in {env.app_dir}: {shown}",
                  environment=name)
