@@ -47,7 +47,7 @@ from bot import approvals, blocks
 from bot import migration_blocks as mblocks
 from runbook import activity as activities
 from runbook import backup as backups
-from runbook import migrate, ops, rollback, validate
+from runbook import authz, migrate, ops, rollback, validate
 from runbook.config import ConfigError, Environment, Settings
 from runbook.gate import GateOverride
 from runbook.ops import NothingToDo, Refused, RunWatcher
@@ -582,7 +582,11 @@ class Migrations:
         if request.state != PENDING or request.is_due(utcnow()):
             state = request.state if request.state != PENDING else "expired"
             raise approvals.Refusal(f"This request is already {state}; no backup was taken for it.", "closed")
-        self._authorise(request, click.user_id, "take this backup")
+        # taking a backup runs retention: the `backup` permission (runbook.authz), as for /migrate backup
+        if not authz.allowed(self.settings, request.environment, "backup", click.user_id, self.approvals.group_members):
+            raise approvals.Refusal(blocks.Mrkdwn(authz.refusal_line(
+                self.settings, request.environment, "backup", mention=blocks.mention, escape=blocks.escape)),
+                "unauthorised")
         name = request.environment
         env = self.settings.environments[name]
         protected = ops.protection_now(self.store, name, env, request.params.get("current") or [])
