@@ -866,17 +866,23 @@ def _who(actor: str) -> str:
 
 def approval_message(request: Any, *, title: str, summary: str, what: Sequence[dict[str, Any]],
                      result: Sequence[dict[str, Any]], approvers: Sequence[str], allow_self_approval: bool,
-                     production: bool, action_ids: tuple[str, str]) -> Message:
+                     production: bool, action_ids: tuple[str, str], ask_again: str = "") -> Message:
     """An approval request as it stands: who asked, where, what will happen, the decisions so
     far, and Approve/Reject buttons while it is pending (their value: the request id only).
 
     `request`: runbook.state.approvals.ApprovalRequest. `action_ids`: (approve, reject).
+    `ask_again`: the `/migrate` command that asks for the same again (shown when it never started).
     """
     emoji, state_text = APPROVAL_STATE.get(request.state, (":grey_question:", request.state))
-    # a failed request whose run was interrupted (its process died) says so (bot.approvals.interrupted)
-    interrupted = request.state == "failed" and (getattr(request, "result", None) or {}).get("outcome") == "interrupted"
+    # a failed request whose run was interrupted (its process died) says so (bot.approvals.interrupted);
+    # one whose execution never started too (runbook.state.approvals.ApprovalStore.reap_not_started)
+    outcome = (getattr(request, "result", None) or {}).get("outcome") if request.state == "failed" else None
+    interrupted = outcome == "interrupted"
+    not_started = outcome == "not_started"
     if interrupted:
         emoji, state_text = ":warning:", "interrupted"
+    elif not_started:
+        emoji, state_text = ":warning:", "never started"
     env = one_line(request.environment, 40)
     approved = list(request.approvers)
     blocks: list[dict[str, Any]] = [header(f"{emoji} {one_line(title, 40)} {env}: {state_text}")]
@@ -917,7 +923,8 @@ def approval_message(request: Any, *, title: str, summary: str, what: Sequence[d
                               f"{progress}"))
     else:
         ending = {
-            "done": "Done", "failed": "Stopped before it finished" if interrupted else "Failed",
+            "done": "Done",
+            "failed": "Stopped before it finished" if interrupted else "Never started" if not_started else "Failed",
             "rejected": f"Rejected by {_who(request.rejected_by) if request.rejected_by else 'an approver'}; "
                         "nothing was done",
             "expired": "Expired without enough approvals; nothing was done. Ask again to retry",
@@ -925,7 +932,13 @@ def approval_message(request: Any, *, title: str, summary: str, what: Sequence[d
         }.get(request.state, escape(request.state))
         detail = f": {escape(one_line(request.result_summary, 1500))}" if request.result_summary else ""
         blocks.append(section(truncate(f"{emoji} *{ending}*{detail}", MAX_SECTION_TEXT)))
-        blocks.extend(list(result)[: MAX_BLOCKS - len(blocks) - 1])
+        if not_started:
+            blocks.append(section(truncate(
+                ":point_right: Nothing was changed: the approval lapsed with it. To go ahead, ask again"
+                + (f" with {code(ask_again, 300)}" if ask_again else "")
+                + " and have it approved again.", MAX_SECTION_TEXT)))
+        else:
+            blocks.extend(list(result)[: MAX_BLOCKS - len(blocks) - 1])
     blocks.append(context(f"request `{request.id[:8]}` · every click is checked and audited by the bot"))
     text = (f"{title} {escape(env)}: {state_text} — {escape(one_line(summary, 200))} "
             f"(requested by {_who(request.requester)})")

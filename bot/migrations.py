@@ -205,7 +205,9 @@ def migration_kind(settings: Settings, store, direction: str, *,
         command=COMMAND_OF_DIRECTION[direction],
         summary=lambda r: mblocks.migration_summary(r.params, r.environment),
         describe=describe,
-        result_blocks=lambda r: mblocks.migration_result_blocks(r.result))
+        result_blocks=lambda r: mblocks.migration_result_blocks(r.result),
+        ask_again=lambda r: " ".join(part for part in ("/migrate", COMMAND_OF_DIRECTION[direction], r.environment,
+                                                       str(r.params.get("typed") or "")) if part))
 
 
 def run_with_yes(settings: Settings, store, proposal: migrate.Proposal, typed: str, actor: str, *,
@@ -344,9 +346,11 @@ class LiveRun(RunWatcher):
             elif self.ts is None:
                 self.ts = self.desk.post_in_thread(self.request, message)
                 if self.ts is not None:
-                    self._remember_monitor()
-            elif not self.desk.flows.update(self.request.channel, self.ts, message, final=final) and not final \
-                    and self.desk.flows.gateway.cooling(self.request.channel):
+                    self._remember_monitor(final)
+            elif self.desk.flows.update(self.request.channel, self.ts, message, final=final):
+                if final:
+                    self._mark_final()
+            elif not final and self.desk.flows.gateway.cooling(self.request.channel):
                 self.every = min(self.every * 2, self.slowest)      # rate limited: slow down, for this run
                 log.warning("run %s: Slack rate-limited the monitor; updating every %.0f s now", self.run_id,
                             self.every)
@@ -354,14 +358,28 @@ class LiveRun(RunWatcher):
             log.warning("run %s: monitor message not written (%s)", self.run_id, type(exc).__name__)
         self._written_at = time.monotonic()
 
-    def _remember_monitor(self) -> None:
+    def _remember_monitor(self, final: bool = False) -> None:
         """Where the monitor is, kept on the run: after this process dies, whoever follows the run up
-        closes it (Migrations.close_monitor); the ts in memory dies with the process."""
+        closes it (Migrations.close_monitor); the ts in memory dies with the process. "rendered": the run
+        state it shows, so a final update Slack never took is made again (Migrations.reconcile_monitors)."""
         try:
-            RunStore(self.desk.store).set_details(self.run_id, monitor={"channel": self.request.channel,
-                                                                        "ts": self.ts})
+            runs = RunStore(self.desk.store)
+            run = runs.get(self.run_id) if final else None
+            runs.set_details(self.run_id, monitor={"channel": self.request.channel, "ts": self.ts,
+                                                   "rendered": run.state if run is not None else "running"})
         except Exception as exc:   # the state database failing must not stop the monitor
             log.warning("run %s: the monitor's ts was not kept (%s)", self.run_id, self.desk.redactor(repr(exc)))
+
+    def _mark_final(self) -> None:
+        """Its final view reached Slack: the monitor shows the run as it ended."""
+        try:
+            runs = RunStore(self.desk.store)
+            run = runs.get(self.run_id)
+            if run is not None and run.state != "running":
+                runs.mark_monitor(self.run_id, run.state)
+        except Exception as exc:   # the reconcile writes it once more at worst
+            log.warning("run %s: the monitor's final view was not marked (%s)", self.run_id,
+                        self.desk.redactor(repr(exc)))
 
     def _interrupted(self) -> Any:
         try:
@@ -754,7 +772,25 @@ class Migrations:
         if not runs.claim_follow_up(run.id, MONITOR_CLAIM, f"runbook-bot on {runs.host} (pid {os.getpid()})"):
             return False
         message = mblocks.monitor_interrupted_message(run, migrator_app=migrate.migrator_application_name(run.id))
-        return self.flows.update(channel, ts, message, final=True)
+        written = self.flows.update(channel, ts, message, final=True)
+        if written:    # else the reconcile writes it when Slack answers again
+            runs.mark_monitor(run.id, INTERRUPTED)
+        return written
+
+    def reconcile_monitors(self, *, settle_seconds: float = 30.0) -> list[str]:
+        """Live monitors whose final update never reached Slack (an outage while the run ended): their
+        final view, written from the run's row and updated by the ts kept on it. Returns the run ids."""
+        runs = RunStore(self.store)
+        updated = []
+        for run in runs.monitors_behind(settled_before=utcnow() - timedelta(seconds=settle_seconds)):
+            kept = run.detail("monitor") or {}
+            app = migrate.migrator_application_name(run.id)
+            message = (mblocks.monitor_interrupted_message(run, migrator_app=app) if run.state == INTERRUPTED
+                       else mblocks.monitor_final_message(run, migrator_app=app))
+            if kept.get("channel") and kept.get("ts") and self.flows.update(kept["channel"], kept["ts"], message):
+                runs.mark_monitor(run.id, run.state)
+                updated.append(run.id)
+        return updated
 
     def _close_interrupted_request(self, run: Any) -> bool:
         outcome = interrupted_outcome(run)
