@@ -286,6 +286,14 @@ class LocalSlack:
         with self._lock:
             self._faults.setdefault(method, []).append(_Fault(status, error, retry_after, times, match))
 
+    def clear_faults(self, method: str | None = None) -> None:
+        """Slack answers again: drop the faults still scripted (for `method`, or all)."""
+        with self._lock:
+            if method is None:
+                self._faults.clear()
+            else:
+                self._faults.pop(method, None)
+
     def join(self, *channels: str) -> None:
         """The bot joins these (public unless added as private before): it may now post in them."""
         with self._lock:

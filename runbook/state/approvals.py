@@ -44,12 +44,10 @@ ID_PATTERN = r"^[0-9a-f]{32}$"
 
 # result["outcome"] of a request closed because its execution never started (reap_not_started).
 NOT_STARTED = "not_started"
-# An approved request is given this long to start its run before it may be reaped: the approving
-# click still has its own message update to make, and the executor its queue to work through.
-NOT_STARTED_GRACE_SECONDS = 30.0
-# A holder on another host cannot be asked whether it lives: its request is reaped once it has waited
-# this long without a run. Long enough for a queue behind other work; a late execution loses anyway
-# (approved -> executing is conditional), and executing -> run takes seconds.
+# The grace period of an approved request whose holder cannot be asked whether it lives (on another
+# host, or not recorded): reaped once it has waited this long without a run. Long enough for a queue
+# behind other work; a late execution loses anyway (approved -> executing is conditional), and
+# executing -> its run's row takes seconds. A holder dead on this host needs no grace: it runs nothing.
 NOT_STARTED_STALE_SECONDS = 600.0
 
 
@@ -249,24 +247,22 @@ class ApprovalStore:
 
     # -- requests whose execution never started ----------------------------------------------
 
-    def reap_not_started(self, *, grace_seconds: float = NOT_STARTED_GRACE_SECONDS,
-                         stale_after_seconds: float = NOT_STARTED_STALE_SECONDS, now: datetime | None = None,
-                         actor: str = "runbook-bot") -> list[ApprovalRequest]:
+    def reap_not_started(self, *, stale_after_seconds: float = NOT_STARTED_STALE_SECONDS,
+                         now: datetime | None = None, actor: str = "runbook-bot") -> list[ApprovalRequest]:
         """Close approved (or executing) requests that have no run and never will: failed, result
         outcome NOT_STARTED, one event each; returns them (the caller updates their messages).
 
-        Never started: no runs row names the request, and it has waited `grace_seconds` since it
-        last changed. Never will: on this host, the process holding it is dead; from anywhere, it
-        has waited `stale_after_seconds` (its holder may be on a host this one cannot ask). A holder
-        that is this very process is alive. Conditional on the state and updated_at read, and on no
-        run having appeared: a request that starts meanwhile is left alone."""
+        Never started: no runs row names the request. Never will: on this host, the process holding
+        it is dead; from anywhere, it has waited `stale_after_seconds` since it last changed (its
+        holder may be on a host this one cannot ask). A holder that is this very process is alive.
+        Conditional on the state and updated_at read, and on no run having appeared: a request that
+        starts meanwhile is left alone."""
         from runbook.state.runs import process_alive     # runs imports this module
 
         now = now or utcnow()
-        cutoff = self._stored(now - timedelta(seconds=grace_seconds))
         no_run = ~exists().where(RunRow.approval_id == ApprovalRow.id)
         query = (select(ApprovalRow.id).where(ApprovalRow.state.in_([APPROVED, EXECUTING]))
-                 .where(ApprovalRow.updated_at <= cutoff).where(no_run).order_by(ApprovalRow.updated_at))
+                 .where(no_run).order_by(ApprovalRow.updated_at))
         with self.store.session() as session:
             ids = list(session.scalars(query))
         closed: list[ApprovalRequest] = []
@@ -317,4 +313,4 @@ class ApprovalStore:
 
 __all__ = ["ApprovalRequest", "ApprovalStore", "Decision", "PENDING", "APPROVED",
            "EXECUTING", "DONE", "FAILED", "REJECTED", "EXPIRED", "CANCELLED", "APPROVE", "REJECT", "YES",
-           "ID_PATTERN", "NOT_STARTED", "NOT_STARTED_GRACE_SECONDS", "NOT_STARTED_STALE_SECONDS"]
+           "ID_PATTERN", "NOT_STARTED", "NOT_STARTED_STALE_SECONDS"]
