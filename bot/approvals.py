@@ -431,7 +431,14 @@ class ApprovalService:
         """Approved requests whose execution never started and never will (the process holding them
         died, runbook.state.approvals.ApprovalStore.reap_not_started decides): closed, each message
         updated in place once (what happened, how to ask again, no buttons). Returns their ids."""
-        closed = self.requests.reap_not_started()
+        return self._closed(self.requests.reap_not_started(self._kinds))
+
+    def close_own_queued(self, why: str) -> list[str]:
+        """This process stops (bot/shutdown.py): the approved requests still waiting in its queue are closed
+        now, each message updated in place, with `why`."""
+        return self._closed(self.requests.close_own_queued(why, self._kinds))
+
+    def _closed(self, closed: list[ApprovalRequest]) -> list[str]:
         for request in closed:
             log.warning("%s request %s on %s never started: %s", request.kind, request.id, request.environment,
                         self.redactor(request.result_summary))

@@ -29,6 +29,8 @@ the work; this module asks, watches and reports.
   stopped and what to do next, has its live monitor message (whose channel and ts the run keeps in
   runs.details) turned into a final "interrupted" view, and gets the §7.3 incident summary in its
   thread: once each. Restores (bot.flows.restore_kind) are runs too, and followed up the same way.
+  A monitor keeps the run state its last update showed (runs.details["monitor"]["rendered"]): a final
+  view Slack never took (an outage) is written from the run's row by `reconcile_monitors`.
 """
 from __future__ import annotations
 

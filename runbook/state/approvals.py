@@ -247,7 +247,7 @@ class ApprovalStore:
 
     # -- requests whose execution never started ----------------------------------------------
 
-    def reap_not_started(self, *, stale_after_seconds: float = NOT_STARTED_STALE_SECONDS,
+    def reap_not_started(self, kinds: Iterable[str], *, stale_after_seconds: float = NOT_STARTED_STALE_SECONDS,
                          now: datetime | None = None, actor: str = "runbook-bot") -> list[ApprovalRequest]:
         """Close approved (or executing) requests that have no run and never will: failed, result
         outcome NOT_STARTED, one event each; returns them (the caller updates their messages).
@@ -262,7 +262,7 @@ class ApprovalStore:
         now = now or utcnow()
         no_run = ~exists().where(RunRow.approval_id == ApprovalRow.id)
         query = (select(ApprovalRow.id).where(ApprovalRow.state.in_([APPROVED, EXECUTING]))
-                 .where(no_run).order_by(ApprovalRow.updated_at))
+                 .where(ApprovalRow.kind.in_(list(kinds))).where(no_run).order_by(ApprovalRow.updated_at))
         with self.store.session() as session:
             ids = list(session.scalars(query))
         closed: list[ApprovalRequest] = []
@@ -281,6 +281,20 @@ class ApprovalStore:
             if self.close_not_started(request, why, actor=actor, outcome="not-started",
                                       conditions=(ApprovalRow.updated_at == self._stored(request.updated_at),
                                                   no_run)):
+                closed.append(self.get(request.id) or request)
+        return closed
+
+    def close_own_queued(self, why: str, kinds: Iterable[str], *, actor: str = "runbook-bot") -> list[ApprovalRequest]:
+        """This process is stopping: the approved requests it holds that wait in its queue (not yet
+        executing) are closed now, with `why`, rather than by the next start or a replica's reaper.
+        Executing ones are left: they may be starting their run this instant (the run reaper has them)."""
+        query = (select(ApprovalRow.id).where(ApprovalRow.state == APPROVED).where(ApprovalRow.kind.in_(list(kinds)))
+                 .where(ApprovalRow.claimed_host == self.host).where(ApprovalRow.claimed_pid == os.getpid()))
+        with self.store.session() as session:
+            ids = list(session.scalars(query))
+        closed = []
+        for request in (r for r in (self.get(i) for i in ids) if r is not None):
+            if self.close_not_started(request, why, actor=actor):
                 closed.append(self.get(request.id) or request)
         return closed
 
