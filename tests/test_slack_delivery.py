@@ -36,10 +36,14 @@ def channels(local_slack):
     return local_slack
 
 
+# /migrate is taken in these channels too (slack.command_channels): the bot need not be a member to be asked
+ALLOWED = [CHANNEL_ID, PUBLIC, PRIVATE, "dm"]
+
+
 @pytest.fixture
 def bot(channels, tmp_path):
-    flows = real_flows(channels, tmp_path)
-    with running_bot(channels, flows) as running:
+    flows = real_flows(channels, tmp_path, command_channels=ALLOWED)
+    with running_bot(channels, flows, command_channels=ALLOWED) as running:
         yield running
     flows.close()
 

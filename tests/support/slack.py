@@ -32,12 +32,13 @@ USER_ID = "U0TESTER1"
 CHANNEL_ID = "C0RUNBOOK1"
 
 
-def settings(*environments: str, channel: str = CHANNEL_ID) -> Settings:
-    """A valid Settings with the named environments (default: production)."""
+def settings(*environments: str, channel: str = CHANNEL_ID, command_channels: list[str] | None = None) -> Settings:
+    """A valid Settings with the named environments (default: production); `command_channels`: where
+    `/migrate` may be typed besides the default (slack.channel and DMs)."""
     names = environments or ("production",)
     return Settings.model_validate({
         "state_url": "sqlite:///:memory:",
-        "slack": {"channel": channel},
+        "slack": {"channel": channel, **({"command_channels": command_channels} if command_channels else {})},
         "environments": {
             name: {"database_url": f"postgresql://runbook@127.0.0.1:1/{name}", "app_dir": str(Path.cwd())}
             for name in names
@@ -249,12 +250,14 @@ class RunningBot:
 
 @contextmanager
 def running_bot(local_slack: Any, flows: Any, *, environments: tuple[str, ...] = ("production",),
-                warm: bool = True, signing_secret: str = SIGNING_SECRET) -> Iterator[RunningBot]:
+                warm: bool = True, signing_secret: str = SIGNING_SECRET,
+                command_channels: list[str] | None = None) -> Iterator[RunningBot]:
     from bot.app import build_app, make_client, warm_up
     from bot.http import make_wsgi_app, serve_http
 
     client = make_client(BOT_TOKEN, base_url=local_slack.url)
-    app = build_app(settings(*environments), client, flows, signing_secret=signing_secret)
+    app = build_app(settings(*environments, command_channels=command_channels), client, flows,
+                    signing_secret=signing_secret)
     state: dict[str, Any] = {"ok": True, "details": {"state_db": "ok"}}
     if warm:
         warm_up(app)
@@ -302,13 +305,14 @@ def log_lines():
 REAL_FLOWS_ENV = "RUNBOOK_SLACK_TESTS_FLOWS"
 
 
-def real_flows(local_slack: Any, state_dir: Path, *environments: str) -> RecordingFlows:
+def real_flows(local_slack: Any, state_dir: Path, *environments: str,
+               command_channels: list[str] | None = None) -> RecordingFlows:
     """A RecordingFlows around the engine's bot.flows.Flows, posting to `local_slack`."""
     from bot.app import make_client
     from bot.flows import Flows, Redactor
     from runbook.state import Store
 
-    config = settings(*environments).model_copy(update={"state_url": f"sqlite:///{state_dir / 'state.db'}"})
+    config = settings(*environments, command_channels=command_channels).model_copy(update={"state_url": f"sqlite:///{state_dir / 'state.db'}"})
     store = Store(config.state_url)
     store.migrate()
     engine = Flows(config, store, make_client(BOT_TOKEN, local_slack.url), redactor=Redactor(config))
