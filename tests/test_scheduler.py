@@ -126,7 +126,8 @@ def test_advisory_lock_leader_is_one_at_a_time_and_fails_over(state_pg_url):
         assert first.is_leader() is True
         assert second.is_leader() is False
         assert first.is_leader() is True             # a leader stays leader (it pings its session)
-        first.close()                                # its session ends: the lock goes with it
+        first.close()                                # its session ends: the lock goes with it, once the
+        wait_for(second.is_leader, timeout=10, what="the second to lead")   # server has ended the backend
         assert second.is_leader() is True
         assert first.is_leader() is False
     finally:

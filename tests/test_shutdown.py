@@ -96,7 +96,7 @@ def start_migration(bot, store: Store, target: str):
 
 def assert_draining(bot) -> None:
     """Right after SIGTERM: /health says draining (503); Slack's requests get 503; liveness still 200."""
-    health = wait_for(lambda: (h := bot.health()) is not None and h.status == 503 and h, timeout=10,
+    health = wait_for(lambda: (h := bot.health()) is not None and h.status == 503 and h, timeout=30,
                       what="/health to report draining")
     assert health.json()["draining"] is True and health.json()["ok"] is False
     refused = bot.post(slash_command_body("status", user_id=REQUESTER, channel_id=CHANNEL))
