@@ -263,6 +263,24 @@ def build_app(settings: Any, client: WebClient, flows: FlowsLike, *, signing_sec
         action = ((body.get("actions") or [{}])[0] or {}).get("action_id")
         log.warning("block action %s has no handler", _safe(action) or "?")
 
+    # The App Home tab (issue 14 §4). Bolt acks an Events API request before the listener runs
+    # (auto-acknowledgement), so nothing here precedes the ack; the Home is read and published on
+    # Flows' executor, never on this listener pool.
+    @app.event("app_home_opened")
+    def on_app_home_opened(event: dict[str, Any]) -> None:
+        user = event.get("user")
+        if event.get("tab") != "home" or not _safe(user):
+            return                         # the Messages tab needs nothing from the bot
+        submit = getattr(app.flows, "submit_home", None)
+        if submit is None:
+            log.warning("the App Home was opened, but these flows publish no Home tab")
+            return
+        try:
+            submit(user)
+        except Exception as exc:           # Busy: the Home is simply not refreshed this time
+            app.metrics.submit_failures.inc()
+            log.warning("the Home tab of %s was not refreshed: %s", user, _refusal(exc) or type(exc).__name__)
+
     @app.error
     def on_error(error: Exception, body: Any, response: BoltResponse | None, respond: Any = None) -> Any:
         log.error("unhandled error in a Slack listener (%s)", type(error).__name__, exc_info=error)

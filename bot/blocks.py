@@ -22,6 +22,7 @@ from bot.commands import ACTIONS
 from runbook.units import human_size, shorten
 
 MAX_BLOCKS = 50
+MAX_VIEW_BLOCKS = 100          # a view (the App Home tab, a modal) holds up to 100 blocks
 MAX_SECTION_TEXT = 3000
 MAX_HEADER_TEXT = 150
 MAX_FIELDS = 10
@@ -353,7 +354,8 @@ def _plain(block: Mapping[str, Any]) -> str:
     return "\n".join(texts).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
-def fit_text_budget(message: Message, *, budget: int = MAX_TOTAL_TEXT, attach: bool = True) -> Message:
+def fit_text_budget(message: Message, *, budget: int = MAX_TOTAL_TEXT, attach: bool = True,
+                    max_blocks: int = MAX_BLOCKS) -> Message:
     """The message within `budget` characters of block text: blocks are kept in order while they fit;
     from the first that does not, the text blocks go into one attached file (`attach`) or are cut
     (chat.update and response_url carry no files), and a context line in their place says so.
@@ -387,23 +389,30 @@ def fit_text_budget(message: Message, *, budget: int = MAX_TOTAL_TEXT, attach: b
     else:
         note = f":scissors: {what} did not fit in one Slack message and were left out."
     kept.insert(at if at is not None else len(kept), context(note))
-    return Message(text=message.text, blocks=kept[:MAX_BLOCKS], files=files)
+    return Message(text=message.text, blocks=kept[:max_blocks], files=files)
 
 
-def validate(message: Message) -> Message:
+def validate(message: Message, *, view: bool = False) -> Message:
     """Raise BlockError with a clear reason if Slack would reject the message; else return it, within
-    the total text budget (the blocks past it moved into an attached file: `fit_text_budget`)."""
+    the total text budget (the blocks past it moved into an attached file: `fit_text_budget`).
+
+    `view`: the blocks of a view (the App Home tab, views.publish): up to MAX_VIEW_BLOCKS blocks, no
+    files; `text` is only the summary the bot logs (a view has no fallback text). The same total text
+    budget applies, the rest cut with a line saying so."""
     if not isinstance(message, Message):
         raise BlockError("not a Message")
-    if not isinstance(message.text, str) or not message.text.strip():
+    if not view and (not isinstance(message.text, str) or not message.text.strip()):
         raise BlockError("the text fallback is missing (every message needs one)")
     if len(message.text) > MAX_FALLBACK_TEXT:
         raise BlockError(f"the text fallback is {len(message.text)} characters; the limit is {MAX_FALLBACK_TEXT}")
     blocks = message.blocks
     if not isinstance(blocks, list):
         raise BlockError("blocks must be a list")
-    if len(blocks) > MAX_BLOCKS:
-        raise BlockError(f"{len(blocks)} blocks; a message holds at most {MAX_BLOCKS}")
+    max_blocks = MAX_VIEW_BLOCKS if view else MAX_BLOCKS
+    if len(blocks) > max_blocks:
+        raise BlockError(f"{len(blocks)} blocks; a {'view' if view else 'message'} holds at most {max_blocks}")
+    if view and message.files:
+        raise BlockError("a view carries no files")
     block_ids: set[str] = set()
     action_ids: set[str] = set()
     for i, block in enumerate(blocks):
@@ -463,7 +472,7 @@ def validate(message: Message) -> Message:
         if not isinstance(content, (str, bytes)):
             raise BlockError(f"file {i}: content must be str or bytes")
     if text_length(blocks) > MAX_TOTAL_TEXT:
-        return validate(fit_text_budget(message))
+        return validate(fit_text_budget(message, attach=not view, max_blocks=max_blocks), view=view)
     return message
 
 
@@ -835,7 +844,7 @@ def working_text(command_text: str) -> str:
 
 
 __all__ = [
-    "BlockError", "FileUpload", "Message", "validate", "fit_text_budget", "text_length", "moved_pointer",
+    "BlockError", "FileUpload", "Message", "validate", "MAX_VIEW_BLOCKS", "fit_text_budget", "text_length", "moved_pointer",
     "MAX_TOTAL_TEXT", "escape", "truncate", "code", "code_block", "one_line",
     "Mrkdwn", "mrkdwn", "mentions", "user", "usergroup", "mention", "here", "channel", "is_user_id", "slack_time",
     "duration", "size",

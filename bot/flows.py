@@ -77,6 +77,7 @@ class Flows:
         self._in_flight = 0
         self._submitted = 0
         self._idle = threading.Condition()
+        self._homes_in_flight: set[str] = set()
         self.approvals = approvals.ApprovalService(settings, store, client, redactor=redactor,
                                                    submit=self.submit_call,
                                                    user_errors=(TargetError, RevisionError))
@@ -145,6 +146,35 @@ class Flows:
             except Exception as inner:  # the state database may be down too: the refusal still reaches the user
                 log.error("could not record a click refused as busy: %s", self.redactor(repr(inner)))
             raise
+
+    def submit_home(self, user_id: str) -> Future | None:
+        """`app_home_opened` (acked already): the user's Home tab is read and published on the executor.
+        A user whose Home is still being prepared is not queued again (tab switching sends many)."""
+        with self._idle:
+            if user_id in self._homes_in_flight:
+                return None
+            self._homes_in_flight.add(user_id)
+        try:
+            return self.submit_call(self.publish_home, user_id)
+        except Exception:
+            with self._idle:
+                self._homes_in_flight.discard(user_id)
+            raise
+
+    def publish_home(self, user_id: str) -> bool:
+        """The App Home tab (issue 14 §4): where each environment stands, published for `user_id`
+        through the gateway. Read-only: no event is recorded. False when Slack refused it (logged)."""
+        from bot.home_blocks import home_view
+        from runbook.home import home
+
+        try:
+            with self._idle:
+                self._homes_in_flight.discard(user_id)   # from here on a new opening publishes again
+            view = home_view(home(self.settings, self.store, project=self.project))
+            return self.gateway.publish_home(user_id, view) is None
+        except StateError as exc:
+            log.error("the Home tab of %s was not published: %s", user_id[:40], self.redactor(str(exc)))
+            return False
 
     def _finished(self, _future: Future) -> None:
         self._slots.release()

@@ -171,6 +171,17 @@ class SlackGateway:
         except CALL_ERRORS as exc:
             return self._failed("chat.postEphemeral", channel, exc)
 
+    def publish_home(self, user_id: str, message: "blocks.Message") -> SlackFailure | None:
+        """views.publish: `message`'s blocks as the user's App Home tab (redacted, validated as a view:
+        100 blocks, no files; its text is only logged)."""
+        message = self.redactor.message(message)
+        try:
+            view = blocks.validate(message, view=True)
+            self.client.views_publish(user_id=user_id, view={"type": "home", "blocks": view.blocks})
+            return None
+        except CALL_ERRORS as exc:
+            return self._failed("views.publish", user_id, exc)
+
     def respond(self, response_url: str, message: "blocks.Message") -> SlackFailure | None:
         """An ephemeral answer through the command's response_url (no files: they cannot go there),
         counting its uses: the sixth within 30 minutes is refused here ("response_url used up")."""
@@ -216,7 +227,7 @@ class SlackGateway:
 
     def _failed(self, what: str, channel: str | None, exc: BaseException) -> SlackFailure:
         failure = failure_of(exc)
-        where = f" in {channel}" if channel else ""
+        where = f" for {channel}" if channel and channel[:1] in "UW" else f" in {channel}" if channel else ""
         log.error("Slack: %s%s failed: %s", what, where, self.redactor(str(failure)))
         return failure
 

@@ -21,7 +21,14 @@ It is as strict as Slack where the bot could go wrong:
   ephemeral in the bot's own DM without the Messages tab answers `messages_tab_disabled`;
 - blocks: more than 50, an unknown type (`invalid_blocks`), more than 12,000 characters of
   block text in all (`msg_blocks_too_long`);
-- a response_url takes 5 posts within 30 minutes, then answers 404 `used_url`.
+- a response_url takes 5 posts within 30 minutes, then answers 404 `used_url`;
+- views.publish takes only a `home` view of at most 100 blocks of known types (`invalid_arguments`,
+  `invalid_blocks`); each Home published is recorded (`views`, `home(user)`, `wait_for_view`).
+
+It also plays Slack's side towards the bot: `send_event(url, event, signing_secret=...)` POSTs a signed
+Events API `event_callback` (e.g. `app_home_opened(user)`), `verify_request_url` sends the signed
+`url_verification` challenge Slack sends when the request URL is set, and
+`socket_mode.send_event(event_callback(...))` sends an event over the socket.
 """
 from __future__ import annotations
 
@@ -43,13 +50,14 @@ LOCAL_BOT_ID = "B0RUNBOOK"
 LOCAL_APP_ID = "A0RUNBOOK"
 
 # form fields the SDK sends as JSON strings; decoded so tests can read them directly
-_JSON_FIELDS = ("blocks", "attachments", "files", "metadata")
+_JSON_FIELDS = ("blocks", "attachments", "files", "metadata", "view")
 
 # What Slack refuses in blocks (see bot/blocks.py for the bot's own, tighter, budget).
 SLACK_MAX_BLOCKS = 50
 SLACK_MAX_TOTAL_TEXT = 12000
 SLACK_BLOCK_TYPES = frozenset({"section", "divider", "header", "context", "actions", "image", "input", "rich_text",
                                "file", "video", "markdown", "table", "context_actions"})
+SLACK_MAX_VIEW_BLOCKS = 100
 RESPONSE_URL_USES = 5
 RESPONSE_URL_WINDOW = 30 * 60.0
 
@@ -73,6 +81,19 @@ def blocks_refusal(blocks: Any) -> str | None:
         return "invalid_blocks"
     if sum(_block_text(b) for b in blocks) > SLACK_MAX_TOTAL_TEXT:
         return "msg_blocks_too_long"
+    return None
+
+
+def view_refusal(view: Any) -> str | None:
+    """Slack's error for a views.publish view it would refuse, else None: only a `home` view, at most
+    100 blocks of known types."""
+    if not isinstance(view, dict) or view.get("type") != "home":
+        return "invalid_arguments"
+    blocks = view.get("blocks")
+    if not isinstance(blocks, list) or len(blocks) > SLACK_MAX_VIEW_BLOCKS:
+        return "invalid_blocks"
+    if any(not isinstance(b, dict) or b.get("type") not in SLACK_BLOCK_TYPES for b in blocks):
+        return "invalid_blocks"
     return None
 
 
@@ -165,6 +186,20 @@ class UploadedFile(_MappingAccess):
         return (self.content or b"").decode("utf-8", "replace")
 
 
+@dataclass(frozen=True)
+class PublishedView:
+    """A Home tab as views.publish left it for one user."""
+
+    id: str
+    user_id: str
+    view: dict[str, Any]          # as sent: type "home", blocks, ...
+    at: float                     # time.monotonic()
+
+    @property
+    def blocks(self) -> list[dict[str, Any]]:
+        return list(self.view.get("blocks") or [])
+
+
 @dataclass
 class _Fault:
     status: int
@@ -207,6 +242,7 @@ class LocalSlack:
         self._calls: list[Call] = []
         self._messages: list[PostedMessage] = []
         self._files: dict[str, UploadedFile] = {}
+        self._views: list[PublishedView] = []
         self._faults: dict[str, list[_Fault]] = {}
         self._usergroups: dict[str, list[str]] = {k: list(v) for k, v in (usergroups or {}).items()}
         self._listeners: list[Listener] = []
@@ -390,12 +426,60 @@ class LocalSlack:
         with self._lock:
             return self._files.get(file_id)
 
+    def views(self, user_id: str | None = None) -> list[PublishedView]:
+        """Every Home tab published (views.publish), oldest first; `user_id` narrows to one user's."""
+        with self._lock:
+            return [v for v in self._views if user_id is None or v.user_id == user_id]
+
+    def home(self, user_id: str) -> PublishedView | None:
+        """The Home tab `user_id` sees now (the last one published for them)."""
+        found = self.views(user_id)
+        return found[-1] if found else None
+
+    def wait_for_view(self, user_id: str, *, after: int = 0, timeout: float = 5.0) -> PublishedView:
+        """The first Home tab published for `user_id` after the first `after` of theirs."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = [v for v in self._views if v.user_id == user_id]
+                if len(found) > after:
+                    return found[after]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no Home tab published for {user_id} within {timeout} s")
+                self._changed.wait(left)
+
+    # ------------------------------------------------------------------ Slack sending to the bot
+
+    def send_event(self, url: str, event: dict[str, Any], *, signing_secret: str,
+                   timeout: float = 10.0) -> tuple[int, bytes]:
+        """POST an Events API `event_callback` wrapping `event` to the bot's request URL, signed with
+        `signing_secret` as Slack signs it; returns (status, body). Over Socket Mode:
+        `socket_mode.send_event(event_callback(event))`."""
+        return signed_json_post(url, event_callback(event), signing_secret=signing_secret, timeout=timeout)
+
+    def verify_request_url(self, url: str, *, signing_secret: str, timeout: float = 10.0) -> bool:
+        """What Slack does when the events request URL is set (app set-up, a manifest change): a signed
+        `url_verification` whose challenge the bot must send back."""
+        challenge = uuid.uuid4().hex
+        status, body = signed_json_post(url, {"token": "legacy-verification-token-unused", "challenge": challenge,
+                                              "type": "url_verification"},
+                                        signing_secret=signing_secret, timeout=timeout)
+        if status != 200:
+            return False
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = body.decode("utf-8", "replace")
+        return (answer.get("challenge") if isinstance(answer, dict) else answer) == challenge
+
     def clear(self) -> None:
-        """Forget calls and messages (faults and user groups stay)."""
+        """Forget calls, messages and views (faults and user groups stay)."""
         with self._lock:
             self._calls.clear()
             self._messages.clear()
             self._files.clear()
+            self._views.clear()
 
     def wait_for_call(self, method: str, predicate: Callable[[Call], bool] | None = None,
                       timeout: float = 5.0) -> Call:
@@ -557,6 +641,20 @@ class LocalSlack:
             self._messages.append(msg)
         return {"ok": True, "message_ts": msg.ts}, [("ephemeral", msg)]
 
+    def _views_publish(self, body: dict[str, Any]):
+        user_id, view = body.get("user_id"), body.get("view")
+        if not isinstance(user_id, str) or not user_id:
+            return {"ok": False, "error": "invalid_arguments"}, []
+        refused = view_refusal(view)
+        if refused:
+            return {"ok": False, "error": refused}, []
+        with self._lock:
+            published = PublishedView(f"V{next(self._seq):08d}", user_id, dict(view), time.monotonic())
+            self._views.append(published)
+        return {"ok": True, "view": {**view, "id": published.id, "team_id": LOCAL_TEAM_ID,
+                                     "app_id": LOCAL_APP_ID, "bot_id": LOCAL_BOT_ID,
+                                     "hash": f"{int(time.time())}.{published.id}"}}, []
+
     def _usergroup_users(self, body: dict[str, Any]):
         group = body.get("usergroup")
         with self._lock:
@@ -656,7 +754,49 @@ _METHODS: dict[str, Callable[[LocalSlack, dict[str, Any]], tuple[dict[str, Any],
     "files.getUploadURLExternal": LocalSlack._get_upload_url,
     "files.completeUploadExternal": LocalSlack._complete_upload,
     "apps.connections.open": LocalSlack._connections_open,
+    "views.publish": LocalSlack._views_publish,
 }
+
+
+# --------------------------------------------------------------------------
+# what Slack sends the bot: Events API payloads, signed as Slack signs them
+
+def event_callback(event: dict[str, Any], *, team_id: str = LOCAL_TEAM_ID,
+                   api_app_id: str = LOCAL_APP_ID) -> dict[str, Any]:
+    """The Events API envelope Slack wraps every event in (HTTP body, or a Socket Mode payload)."""
+    return {"token": "legacy-verification-token-unused", "team_id": team_id, "api_app_id": api_app_id,
+            "event": event, "type": "event_callback", "event_id": f"Ev{uuid.uuid4().hex[:10].upper()}",
+            "event_time": int(time.time()), "is_ext_shared_channel": False,
+            "authorizations": [{"enterprise_id": None, "team_id": team_id, "user_id": LOCAL_BOT_USER_ID,
+                                "is_bot": True, "is_enterprise_install": False}]}
+
+
+def app_home_opened(user_id: str, *, tab: str = "home", channel: str = "D0BOTHOME") -> dict[str, Any]:
+    """The event Slack sends when `user_id` opens the app's Home (`tab` "home") or Messages tab."""
+    return {"type": "app_home_opened", "user": user_id, "channel": channel, "tab": tab,
+            "event_ts": f"{time.time():.6f}"}
+
+
+def signed_json_post(url: str, payload: dict[str, Any], *, signing_secret: str,
+                     timeout: float = 10.0) -> tuple[int, bytes]:
+    """POST `payload` as JSON with Slack's request signature (v0, HMAC-SHA256 over
+    "v0:{timestamp}:{body}"); returns (status, body)."""
+    import hashlib
+    import hmac
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps(payload).encode()
+    timestamp = str(int(time.time()))
+    digest = hmac.new(signing_secret.encode(), f"v0:{timestamp}:".encode() + body, hashlib.sha256).hexdigest()
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json", "X-Slack-Request-Timestamp": timestamp,
+        "X-Slack-Signature": f"v0={digest}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
 
 
 def _decode_json_fields(body: dict[str, Any]) -> dict[str, Any]:
@@ -899,6 +1039,11 @@ class LocalSocketMode:
         return self.send({"type": "slash_commands", "payload": payload, "accepts_response_payload": True,
                           "retry_attempt": retry_attempt, "retry_reason": ""})
 
+    def send_event(self, payload: dict[str, Any], *, retry_attempt: int = 0) -> str:
+        """An Events API envelope (`payload`: an event_callback, e.g. `event_callback(app_home_opened(U))`)."""
+        return self.send({"type": "events_api", "payload": payload, "accepts_response_payload": False,
+                          "retry_attempt": retry_attempt, "retry_reason": ""})
+
     def send_interactive(self, payload: dict[str, Any]) -> str:
         return self.send({"type": "interactive", "payload": payload,
                           "accepts_response_payload": payload.get("type") != "block_actions"})
@@ -935,4 +1080,5 @@ class LocalSocketMode:
 
 
 __all__ = ["LocalSlack", "LocalSocketMode", "Call", "Channel", "blocks_refusal", "PostedMessage", "UploadedFile", "SocketAck", "parse_body",
+           "PublishedView", "view_refusal", "event_callback", "app_home_opened", "signed_json_post",
            "LOCAL_TEAM_ID", "LOCAL_BOT_USER_ID", "LOCAL_BOT_ID", "LOCAL_APP_ID"]

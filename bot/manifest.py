@@ -7,8 +7,9 @@
 One source of truth: `build_app` is built offline (no token, no network) and every listener it
 registered (`BotApp.registered`) becomes part of the manifest: a slash command is declared with
 its request URL, any block action (approval buttons and whatever comes next) turns interactivity
-on. Listener kinds the manifest cannot declare by itself (shortcuts, events) stop the generation
-with one line saying what to add here. The `/migrate` actions come from bot.commands.ACTIONS:
+on, an event (app_home_opened: the Home tab) is subscribed to (over the same URL in HTTP mode, over
+the socket in Socket Mode). Listener kinds the manifest cannot declare by itself (shortcuts, events
+not in EVENT_SCOPES) stop the generation with one line saying what to add here. The `/migrate` actions come from bot.commands.ACTIONS:
 every one is listed in the app's long description; the usage hint lists them while it stays
 short, else it points to `/migrate help`.
 
@@ -43,6 +44,10 @@ LIMITS = {"name": 35, "description": 140, "long_description": 4000, "display_nam
 LONG_DESCRIPTION_MIN = 175
 USAGE_HINT_READABLE = 100
 
+# Events the manifest declares, with the bot scopes each needs (app_home_opened needs none; nor does
+# views.publish). Any other event stops the generation until it is added here with its scopes.
+EVENT_SCOPES: dict[str, tuple[str, ...]] = {"app_home_opened": ()}
+
 INTERACTIVE_KINDS = frozenset({"action", "block_action", "view", "view_submission", "view_closed",
                                "attachment_action", "dialog_submission", "dialog_cancellation"})
 OPTIONS_KINDS = frozenset({"options", "block_suggestion", "dialog_suggestion"})
@@ -59,7 +64,8 @@ class Registered:
     commands: tuple[str, ...]
     interactive: tuple[str, ...]      # block actions, views, ...: need interactivity
     options: tuple[str, ...]          # external select menus: need an options URL
-    undeclarable: tuple[str, ...]     # kinds this module cannot declare (shortcuts, events)
+    undeclarable: tuple[str, ...]     # kinds this module cannot declare (shortcuts, unknown events)
+    events: tuple[str, ...] = ()      # Events API event types (bot events), e.g. app_home_opened
 
 
 def _shown(constraint: Any) -> str:
@@ -87,9 +93,11 @@ def registered_listeners() -> Registered:
 
 
 def classify(registered: list[tuple[str, Any]]) -> Registered:
-    commands, interactive, options, undeclarable = [], [], [], []
+    commands, interactive, options, undeclarable, events = [], [], [], [], []
     for kind, constraint in registered:
-        if kind == "command":
+        if kind == "event" and isinstance(constraint, str) and constraint in EVENT_SCOPES:
+            events.append(constraint)
+        elif kind == "command":
             if not isinstance(constraint, str):
                 raise ManifestError(f"the slash command {_shown(constraint)} is a pattern: Slack needs each "
                                     "command by name; register it with a plain string")
@@ -100,7 +108,8 @@ def classify(registered: list[tuple[str, Any]]) -> Registered:
             options.append(f"{kind} {_shown(constraint)}")
         else:
             undeclarable.append(f"{kind} {_shown(constraint)}")
-    return Registered(tuple(dict.fromkeys(commands)), tuple(interactive), tuple(options), tuple(undeclarable))
+    return Registered(tuple(dict.fromkeys(commands)), tuple(interactive), tuple(options), tuple(undeclarable),
+                      tuple(dict.fromkeys(events)))
 
 
 def events_url(url: str | None) -> str:
@@ -166,14 +175,27 @@ def manifest(*, socket: bool = False, url: str | None = None, actions: Mapping[s
         interactivity["request_url"] = request_url
         if registered.options:
             interactivity["message_menu_options_url"] = request_url
+    # The App Home: its Home tab when the bot publishes one (app_home_opened); the Messages tab
+    # always, writable, so `/migrate` can be typed in a DM with the bot and its ephemeral answers
+    # there are not refused (`messages_tab_disabled`).
+    app_home = {"home_tab_enabled": "app_home_opened" in registered.events, "messages_tab_enabled": True,
+                "messages_tab_read_only_enabled": False}
+    scopes = list(BOT_SCOPES) + [s for e in registered.events for s in EVENT_SCOPES[e] if s not in BOT_SCOPES]
+    settings: dict[str, Any] = {"interactivity": interactivity}
+    if registered.events:
+        # HTTP: Slack posts the events to the same URL (and checks it once with url_verification);
+        # Socket Mode: they come over the socket.
+        settings["event_subscriptions"] = {**({"request_url": request_url} if request_url else {}),
+                                           "bot_events": list(registered.events)}
+    settings.update({"org_deploy_enabled": False, "socket_mode_enabled": socket, "token_rotation_enabled": False})
     result = {
         "_metadata": {"major_version": 1, "minor_version": 1},
         "display_information": {"name": APP_NAME, "description": SHORT_DESCRIPTION,
                                 "background_color": "#1d3b53", "long_description": long_description(actions)},
-        "features": {"bot_user": {"display_name": APP_NAME, "always_online": True}, "slash_commands": commands},
-        "oauth_config": {"scopes": {"bot": list(BOT_SCOPES)}},
-        "settings": {"interactivity": interactivity, "org_deploy_enabled": False, "socket_mode_enabled": socket,
-                     "token_rotation_enabled": False},
+        "features": {"app_home": app_home, "bot_user": {"display_name": APP_NAME, "always_online": True},
+                     "slash_commands": commands},
+        "oauth_config": {"scopes": {"bot": scopes}},
+        "settings": settings,
     }
     check_limits(result)
     return result
