@@ -1059,6 +1059,16 @@ def _alert_summary(alert: Any) -> tuple[str, list[dict[str, Any]]]:
     return line, [section(truncate(_session_text(d, doing), MAX_SECTION_TEXT))]
 
 
+def alert_line(alert: Any) -> str:
+    """An alert in one line, unescaped (the App Home lists open alerts with it)."""
+    return _alert_summary(alert)[0]
+
+
+def actor_text(actor: Any) -> str:
+    """Who did something, as mrkdwn: a Slack user as a mention, anything else (cli:<user>) as code."""
+    return _actor(actor)
+
+
 def links_line(title: str, urls: Mapping[str, str] | None) -> str:
     """`Title: <url|name> · …` for the configured http(s) URLs; any other value is left out."""
     links = []
@@ -1212,7 +1222,7 @@ def watch_message(environment: str, state: Any, alerts: Sequence[Any], every_sec
     return validate(Message(text=text, blocks=blocks))
 
 
-__all__ += ["link", "alert_message", "alert_group_message", "escalation_message", "activity_message", "watch_message"]
+__all__ += ["link", "alert_line", "actor_text", "alert_message", "alert_group_message", "escalation_message", "activity_message", "watch_message"]
 
 
 # --------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 from typing import Any, Sequence
 
 from bot import blocks
-from bot.blocks import (ALERT_TITLES, BACKUP_LEVELS, MAX_FIELD_TEXT, MAX_SECTION_TEXT, MAX_VIEW_BLOCKS, Message,
-                        bounded_lines, code, context, divider, duration, escape, header, mentions, one_line, section,
+from bot.blocks import (ALERT_TITLES, BACKUP_LEVELS, MAX_FIELD_TEXT, MAX_VIEW_BLOCKS, Message,
+                        bounded_lines, code, context, divider, escape, header, mentions, one_line, section,
                         slack_time, truncate)
 
 # Blocks one environment takes: divider, header, facts, requests, alerts.
@@ -77,7 +77,7 @@ def _run_field(run: Any) -> str:
 def _watch_field(home: Any) -> str:
     watch = home.watch
     if watch.paused:
-        who = f" by {blocks._actor(watch.changed_by)}" if watch.changed_by else ""
+        who = f" by {blocks.actor_text(watch.changed_by)}" if watch.changed_by else ""
         since = f" {slack_time(watch.changed_at)}" if watch.changed_at else ""
         return truncate(f"*Watch*\n:double_vertical_bar: off (paused{who}{since})", MAX_FIELD_TEXT)
     text = f"*Watch*\n:eye: on, every {home.watch_every_seconds} s"
@@ -123,7 +123,7 @@ def _request_line(request: Any) -> str:
     emoji, state = blocks.APPROVAL_STATE.get(request.state, (":grey_question:", request.state))
     tail = (f"{len(request.approvers)} of {request.required} approvals, expires {slack_time(request.expires_at)}"
             if request.state == "pending" else escape(state))
-    return f"• {emoji} {shown} · by {blocks._who(request.requester)} · {tail}"
+    return f"• {emoji} {shown} · by {blocks.actor_text(request.requester)} · {tail}"
 
 
 def _requests_section(home: Any, limit: int) -> dict[str, Any]:
@@ -136,7 +136,7 @@ def _requests_section(home: Any, limit: int) -> dict[str, Any]:
 
 
 def _alert_line(alert: Any) -> str:
-    what = escape(blocks._alert_summary(alert)[0])
+    what = escape(blocks.alert_line(alert))
     url = message_link(alert.channel, alert.ts)
     title = ALERT_TITLES.get(alert.kind, escape(alert.kind))
     shown = f"{title}: {what}" + (f" ({blocks.link(url, 'message')})" if url else "")
@@ -174,10 +174,16 @@ def home_view(homes: Sequence[Any], *, now: datetime | None = None) -> Message:
     # the facts take about 1,200 characters an environment; the three lists share the rest
     share = (blocks.MAX_TOTAL_TEXT - 600) // max(1, min(len(homes), room)) - 1200
     list_text = max(MIN_LIST_TEXT, min(LIST_TEXT, share // 3))
+    shown = 0
     for home in homes[:room]:
-        out.extend(environment_blocks(home, list_text=list_text))
-    if len(homes) > room:
-        out.append(context(f"… and {len(homes) - room} more environments: `/migrate status ENV` shows each."))
+        more = environment_blocks(home, list_text=list_text)
+        # whole environments only: one that would overflow the text budget is counted, not cut in half
+        if shown and blocks.text_length(out + more) > blocks.MAX_TOTAL_TEXT - 300:
+            break
+        out.extend(more)
+        shown += 1
+    if len(homes) > shown:
+        out.append(context(f"… and {len(homes) - shown} more environments: `/migrate status ENV` shows each."))
     if not homes:
         out.append(section("No environment is configured."))
     pending = sum(len(h.pending) for h in homes)

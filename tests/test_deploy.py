@@ -83,11 +83,20 @@ def test_the_manifest_covers_every_action_and_every_registered_listener():
     assert urlsplit(command["url"]).path == EVENTS_PATH
     assert data["oauth_config"]["scopes"]["bot"] == ["commands", "chat:write", "files:write", "usergroups:read"]
     assert data["settings"]["socket_mode_enabled"] is False
+    # the App Home (issue 14 §4): its Home tab, the Messages tab (DMs with the bot), and app_home_opened
+    # over the same URL as everything else
+    assert ("event", "app_home_opened") in registered
+    assert data["features"]["app_home"] == {"home_tab_enabled": True, "messages_tab_enabled": True,
+                                            "messages_tab_read_only_enabled": False}
+    assert data["settings"]["event_subscriptions"] == {"request_url": command["url"], "bot_events": ["app_home_opened"]}
 
 
 def test_the_socket_mode_manifest_has_no_url_at_all():
     text = (DEPLOY / "slack-manifest.socket.yaml").read_text()
     data = yaml.safe_load(text)
+    # events come over the socket: subscribed, with no request URL
+    assert data["settings"]["event_subscriptions"] == {"bot_events": ["app_home_opened"]}
+    assert data["features"]["app_home"]["home_tab_enabled"] is True
     assert data["settings"]["socket_mode_enabled"] is True and data["settings"]["interactivity"] == {"is_enabled": True}
     assert "url" not in data["features"]["slash_commands"][0]
     assert "https://" not in text and "request_url" not in text

@@ -12,7 +12,7 @@ import pytest
 
 from bot.app import build_app, make_client, warm_up
 from bot.http import make_wsgi_app, serve_http, socket_mode_handler, socket_mode_health
-from bot.localslack import LocalSlack
+from bot.localslack import LocalSlack, app_home_opened, event_callback
 from tests.support.slack import (
     APP_TOKEN,
     BOT_TOKEN,
@@ -67,6 +67,7 @@ def socket_bot(tmp_path_factory):
 @pytest.fixture
 def bot(socket_bot):
     socket_bot.flows.submitted.clear()
+    socket_bot.flows.homes.clear()
     socket_bot.slack.clear()
     return socket_bot
 
@@ -113,6 +114,19 @@ def test_block_action_envelope_is_acked(bot):
     envelope_id = bot.socket.send_interactive(block_actions_payload("approve", "req-1"))
     assert bot.socket.wait_for_ack(envelope_id).envelope_id == envelope_id
     assert bot.flows.submitted == []
+
+
+def test_app_home_opened_over_the_socket_is_acked_then_handed_to_the_flows(bot):
+    envelope_id = bot.socket.send_event(event_callback(app_home_opened("U0TESTER1")))
+    ack = bot.socket.wait_for_ack(envelope_id)
+    [home] = bot.flows.wait_for_home()
+    assert home.origin == "U0TESTER1" and home.thread.startswith("slack-listener")
+    assert ack.envelope_id == envelope_id and ack.payload is None         # events are acked with nothing
+    assert [c.method for c in bot.slack.calls() if c.at < home.at] == []  # no Web API call on the way
+    messages_tab = bot.socket.send_event(event_callback(app_home_opened("U0TESTER1", tab="messages")))
+    bot.socket.wait_for_ack(messages_tab)
+    bot.socket.wait_for_ack(bot.socket.send_slash_command(slash_command_payload("help")))   # after it, in order
+    assert len(bot.flows.homes) == 1                                     # the Messages tab needs nothing
 
 
 def test_health_and_metrics_in_socket_mode(bot):

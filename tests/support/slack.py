@@ -176,6 +176,7 @@ class RecordingFlows:
         self._fail_with = fail_with
         self._cond = threading.Condition()
         self.submitted: list[Submitted] = []
+        self.homes: list[Submitted] = []          # submit_home(user_id): Submitted(None, user_id, ...)
         self.finished: list[Any] = []
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="recording-flows")
 
@@ -194,6 +195,24 @@ class RecordingFlows:
             self._inner.submit(command, origin)
         if self._work is not None:
             self.executor.submit(self._run, command, origin)
+
+    def submit_home(self, user_id: str) -> None:
+        """`app_home_opened` for `user_id` (bot.flows.Flows.submit_home)."""
+        with self._cond:
+            self.homes.append(Submitted(None, user_id, threading.current_thread().name, time.monotonic()))
+            self._cond.notify_all()
+        if self._inner is not None:
+            self._inner.submit_home(user_id)
+
+    def wait_for_home(self, count: int = 1, timeout: float = 5.0) -> list[Submitted]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.homes) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"flows.submit_home called {len(self.homes)} times, expected {count}")
+                self._cond.wait(left)
+            return list(self.homes)
 
     def _run(self, command: Any, origin: Any) -> None:
         self._work(command, origin)
