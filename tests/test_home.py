@@ -22,7 +22,7 @@ from runbook.state.runs import FAILED, RunStore
 from runbook.watch import AlertBook, Condition, WatchState
 from tests.support.configs import settings_for, with_password
 from tests.support.sample_app import REV_0001, REV_0002, REV_0003
-from tests.support.slack import (APP_TOKEN, CHANNEL_ID, SIGNING_SECRET, USER_ID, local_slack,  # noqa: F401
+from tests.support.slack import (APP_TOKEN, CHANNEL_ID, SIGNING_SECRET, USER_ID, local_slack, log_lines,  # noqa: F401
                                  real_flows, running_bot, signed_post, slash_command_body)
 
 PASSWORD = "Home-Passw0rd-77"
@@ -164,6 +164,25 @@ def test_the_messages_tab_publishes_nothing_and_url_verification_is_answered(loc
     assert "*Latest run*\\nnone yet" in shown and "*Latest verified backup*\\nnone" in shown
     assert "*Open approval requests*: none" in shown and "*Open alerts*: none" in shown
     assert "_nobody: approvals.approvers is empty" in shown
+
+
+def test_a_home_slack_refuses_is_one_log_line_and_the_next_opening_publishes(local_slack, tmp_path, log_lines):
+    flows = real_flows(local_slack, tmp_path)
+    try:
+        with running_bot(local_slack, flows) as bot:
+            local_slack.fail_next("views.publish", error="invalid_blocks")
+            open_home(local_slack, bot.events_url)
+            local_slack.wait_for_call("views.publish")
+            assert flows._inner.wait_idle(timeout=30)
+            assert local_slack.views() == []
+            open_home(local_slack, bot.events_url)
+            assert local_slack.wait_for_view(ALICE, timeout=30).view["type"] == "home"
+    finally:
+        flows.close()
+    refused = [line for line in log_lines.getvalue().splitlines() if " ERROR " in line]
+    assert len(refused) == 1 and f"views.publish for {ALICE} failed: invalid_blocks" in refused[0]
+    assert "Traceback" not in log_lines.getvalue()
+    assert [c.method for c in local_slack.calls() if c.method.startswith("chat.")] == []   # nothing posted instead
 
 
 def _home(name: str, *, requests=(), alerts=(), pending=()) -> EnvironmentHome:
