@@ -9,9 +9,9 @@ registered (`BotApp.registered`) becomes part of the manifest: a slash command i
 its request URL, any block action (approval buttons and whatever comes next) turns interactivity
 on, an event (app_home_opened: the Home tab) is subscribed to (over the same URL in HTTP mode, over
 the socket in Socket Mode). Listener kinds the manifest cannot declare by itself (shortcuts, events
-not in EVENT_SCOPES) stop the generation with one line saying what to add here. The `/migrate` actions come from bot.commands.ACTIONS:
-every one is listed in the app's long description; the usage hint lists them while it stays
-short, else it points to `/migrate help`.
+not in EVENT_SCOPES) stop the generation with one line saying what to add here. The `/migrate`
+actions come from bot.commands.ACTIONS: every one is listed in the app's long description; the
+usage hint lists them while it stays short, else it points to `/migrate help`.
 
 deploy/slack-manifest.yaml and deploy/slack-manifest.socket.yaml are this module's output; a
 test keeps them equal to it.
