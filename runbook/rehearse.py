@@ -10,7 +10,7 @@
    (measurable when its data directory is on this host) is below the copy's size plus
    `rehearsal.disk_margin`. The target is only read (its revision and size): no operation lock, no write.
 2. The app's own Alembic against the copy, one revision at a time, through the supervisor of a real run
-   (runbook/migrate.py: tethered subprocess, the same environment and PGOPTIONS, only the URL is the
+   (runbook/migrate/: tethered subprocess, the same environment and PGOPTIONS, only the URL is the
    copy's), then down revision by revision to where it started, then up again (up-down-up); a revision
    whose downgrade is irreversible stops the way down there, reported.
 3. Per revision: wall time of its alembic call; the relation locks the migrator's session held, sampled
@@ -631,8 +631,8 @@ def _on_copy(result: Rehearsal, name: str, env: Environment, copy_env: Environme
         def step(direction: str, to: str, expected: list[str]) -> migrate.StepResult:
             sup.direction = direction
             scratch_run.error = None
-            return migrate._run_step(sup, scratch_run, env, project, monitor, direction, to, expected, env_vars,
-                                     None, env.migration.retry_backoff_seconds, time.sleep, log, no_event)
+            return migrate.run_step(sup, scratch_run, env, project, monitor, direction, to, expected, env_vars,
+                                    None, env.migration.retry_backoff_seconds, time.sleep, log, no_event)
 
         # up, one revision at a time, measured
         failed = False
