@@ -15,7 +15,7 @@ The guards, in the order a run meets them:
   at, after its last change, within the window, or a new one taken under the lock, the decision made
   with the revision read there; retention keeps it until a newer run has its own.
 
-`validate` is §5 on demand with its §6.5 recommendation. Restores are an operation of runbook/backup.py (`plan_restore`, `restore`), which records its own run.
+`validate` is §5 on demand with its §6.5 recommendation. Restores are an operation of runbook/backup/ (`plan_restore`, `restore`), which records its own run.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 
 1. The copy: the latest verified full backup taken at the revision the environment is at now (any age:
    the rule of runbook/protection.py without its window), or the one named, or a new one; restored
-   (runbook/backup.py `restored_copy`, the scratch restore of `verify: restore`) into a database named
+   (runbook/backup/scratch.py `restored_copy`, the scratch restore of `verify: restore`) into a database named
    `rbrehearse_<run id>` on `rehearsal.server_url` (default: the target's own server). There it is kept
    gentle: one pg_restore job, `rehearsal.statement_timeout`, and refused when the server's free disk
    (measurable when its data directory is on this host) is below the copy's size plus

@@ -40,7 +40,7 @@ def test_the_terminal_renderer_loads_no_slack_module():
     assert out.stdout.strip() == ""
 
 
-SPLIT_PACKAGES = ("runbook.migrate",)
+SPLIT_PACKAGES = ("runbook.migrate", "runbook.backup")
 
 
 def _modules_of(package: str) -> list[str]:
