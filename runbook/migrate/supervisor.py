@@ -1,6 +1,7 @@
 """The supervisor of one alembic subprocess: started tethered and without a shell, its output
 pumped into the run's log, the migrator's session watched for lock waits and their root blocker,
-progress reported, and a hard timeout enforced (pg_cancel_backend, then the process group killed)."""
+progress reported, and a hard timeout enforced (pg_cancel_backend, then the process group killed).
+runbook/rehearse.py runs the app's Alembic against a copy through the same supervisor."""
 from __future__ import annotations
 
 import os
