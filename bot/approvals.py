@@ -113,6 +113,9 @@ class ApprovalKind:
     result_blocks: Callable[[ApprovalRequest], list[dict[str, Any]]] = _no_blocks
     # called with the final request when its execution failed, after the result is announced
     on_failed: Callable[[ApprovalRequest], Any] | None = None
+    # the `/migrate ...` that asks for the same again (shown when it never started); default
+    # `/migrate <command> <environment>`
+    ask_again: Callable[[ApprovalRequest], str] | None = None
 
 
 def _short(value: Any, limit: int) -> str | None:
@@ -218,7 +221,8 @@ class ApprovalService:
             log.error("approval request %s could not be posted: %s", request.id, self.redactor(str(reason)))
             raise ApprovalError(f"Slack refused the approval request ({self.redactor(str(reason))}); "
                                 "nothing will run") from None
-        self.requests.set_message(request.id, response["channel"] or target, response["ts"])
+        self.requests.set_message(request.id, response["channel"] or target, response["ts"],
+                                  rendered_at=request.updated_at)
         self._audit(requester, kind, environment, "requested", self.summary(request), request,
                     {"required": required, "expires_at": expires_at.isoformat()})
         return self.requests.get(request.id)  # type: ignore[return-value]
@@ -313,9 +317,10 @@ class ApprovalService:
         count = self.requests.approval_count(request.id)
         if count < request.required:
             return self._after(request, click, decision, "counted", {"approvals": count})
-        if self.requests.transition(request.id, [PENDING], APPROVED, unexpired_at=now):
+        if self.requests.transition(request.id, [PENDING], APPROVED, unexpired_at=now, hold=True):
             outcome = self._after(request, click, decision, "approved", {"approvals": count})
-            self._run_later(request.id)
+            if not self._run_later(request.id):
+                raise Refusal(self._busy_text(request), "busy")
             return outcome
         latest = self.requests.get(request.id)
         if latest is not None and latest.is_due(now):
@@ -400,15 +405,75 @@ class ApprovalService:
 
     # -- execution --------------------------------------------------------------------------
 
-    def _run_later(self, request_id: str) -> None:
+    def _run_later(self, request_id: str) -> bool:
+        """Hand the approved request to the executor. False when the executor would not take it (its
+        queue is full: bot.flows.Busy): the request is then closed as never started, its message says
+        so, and the approval does not hang as "approved, starting" (issue 13 §3)."""
         if self._submit is None:
             self.execute(request_id)
-        else:
+            return True
+        try:
             self._submit(self.execute, request_id)
+            return True
+        except Exception as exc:
+            log.warning("approved request %s could not be queued: %s", request_id, self.redactor(str(exc)))
+            request = self.requests.get(request_id)
+            if request is not None and self.requests.close_not_started(
+                    request, f"the bot was too busy to start it ({blocks.one_line(str(exc), 200)})", outcome="busy"):
+                self.sync_message(request_id)
+            return False
+
+    def _busy_text(self, request: ApprovalRequest) -> str:
+        return (f"Your approval was counted, but the bot was too busy to start the {self._title(request)}: "
+                f"nothing ran and the request is closed. Ask again in a minute with `{self.ask_again(request)}`.")
+
+    def close_not_started(self) -> list[str]:
+        """Approved requests whose execution never started and never will (the process holding them
+        died, runbook.state.approvals.ApprovalStore.reap_not_started decides): closed, each message
+        updated in place once (what happened, how to ask again, no buttons). Returns their ids."""
+        return self._closed(self.requests.reap_not_started(self._kinds))
+
+    def close_own_queued(self, why: str) -> list[str]:
+        """This process stops (bot/shutdown.py): the approved requests still waiting in its queue are closed
+        now, each message updated in place, with `why`."""
+        return self._closed(self.requests.close_own_queued(why, self._kinds))
+
+    def _closed(self, closed: list[ApprovalRequest]) -> list[str]:
+        for request in closed:
+            log.warning("%s request %s on %s never started: %s", request.kind, request.id, request.environment,
+                        self.redactor(request.result_summary))
+            self.sync_message(request.id)
+        return [request.id for request in closed]
+
+    def reconcile(self, *, settle_seconds: float = 30.0) -> list[str]:
+        """Every request whose message is behind its row (an update lost to a Slack outage), re-rendered
+        and updated by its stored ts; a request changed in the last `settle_seconds` is left to whoever
+        changed it. Returns the ids brought up to date."""
+        stale = self.requests.unrendered(self._kinds, settled_before=self._clock() - timedelta(seconds=settle_seconds))
+        updated = []
+        for request in stale:
+            if self.sync_message(request.id):
+                updated.append(request.id)
+        return updated
+
+    def ask_again(self, request: ApprovalRequest) -> str:
+        """The `/migrate` command that asks for the same thing again."""
+        spec = self._kinds.get(request.kind)
+        if spec is not None and spec.ask_again is not None:
+            try:
+                return spec.ask_again(request)
+            except Exception as exc:   # a renderer bug must not hide the request's state
+                log.error("ask_again of %s failed: %s", request.id, self.redactor(repr(exc)))
+        command = (spec.command if spec is not None else "") or request.kind
+        return f"/migrate {command} {request.environment}"
+
+    def _title(self, request: ApprovalRequest) -> str:
+        spec = self._kinds.get(request.kind)
+        return spec.title.lower() if spec is not None else request.kind
 
     def execute(self, request_id: str) -> ApprovalRequest | None:
         """Run an approved request's executor, once: approved -> executing is conditional too."""
-        if not self.requests.transition(request_id, [APPROVED], EXECUTING):
+        if not self.requests.transition(request_id, [APPROVED], EXECUTING, hold=True):
             return self.requests.get(request_id)
         self.sync_message(request_id)
         request = self.requests.get(request_id)
@@ -495,6 +560,7 @@ class ApprovalService:
             allow_self_approval=bool(env and env.approvals.allow_self_approval),
             production=bool(env and env.production),
             action_ids=(ACTION_APPROVE, ACTION_REJECT),
+            ask_again=self.ask_again(request),
         )
         return blocks.validate(self.redactor.message(message))
 
@@ -511,8 +577,10 @@ class ApprovalService:
             log.error("rendering %s %s failed: %s", request.kind, request.id, self.redactor(repr(exc)))
             return fallback
 
-    def sync_message(self, request_id: str) -> None:
-        """Bring the request's message in line with the database (chat.update by stored ts).
+    def sync_message(self, request_id: str) -> bool:
+        """Bring the request's message in line with the database (chat.update by stored ts); True when
+        it was. Each update that went through is marked on the row (rendered_at), so a lost one (a
+        Slack outage) is found and made again by `reconcile`.
 
         Two replicas may render at once and their updates arrive out of order; whoever
         updates checks afterwards that the request did not change meanwhile, and renders
@@ -520,9 +588,9 @@ class ApprovalService:
         for _ in range(4):
             request = self.requests.get(request_id)
             if request is None or not request.channel or not request.message_ts or self.client is None:
-                return
+                return False
             if request.kind not in self._kinds:
-                return    # a request-like row another part of the bot renders (a §6.5 recommendation)
+                return False    # a request-like row another part of the bot renders (a §6.5 recommendation)
             try:
                 message = self.render(request)
                 self.client.chat_update(channel=request.channel, ts=request.message_ts, text=message.text,
@@ -530,10 +598,15 @@ class ApprovalService:
             except (SlackApiError, blocks.BlockError) as exc:
                 reason = exc.response.get("error") if isinstance(exc, SlackApiError) else str(exc)
                 log.error("could not update approval message %s: %s", request_id, self.redactor(str(reason)))
-                return
+                return False
+            except OSError as exc:     # Slack unreachable, past the client's retries: the reconcile retries
+                log.error("could not update approval message %s: %s", request_id, type(exc).__name__)
+                return False
+            self.requests.mark_rendered(request_id, request.updated_at)
             latest = self.requests.get(request_id)
             if latest is None or latest.version == request.version:
-                return
+                return True
+        return True
 
     def _announce(self, request: ApprovalRequest | None) -> None:
         """A reply in the request's thread, so the requester hears how it ended."""

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping, NamedTuple, Sequence
 
 from bot.commands import ACTIONS
-from runbook.units import human_size
+from runbook.units import human_size, shorten
 
 MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000
@@ -110,10 +110,8 @@ def mentions(slack_ids: Sequence[str], limit: int = 10, *, none: str = "nobody")
 
 
 def truncate(text: str, limit: int) -> str:
-    """At most `limit` characters, with an ellipsis when cut."""
-    if limit <= 0:
-        return ""
-    return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
+    """At most `limit` characters, cut at a word boundary with an ellipsis (runbook.units.shorten)."""
+    return shorten(text, limit)
 
 
 def code(text: Any, limit: int = 200) -> str:
@@ -494,16 +492,26 @@ def help_message(actions_spec: Mapping[str, Any] | None = None) -> Message:
     return validate(Message(text=f"/migrate commands: {names}", blocks=blocks))
 
 
+# An engine text names a command as the CLI spells it (`backups production`); in Slack it is `/migrate ...`.
+_BARE_COMMAND = re.compile(r"`((?:" + "|".join(re.escape(a) for a in ACTIONS) + r")(?: [^`\n]*)?)`")
+
+
+def slack_wording(text: str) -> str:
+    """An engine message as Slack shows it: every command it names gets its `/migrate ` prefix."""
+    return _BARE_COMMAND.sub(lambda m: f"`/migrate {m.group(1)}`", text)
+
+
 def error_message(text: str) -> Message:
     """One line for an ephemeral reply: escaped, unless it is Mrkdwn (built by `mrkdwn()`, whose
-    mentions must stay mentions; it is only flattened, never cut inside a mention)."""
+    mentions must stay mentions; it is only flattened, never cut inside a mention). Commands the
+    engine names the CLI way are named as Slack spells them (slack_wording)."""
     if isinstance(text, Mrkdwn):
         line = " ".join(text.split())
         if len(line) > 1000:
             cut = line.rfind(" ", 0, 999)          # mentions hold no spaces: never cut inside one
             line = line[:cut if cut > 0 else 999] + " …"
     else:
-        line = escape(one_line(text, 500))
+        line = escape(one_line(slack_wording(text), 500))
     line = line or "Something went wrong."
     return validate(Message(text=f":warning: {line}", blocks=[section(f":warning: {line}")]))
 
@@ -858,17 +866,23 @@ def _who(actor: str) -> str:
 
 def approval_message(request: Any, *, title: str, summary: str, what: Sequence[dict[str, Any]],
                      result: Sequence[dict[str, Any]], approvers: Sequence[str], allow_self_approval: bool,
-                     production: bool, action_ids: tuple[str, str]) -> Message:
+                     production: bool, action_ids: tuple[str, str], ask_again: str = "") -> Message:
     """An approval request as it stands: who asked, where, what will happen, the decisions so
     far, and Approve/Reject buttons while it is pending (their value: the request id only).
 
     `request`: runbook.state.approvals.ApprovalRequest. `action_ids`: (approve, reject).
+    `ask_again`: the `/migrate` command that asks for the same again (shown when it never started).
     """
     emoji, state_text = APPROVAL_STATE.get(request.state, (":grey_question:", request.state))
-    # a failed request whose run was interrupted (its process died) says so (bot.approvals.interrupted)
-    interrupted = request.state == "failed" and (getattr(request, "result", None) or {}).get("outcome") == "interrupted"
+    # a failed request whose run was interrupted (its process died) says so (bot.approvals.interrupted);
+    # one whose execution never started too (runbook.state.approvals.ApprovalStore.reap_not_started)
+    outcome = (getattr(request, "result", None) or {}).get("outcome") if request.state == "failed" else None
+    interrupted = outcome == "interrupted"
+    not_started = outcome == "not_started"
     if interrupted:
         emoji, state_text = ":warning:", "interrupted"
+    elif not_started:
+        emoji, state_text = ":warning:", "never started"
     env = one_line(request.environment, 40)
     approved = list(request.approvers)
     blocks: list[dict[str, Any]] = [header(f"{emoji} {one_line(title, 40)} {env}: {state_text}")]
@@ -909,7 +923,8 @@ def approval_message(request: Any, *, title: str, summary: str, what: Sequence[d
                               f"{progress}"))
     else:
         ending = {
-            "done": "Done", "failed": "Stopped before it finished" if interrupted else "Failed",
+            "done": "Done",
+            "failed": "Stopped before it finished" if interrupted else "Never started" if not_started else "Failed",
             "rejected": f"Rejected by {_who(request.rejected_by) if request.rejected_by else 'an approver'}; "
                         "nothing was done",
             "expired": "Expired without enough approvals; nothing was done. Ask again to retry",
@@ -917,7 +932,13 @@ def approval_message(request: Any, *, title: str, summary: str, what: Sequence[d
         }.get(request.state, escape(request.state))
         detail = f": {escape(one_line(request.result_summary, 1500))}" if request.result_summary else ""
         blocks.append(section(truncate(f"{emoji} *{ending}*{detail}", MAX_SECTION_TEXT)))
-        blocks.extend(list(result)[: MAX_BLOCKS - len(blocks) - 1])
+        if not_started:
+            blocks.append(section(truncate(
+                ":point_right: Nothing was changed: the approval lapsed with it. To go ahead, ask again"
+                + (f" with {code(ask_again, 300)}" if ask_again else "")
+                + " and have it approved again.", MAX_SECTION_TEXT)))
+        else:
+            blocks.extend(list(result)[: MAX_BLOCKS - len(blocks) - 1])
     blocks.append(context(f"request `{request.id[:8]}` · every click is checked and audited by the bot"))
     text = (f"{title} {escape(env)}: {state_text} — {escape(one_line(summary, 200))} "
             f"(requested by {_who(request.requester)})")
@@ -1207,15 +1228,23 @@ def restore_summary(params: Mapping[str, Any], environment: str) -> str:
     return f"Restore {what} of {environment} from backup #{params.get('backup_id')}"
 
 
-def restore_request_blocks(params: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """What will be replaced (rows now vs in the backup), the backup's facts, the revision guard."""
+# Request states after which nothing more happens: their messages speak in the past.
+FINISHED_STATES = frozenset({"done", "failed", "rejected", "expired", "cancelled"})
+
+
+def restore_request_blocks(params: Mapping[str, Any], state: str = "pending") -> list[dict[str, Any]]:
+    """What will be replaced (rows now vs in the backup), the backup's facts, the revision guard;
+    once the request is finished, what was replaced (done) or would have been (anything else)."""
     backup = params.get("backup") or {}
     changes = params.get("changes") or []
     verb = {"replace": "replaced", "create": "created", "drop": ":warning: *dropped* (not in the backup)"}
-    lines = [f"• {code(c.get('table'), 80)}: {_rows(c.get('rows_now'))} now → "
+    then = {"done": "before"}.get(state, "then" if state in FINISHED_STATES else "now")
+    lines = [f"• {code(c.get('table'), 80)}: {_rows(c.get('rows_now'))} {then} → "
              f"{_rows(c.get('rows_in_backup'))} in the backup — {verb.get(c.get('action'), escape(c.get('action')))}"
              for c in changes[:300]]
-    title = f"*What will be replaced* ({'chosen tables' if params.get('mode') == 'tables' else 'full restore'})"
+    what = ("What was replaced" if state == "done" else "What would have been replaced" if state in FINISHED_STATES
+            else "What will be replaced")
+    title = f"*{what}* ({'chosen tables' if params.get('mode') == 'tables' else 'full restore'})"
     out = [section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1, total=len(changes)))]
     revision = backup.get("revision")
     facts = [f"*Backup* #{escape(params.get('backup_id'))} {code(backup.get('name', '?'), 80)}",
@@ -1224,10 +1253,16 @@ def restore_request_blocks(params: Mapping[str, Any]) -> list[dict[str, Any]]:
              f"taken at revision {_revs(revision) if revision else '_unknown_'}"]
     out.append(section(" · ".join(facts)))
     current = params.get("expected_revision") or []
-    out.append(section(f"*Target* {code(params.get('target', '?'), 80)} is at revision "
-                       f"{_revs(current) if current else '_none_'}: the restore stops if that changes before it "
-                       "runs. A safety backup of the current state is taken first, and the restore applies "
-                       "in one transaction: completely or not at all."))
+    target, at = code(params.get('target', '?'), 80), _revs(current) if current else '_none_'
+    if state == "done":
+        out.append(section(f"*Target* {target} was at revision {at} when approved. A safety backup of it was "
+                           "taken first, and the restore applied in one transaction."))
+    elif state in FINISHED_STATES:
+        out.append(section(f"*Target* {target} was at revision {at} when this was asked for."))
+    else:
+        out.append(section(f"*Target* {target} is at revision {at}: the restore stops if that changes before "
+                           "it runs. A safety backup of the current state is taken first, and the restore applies "
+                           "in one transaction: completely or not at all."))
     warnings = [f":warning: {escape(one_line(w, 400))}" for w in (params.get("warnings") or [])[:20]]
     if warnings:
         out.append(section(bounded_lines(warnings)))
@@ -1294,7 +1329,7 @@ def backup_message(environment: str, backup: Any) -> Message:
     blocks: list[dict[str, Any]] = [header(f"{BACKUP_STATUS.get(backup.status, '')} {kind} {env}: "
                                            f"{'verified' if ok else backup.status} (#{backup.id})")]
     if not ok:
-        blocks.append(section(truncate(f":x: *{escape(one_line(backup.error or 'failed', 2000))}*\n"
+        blocks.append(section(truncate(f":x: *{escape(one_line(slack_wording(backup.error or 'failed'), 2000))}*\n"
                                        "Nothing was kept, and this backup is never offered for restore.",
                                        MAX_SECTION_TEXT)))
     revision = backup.revision

@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the revision the database should be at (default: where the latest completed run left it)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    p = sub.add_parser("doctor", help="will this configuration work? every prerequisite, one line each (ok / warn / "
+                                      "fail with what to do); exit 0 ok (warnings allowed), 1 a failure, 2 a bad "
+                                      "configuration")
+    p.add_argument("--env", metavar="NAME", help="only this environment (default: every configured one)")
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+
     p = sub.add_parser("incident", help="§7.3 incident summary as Markdown (default: the latest run); exit 0, 2")
     p.add_argument("run_id", metavar="RUN_ID", nargs="?",
                    help="a migrate, rollback or restore run id (see `migrate --json`, `restore --json`)")
@@ -151,6 +157,21 @@ def setup_logging(settings: Settings | None, level: int = logging.WARNING) -> No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; a reader that went away (`runbook-bot precheck | head -1`) ends it quietly,
+    as it ends any Unix tool, with the status of a process killed by SIGPIPE."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()          # buffered output meets a closed pipe here, not at exit
+        return code
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at /dev/null so that flush cannot fail too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + 13             # SIGPIPE
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
@@ -183,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise                   # the reader went away: main ends quietly
     except Exception as exc:  # last resort: one line, secrets scrubbed
         from runbook.target import redact
 
@@ -654,6 +677,19 @@ def cmd_restore(settings: Settings, args) -> int:
     return EXIT_OK if done else EXIT_NO_GO
 
 
+def cmd_doctor(settings: Settings, args) -> int:
+    """`doctor [--env E] [--json]`: the engine's checks (runbook.doctor), then Slack's (bot.doctor).
+    Reads only: it records no event and creates nothing, so it can run before anything else."""
+    from bot.doctor import slack_checks
+    from runbook import doctor
+
+    environments = [settings.environment(args.env)[0]] if args.env else None
+    report = doctor.diagnose(settings, environments)
+    report.checks += slack_checks(settings)
+    _emit(args, lambda: doctor.report_to_json(report), lambda: "\n".join(c.line() for c in report.checks))
+    return report.exit_code
+
+
 def cmd_manifest(args) -> int:
     from bot.manifest import ManifestError, generate
 
@@ -810,7 +846,7 @@ def cmd_escalate(settings: Settings, args) -> int:
 COMMANDS = {"precheck": cmd_precheck, "status": cmd_status, "serve": cmd_serve, "activity": cmd_activity}
 COMMANDS.update(migrate=cmd_migrate, rollback=cmd_rollback, validate=cmd_validate)
 COMMANDS.update(backup=cmd_backup, backups=cmd_backups, restore=cmd_restore)
-COMMANDS.update(incident=cmd_incident, escalate=cmd_escalate)
+COMMANDS.update(incident=cmd_incident, escalate=cmd_escalate, doctor=cmd_doctor)
 COMMANDS["ack-risk"] = cmd_ack_risk
 COMMANDS["rehearse"] = cmd_rehearse
 

@@ -313,6 +313,13 @@ def parse(text: str, environments: list[str] | tuple[str, ...]) -> Command:
         raise CommandError(
             f"Unknown action '{shown}'. Try one of: {', '.join(ACTIONS)} (see `/migrate help`)."
         )
+    # A CLI habit (`--force`, `-y`) where the environment or the first argument goes: say that
+    # /migrate has no options, rather than "Unknown environment '--force'". (-1 is a revision.)
+    leading = rest[:2] if rest and rest[0] in environments else rest[:1]
+    option = next((t for t in leading if re.match(r"^--?[A-Za-z]", t)), None)
+    if option is not None:
+        shown = option if len(option) <= 40 else option[:40] + "…"
+        raise CommandError(f"`/migrate {action}` takes no options ('{shown}'). Usage: `{spec.usage}`.")
     environment = None
     if spec.takes_env and rest and rest[0] in environments:
         environment, rest = rest[0], rest[1:]

@@ -222,7 +222,7 @@ class Demo:
         if not text.startswith("/migrate"):
             self.say("  (type a slash command, e.g. /migrate help, `click approve` on an approval request, or 'quit')")
             return 0
-        seen = len(self.slack.messages())
+        before = self._snapshot()
         submitted = self.runtime.flows.submitted
         status, payload, ms = _slash(self.url, self.secret, text, self.slack.response_url())
         self.say(f"  ack {status} in {ms:.0f} ms: {_mrkdwn(_ack_text(payload))}")
@@ -231,14 +231,47 @@ class Demo:
             self.say("\n── bot (reply only visible to you) " + "─" * 40)
             self.say(render_message({"blocks": ack_blocks}))
         self.runtime.flows.wait_idle(timeout=300, after=submitted if _hands_over(text, self.runtime.flows) else None)
-        for message in self.slack.messages()[seen:]:
-            kind = "only visible to you" if message.get("ephemeral") else f"posted in #{message['channel']}"
-            self.say(f"\n── bot ({kind}) " + "─" * 40)
-            self.say(render_message(message))
-            for upload in message.get("files", []):
-                self.say(f"    [file uploaded: {upload['title']} ({len(upload['content'])} bytes)]")
-        self.say("")
+        self._show_since(before)
         return status
+
+    def _snapshot(self) -> tuple[list[tuple[Any, int]], int]:
+        """What the local Slack holds now: each message with its update count, and the files."""
+        return [(m, m.updates) for m in self.slack.messages()], len(self.slack.files())
+
+    def _show_since(self, before: tuple[list[tuple[Any, int]], int]) -> None:
+        """Every message the bot updated or posted since `before` (a thread reply marked as one, under
+        the message it answers) and every file it uploaded, wherever it went."""
+        messages, files = before
+        for m, updates in messages:
+            if m.updates > updates:
+                # Slack shows the message changed in place; the terminal shows its title and what changed.
+                was = render_message(m.versions[updates]).splitlines()
+                now = render_message(m).splitlines()
+                kept = set(was)
+                changed = [line for line in now if line not in kept]
+                title = next((line for line in now if line.strip()), "")
+                self.say(f"\n── bot ({self._where(m, 'updated')}, {len(now) - len(changed)} unchanged lines "
+                         "not repeated) " + "─" * 20)
+                self.say("\n".join(([title] if title not in changed else []) + changed))
+        for m in self.slack.messages()[len(messages):]:
+            self.say(f"\n── bot ({self._where(m, 'posted')}) " + "─" * 40)
+            self.say(render_message(m))
+        for upload in self.slack.files()[files:]:
+            parent = self.slack.message(upload.channel_id, upload.thread_ts) if upload.thread_ts else None
+            where = (f"in the thread of “{_mrkdwn(_first_line(parent.text))}”" if parent is not None
+                     else f"in #{upload.channel_id}")
+            self.say(f"    📄 file uploaded {where}: {upload.filename} — {upload.title} "
+                     f"({len(upload.content or b'')} bytes)")
+        self.say("")
+
+    def _where(self, m: Any, verb: str) -> str:
+        if m.ephemeral:
+            return "only visible to you"
+        if m.thread_ts and m.thread_ts != m.ts:
+            parent = self.slack.message(m.channel, m.thread_ts)
+            shown = f" “{_mrkdwn(_first_line(parent.text))}”" if parent is not None else ""
+            return f"↳ thread reply to{shown}"
+        return f"{verb} in #{m.channel}"
 
     def click(self, text: str) -> int:
         """`click approve|reject [as U…]`: press a button of the newest approval request, as that
@@ -257,7 +290,7 @@ class Demo:
             return 0
         [button] = [e for b in message.blocks if b.get("type") == "actions" for e in b["elements"]
                     if e.get("action_id") == action_id]
-        before = [(m, m.updates) for m in self.slack.messages()]
+        before = self._snapshot()
         calls = len(self.slack.calls())
         status, ms = _click(self.url, self.secret, user, message.channel, message.ts, action_id, button["value"])
         self.say(f"  {user} clicked {button['text']['text']}: ack {status} in {ms:.0f} ms")
@@ -266,16 +299,14 @@ class Demo:
         while len(self.slack.calls()) == calls and time.monotonic() < deadline:
             time.sleep(0.02)
         self.runtime.flows.wait_idle(timeout=300)
-        for m, updates in before:
-            if m.updates > updates:
-                self.say(f"\n── bot (updated in #{m.channel}) " + "─" * 40)
-                self.say(render_message(m))
-        for m in self.slack.messages()[len(before):]:
-            kind = "only visible to you" if m.ephemeral else f"posted in #{m.channel}"
-            self.say(f"\n── bot ({kind}) " + "─" * 40)
-            self.say(render_message(m))
-        self.say("")
+        self._show_since(before)
         return status
+
+
+def _first_line(text: str, limit: int = 60) -> str:
+    from runbook.units import shorten
+
+    return shorten(" ".join((text or "").split()), limit)
 
 
 def _click(url: str, secret: str, user: str, channel: str, ts: str, action_id: str, value: str) -> tuple[int, float]:

@@ -125,11 +125,26 @@ class Flows:
 
     def submit_click(self, click: "approvals.Click") -> Future:
         """An Approve/Reject click, acked already; decided on the executor."""
-        return self.submit_call(self.approvals.handle_click, click)
+        return self._submit_click(self.approvals.handle_click, click)
 
     def submit_migration_click(self, click: "approvals.Click") -> Future:
         """A "Back up first" or recommended-action click (bot/migrations.py), acked already."""
-        return self.submit_call(self.migrations.handle_click, click)
+        return self._submit_click(self.migrations.handle_click, click)
+
+    def _submit_click(self, handle: Callable[..., Any], click: "approvals.Click") -> Future:
+        """A click refused because the executor is full is audited like any refused click (the listener
+        then tells the clicker, bot.app._report_submit_failure); it changed nothing."""
+        try:
+            return self.submit_call(handle, click)
+        except Busy as exc:
+            action = click.action_id.split("_", 1)[-1] if click.action_id else "click"
+            try:
+                self.store.record(actor=(click.user_id or "unknown")[:120], action=action[:40], environment=None,
+                                  outcome="busy", summary=f"click refused, nothing was changed: {exc}",
+                                  details={"button_value": click.value[:40], "action_id": click.action_id[:80]})
+            except Exception as inner:  # the state database may be down too: the refusal still reaches the user
+                log.error("could not record a click refused as busy: %s", self.redactor(repr(inner)))
+            raise
 
     def _finished(self, _future: Future) -> None:
         self._slots.release()
@@ -150,6 +165,39 @@ class Flows:
         with self._idle:
             return self._idle.wait_for(
                 lambda: self._in_flight == 0 and (after is None or self._submitted > after), timeout)
+
+    def reconcile(self, *, settle_seconds: float = 30.0) -> dict[str, list[str]]:
+        """Stored messages behind the state database (updates lost to a Slack outage) brought up to date
+        by their stored ts: approval requests, live monitors, backup progress messages. Each kind is
+        tried on its own: one failing does not stop the others. What was updated, by kind."""
+        done: dict[str, list[str]] = {}
+        for kind, reconcile in (("requests", self.approvals.reconcile),
+                                ("monitors", self.migrations.reconcile_monitors),
+                                ("backups", self.reconcile_backups)):
+            try:
+                done[kind] = list(reconcile(settle_seconds=settle_seconds))
+            except Exception as exc:  # the next tick retries
+                log.error("reconciling %s failed: %s", kind, self.redactor(repr(exc)))
+                done[kind] = []
+        if any(done.values()):
+            log.info("messages brought up to date: %s", ", ".join(f"{len(v)} {k}" for k, v in done.items() if v))
+        return done
+
+    def reconcile_backups(self, *, settle_seconds: float = 30.0) -> list[int]:
+        """Backup progress messages still showing a backup as running (or any state it left since):
+        updated to its result, from the catalogue."""
+        from datetime import timedelta
+
+        from runbook import backup as backups
+        from runbook.state.models import utcnow
+
+        updated = []
+        for item, channel, ts in backups.messages_behind(self.store, settled_before=utcnow() - timedelta(
+                seconds=settle_seconds)):
+            if self.update(channel, ts, blocks.backup_message(item.environment, item)):
+                backups.mark_message(self.store, item.id, item.status)
+                updated.append(item.id)
+        return updated
 
     def shutdown(self, wait: bool = True) -> None:
         self._executor.shutdown(wait=wait, cancel_futures=not wait)
@@ -495,7 +543,7 @@ class Flows:
                                                                  f", level {made.level}"),
                     {"backup_id": made.id, "kind": made.kind, "level": made.level, "size_bytes": made.size_bytes,
                      "sha256": made.sha256, "location": made.location, "tables": list(tables)})
-        live.finish(blocks.backup_message(name, made))
+        live.finish(blocks.backup_message(name, made), status=made.status)
 
     def do_backups(self, command: Command, origin: Origin) -> None:
         """`/migrate backups [env]`: the catalogue, newest first."""
@@ -554,6 +602,7 @@ class BackupProgress:
         self.kind, self.tables = kind, tables
         self.channel: str | None = None
         self.ts: str | None = None
+        self.backup_id: int | None = None
         self._last_update = 0.0
 
     def __call__(self, progress: Any) -> None:
@@ -570,15 +619,20 @@ class BackupProgress:
             self.channel, self.ts = self.flows.deliver(self.origin, message, stateful=True)
             self._last_update = time.monotonic()
             if self.ts and progress.backup_id is not None:
+                self.backup_id = progress.backup_id
                 remember_message(self.flows.store, progress.backup_id, self.channel, self.ts)
         elif time.monotonic() - self._last_update >= self.update_every and self.channel \
                 and not self.flows.gateway.cooling(self.channel):
             self.flows.update(self.channel, self.ts, message)
             self._last_update = time.monotonic()
 
-    def finish(self, message: "blocks.Message", *, or_post: bool = True) -> None:
+    def finish(self, message: "blocks.Message", *, or_post: bool = True, status: str | None = None) -> None:
+        """`status`: the backup's, once its final view reached Slack (else the reconcile writes it)."""
         if self.ts is not None and self.channel is not None:
-            self.flows.update(self.channel, self.ts, message, final=True)
+            if self.flows.update(self.channel, self.ts, message, final=True) and status and self.backup_id:
+                from runbook.backup import mark_message
+
+                mark_message(self.flows.store, self.backup_id, status)
         elif or_post:
             self.flows.post(self.origin, message)
 
@@ -695,6 +749,8 @@ def restore_kind(settings: Settings, store: Store, *,
             return interrupted_outcome(marked)
         return outcome
 
+    from bot.migration_blocks import restore_again_command
+
     def result_blocks(request: Any) -> list[dict[str, Any]]:
         from bot.migration_blocks import restore_run_blocks
 
@@ -703,9 +759,10 @@ def restore_kind(settings: Settings, store: Store, *,
     return approvals.ApprovalKind(
         "restore", "Restore", execute,
         summary=lambda r: blocks.restore_summary(r.params, r.environment),
-        describe=lambda r: blocks.restore_request_blocks(r.params),
+        describe=lambda r: blocks.restore_request_blocks(r.params, r.state),
         result_blocks=result_blocks,
-        on_failed=on_failed)
+        on_failed=on_failed,
+        ask_again=lambda r: restore_again_command(r.environment, r.params))
 
 
 def restore_with_yes(settings: Settings, store: Store, environment: str, backup_id: str, tables: Any, actor: str,

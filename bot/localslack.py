@@ -86,6 +86,7 @@ class Channel:
     dm: bool = False                # an IM: with the bot (`with_bot`) or between people
     with_bot: bool = False
     messages_tab: bool = True       # for the bot's own DM: the App Home's Messages tab is on
+    name: str | None = None         # what conversations.info calls it (default: the id in lower case)
 
 
 class _MappingAccess:
@@ -285,6 +286,14 @@ class LocalSlack:
         with self._lock:
             self._faults.setdefault(method, []).append(_Fault(status, error, retry_after, times, match))
 
+    def clear_faults(self, method: str | None = None) -> None:
+        """Slack answers again: drop the faults still scripted (for `method`, or all)."""
+        with self._lock:
+            if method is None:
+                self._faults.clear()
+            else:
+                self._faults.pop(method, None)
+
     def join(self, *channels: str) -> None:
         """The bot joins these (public unless added as private before): it may now post in them."""
         with self._lock:
@@ -295,10 +304,12 @@ class LocalSlack:
         with self._lock:
             self._channels.setdefault(channel, Channel(channel)).joined = False
 
-    def add_channel(self, channel: str, *, private: bool = False, joined: bool = False) -> None:
-        """A channel that exists (a public one the bot has not joined answers `not_in_channel`)."""
+    def add_channel(self, channel: str, *, private: bool = False, joined: bool = False,
+                    name: str | None = None) -> None:
+        """A channel that exists (a public one the bot has not joined answers `not_in_channel`;
+        conversations.info says is_member false)."""
         with self._lock:
-            self._channels[channel] = Channel(channel, private=private, joined=joined)
+            self._channels[channel] = Channel(channel, private=private, joined=joined, name=name)
 
     def add_dm(self, channel: str, *, with_bot: bool = False, messages_tab: bool = True) -> None:
         """A direct message: the bot's own (it may post there; an ephemeral needs the Messages tab)
@@ -488,6 +499,16 @@ class LocalSlack:
                 "team_id": LOCAL_TEAM_ID, "user_id": LOCAL_BOT_USER_ID, "bot_id": LOCAL_BOT_ID,
                 "is_enterprise_install": False}, []
 
+    def _conversations_info(self, body: dict[str, Any]):
+        """As Slack answers a bot with channels:read: a public channel it is not in is found
+        (is_member false); a private one it is not in, like an unknown id, is channel_not_found."""
+        with self._lock:
+            known = self._channels.get(body.get("channel") or "")
+        if known is None or (known.private and not known.joined):
+            return {"ok": False, "error": "channel_not_found"}, []
+        return {"ok": True, "channel": {"id": known.id, "name": known.name or known.id.lower(), "is_channel": True,
+                                        "is_private": known.private, "is_member": known.joined}}, []
+
     def _post_message(self, body: dict[str, Any]):
         channel = body.get("channel")
         refused = self.refusal(channel) or blocks_refusal(body.get("blocks"))
@@ -627,6 +648,7 @@ class LocalSlack:
 
 _METHODS: dict[str, Callable[[LocalSlack, dict[str, Any]], tuple[dict[str, Any], list]]] = {
     "auth.test": LocalSlack._auth_test,
+    "conversations.info": LocalSlack._conversations_info,
     "chat.postMessage": LocalSlack._post_message,
     "chat.update": LocalSlack._update,
     "chat.postEphemeral": LocalSlack._post_ephemeral,

@@ -100,15 +100,16 @@ def backup_line(backup: Any) -> str:
 
 def migration_request_blocks(params: Mapping[str, Any], *, request_id: str, pending: bool, protection: Any,
                              risk: Sequence[dict[str, Any]] = (), rehearsal: Any = None,
-                             environment: str = "") -> list[dict[str, Any]]:
+                             environment: str = "", finished: bool = False) -> list[dict[str, Any]]:
     """What approvers approve: current -> target, the revisions (with reversibility), the SQL preview
     (inline when short, else a file in the request's thread), the tables touched, the backup that
     stands behind it, and the guards the run keeps. `backup`: the latest verified full backup or None;
-    without a fresh one (and while pending) a "Back up first" button."""
+    without a fresh one (and while pending) a "Back up first" button. A `finished` request (done,
+    failed, rejected...) keeps what was asked for, not what the run would do: its result says that."""
     downgrade = params.get("direction") == "downgrade"
     revisions = params.get("revisions") or []
     steps = params.get("steps") or []
-    head = (f"*{'Now at' if not downgrade else 'From'}* {_rev_text(params.get('current') or [])} → "
+    head = (f"*{'Now at' if not (downgrade or finished) else 'From'}* {_rev_text(params.get('current') or [])} → "
             f"*{'target' if not downgrade else 'back to'}* {_target_text(str(params.get('target')))}"
             f" · {len(steps)} alembic call{'s' if len(steps) != 1 else ''}"
             + (" (one revision at a time, §3.2)" if len(steps) > 1 else ""))
@@ -136,6 +137,8 @@ def migration_request_blocks(params: Mapping[str, Any], *, request_id: str, pend
                            "message's thread :page_facing_up:"))
     out.extend(list(risk))
     out.append(rehearsal_block(rehearsal, environment, params))
+    if finished:        # the backup taken (or not) and the run's guards are in its result, in the past
+        return out
     if protection.relied_on:
         out.append(section(truncate(f":floppy_disk: *Protected by* {backup_line(protection.backup)}: "
                                     f"{escape(protection.reason)}", MAX_SECTION_TEXT)))
@@ -429,6 +432,25 @@ def monitor_interrupted_message(run: Any, *, migrator_app: str) -> Message:
     return validate(Message(text=text, blocks=blocks))
 
 
+def monitor_final_message(run: Any, *, migrator_app: str) -> Message:
+    """The live monitor's final word written from the bot's records (runbook.state.runs.Run) when the run's
+    own last update never reached Slack (an outage): how it ended, the last step, when, and its summary."""
+    verb = {"migrate": "Migration", "rollback": "Rollback"}.get(run.kind, "Run")
+    env = one_line(run.environment, 40)
+    ok = run.state == "succeeded"
+    took = (run.finished_at - run.started_at).total_seconds() if run.finished_at else None
+    blocks: list[dict[str, Any]] = [
+        header(f"{':white_check_mark:' if ok else ':x:'} {verb} {env}: {escape(run.state)}"),
+        section(truncate(f"*Last step* {code(run.step or '?', 120)} · started {slack_time(run.started_at)}"
+                         + (f" · finished {slack_time(run.finished_at)} · took {duration(took)}" if took is not None
+                            else "")
+                         + (f"\n{escape(one_line(run.summary, 1500))}" if run.summary else ""), MAX_SECTION_TEXT)),
+        context(truncate(f"run {code(run.id, 20)} · the migration's session was {code(migrator_app, 40)} · written "
+                         "from the bot's records (Slack missed the last live update) · runbook §4", MAX_CONTEXT_TEXT))]
+    text = f"{verb} {escape(env)}: {escape(run.state)} — {escape(one_line(run.step or '?', 60))}"
+    return validate(Message(text=text, blocks=blocks))
+
+
 def blocker_message(blocker: Any, environment: str) -> Message:
     """A lock timeout ended an attempt: who held the lock (root blocker: pid, application, transaction
     age, query) and what happens next. `blocker`: runbook.migrate.BlockerReport."""
@@ -613,7 +635,7 @@ def interrupted_runs_message(runs: Sequence[Any], *, when: str = "found at start
 
 __all__ = ["ACTION_BACKUP_FIRST", "ACTION_PATTERN", "ACTION_RECOMMENDED", "backup_line", "blocker_message",
            "escalation_contact_message", "interrupted_restore_blocks", "interrupted_result_blocks",
-           "interrupted_runs_message", "log_file", "monitor_interrupted_message", "restore_again_command",
+           "interrupted_runs_message", "log_file", "monitor_final_message", "monitor_interrupted_message", "restore_again_command",
            "restore_run_blocks",
            "migration_request_blocks", "migration_result_blocks",
            "migration_summary", "monitor_message", "recommendation_message", "recommended_button_text", "sql_file",

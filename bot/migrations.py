@@ -29,6 +29,8 @@ the work; this module asks, watches and reports.
   stopped and what to do next, has its live monitor message (whose channel and ts the run keeps in
   runs.details) turned into a final "interrupted" view, and gets the §7.3 incident summary in its
   thread: once each. Restores (bot.flows.restore_kind) are runs too, and followed up the same way.
+  A monitor keeps the run state its last update showed (runs.details["monitor"]["rendered"]): a final
+  view Slack never took (an outage) is written from the run's row by `reconcile_monitors`.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ from bot import approvals, blocks
 from bot import migration_blocks as mblocks
 from runbook import activity as activities
 from runbook import backup as backups
-from runbook import migrate, ops, rollback, validate
+from runbook import authz, migrate, ops, rollback, validate
 from runbook.config import ConfigError, Environment, Settings
 from runbook.gate import GateOverride
 from runbook.ops import NothingToDo, Refused, RunWatcher
@@ -187,22 +189,27 @@ def migration_kind(settings: Settings, store, direction: str, *,
         from bot.review_blocks import risk_blocks
 
         env = settings.environments[request.environment]
-        protected = ops.protection_now(store, request.environment, env, request.params.get("current") or [])
+        finished = request.state in blocks.FINISHED_STATES
+        protected = None if finished else ops.protection_now(store, request.environment, env,
+                                                             request.params.get("current") or [])
         risk = risk_blocks(request.params.get("risk"), environment=request.environment,
-                           error=request.params.get("risk_error"))
+                           error=request.params.get("risk_error"), low_as_count=True)
         rehearsed = ops.rehearsal_of_range(store, request.environment, env, request.params.get("current") or [],
                                            str(request.params.get("target"))) \
             if request.params.get("revisions") else None
         return mblocks.migration_request_blocks(request.params, request_id=request.id,
                                                 pending=request.state == PENDING, protection=protected, risk=risk,
-                                                rehearsal=rehearsed, environment=request.environment)
+                                                rehearsal=rehearsed, environment=request.environment,
+                                                finished=finished)
 
     return approvals.ApprovalKind(
         name_of_kind, "Migration" if direction == "upgrade" else "Rollback", execute,
         command=COMMAND_OF_DIRECTION[direction],
         summary=lambda r: mblocks.migration_summary(r.params, r.environment),
         describe=describe,
-        result_blocks=lambda r: mblocks.migration_result_blocks(r.result))
+        result_blocks=lambda r: mblocks.migration_result_blocks(r.result),
+        ask_again=lambda r: " ".join(part for part in ("/migrate", COMMAND_OF_DIRECTION[direction], r.environment,
+                                                       str(r.params.get("typed") or "")) if part))
 
 
 def run_with_yes(settings: Settings, store, proposal: migrate.Proposal, typed: str, actor: str, *,
@@ -341,9 +348,11 @@ class LiveRun(RunWatcher):
             elif self.ts is None:
                 self.ts = self.desk.post_in_thread(self.request, message)
                 if self.ts is not None:
-                    self._remember_monitor()
-            elif not self.desk.flows.update(self.request.channel, self.ts, message, final=final) and not final \
-                    and self.desk.flows.gateway.cooling(self.request.channel):
+                    self._remember_monitor(final)
+            elif self.desk.flows.update(self.request.channel, self.ts, message, final=final):
+                if final:
+                    self._mark_final()
+            elif not final and self.desk.flows.gateway.cooling(self.request.channel):
                 self.every = min(self.every * 2, self.slowest)      # rate limited: slow down, for this run
                 log.warning("run %s: Slack rate-limited the monitor; updating every %.0f s now", self.run_id,
                             self.every)
@@ -351,14 +360,28 @@ class LiveRun(RunWatcher):
             log.warning("run %s: monitor message not written (%s)", self.run_id, type(exc).__name__)
         self._written_at = time.monotonic()
 
-    def _remember_monitor(self) -> None:
+    def _remember_monitor(self, final: bool = False) -> None:
         """Where the monitor is, kept on the run: after this process dies, whoever follows the run up
-        closes it (Migrations.close_monitor); the ts in memory dies with the process."""
+        closes it (Migrations.close_monitor); the ts in memory dies with the process. "rendered": the run
+        state it shows, so a final update Slack never took is made again (Migrations.reconcile_monitors)."""
         try:
-            RunStore(self.desk.store).set_details(self.run_id, monitor={"channel": self.request.channel,
-                                                                        "ts": self.ts})
+            runs = RunStore(self.desk.store)
+            run = runs.get(self.run_id) if final else None
+            runs.set_details(self.run_id, monitor={"channel": self.request.channel, "ts": self.ts,
+                                                   "rendered": run.state if run is not None else "running"})
         except Exception as exc:   # the state database failing must not stop the monitor
             log.warning("run %s: the monitor's ts was not kept (%s)", self.run_id, self.desk.redactor(repr(exc)))
+
+    def _mark_final(self) -> None:
+        """Its final view reached Slack: the monitor shows the run as it ended."""
+        try:
+            runs = RunStore(self.desk.store)
+            run = runs.get(self.run_id)
+            if run is not None and run.state != "running":
+                runs.mark_monitor(self.run_id, run.state)
+        except Exception as exc:   # the reconcile writes it once more at worst
+            log.warning("run %s: the monitor's final view was not marked (%s)", self.run_id,
+                        self.desk.redactor(repr(exc)))
 
     def _interrupted(self) -> Any:
         try:
@@ -579,7 +602,11 @@ class Migrations:
         if request.state != PENDING or request.is_due(utcnow()):
             state = request.state if request.state != PENDING else "expired"
             raise approvals.Refusal(f"This request is already {state}; no backup was taken for it.", "closed")
-        self._authorise(request, click.user_id, "take this backup")
+        # taking a backup runs retention: the `backup` permission (runbook.authz), as for /migrate backup
+        if not authz.allowed(self.settings, request.environment, "backup", click.user_id, self.approvals.group_members):
+            raise approvals.Refusal(blocks.Mrkdwn(authz.refusal_line(
+                self.settings, request.environment, "backup", mention=blocks.mention, escape=blocks.escape)),
+                "unauthorised")
         name = request.environment
         env = self.settings.environments[name]
         protected = ops.protection_now(self.store, name, env, request.params.get("current") or [])
@@ -747,7 +774,25 @@ class Migrations:
         if not runs.claim_follow_up(run.id, MONITOR_CLAIM, f"runbook-bot on {runs.host} (pid {os.getpid()})"):
             return False
         message = mblocks.monitor_interrupted_message(run, migrator_app=migrate.migrator_application_name(run.id))
-        return self.flows.update(channel, ts, message, final=True)
+        written = self.flows.update(channel, ts, message, final=True)
+        if written:    # else the reconcile writes it when Slack answers again
+            runs.mark_monitor(run.id, INTERRUPTED)
+        return written
+
+    def reconcile_monitors(self, *, settle_seconds: float = 30.0) -> list[str]:
+        """Live monitors whose final update never reached Slack (an outage while the run ended): their
+        final view, written from the run's row and updated by the ts kept on it. Returns the run ids."""
+        runs = RunStore(self.store)
+        updated = []
+        for run in runs.monitors_behind(settled_before=utcnow() - timedelta(seconds=settle_seconds)):
+            kept = run.detail("monitor") or {}
+            app = migrate.migrator_application_name(run.id)
+            message = (mblocks.monitor_interrupted_message(run, migrator_app=app) if run.state == INTERRUPTED
+                       else mblocks.monitor_final_message(run, migrator_app=app))
+            if kept.get("channel") and kept.get("ts") and self.flows.update(kept["channel"], kept["ts"], message):
+                runs.mark_monitor(run.id, run.state)
+                updated.append(run.id)
+        return updated
 
     def _close_interrupted_request(self, run: Any) -> bool:
         outcome = interrupted_outcome(run)

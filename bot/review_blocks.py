@@ -39,11 +39,18 @@ def _table_text(table: Mapping[str, Any]) -> str:
             + (f", ~{rows:,} rows" if isinstance(rows, int) else ""))
 
 
-def _revision_lines(rev: Mapping[str, Any], environment: str) -> list[str]:
-    """The revision's rating line, then its findings, silenced rules, live locks and acknowledgement."""
+def _revision_lines(rev: Mapping[str, Any], environment: str, low_as_count: bool = False) -> list[str]:
+    """The revision's rating line, then its findings, silenced rules, live locks and acknowledgement.
+    `low_as_count`: a low-rated revision's findings as one count (the approval request, re-shown at
+    every click); `/migrate precheck` lists them."""
     mark = RATING_MARK.get(str(rev.get("rating")), escape(rev.get("rating")))
     lines = [f"{mark} {code(rev.get('revision'), 60)} — {escape(one_line(rev.get('reason'), 400))}"]
-    for finding in (rev.get("findings") or [])[:8]:
+    findings = list(rev.get("findings") or [])
+    if low_as_count and rev.get("rating") == "low" and findings:
+        lines.append(f"      {len(findings)} low finding{'s' if len(findings) != 1 else ''}: "
+                     f"`/migrate precheck {escape(environment)}` lists them")
+        findings = []
+    for finding in findings[:8]:
         lines.append(f"      • {code(finding.get('rule'), 60)} line {finding.get('line')}: "
                      f"{escape(one_line(finding.get('reason'), 240))}")
     for finding in (rev.get("silenced") or [])[:8]:
@@ -68,8 +75,10 @@ def _revision_lines(rev: Mapping[str, Any], environment: str) -> list[str]:
     return lines
 
 
-def risk_blocks(risk: Mapping[str, Any] | None, *, environment: str, error: str | None = None) -> list[dict[str, Any]]:
-    """The risk review as at most two blocks: the revisions with their ratings, and where it came from."""
+def risk_blocks(risk: Mapping[str, Any] | None, *, environment: str, error: str | None = None,
+                low_as_count: bool = False) -> list[dict[str, Any]]:
+    """The risk review as at most two blocks: the revisions with their ratings, and where it came from.
+    `low_as_count`: low-rated revisions' findings counted, not listed (see _revision_lines)."""
     if error:
         return [section(truncate(f":x: *Risk review*: not reviewed — {escape(one_line(error, 600))}",
                                  MAX_SECTION_TEXT))]
@@ -86,7 +95,7 @@ def risk_blocks(risk: Mapping[str, Any] | None, *, environment: str, error: str 
     ranked = sorted(revisions, key=lambda r: order.get(str(r.get("rating")), 3))
     lines: list[str] = []
     for rev in ranked[:50]:
-        lines.extend(_revision_lines(rev, environment))
+        lines.extend(_revision_lines(rev, environment, low_as_count))
     body = bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
                          more="… and {n} more lines (see `precheck --json`)")
     squawk = f"squawk {escape(risk.get('squawk_version') or '?')}"

@@ -22,6 +22,12 @@ HEALTH_TIMEOUT_SECONDS = 3.0
 # How often a running bot looks for runs another replica left behind when it died (their heartbeat
 # goes stale after runbook.state.runs.STALE_AFTER_SECONDS).
 RUNS_REAPER_SECONDS = 30
+# How often one replica (the scheduler's leader, one claim per slot) brings every stored message that is
+# behind the state database up to date: updates Slack lost (an outage) are made again (issue 13 §3).
+RECONCILE_SECONDS = 30
+RECONCILE_JOB = "messages-reconcile"
+# A row changed this recently is left to whoever changed it: it is still updating its message.
+RECONCILE_SETTLE_SECONDS = 30.0
 
 
 @dataclass
@@ -55,6 +61,7 @@ class Runtime:
         redactor = Redactor(settings, extra_secrets=known_secrets(settings) + (token, signing_secret or ""))
         flows = Flows(settings, store, client, redactor=redactor, max_workers=workers)
         flows.migrations.announce_interrupted(reaped)      # posted once: only the reaper sees them
+        cls._close_not_started(flows)
         app = build_app(settings, client, flows, signing_secret=signing_secret)
         if warm:
             warm_up(app)
@@ -79,13 +86,43 @@ class Runtime:
         self.scheduler.every("approvals-expiry", APPROVALS_EXPIRY_SECONDS, self.flows.approvals.expire_due)
         # A replica that died mid-run is noticed by the others too, and said once (conditional reap).
         self.scheduler.every("runs-reaper", RUNS_REAPER_SECONDS, self.reap_interrupted_runs)
+        # Messages Slack did not take (a 5xx outage past the client's retries) catch up with the database.
+        self.scheduler.every(RECONCILE_JOB, RECONCILE_SECONDS, self.reconcile_messages)
 
     def reap_interrupted_runs(self) -> list[Any]:
-        """Runs whose process died: marked interrupted (never resumed), posted once by whoever reaped them."""
+        """Runs whose process died: marked interrupted (never resumed), posted once by whoever reaped them;
+        approved requests whose execution never started, closed."""
         reaped = self._reap_interrupted_runs(self.store, self.settings)
         self.flows.migrations.announce_interrupted(reaped)
+        self._close_not_started(self.flows)
         self._sweep_interrupted_backups(self.settings, self.store)
         return reaped
+
+    @staticmethod
+    def _close_not_started(flows: Any) -> list[str]:
+        """Approved requests whose process died before their run started (runbook.state.approvals decides):
+        closed in place, once. Never raises: it runs at start and on the reaper's tick."""
+        try:
+            return flows.approvals.close_not_started()
+        except Exception as exc:  # the next tick retries
+            log.error("closing approved requests that never started failed: %s", flows.redactor(repr(exc)))
+            return []
+
+    def reconcile_messages(self, *, slot: Any = None, settle_seconds: float = RECONCILE_SETTLE_SECONDS) -> Any:
+        """One replica per slot (the scheduler's leader, then a job_claims row): every stored message whose
+        row changed since it was last rendered is updated by its stored ts (Flows.reconcile). None when
+        another replica has the slot."""
+        from bot.watch import replica_identity, slot_of
+        from runbook.state.models import utcnow
+        from runbook.watch import AlertBook
+
+        leader = getattr(self.scheduler, "leader", None)
+        if leader is not None and not leader.is_leader():
+            return None
+        slot = slot or slot_of(utcnow(), RECONCILE_SECONDS)
+        if not AlertBook(self.store).claim(RECONCILE_JOB, slot, replica_identity()):
+            return None
+        return self.flows.reconcile(settle_seconds=settle_seconds)
 
     @staticmethod
     def _reap_interrupted_runs(store: Store, settings: Settings | None = None) -> list[Any]:

@@ -118,6 +118,10 @@ def drain(runtime: Any, grace: float, hurry: threading.Event | None = None) -> D
         runtime.flows.migrations.announce_interrupted(interrupted, when="at shutdown")
     except Exception as exc:
         log.error("shutdown: could not post the interrupted runs (%s)", type(exc).__name__)
+    try:     # approved requests still queued here would wait for the next start (or 10 min on a replica)
+        runtime.flows.approvals.close_own_queued(f"{why}, before it started")
+    except Exception as exc:
+        log.error("shutdown: could not close the approved requests waiting in its queue (%s)", type(exc).__name__)
     return Drained(False, waited, interrupted, killed)
 
 

@@ -28,6 +28,7 @@ from typing import Iterable, Sequence
 
 from runbook.subprocess_env import app_subprocess_env
 from runbook.target import password_of, redact
+from runbook.units import shorten
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,7 @@ def _describe_raise(node: ast.Raise) -> str:
                 message = ""
         message = one_line(message)
         if message:
-            text += ": " + (message if len(message) <= 200 else message[:197] + "...")
+            text += ": " + shorten(message, 200)
     return text
 
 
@@ -491,8 +492,7 @@ def per_revision_sql(whole: str, steps: Sequence[tuple[str, str]]) -> dict[str, 
 
 
 def one_line(text: str, limit: int = 400) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+    return shorten(" ".join(text.split()), limit)
 
 
 _LOG_LINE = re.compile(r"^(INFO|DEBUG|WARNI|WARNING|ERROR|CRITI)\s*\[")
@@ -844,12 +844,29 @@ class AlembicProject:
         cached = self._cached_preview(key)
         if cached is not None:
             return cached
-        argv = [*self.alembic_argv, direction, destination, "--sql"]
-        shown = f"alembic {direction} {destination} --sql"
-        env = app_subprocess_env(self.url_env, dsn, self.app_env)
+        stdout = self.run_alembic([direction, destination, "--sql"], dsn, timeout)
+        self._store_preview(key, stdout)
+        return stdout
+
+    def alembic_heads(self, dsn: str, timeout: float = 120) -> list[str]:
+        """The heads as the app's own Alembic reports them (`alembic heads`), run as every other
+        alembic call is: `runbook-bot doctor` checks that it runs at all in this environment."""
+        out = self.run_alembic(["heads"], dsn, timeout)
+        return re.findall(r"^([0-9A-Za-z_]+) \(head\)", out, flags=re.MULTILINE)
+
+    def subprocess_env(self, dsn: str) -> dict[str, str]:
+        """The environment the app's Alembic runs with (runbook.subprocess_env's allowlist, the
+        environment's app_env names, the URL in the variable its env.py reads)."""
+        return app_subprocess_env(self.url_env, dsn, self.app_env)
+
+    def run_alembic(self, args: Sequence[str], dsn: str, timeout: float) -> str:
+        """`<alembic_argv> ARGS` in app_dir (no shell, its own process group); its stdout, or
+        RevisionError with one redacted line: not found, timed out, or its last error line."""
+        argv = [*self.alembic_argv, *args]
+        shown = "alembic " + " ".join(args)
         secret = password_of(dsn)
         try:
-            result = run_argv(argv, cwd=self.app_dir, env=env, timeout=timeout)
+            result = run_argv(argv, cwd=self.app_dir, env=self.subprocess_env(dsn), timeout=timeout)
         except FileNotFoundError:
             raise RevisionError(f"cannot run {self.alembic_argv[0]!r}: not found (set the environment's "
                                 "`alembic` command, e.g. [poetry, run, alembic])") from None
@@ -862,7 +879,6 @@ class AlembicProject:
             reason = last_error_line(result.stderr, self.app_dir) or last_error_line(result.stdout, self.app_dir)
             message = f"{shown} failed (exit {result.returncode})" + (f": {reason}" if reason else "")
             raise RevisionError(one_line(redact(message, secret, dsn)))
-        self._store_preview(key, result.stdout)
         return result.stdout
 
     # -- SQL preview cache -----------------------------------------------------------------

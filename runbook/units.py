@@ -22,3 +22,20 @@ def short_duration(seconds: float) -> str:
     if value < 7200:
         return f"{value // 60}m{value % 60:02d}s"
     return f"{value // 3600}h{(value % 3600) // 60:02d}m"
+
+
+def shorten(text: str, limit: int) -> str:
+    """At most `limit` characters; when cut, at the last word boundary that keeps most of the text,
+    with an ellipsis, so a reason never ends mid-word ("…from ones use…"). Every cut a reader sees
+    (Slack blocks, the terminal, the engine's own one-line reasons) goes through here."""
+    if limit <= 0:
+        return ""
+    if len(text) <= limit:
+        return text
+    room = max(0, limit - 1)
+    cut = text[:room]
+    boundary = cut.rstrip().rfind(" ")
+    if boundary >= room * 2 // 3:          # a long word (a path, an id) is cut hard rather than dropped
+        cut = cut[:boundary]
+    return cut.rstrip(" ,;:-") + "…"
+

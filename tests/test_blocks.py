@@ -391,3 +391,30 @@ def test_messages_go_through_the_sdk_without_warnings(local_slack):
 
 
 from tests.support.slack import local_slack  # noqa: E402,F401  (fixture)
+
+
+def test_an_irreversibility_reason_is_cut_at_a_word_boundary_in_status_precheck_and_run():
+    """The sample app's 0003 gives a long reason; Slack showed "…cannot be told apart from ones use…"
+    (issue 17 §4). Every cut is now at a word, with an ellipsis: runbook.units.shorten."""
+    from bot.migration_blocks import migration_request_blocks
+    from runbook.revisions import parse_revision_file
+    from runbook.units import shorten
+    from tests.support.sample_app import APP_DIR
+
+    [path] = (APP_DIR / "alembic" / "versions").glob("0003_*.py")
+    rev = parse_revision_file(path)
+    source = rev.irreversible_reason.rstrip("…").split()
+    state = AlembicState(["0002_categories"], [rev.revision], [rev])
+    run = migration_request_blocks({"direction": "upgrade", "current": ["0002_categories"], "target": "head",
+                                    "steps": [rev.revision], "touched_tables": [],
+                                    "revisions": [{"revision": rev.revision, "message": rev.message,
+                                                   "reversible": False,
+                                                   "irreversible_reason": rev.irreversible_reason}]},
+                                   request_id="r1", pending=False, protection=None, finished=True)
+    for shown in (rev.irreversible_reason, _all_text(blocks.status_message("production", state)),
+                  _all_text(blocks.precheck_message(_report(alembic=state))), json.dumps(run, ensure_ascii=False)):
+        start = shown.index("downgrade() raises NotImplementedError")
+        cut = shown[start:shown.index("…", start)]
+        assert cut[-1].isalnum() and cut.split()[-1] in source, cut    # a whole word of the reason, never "use"
+    assert shorten("cannot be told apart from ones users added", 36) == "cannot be told apart from ones…"
+    assert shorten("short", 36) == "short" and len(shorten("x" * 100, 10)) == 10

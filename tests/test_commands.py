@@ -20,6 +20,10 @@ def test_valid_commands(text, envs, expected):
     assert parse(text, envs) == expected
 
 
+def test_a_negative_revision_is_not_an_option():
+    assert parse("rollback production -1", ONE) == Command("rollback", "production", ("-1",))
+
+
 @pytest.mark.parametrize("text, envs, fragment", [
     ("frobnicate", ONE, "Unknown action 'frobnicate'"),
     ("precheck qa", ONE, "Unknown environment 'qa'. Configured: production"),
@@ -28,6 +32,10 @@ def test_valid_commands(text, envs, expected):
     ('precheck "unterminated', ONE, "Check your quotes"),
     ("x" * 2001, ONE, "too long"),
     ("<!channel>" + "a" * 100, ONE, "Unknown action"),
+    # a CLI habit: /migrate takes no options (issue 17 §4), not "Unknown environment '--force'"
+    ("precheck --force now", ONE, "`/migrate precheck` takes no options ('--force'). Usage: `/migrate precheck [env]`"),
+    ("precheck production -f", ONE, "`/migrate precheck` takes no options ('-f')"),
+    ("run --yes", TWO, "`/migrate run` takes no options ('--yes')"),
 ])
 def test_malformed_commands_get_one_line(text, envs, fragment):
     with pytest.raises(CommandError) as caught:

@@ -127,5 +127,5 @@ def test_console_demo_scripted_walkthrough():
     assert "/migrate precheck [env]" in out                          # help, rendered
     assert "Status production" in out and REV_0001 in out             # status
     assert "Precheck production: GO" in out and "IRREVERSIBLE" in out  # precheck
-    assert "file uploaded: SQL preview" in out
+    assert "file uploaded in the thread of “Precheck production: GO" in out and "SQL preview" in out
     assert "Traceback" not in out + result.stderr

@@ -157,7 +157,9 @@ def test_a_bot_killed_mid_migration_closes_its_request_and_posts_the_summary_at_
                            timeout=30, what="the live monitor")
         [live] = RunStore(store).list(environment="production")
         wait_for(lambda: RunStore(store).get(live.id).detail("monitor"), timeout=10, what="the monitor's ts, kept")
-        assert RunStore(store).get(live.id).detail("monitor") == {"channel": CHANNEL, "ts": monitor.ts}
+        # and the state it shows: the reconcile re-renders it if Slack misses its last update
+        assert RunStore(store).get(live.id).detail("monitor") == {"channel": CHANNEL, "ts": monitor.ts,
+                                                                  "rendered": "running"}
 
         bot.kill()                                         # SIGKILL: no shutdown, no follow-up of its own
         wait_for(lambda: not migrator_sessions(target), timeout=30, what="the orphaned migrator session to end")
@@ -175,6 +177,7 @@ def test_a_bot_killed_mid_migration_closes_its_request_and_posts_the_summary_at_
         assert len(updates_of(local_slack, monitor.ts)) == monitor_updates + 1
         final = local_slack.message(CHANNEL, monitor.ts)
         assert final.text == f"Migration production: interrupted — {run.step}", final.text
+        assert RunStore(store).get(run.id).detail("monitor")["rendered"] == "interrupted"   # nothing to reconcile
         assert run.id in shown(final) and "its process (pid" in shown(final) and buttons(final) == []
         for live_number in ("Elapsed", "This attempt", "Active queries", "Lock waits", "running alembic"):
             assert live_number not in shown(final), live_number

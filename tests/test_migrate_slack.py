@@ -228,20 +228,23 @@ def test_back_up_first_takes_a_verified_backup_and_the_run_needs_no_other(sample
     bot = make_bot(sample_db(REV_0001))
     request = bot.ask("run 0002")
     assert request.params["target"] == REV_0002
-    bot.click(request, MALLORY, ACTION_BACKUP_FIRST)                 # not the requester, not an approver
-    assert bot.ephemerals(MALLORY) == [f":warning: Only the requester or an approver on production (approvers: "
-                                       f"<@{ALICE}>, <@{BOB}>) may take this backup; nothing was changed."]
+    # taking a backup (and so running retention) is the `backup` permission's: approvers by default
+    for who in (MALLORY, REQUESTER):
+        bot.click(request, who, ACTION_BACKUP_FIRST)
+        assert bot.ephemerals(who) == [f":warning: Only the approvers (<@{ALICE}>, <@{BOB}>) may take a backup "
+                                       "(`/migrate backup`: retention may delete older backups) on production; "
+                                       "nothing was done."]
     assert backups.list_backups(bot.store, "production") == []
-    bot.click(request, REQUESTER, ACTION_BACKUP_FIRST)
+    bot.click(request, BOB, ACTION_BACKUP_FIRST)
     [made] = backups.list_backups(bot.store, "production")
-    assert made.status == "verified" and made.revision == [REV_0001] and made.actor == REQUESTER
+    assert made.status == "verified" and made.revision == [REV_0001] and made.actor == BOB
     assert any(f"#{made.id}" in m.text and "verified" in m.text for m in bot.thread(request))
     message = bot.message(request)
     shown = dumped(message.blocks)
     assert f"Protected by* #{made.id}" in shown and ACTION_BACKUP_FIRST not in shown
     assert f"taken at {REV_0001}" in shown and "writes made after it are not in it" in shown
     assert {b["action_id"] for b in buttons(message)} == {ACTION_APPROVE, ACTION_REJECT}
-    bot.click(request, REQUESTER, ACTION_BACKUP_FIRST, wait=True)   # a stale button: fresh already, no second one
+    bot.click(request, BOB, ACTION_BACKUP_FIRST, wait=True)         # a stale button: fresh already, no second one
     assert len(backups.list_backups(bot.store, "production")) == 1
     bot.click(request, ALICE)
     assert bot.get(request).state == "done", bot.get(request).result_summary
@@ -272,6 +275,9 @@ def test_approve_runs_once_watched_live_then_log_validation_and_done(sample_db, 
     message = bot.message(request)
     assert "Migration production: done" in message.text and buttons(message) == []
     assert "validation passed" in dumped(message.blocks)
+    # finished: where it came from, not "Now at"; the run's guards and "Approving takes one" are in the past
+    assert "*From* " in dumped(message.blocks) and "Now at" not in dumped(message.blocks)
+    assert "The run stops" not in dumped(message.blocks) and "Approving takes" not in dumped(message.blocks)
 
     # the live monitor: ONE message in the thread, then chat.update on its ts, never twice within 2 s
     thread = bot.thread(request)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -154,3 +155,18 @@ def test_unknown_environment_on_the_cli_is_one_line(sample_db, tmp_path):
     result = run_cli(config, "precheck", "--env", "staging")
     assert result.returncode == 2
     assert result.stderr.strip() == "runbook-bot: config error: unknown environment 'staging'; configured: production"
+
+
+def test_precheck_into_a_closed_pipe_ends_quietly(sample_db, tmp_path):
+    """`runbook-bot precheck | head -1`: the reader is gone before the report is written. Like any
+    Unix tool the command ends without a word (issue 17 §4), not "precheck failed: Broken pipe"."""
+    config = write_config(tmp_path, sample_db(REV_0001))
+    read_end, write_end = os.pipe()
+    os.close(read_end)                      # head has read its line and exited
+    try:
+        result = subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(config), "precheck"],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert result.stderr == ""
+    assert result.returncode == 141         # 128 + SIGPIPE, as a shell reports a tool SIGPIPE ended

@@ -148,6 +148,10 @@ def test_full_restore_asks_for_approval_then_brings_back_the_exact_rows(restore_
     assert "Restore production: done" in message.text and not any(b["type"] == "actions" for b in message.blocks)
     result_text = json.dumps(message.blocks, ensure_ascii=False)
     assert "Row counts after" in result_text and f"safety backup #{safety.id}" in result_text
+    # a finished restore says what it did, not what it will do (issue 17 §4)
+    assert "What was replaced" in result_text and "rows before →" in result_text
+    assert "will be replaced" not in result_text and "rows now" not in result_text
+    assert "the restore stops if that changes" not in result_text and "applied in one transaction" in result_text
     reply = local_slack.messages(kind="message")[-1]
     assert reply.thread_ts == request.message_ts and f"<@{REQUESTER}>" in reply.text
     events = [(e.actor, e.action, e.outcome) for e in reversed(bot.runtime.store.events()) if e.run_id == request.id]
@@ -232,7 +236,7 @@ def test_restore_stops_when_the_revision_changed_after_approval_was_asked(restor
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("restore 999999", "unknown backup id 999999 for production"),
+    ("restore 999999", "unknown backup id 999999 for production: see `/migrate backups production` for the catalogue"),
     ("restore {id} tables=nope", "unknown table 'nope'"),
     ("restore {failed}", "only verified backups can be restored"),
     ("restore {schema}", "is schema-only"),

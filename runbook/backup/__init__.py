@@ -18,6 +18,7 @@ Public API (bot/flows, bot/cli and bot/approvals build on it; names are stable):
     last_backup_at(store, name) -> datetime | None          the newest verified full backup (precheck)
     backup_to_json(backup) -> dict                           the CLI's --json contract
     remember_message(store, backup_id, channel, ts)          where its Slack message is (updates by ts)
+    messages_behind(store, settled_before=) / mark_message   messages showing another status than the row
 
 How a backup runs (one advisory lock for the whole operation, runbook/guard.py):
 
@@ -73,7 +74,8 @@ Names with a leading underscore are the package's own: shared between its module
 """
 from __future__ import annotations
 
-from runbook.backup.catalogue import _update, get_backup, latest_verified, list_backups, remember_message  # noqa: F401
+from runbook.backup.catalogue import (_update, get_backup, latest_verified, list_backups, mark_message,  # noqa: F401
+                                       messages_behind, remember_message)
 from runbook.backup.dump import backup
 from runbook.backup.interrupted import sweep_interrupted
 from runbook.backup.introspect import definition_changes, dump_in_progress, resolve_tables
@@ -92,6 +94,7 @@ __all__ = [
     "BackupError", "BackupFailed", "Backup", "Progress", "ProgressCallback", "DumpSession", "TableChange",
     "RestorePlan", "RestoreResult", "CatalogObject", "KINDS", "LEVELS", "VERIFY_LEVELS",
     "backup", "list_backups", "get_backup", "latest_verified", "last_backup_at", "verify_backup", "remember_message",
+    "mark_message", "messages_behind",
     "apply_retention", "definition_changes", "plan_restore", "sweep_interrupted", "restore", "dump_in_progress",
     "resolve_tables", "backup_to_json",
     "create_scratch", "drop_scratch", "restore_into_scratch", "restored_copy", "scratch_target",

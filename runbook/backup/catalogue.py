@@ -1,8 +1,8 @@
 """The catalogue of backups in the state store: listing, looking up, the latest verified one, where its
-Slack message is, and the conditional writes every other module records through."""
+Slack message is and what it shows, and the conditional writes every other module records through."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
 from sqlalchemy import select, update
@@ -41,11 +41,40 @@ def latest_verified(store, environment: str, kinds: Sequence[str] = ("full",)) -
 
 
 def remember_message(store, backup_id: int, channel: str, ts: str) -> None:
-    """Where the backup's Slack message is (design rule 6: updates go by the stored ts)."""
+    """Where the backup's Slack message is (design rule 6: updates go by the stored ts), and the status it
+    shows ("rendered"): a final update Slack never took is made again (messages_behind)."""
     with store.session() as session, session.begin():
         row = session.get(BackupRow, backup_id)
         if row is not None:
-            row.details = {**(row.details or {}), "message": {"channel": channel, "ts": ts}}
+            row.details = {**(row.details or {}), "message": {"channel": channel, "ts": ts, "rendered": "running"}}
+
+
+def mark_message(store, backup_id: int, rendered: str) -> None:
+    """The backup's message now shows `rendered` (a status)."""
+    with store.session() as session, session.begin():
+        row = session.get(BackupRow, backup_id)
+        if row is not None and isinstance((row.details or {}).get("message"), dict):
+            row.details = {**row.details, "message": {**row.details["message"], "rendered": rendered}}
+
+
+def messages_behind(store, *, settled_before: datetime, limit: int = 50) -> list[tuple["Backup", str, str]]:
+    """(backup, channel, ts) of finished backups whose message shows another status than the catalogue's
+    (its last update lost to a Slack outage, or a sweep failed it after its process died), finished
+    before `settled_before` and within a day of it. A message without "rendered" predates the mark."""
+    settled = settled_before.replace(tzinfo=None) if store.engine.dialect.name == "sqlite" else settled_before
+    # expired: retention removed a verified backup's file later; its message is not about that
+    query = (select(BackupRow).where(BackupRow.status.not_in(["running", "expired"]))
+             .where(BackupRow.finished_at <= settled)
+             .where(BackupRow.finished_at > settled - timedelta(days=1)).order_by(BackupRow.id).limit(limit * 4))
+    with store.session() as session:
+        rows = list(session.scalars(query))
+    behind = []
+    for row in rows:
+        kept = (row.details or {}).get("message")
+        if isinstance(kept, dict) and kept.get("channel") and kept.get("ts") \
+                and kept.get("rendered") not in (None, row.status):
+            behind.append((Backup.of(row), kept["channel"], kept["ts"]))
+    return behind[:limit]
 
 
 def _insert(store, **values: Any) -> int:

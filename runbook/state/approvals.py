@@ -6,20 +6,31 @@ database, are harmless, and only the winner acts (design rules 3 and 4).
 
     pending --approve x required--> approved --> executing --> done | failed
     pending --> rejected | expired | cancelled
+    approved | executing (no run yet) --> failed ("not started": the process that held it is gone)
 
 Knows nothing of Slack: bot/approvals.py authorises clicks and posts the messages.
+
+Two facts on each row keep a request from being left behind (issue 13 §3):
+- who holds it: the process (host, pid) that approved it or started it. Between the final approval
+  and its run's row (runbook/state/runs.py) the request lives only in that process's executor queue;
+  if the process dies there, or its queue is full, nothing would ever run it or say so.
+  `reap_not_started` closes such requests, once (a conditional UPDATE), with an event;
+- what its message last showed (`rendered_at`: the updated_at of the version rendered). A Slack
+  outage can swallow an update; `unrendered` lists the requests whose message is behind.
 """
 from __future__ import annotations
 
+import os
+import socket
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Iterable
 
-from sqlalchemy import and_, exists, func, insert, literal, select, update
+from sqlalchemy import and_, exists, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from runbook.state.models import ApprovalDecisionRow, ApprovalRow, as_utc, utcnow
+from runbook.state.models import ApprovalDecisionRow, ApprovalRow, RunRow, as_utc, utcnow
 from runbook.state.store import Store
 
 PENDING, APPROVED, EXECUTING, DONE, FAILED = "pending", "approved", "executing", "done", "failed"
@@ -30,6 +41,14 @@ APPROVING_DECISIONS = (APPROVE, YES)
 
 # What a button value may look like: the opaque id and nothing else.
 ID_PATTERN = r"^[0-9a-f]{32}$"
+
+# result["outcome"] of a request closed because its execution never started (reap_not_started).
+NOT_STARTED = "not_started"
+# The grace period of an approved request whose holder cannot be asked whether it lives (on another
+# host, or not recorded): reaped once it has waited this long without a run. Long enough for a queue
+# behind other work; a late execution loses anyway (approved -> executing is conditional), and
+# executing -> its run's row takes seconds. A holder dead on this host needs no grace: it runs nothing.
+NOT_STARTED_STALE_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +75,14 @@ class ApprovalRequest:
     created_at: datetime
     updated_at: datetime
     decisions: tuple[Decision, ...] = ()
+    claimed_host: str | None = None     # who holds it once approved (NOT_STARTED, reap_not_started)
+    claimed_pid: int | None = None
+    rendered_at: datetime | None = None  # the updated_at its message last showed
+
+    @property
+    def rendered(self) -> bool:
+        """Its message shows it as it stands (or it has none)."""
+        return not self.message_ts or self.rendered_at == self.updated_at
 
     @property
     def approvers(self) -> list[str]:
@@ -81,14 +108,16 @@ class ApprovalRequest:
                    row.required, as_utc(row.expires_at), row.channel, row.message_ts,
                    dict(row.result) if row.result is not None else None, row.result_summary or "",
                    as_utc(row.created_at), as_utc(row.updated_at),
-                   tuple(Decision(d.approver, d.decision, as_utc(d.at)) for d in decisions))
+                   tuple(Decision(d.approver, d.decision, as_utc(d.at)) for d in decisions),
+                   row.claimed_host, row.claimed_pid, as_utc(row.rendered_at))
 
 
 class ApprovalStore:
     """Approval rows on top of the bot's Store (same engine, short sessions, thread-safe)."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, *, host: str | None = None):
         self.store = store
+        self.host = (host or socket.gethostname())[:255]
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -119,6 +148,18 @@ class ApprovalStore:
             return list(session.scalars(select(ApprovalRow.id).where(ApprovalRow.state == PENDING)
                                         .where(ApprovalRow.expires_at <= now)))
 
+    def unrendered(self, kinds: Iterable[str], *, settled_before: datetime, limit: int = 100) -> list[ApprovalRequest]:
+        """Requests of `kinds` with a message that shows an older version than the row (a lost update),
+        unchanged since `settled_before` (whoever changed it just now is still updating it). Oldest first."""
+        query = (select(ApprovalRow.id).where(ApprovalRow.kind.in_(list(kinds)))
+                 .where(ApprovalRow.channel.is_not(None)).where(ApprovalRow.message_ts.is_not(None))
+                 .where(or_(ApprovalRow.rendered_at.is_(None), ApprovalRow.rendered_at != ApprovalRow.updated_at))
+                 .where(ApprovalRow.updated_at <= self._stored(settled_before))
+                 .order_by(ApprovalRow.updated_at).limit(limit))
+        with self.store.session() as session:
+            ids = list(session.scalars(query))
+        return [r for r in (self.get(i) for i in ids) if r is not None and not r.rendered]
+
     def approval_count(self, request_id: str) -> int:
         with self.store.session() as session:
             return session.scalar(select(func.count()).select_from(ApprovalDecisionRow)
@@ -129,18 +170,27 @@ class ApprovalStore:
 
     def create(self, *, kind: str, environment: str, requester: str, params: dict[str, Any], required: int,
                expires_at: datetime, state: str = PENDING) -> ApprovalRequest:
+        """Created approved (the CLI's --yes), it is held by this process from the start."""
         now = utcnow()
+        holder = self._holder() if state == APPROVED else {}
         row = ApprovalRow(id=uuid.uuid4().hex, kind=kind, environment=environment, requester=requester,
                           params=params, state=state, required=required, expires_at=expires_at,
-                          result_summary="", created_at=now, updated_at=now)
+                          result_summary="", created_at=now, updated_at=now, **holder)
         with self.store.session() as session, session.begin():
             session.add(row)
         return ApprovalRequest.of(row, ())
 
-    def set_message(self, request_id: str, channel: str, ts: str) -> None:
+    def set_message(self, request_id: str, channel: str, ts: str, *, rendered_at: datetime | None = None) -> None:
+        """Where its message is; `rendered_at`: the updated_at of the version that message shows."""
         with self.store.session() as session, session.begin():
             session.execute(update(ApprovalRow).where(ApprovalRow.id == request_id)
-                            .values(channel=channel, message_ts=ts))
+                            .values(channel=channel, message_ts=ts, rendered_at=rendered_at))
+
+    def mark_rendered(self, request_id: str, updated_at: datetime) -> None:
+        """Its message now shows the version of `updated_at` (never moves updated_at itself)."""
+        with self.store.session() as session, session.begin():
+            session.execute(update(ApprovalRow).where(ApprovalRow.id == request_id)
+                            .values(rendered_at=self._stored(updated_at)))
 
     def add_decision(self, request_id: str, approver: str, decision: str) -> str:
         """Record a decision while the request is pending: "added", "duplicate" or "closed".
@@ -158,6 +208,9 @@ class ApprovalStore:
             with self.store.session() as session, session.begin():
                 # RETURNING, not rowcount: an ORM session's INSERT ... SELECT reports -1 on psycopg
                 inserted = session.execute(statement).first()
+                if inserted is not None:    # the message shows the decisions: a new version to render
+                    session.execute(update(ApprovalRow).where(ApprovalRow.id == request_id)
+                                    .values(updated_at=utcnow()))
         except IntegrityError:
             return "duplicate"
         return "added" if inserted is not None else "closed"
@@ -176,10 +229,11 @@ class ApprovalStore:
 
     def transition(self, request_id: str, from_states: Iterable[str], to_state: str, *,
                    unexpired_at: datetime | None = None, result: dict[str, Any] | None = None,
-                   result_summary: str | None = None) -> bool:
+                   result_summary: str | None = None, hold: bool = False) -> bool:
         """Move the request to `to_state` if it is in one of `from_states` (and, with
-        `unexpired_at`, not past its expiry then). True only for the one caller that moved it."""
-        values: dict[str, Any] = {"state": to_state, "updated_at": utcnow()}
+        `unexpired_at`, not past its expiry then). True only for the one caller that moved it.
+        `hold`: this process takes it (approving it, starting it): it is the one to run it."""
+        values: dict[str, Any] = {"state": to_state, "updated_at": utcnow(), **(self._holder() if hold else {})}
         if result is not None:
             values["result"] = result
         if result_summary is not None:
@@ -191,7 +245,86 @@ class ApprovalStore:
         with self.store.session() as session, session.begin():
             return session.execute(statement).rowcount == 1
 
+    # -- requests whose execution never started ----------------------------------------------
+
+    def reap_not_started(self, kinds: Iterable[str], *, stale_after_seconds: float = NOT_STARTED_STALE_SECONDS,
+                         now: datetime | None = None, actor: str = "runbook-bot") -> list[ApprovalRequest]:
+        """Close approved (or executing) requests that have no run and never will: failed, result
+        outcome NOT_STARTED, one event each; returns them (the caller updates their messages).
+
+        Never started: no runs row names the request. Never will: on this host, the process holding
+        it is dead; from anywhere, it has waited `stale_after_seconds` since it last changed (its
+        holder may be on a host this one cannot ask). A holder that is this very process is alive.
+        Conditional on the state and updated_at read, and on no run having appeared: a request that
+        starts meanwhile is left alone."""
+        from runbook.state.runs import process_alive     # runs imports this module
+
+        now = now or utcnow()
+        no_run = ~exists().where(RunRow.approval_id == ApprovalRow.id)
+        query = (select(ApprovalRow.id).where(ApprovalRow.state.in_([APPROVED, EXECUTING]))
+                 .where(ApprovalRow.kind.in_(list(kinds))).where(no_run).order_by(ApprovalRow.updated_at))
+        with self.store.session() as session:
+            ids = list(session.scalars(query))
+        closed: list[ApprovalRequest] = []
+        for request in (r for r in (self.get(i) for i in ids) if r is not None):
+            here = request.claimed_host == self.host and request.claimed_pid is not None
+            if here and request.claimed_pid == os.getpid():
+                continue
+            dead_here = here and not process_alive(request.claimed_pid or 0)
+            stale = request.updated_at <= now - timedelta(seconds=stale_after_seconds)
+            if not (dead_here or stale):
+                continue
+            holder = (f"pid {request.claimed_pid} on {request.claimed_host}" if request.claimed_pid
+                      else "an unrecorded process")
+            why = (f"the bot process that held it ({holder}) stopped before starting it" if dead_here else
+                   f"it waited since {request.updated_at:%Y-%m-%d %H:%M:%S} UTC for {holder} to start it")
+            if self.close_not_started(request, why, actor=actor, outcome="not-started",
+                                      conditions=(ApprovalRow.updated_at == self._stored(request.updated_at),
+                                                  no_run)):
+                closed.append(self.get(request.id) or request)
+        return closed
+
+    def close_own_queued(self, why: str, kinds: Iterable[str], *, actor: str = "runbook-bot") -> list[ApprovalRequest]:
+        """This process is stopping: the approved requests it holds that wait in its queue (not yet
+        executing) are closed now, with `why`, rather than by the next start or a replica's reaper.
+        Executing ones are left: they may be starting their run this instant (the run reaper has them)."""
+        query = (select(ApprovalRow.id).where(ApprovalRow.state == APPROVED).where(ApprovalRow.kind.in_(list(kinds)))
+                 .where(ApprovalRow.claimed_host == self.host).where(ApprovalRow.claimed_pid == os.getpid()))
+        with self.store.session() as session:
+            ids = list(session.scalars(query))
+        closed = []
+        for request in (r for r in (self.get(i) for i in ids) if r is not None):
+            if self.close_not_started(request, why, actor=actor):
+                closed.append(self.get(request.id) or request)
+        return closed
+
+    def close_not_started(self, request: ApprovalRequest, why: str, *, actor: str = "runbook-bot",
+                          outcome: str = "not-started", conditions: tuple[Any, ...] = ()) -> bool:
+        """approved | executing -> failed, result outcome NOT_STARTED, and its event (`outcome`), if it
+        is still in the state it was read in: True only for the one caller that closed it."""
+        summary = f"approved, but never started: {why}; nothing ran"
+        result = {"outcome": NOT_STARTED, "state_was": request.state, "why": why,
+                  "host": request.claimed_host, "pid": request.claimed_pid}
+        statement = (update(ApprovalRow).where(ApprovalRow.id == request.id)
+                     .where(ApprovalRow.state == request.state).where(*conditions)
+                     .values(state=FAILED, updated_at=utcnow(), result=result, result_summary=summary))
+        with self.store.session() as session, session.begin():
+            if session.execute(statement).rowcount != 1:
+                return False
+        self.store.record(actor=actor, action=request.kind[:40], environment=request.environment,
+                          outcome=outcome[:20], summary=summary[:2000], run_id=request.id,
+                          details={"kind": request.kind, "state_was": request.state, "host": request.claimed_host,
+                                   "pid": request.claimed_pid, "approved_by": request.approvers})
+        return True
+
+    def _holder(self) -> dict[str, Any]:
+        return {"claimed_host": self.host, "claimed_pid": os.getpid()}
+
+    def _stored(self, value: datetime) -> datetime:
+        """A time as the database holds it: SQLite keeps naive UTC."""
+        return value.replace(tzinfo=None) if self.store.engine.dialect.name == "sqlite" else value
+
 
 __all__ = ["ApprovalRequest", "ApprovalStore", "Decision", "PENDING", "APPROVED",
            "EXECUTING", "DONE", "FAILED", "REJECTED", "EXPIRED", "CANCELLED", "APPROVE", "REJECT", "YES",
-           "ID_PATTERN"]
+           "ID_PATTERN", "NOT_STARTED", "NOT_STARTED_STALE_SECONDS"]

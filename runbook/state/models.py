@@ -97,6 +97,12 @@ class ApprovalRow(Base):
     result_summary: Mapped[str] = mapped_column(Text, default="", nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    # 0008: the process that approved or started it (its executor holds the request until its run starts):
+    # an approved request whose run never started is closed once that process is gone
+    claimed_host: Mapped[str | None] = mapped_column(String(255))
+    claimed_pid: Mapped[int | None] = mapped_column(Integer)
+    # 0008: the updated_at of the version its Slack message last showed; the reconcile re-renders the others
+    rendered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_approvals_state_expires_at", "state", "expires_at"),)
 

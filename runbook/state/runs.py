@@ -233,6 +233,29 @@ class RunStore:
             row.details = {**(row.details or {}), **values}
         return True
 
+    def monitors_behind(self, *, settled_before: datetime, limit: int = 50) -> list[Run]:
+        """Finished runs whose live monitor message (details["monitor"]) last showed another state than
+        the run's own ("rendered": what the last update that reached Slack showed): its final update was
+        lost (a Slack outage). Finished before `settled_before` (the run's own thread may still be
+        writing its last word) and since a day before it. A monitor without "rendered" predates the
+        mark and is left as it is."""
+        query = (select(RunRow).where(RunRow.state != RUNNING).where(RunRow.details.is_not(None))
+                 .where(RunRow.finished_at <= self._stored(settled_before))
+                 .where(RunRow.finished_at > self._stored(settled_before - timedelta(days=1)))
+                 .order_by(RunRow.finished_at).limit(limit * 4))
+        with self.store.session() as session:
+            runs = [Run.of(row) for row in session.scalars(query)]
+        behind = [run for run in runs if isinstance(run.detail("monitor"), dict)
+                  and run.detail("monitor").get("rendered") not in (None, run.state)]
+        return behind[:limit]
+
+    def mark_monitor(self, run_id: str, rendered: str) -> None:
+        """The run's monitor message now shows `rendered` (a run state)."""
+        with self.store.session() as session, session.begin():
+            row = session.get(RunRow, run_id)
+            if row is not None and isinstance((row.details or {}).get("monitor"), dict):
+                row.details = {**row.details, "monitor": {**row.details["monitor"], "rendered": rendered}}
+
     def reap(self, *, stale_after_seconds: float = STALE_AFTER_SECONDS, now: datetime | None = None,
              actor: str = "runbook-bot") -> list[Run]:
         """Mark runs whose process is gone `interrupted`, with an event each; returns them.

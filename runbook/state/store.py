@@ -18,7 +18,7 @@ from runbook.dsn import redact
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "runbook_bot_alembic_version"
 # The newest migration in migrations/versions; tests/test_state.py keeps the two in step.
-HEAD = "0007_alert_episodes"
+HEAD = "0008_approval_claims"
 
 
 def _sqlalchemy_url(url: str) -> str:
@@ -76,13 +76,21 @@ class Store:
 
     def _at_head(self) -> bool:
         try:
+            return self.schema_revisions() == [HEAD]
+        except StateError:
+            return False  # migrate() reports the problem properly
+
+    def schema_revisions(self) -> list[str] | None:
+        """The state schema's revisions, None before the first migration; StateError (one redacted
+        line) when the database cannot be reached. Reads only: `runbook-bot doctor` asks it."""
+        try:
             with self.engine.connect() as conn:
                 if not self.engine.dialect.has_table(conn, VERSION_TABLE):
-                    return False
-                versions = [row[0] for row in conn.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}")]
-        except SQLAlchemyError:
-            return False  # migrate() reports the problem properly
-        return versions == [HEAD]
+                    return None
+                return [row[0] for row in conn.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}")]
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot read the state database: "
+                             f"{redact(str(getattr(exc, 'orig', None) or exc).splitlines()[0])}") from None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
