@@ -1,5 +1,5 @@
 """Issue 4, the Slack half: `/migrate run`, `/migrate rollback`, `/migrate validate`, and what
-follows a run (runbook §3–§6.5). The engine (runbook/migrate.py, validate.py, rollback.py) does
+follows a run (runbook §3–§6.5). The engine (runbook/migrate/, validate.py, rollback.py) does
 the work; this module asks, watches and reports.
 
 * Asking. `request(...)` resolves the typed target against the app's scripts (migrate.propose),

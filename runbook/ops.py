@@ -8,14 +8,14 @@ The guards, in the order a run meets them:
 * asking: the target resolves against the app's scripts, there is something to do, no revision on the
   way back is irreversible (the way back is then a restore), the promotion gate, and where
   `rehearsal.required`, a passed rehearsal of the same range with unchanged files (`propose`);
-* running, under the run's operation lock (runbook/migrate.py): the database is still at the approved
+* running, under the run's operation lock (runbook/migrate/): the database is still at the approved
   revision, no pg_dump is connected, the no-go gate (runbook/gate.py) is open or overridden by
   someone allowed to (`authorise_override`), with a reason, recorded;
 * the §2 backup that protects it (runbook/protection.py): one taken at the revision the database is
   at, after its last change, within the window, or a new one taken under the lock, the decision made
   with the revision read there; retention keeps it until a newer run has its own.
 
-`validate` is §5 on demand with its §6.5 recommendation. Restores are an operation of runbook/backup.py (`plan_restore`, `restore`), which records its own run.
+`validate` is §5 on demand with its §6.5 recommendation. Restores are an operation of runbook/backup/ (`plan_restore`, `restore`), which records its own run.
 """
 from __future__ import annotations
 

@@ -4,13 +4,13 @@
 
 1. The copy: the latest verified full backup taken at the revision the environment is at now (any age:
    the rule of runbook/protection.py without its window), or the one named, or a new one; restored
-   (runbook/backup.py `restored_copy`, the scratch restore of `verify: restore`) into a database named
+   (runbook/backup/scratch.py `restored_copy`, the scratch restore of `verify: restore`) into a database named
    `rbrehearse_<run id>` on `rehearsal.server_url` (default: the target's own server). There it is kept
    gentle: one pg_restore job, `rehearsal.statement_timeout`, and refused when the server's free disk
    (measurable when its data directory is on this host) is below the copy's size plus
    `rehearsal.disk_margin`. The target is only read (its revision and size): no operation lock, no write.
 2. The app's own Alembic against the copy, one revision at a time, through the supervisor of a real run
-   (runbook/migrate.py: tethered subprocess, the same environment and PGOPTIONS, only the URL is the
+   (runbook/migrate/: tethered subprocess, the same environment and PGOPTIONS, only the URL is the
    copy's), then down revision by revision to where it started, then up again (up-down-up); a revision
    whose downgrade is irreversible stops the way down there, reported.
 3. Per revision: wall time of its alembic call; the relation locks the migrator's session held, sampled
@@ -631,8 +631,8 @@ def _on_copy(result: Rehearsal, name: str, env: Environment, copy_env: Environme
         def step(direction: str, to: str, expected: list[str]) -> migrate.StepResult:
             sup.direction = direction
             scratch_run.error = None
-            return migrate._run_step(sup, scratch_run, env, project, monitor, direction, to, expected, env_vars,
-                                     None, env.migration.retry_backoff_seconds, time.sleep, log, no_event)
+            return migrate.run_step(sup, scratch_run, env, project, monitor, direction, to, expected, env_vars,
+                                    None, env.migration.retry_backoff_seconds, time.sleep, log, no_event)
 
         # up, one revision at a time, measured
         failed = False

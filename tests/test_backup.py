@@ -20,6 +20,7 @@ import pytest
 from runbook import backup as engine
 from runbook import guard
 from runbook.backup import BackupError, BackupFailed
+from runbook.backup import tools as backup_tools
 from runbook.precheck import run_precheck
 from runbook.state import Store
 from runbook.storage import sha256_directory
@@ -372,7 +373,8 @@ def test_disk_full_leaves_no_file_and_a_failed_entry(pg_url, pg_bin_dir, tmp_pat
     try:
         if not mounted:
             # no mount here (not root): write the dump to /dev/full, which answers every write with ENOSPC
-            monkeypatch.setattr(engine, "_open_partial", lambda path: open("/dev/full", "wb", buffering=0))
+            # (patched in the module that opens the partial archive: runbook.backup.tools)
+            monkeypatch.setattr(backup_tools, "_open_partial", lambda path: open("/dev/full", "wb", buffering=0))
         name, env, store = environment(tmp_path, pg_url, pg_bin_dir, dir=small)
         before = fingerprint(pg_url)
         with pytest.raises(BackupFailed) as caught:
