@@ -184,9 +184,13 @@ def _main(argv: Sequence[str] | None = None) -> int:
         return run_demo(scripted=args.scripted)
     if args.command == "manifest":      # needs no configuration: it describes the app, not a deployment
         return cmd_manifest(args)
-    sidecar = None
+    sidecar = early = None
     if args.command == "precheck":
-        # Started before the configuration is read: the child loads the state store meanwhile.
+        # The app's Alembic first (the slowest part of a precheck, see runbook.prerender), then the
+        # state store's child; both work while this process loads pydantic and reads the configuration.
+        from runbook.prerender import start_preview
+
+        early = start_preview(args.config, args.env)
         from runbook.state.sidecar import StoreSidecar
 
         sidecar = StoreSidecar.start()
@@ -213,6 +217,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_ERROR
     finally:
+        if early is not None:
+            early.cancel()          # stopped unless the precheck used it
         if sidecar is not None:
             sidecar.close()
 

@@ -614,6 +614,21 @@ def _reads_data(path: Path) -> str | None:
     return None
 
 
+def _entry(rev: Revision, app_dir: Path) -> RevisionReview:
+    """A revision's review before its SQL is known: the file's hash and its allowlist."""
+    entry = RevisionReview(rev.revision, _relative(rev.path, app_dir), file_sha256(rev.path), "reviewed", "low", "")
+    try:
+        entry.allowlist = read_allowlist(rev.path)
+    except AllowlistError as exc:
+        entry.status, entry.problem = "error", str(exc)
+    return entry
+
+
+def _load_parser() -> None:
+    """Import pglast (the SQL parser) ahead of need: a fresh process pays for it while Alembic runs."""
+    import pglast  # noqa: F401
+
+
 def _relative(path: Path, app_dir: Path) -> str:
     try:
         return str(path.relative_to(app_dir))
@@ -636,29 +651,38 @@ def review(name: str, env: Environment, conn, *, project: AlembicProject, revisi
         return out
     argv = squawk_argv(env)
     timeout = env.review.squawk_timeout_seconds
-    rendered = _render_each(project, env.dsn, revisions, max(60.0, timeout))
-    out.render_seconds = sum(r.seconds for r in rendered)
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="review") as pool:
+        # While the app's Alembic renders (the caller has usually started it already): squawk's
+        # version, the SQL parser's import, the files' hashes and allowlists.
+        version = pool.submit(squawk_version, argv, timeout)
+        pool.submit(_load_parser)
+        entries = {rev.revision: _entry(rev, project.app_dir) for rev in revisions}
+        rendered = _render_each(project, env.dsn, revisions, max(60.0, timeout))
+        out.render_seconds = sum(r.seconds for r in rendered)
 
-    drafts: list[tuple[RevisionReview, list[dict[str, Any]], list[Statement], str]] = []
-    for item in rendered:
-        rev = item.revision
-        entry = RevisionReview(rev.revision, _relative(rev.path, project.app_dir), file_sha256(rev.path),
-                               "reviewed", "low", "")
-        try:
-            entry.allowlist = read_allowlist(rev.path)
-        except AllowlistError as exc:
-            entry.status, entry.problem = "error", str(exc)
-        if item.sql is None:
-            if entry.status != "error":
-                entry.status, entry.problem = "not reviewable offline", item.problem
-            drafts.append((entry, [], [], ""))
-            continue
-        entry.sql_lines = item.sql.count("\n") + 1
-        started = time.monotonic()
-        raw = run_squawk(item.sql, argv, pg_major=server_major, exclude=env.review.exclude_rules,
-                         cwd=project.app_dir, timeout=timeout)
-        out.squawk_seconds += time.monotonic() - started
-        drafts.append((entry, raw, statements(item.sql), item.sql))
+        def lint(item: _Rendered) -> tuple[list[dict[str, Any]], float]:
+            started = time.monotonic()
+            return (run_squawk(item.sql or "", argv, pg_major=server_major, exclude=env.review.exclude_rules,
+                               cwd=project.app_dir, timeout=timeout), time.monotonic() - started)
+
+        # squawk for every revision at once (separate processes); the SQL is parsed here meanwhile
+        linting = {item.revision.revision: pool.submit(lint, item) for item in rendered if item.sql is not None}
+        drafts: list[tuple[RevisionReview, list[dict[str, Any]], list[Statement], str]] = []
+        for item in rendered:
+            entry = entries[item.revision.revision]
+            if item.sql is None:
+                if entry.status != "error":
+                    entry.status, entry.problem = "not reviewable offline", item.problem
+                drafts.append((entry, [], [], ""))
+                continue
+            entry.sql_lines = item.sql.count("\n") + 1
+            drafts.append((entry, [], statements(item.sql), item.sql))
+        for index, (entry, _, stmts, sql) in enumerate(drafts):
+            if entry.revision in linting:
+                raw, seconds = linting[entry.revision].result()     # a ReviewError is raised here
+                out.squawk_seconds += seconds
+                drafts[index] = (entry, raw, stmts, sql)
+        out.squawk_version = version.result()
 
     # Every relation the SQL names, and the indexes it drops: read from the database once.
     names: set[str] = set()
@@ -679,7 +703,6 @@ def review(name: str, env: Environment, conn, *, project: AlembicProject, revisi
         _weigh(env, entry, raw, stmts, sql, facts, index_tables, project.version_table)
         _acknowledged(entry, name, acks)
         out.revisions.append(entry)
-    out.squawk_version = squawk_version(argv, timeout)
     out.seconds = time.monotonic() - clock
     return out
 
