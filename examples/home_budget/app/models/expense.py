@@ -18,7 +18,7 @@ class Expense(Base):
     """One expense (0001), with its category (0002)."""
 
     __tablename__ = "expenses"
-    __table_args__ = (CheckConstraint("amount >= 0", name="amount_not_negative"),)
+    __table_args__ = (CheckConstraint("amount >= 0", name="ck_expenses_amount_not_negative"),)
 
     id: Mapped[int] = mapped_column(Identity(), primary_key=True)
     date: Mapped[date] = mapped_column(Date, index=True)

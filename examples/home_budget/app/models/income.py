@@ -13,7 +13,7 @@ class Income(Base):
     """One income (0001)."""
 
     __tablename__ = "incomes"
-    __table_args__ = (CheckConstraint("amount >= 0", name="amount_not_negative"),)
+    __table_args__ = (CheckConstraint("amount >= 0", name="ck_incomes_amount_not_negative"),)
 
     id: Mapped[int] = mapped_column(Identity(), primary_key=True)
     date: Mapped[date] = mapped_column(Date, index=True)
