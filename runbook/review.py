@@ -582,7 +582,9 @@ def _render_each(project: AlembicProject, dsn: str, revisions: Sequence[Revision
     step markers (the same render the precheck's SQL preview uses, so it is cached for it); when
     that render fails or does not cut cleanly, each revision is rendered on its own, so one
     revision that cannot be rendered offline does not hide the others."""
-    linear = len(revisions) > 1 and all(len(r.down_revisions) == 1 for r in revisions) and all(
+    # one parent each (the first may start from base), each the next one's
+    linear = len(revisions) > 1 and len(revisions[0].down_revisions) <= 1 and all(
+        len(r.down_revisions) == 1 for r in revisions[1:]) and all(
         later.down_revisions[0] == earlier.revision for earlier, later in zip(revisions, revisions[1:]))
     if linear:
         started = time.monotonic()
@@ -591,7 +593,8 @@ def _render_each(project: AlembicProject, dsn: str, revisions: Sequence[Revision
                                         timeout=timeout)
         except RevisionError:
             whole = ""
-        parts = per_revision_sql(whole, [(r.down_revisions[0], r.revision) for r in revisions]) if whole else None
+        steps = [(r.down_revisions[0] if r.down_revisions else "", r.revision) for r in revisions]
+        parts = per_revision_sql(whole, steps) if whole else None
         if parts is not None:
             share = (time.monotonic() - started) / len(revisions)
             return [_Rendered(r, parts[r.revision], None, share) for r in revisions]

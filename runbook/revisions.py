@@ -461,14 +461,15 @@ def _revision_files(layout: _Layout) -> list[tuple[Path, tuple[int, int]]]:
 # Subprocess output
 
 
-_STEP_MARKER = re.compile(r"^-- Running upgrade (?P<down>[^\s,]+) -> (?P<up>\S+)\s*$")
+_STEP_MARKER = re.compile(r"^-- Running upgrade (?P<down>[^\s,]*) -> (?P<up>\S+)\s*$")
 _TRANSACTION_LINES = {"BEGIN;", "COMMIT;"}
 
 
 def per_revision_sql(whole: str, steps: Sequence[tuple[str, str]]) -> dict[str, str] | None:
     """Cut the offline SQL of a linear range (`upgrade A:B --sql`) into each step's own SQL, as
     `upgrade down:up --sql` would print it, at the `-- Running upgrade down -> up` lines Alembic
-    writes before each step. `steps`: (down, up) in order.
+    writes before each step. `steps`: (down, up) in order; down "" for the first step of a range
+    from base, whose own render also creates the version table (the header goes with it).
 
     None when the text is not the plain shape (one transaction around the whole range, markers
     exactly for `steps`, in order); the caller then renders each step on its own. This spares a
@@ -485,12 +486,17 @@ def per_revision_sql(whole: str, steps: Sequence[tuple[str, str]]) -> dict[str, 
     header, trailer = lines[:markers[0][0]], lines[end:]
     bounds = [index for index, _ in markers] + [end]
     sections = [lines[a:b] for a, b in zip(bounds, bounds[1:])]
-    # Anything else around the steps (the version table's CREATE from base, a transaction per
-    # migration) would not be the same in a one-step render.
-    if any(line.strip() not in _TRANSACTION_LINES | {""} for line in header + trailer) or \
+    plain = _TRANSACTION_LINES | {""}
+    # From base, the header creates the version table after BEGIN: the first step's own render has
+    # it, the others (from a revision) only what comes before it.
+    lead = header[:next((i for i, line in enumerate(header) if line.strip() not in plain), len(header))]
+    # Anything else around the steps (a transaction per migration, or the version table's CREATE
+    # when the range does not start from base) would not be the same in a one-step render.
+    if (lead != header and steps[0][0] != "") or any(line.strip() not in plain for line in trailer) or \
             any(line.strip() in _TRANSACTION_LINES for section in sections for line in section):
         return None
-    return {up: "".join(header + section + trailer) for (_, up), section in zip(steps, sections)}
+    return {up: "".join((header if i == 0 else lead) + section + trailer)
+            for i, ((_, up), section) in enumerate(zip(steps, sections))}
 
 
 def one_line(text: str, limit: int = 400) -> str:
