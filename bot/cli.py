@@ -281,10 +281,10 @@ def cmd_precheck(settings: Settings, args, *, sidecar=None) -> int:
     rehearsals = sidecar.events(environment=name, action="rehearse", limit=20)
 
     def rehearsed(current, head):
-        from runbook import rehearse
         from runbook.precheck import project_of
+        from runbook.rehearsal_record import match_in_events      # not runbook.rehearse: it loads backup, migrate
 
-        return rehearse.match_in_events(answered(rehearsals, []), project_of(env), current, head)
+        return match_in_events(answered(rehearsals, []), project_of(env), current, head)
 
     def answered(pending, fallback):
         try:

@@ -310,7 +310,7 @@ class Environment(_Strict):
         own server, reached as the target is)."""
         if self.rehearsal.server_url is None:
             return self.dsn
-        return re.sub(r"^postgres(ql)?\+psycopg://", "postgresql://", self.rehearsal.server_url.get_secret_value())
+        return libpq_url(self.rehearsal.server_url.get_secret_value())
 
 
 class Slack(_Strict):

@@ -322,13 +322,13 @@ def _checklist(env: Environment, health, snapshot, last_backup_at: datetime | No
     items: list[Check] = []
     items.append(Check(HUMAN_CHECKLIST[0][1], "warn", "left for a human: confirm before approving", "1.3", False))
     if rehearsed is not None and rehearsed.passed:
-        from runbook.rehearse import match_line
+        from runbook.rehearsal_record import match_line
 
         items.append(Check(HUMAN_CHECKLIST[1][1], "ok", match_line(rehearsed), "1.3"))
     else:
         hint = ""
         if rehearsed is not None:
-            from runbook.rehearse import match_line
+            from runbook.rehearsal_record import match_line
 
             hint = f" ({match_line(rehearsed)})"
         items.append(Check(HUMAN_CHECKLIST[1][1], "warn", "left for a human: confirm before approving, or run "
