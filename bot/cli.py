@@ -198,21 +198,25 @@ def _main(argv: Sequence[str] | None = None) -> int:
         return cmd_manifest(args)
     sidecar = early = None
     if args.command == "precheck":
-        # The app's Alembic first (the slowest part of a precheck, see runbook.prerender), then the
-        # state store's child; both work while this process loads pydantic and reads the configuration.
+        # The app's Alembic first (the slowest part of a precheck, see runbook.prerender): it renders
+        # while this process loads pydantic and reads the configuration. The state store's child
+        # (runbook.state.sidecar) starts now when nothing renders; while Alembic does, cmd_precheck
+        # starts it once its own imports are done: three processes loading modules on two cores
+        # would slow the render, which is what the precheck waits for.
         from runbook.prerender import start_preview
 
         early = start_preview(args.config, args.env)
-        from runbook.state.sidecar import StoreSidecar
+        if early is None:
+            from runbook.state.sidecar import StoreSidecar
 
-        sidecar = StoreSidecar.start()
-    # Imported only now (pydantic is slow to load), once the sidecar is on its way.
+            sidecar = StoreSidecar.start()
+    # Imported only now (pydantic is slow to load), once the render or the sidecar is on its way.
     from runbook.config import ConfigError, load_settings
 
     try:
         settings = load_settings(args.config)
         setup_logging(settings, logging.INFO if args.command == "serve" else logging.WARNING)
-        if sidecar is not None:
+        if args.command == "precheck":
             return cmd_precheck(settings, args, sidecar=sidecar)
         _collect_garbage_again()            # the other commands may run long (serve, migrate...)
         return COMMANDS[args.command](settings, args)
