@@ -998,7 +998,6 @@ class AlembicProject:
             raise
         return render
 
-
     def alembic_heads(self, dsn: str, timeout: float = 120) -> list[str]:
         """The heads as the app's own Alembic reports them (`alembic heads`), run as every other
         alembic call is: `runbook-bot doctor` checks that it runs at all in this environment."""
