@@ -7,6 +7,7 @@ imported only by the commands that need them, so a CLI precheck starts fast.
 from __future__ import annotations
 
 import argparse
+import gc
 import getpass
 import json
 import logging
@@ -156,6 +157,13 @@ def setup_logging(settings: Settings | None, level: int = logging.WARNING) -> No
     install_redacting_handler(settings, level)
 
 
+def _collect_garbage_again() -> None:
+    """The cyclic collector back on, after the imports: what they made stays out of its scans."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; a reader that went away (`runbook-bot precheck | head -1`) ends it quietly,
     as it ends any Unix tool, with the status of a process killed by SIGPIPE."""
@@ -172,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
+    # Imports (pydantic, psycopg...) create many objects and few cycles: the collector scanning them
+    # over and over costs a one-shot command a tenth of its CPU time. Off until they are done.
+    gc.disable()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
@@ -179,25 +190,35 @@ def _main(argv: Sequence[str] | None = None) -> int:
         print(f"runbook-bot: {exc}", file=sys.stderr)
         return EXIT_ERROR
     if args.command == "demo":
+        _collect_garbage_again()
         from bot.console import run_demo
 
         return run_demo(scripted=args.scripted)
     if args.command == "manifest":      # needs no configuration: it describes the app, not a deployment
         return cmd_manifest(args)
-    sidecar = None
+    sidecar = early = None
     if args.command == "precheck":
-        # Started before the configuration is read: the child loads the state store meanwhile.
-        from runbook.state.sidecar import StoreSidecar
+        # The app's Alembic first (the slowest part of a precheck, see runbook.prerender): it renders
+        # while this process loads pydantic and reads the configuration. The state store's child
+        # (runbook.state.sidecar) starts now when nothing renders; while Alembic does, cmd_precheck
+        # starts it once its own imports are done: three processes loading modules on two cores
+        # would slow the render, which is what the precheck waits for.
+        from runbook.prerender import start_preview
 
-        sidecar = StoreSidecar.start()
-    # Imported only now (pydantic is slow to load), once the sidecar is on its way.
+        early = start_preview(args.config, args.env)
+        if early is None:
+            from runbook.state.sidecar import StoreSidecar
+
+            sidecar = StoreSidecar.start()
+    # Imported only now (pydantic is slow to load), once the render or the sidecar is on its way.
     from runbook.config import ConfigError, load_settings
 
     try:
         settings = load_settings(args.config)
         setup_logging(settings, logging.INFO if args.command == "serve" else logging.WARNING)
-        if sidecar is not None:
+        if args.command == "precheck":
             return cmd_precheck(settings, args, sidecar=sidecar)
+        _collect_garbage_again()            # the other commands may run long (serve, migrate...)
         return COMMANDS[args.command](settings, args)
     except ConfigError as exc:
         print(f"runbook-bot: config error: {exc}", file=sys.stderr)
@@ -213,6 +234,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_ERROR
     finally:
+        _collect_garbage_again()
+        if early is not None:
+            early.cancel()          # stopped unless the precheck used it
         if sidecar is not None:
             sidecar.close()
 
@@ -247,6 +271,8 @@ def cmd_precheck(settings: Settings, args, *, sidecar=None) -> int:
     from runbook.state.records import StateError
     from runbook.state.sidecar import StoreSidecar
 
+    _collect_garbage_again()
+
     name, env = settings.environment(args.env)
     if sidecar is None:
         with StoreSidecar.start() as own:
@@ -259,10 +285,10 @@ def cmd_precheck(settings: Settings, args, *, sidecar=None) -> int:
     rehearsals = sidecar.events(environment=name, action="rehearse", limit=20)
 
     def rehearsed(current, head):
-        from runbook import rehearse
         from runbook.precheck import project_of
+        from runbook.rehearsal_record import match_in_events      # not runbook.rehearse: it loads backup, migrate
 
-        return rehearse.match_in_events(answered(rehearsals, []), project_of(env), current, head)
+        return match_in_events(answered(rehearsals, []), project_of(env), current, head)
 
     def answered(pending, fallback):
         try:

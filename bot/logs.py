@@ -13,7 +13,7 @@ import re
 import sys
 
 from runbook.config import Settings
-from runbook.target import password_of, redact
+from runbook.dsn import password_of, redact
 
 TOKEN_ENV = ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET")
 

@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -25,14 +24,10 @@ from pydantic import (
 )
 
 from runbook import subprocess_env
-
-DEFAULT_CONFIG_NAME = "runbook-bot.yaml"
-CONFIG_ENV = "RUNBOOK_BOT_CONFIG"
-
-
-class ConfigError(Exception):
-    """A configuration problem, phrased as one line for a human."""
-
+from runbook.dsn import libpq_url
+# The file itself (YAML, ${VAR}, relative paths) is read without pydantic: see config_source.
+from runbook.config_source import (CONFIG_ENV, DEFAULT_CONFIG_NAME, ConfigError, config_path,  # noqa: F401
+                                   raw_settings, read_config)
 
 SlackUserOrGroup = Annotated[str, StringConstraints(pattern=r"^[UWS][A-Z0-9]{2,}$")]
 SlackChannel = Annotated[str, StringConstraints(pattern=r"^[CGD][A-Z0-9]{2,}$")]
@@ -307,7 +302,7 @@ class Environment(_Strict):
     @property
     def dsn(self) -> str:
         """The libpq form of database_url (drops a SQLAlchemy '+psycopg' driver suffix)."""
-        return re.sub(r"^postgres(ql)?\+psycopg://", "postgresql://", self.database_url.get_secret_value())
+        return libpq_url(self.database_url.get_secret_value())
 
     @property
     def rehearsal_dsn(self) -> str:
@@ -315,7 +310,7 @@ class Environment(_Strict):
         own server, reached as the target is)."""
         if self.rehearsal.server_url is None:
             return self.dsn
-        return re.sub(r"^postgres(ql)?\+psycopg://", "postgresql://", self.rehearsal.server_url.get_secret_value())
+        return libpq_url(self.rehearsal.server_url.get_secret_value())
 
 
 class Slack(_Strict):
@@ -508,27 +503,6 @@ class Settings(_Strict):
         return name, self.environments[name]
 
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def _interpolate(node: Any, path: str, environ: dict[str, str]) -> Any:
-    if isinstance(node, dict):
-        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), environ) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_interpolate(v, f"{path}[{i}]", environ) for i, v in enumerate(node)]
-    if isinstance(node, str):
-        def replace(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in environ:
-                return environ[name]
-            if default is not None:
-                return default
-            raise ConfigError(f"{path}: environment variable {name} is not set")
-
-        return _VAR.sub(replace, node)
-    return node
-
-
 def _location(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -553,47 +527,8 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{where}: {error['msg']}"
 
 
-def _resolve_paths(settings: dict[str, Any], base: Path) -> None:
-    for env in (settings.get("environments") or {}).values():
-        if not isinstance(env, dict):
-            continue
-        for key in ("app_dir", "pg_bin_dir"):
-            if isinstance(env.get(key), str):
-                env[key] = str((base / env[key]).resolve()) if not os.path.isabs(env[key]) else env[key]
-        backups = env.setdefault("backups", {})
-        if isinstance(backups, dict):
-            backups.setdefault("dir", "backups")
-        if isinstance(backups, dict) and isinstance(backups.get("dir"), str) and "://" not in backups["dir"]:
-            if not os.path.isabs(backups["dir"]):
-                backups["dir"] = str((base / backups["dir"]).resolve())
-        if isinstance(backups, dict) and isinstance(backups.get("staging_dir"), str):
-            if not os.path.isabs(backups["staging_dir"]):
-                backups["staging_dir"] = str((base / backups["staging_dir"]).resolve())
-    state_url = settings.get("state_url")
-    if isinstance(state_url, str) and state_url.startswith("sqlite:///") and not state_url.startswith("sqlite:////"):
-        relative = state_url[len("sqlite:///"):]
-        if relative and relative != ":memory:":
-            settings["state_url"] = "sqlite:///" + str((base / relative).resolve())
-
-
 def parse_settings(text: str, *, source: Path, environ: dict[str, str] | None = None) -> Settings:
-    environ = dict(os.environ) if environ is None else environ
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of keys")
-    try:
-        raw = _interpolate(raw, "", environ)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    _resolve_paths(raw, source.parent.resolve())
+    raw = raw_settings(text, source=source, environ=environ)
     try:
         return Settings.model_validate({**raw, "source": source})
     except ValidationError as exc:
@@ -602,22 +537,6 @@ def parse_settings(text: str, *, source: Path, environ: dict[str, str] | None = 
         raise ConfigError(f"{source}: {_describe(first[0])}{more}") from None
 
 
-def config_path(explicit: str | None) -> Path:
-    if explicit:
-        return Path(explicit)
-    if os.environ.get(CONFIG_ENV):
-        return Path(os.environ[CONFIG_ENV])
-    return Path(DEFAULT_CONFIG_NAME)
-
-
 def load_settings(explicit: str | None = None) -> Settings:
     path = config_path(explicit)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: configuration file not found; pass --config FILE or set {CONFIG_ENV}"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the configuration file ({exc.strerror})") from None
-    return parse_settings(text, source=path)
+    return parse_settings(read_config(path), source=path)

@@ -47,3 +47,8 @@ def without_password(dsn: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)
     user = (parts.username or "") + ":***"
     return urlunsplit(parts._replace(netloc=f"{user}@{netloc[1]}"))
+
+
+def libpq_url(url: str) -> str:
+    """The libpq form of a database URL: a SQLAlchemy '+psycopg' driver suffix dropped."""
+    return re.sub(r"^postgres(ql)?\+psycopg://", "postgresql://", url)

@@ -19,7 +19,7 @@ from runbook import activity as activity_checks
 from runbook import review as risk_review
 from runbook.activity import Activity
 from runbook.config import Environment
-from runbook.revisions import AlembicProject, AlembicState, RevisionError
+from runbook.revisions import AlembicProject, AlembicState, RevisionError, preview_cache_dir  # noqa: F401
 from runbook.target import Target, TargetError
 from runbook.units import human_size, short_duration
 
@@ -78,15 +78,6 @@ def target_of(env: Environment) -> Target:
     return Target(env.dsn, connect_timeout=env.connect_timeout_seconds)
 
 
-def preview_cache_dir() -> Path:
-    """Where rendered SQL previews are kept between runs ($RUNBOOK_BOT_CACHE_DIR, else the XDG cache)."""
-    explicit = os.environ.get("RUNBOOK_BOT_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "runbook-bot" / "sql-previews"
-
-
 def project_of(env: Environment) -> AlembicProject:
     return AlembicProject(env.app_dir, list(env.alembic), env.url_env, preview_cache_dir=preview_cache_dir(),
                           app_env=env.app_env)
@@ -138,19 +129,29 @@ def run_precheck(name: str, env: Environment, *, project: AlembicProject | None 
     risk: risk_review.RiskReview | None = None
     risk_error: str | None = None
 
+    render = None
     try:
         with target.connect("precheck") as conn:
             connected_ms = (time.monotonic() - clock) * 1000
+            try:
+                state = project.state(conn)
+            except RevisionError as exc:
+                revision_error = str(exc)
+            if state is not None:
+                project.remember_current(env.dsn, state.current)     # for the next fresh process's early start
+            if state is not None and state.pending and state.problem is None:
+                # The app's Alembic is the slowest part of §1 (it imports the app): started first, it
+                # renders while the database is read; the review and the preview share this render.
+                try:
+                    render = project.start_sql_preview(env.dsn, state.current)
+                except RevisionError:
+                    pass                  # the preview below says why
             health = conn.execute(HEALTH_SQL).fetchone()
             snapshot = activity_checks.snapshot(
                 conn,
                 long_query_seconds=env.thresholds.long_query_seconds,
                 idle_in_transaction_seconds=env.thresholds.idle_in_transaction_seconds,
             )
-            try:
-                state = project.state(conn)
-            except RevisionError as exc:
-                revision_error = str(exc)
             if state is not None and state.pending and state.problem is None and env.review.enabled:
                 try:
                     risk = risk_review.review(name, env, conn, project=project, revisions=state.pending,
@@ -179,7 +180,7 @@ def run_precheck(name: str, env: Environment, *, project: AlembicProject | None 
         checks.extend(_alembic_checks(state))
         if state.pending and state.problem is None:
             try:
-                preview = project.sql_preview(env.dsn, state.current)
+                preview = render.result() if render is not None else project.sql_preview(env.dsn, state.current)
                 checks.append(Check("SQL preview", "ok", "rendered offline for the pending range only", "1.2"))
             except RevisionError as exc:
                 preview, check = _preview_around(project, env, state, risk, exc)
@@ -321,13 +322,13 @@ def _checklist(env: Environment, health, snapshot, last_backup_at: datetime | No
     items: list[Check] = []
     items.append(Check(HUMAN_CHECKLIST[0][1], "warn", "left for a human: confirm before approving", "1.3", False))
     if rehearsed is not None and rehearsed.passed:
-        from runbook.rehearse import match_line
+        from runbook.rehearsal_record import match_line
 
         items.append(Check(HUMAN_CHECKLIST[1][1], "ok", match_line(rehearsed), "1.3"))
     else:
         hint = ""
         if rehearsed is not None:
-            from runbook.rehearse import match_line
+            from runbook.rehearsal_record import match_line
 
             hint = f" ({match_line(rehearsed)})"
         items.append(Check(HUMAN_CHECKLIST[1][1], "warn", "left for a human: confirm before approving, or run "

@@ -49,8 +49,10 @@ from runbook.precheck import project_of, target_of
 from runbook.revisions import AlembicProject, RevisionError, one_line
 from runbook.target import Target, TargetError
 from runbook.units import human_size
+# What a precheck reads of past rehearsals lives apart, light to import (no psycopg, no backup).
+from runbook.rehearsal_record import (KIND, Match, _seconds, _signed_size, file_hashes,  # noqa: F401
+                                      latest_for, match_in_events, match_line, revision_line_json, summary_of)
 
-KIND = "rehearse"
 SCRATCH_PREFIX = "rbrehearse_"
 # Outcomes: passed (every revision up, down and up again, validation passed), failed (a revision, a
 # downgrade or the validation failed: the CLI exits 1), nothing to do, refused / error (exit 2).
@@ -113,113 +115,6 @@ class Rehearsal:
     @property
     def passed(self) -> bool:
         return self.outcome == "passed"
-
-
-# ---------------------------------------------------------------------------
-# Binding to the revision files
-
-
-def file_hashes(revisions: Sequence[Any]) -> dict[str, str]:
-    """revision -> sha256 of its file (editing a file voids a rehearsal of it)."""
-    found = {}
-    for rev in revisions:
-        try:
-            found[rev.revision] = hashlib.sha256(Path(rev.path).read_bytes()).hexdigest()
-        except OSError:
-            found[rev.revision] = "unreadable"
-    return found
-
-
-@dataclass(frozen=True)
-class Match:
-    """The latest rehearsal of a range, and whether it still stands."""
-
-    run_id: str
-    finished_at: datetime | None
-    outcome: str
-    report: dict[str, Any]
-    voided_by: list[str]             # revision files changed since (their ids)
-
-    @property
-    def valid(self) -> bool:
-        return not self.voided_by
-
-    @property
-    def passed(self) -> bool:
-        return self.valid and self.outcome == "passed"
-
-
-def latest_for(store, name: str, project: AlembicProject, start: Sequence[str], end: Sequence[str] | str,
-               *, limit: int = 50) -> Match | None:
-    """The latest finished rehearsal of `name` from revision `start` to `end` (a rollback from B to A
-    matches a rehearsal of A -> B: its way down is what the rollback does), or None. Voided when a
-    revision file of the range changed since (sha256)."""
-    from runbook.state.runs import FAILED, SUCCEEDED, RunStore
-
-    if store is None:
-        return None
-    end_key = [end] if isinstance(end, str) else list(end)
-    for run in RunStore(store).list(environment=name, states=(SUCCEEDED, FAILED), limit=limit, kinds=(KIND,)):
-        report = run.result or {}
-        if not _same_range(report.get("from") or [], report.get("to"), start, end_key):
-            continue
-        voided = _voided(project, report.get("files") or {})
-        return Match(run.id, run.finished_at, str(report.get("outcome")), report, voided)
-    return None
-
-
-def _voided(project: AlembicProject, recorded: dict[str, str]) -> list[str]:
-    voided = []
-    for rev, digest in recorded.items():
-        try:
-            now = file_hashes([project.get(rev)])[rev]
-        except RevisionError:
-            now = None
-        if now != digest:
-            voided.append(rev)
-    return voided
-
-
-def _same_range(frm: Sequence[str], to: str | None, start: Sequence[str], end: Sequence[str]) -> bool:
-    frm_key, to_key = sorted(frm), sorted([to] if to else [])
-    return (frm_key == sorted(start) and to_key == sorted(end)) or (frm_key == sorted(end) and to_key == sorted(start))
-
-
-def match_in_events(events: Sequence[Any], project: AlembicProject, start: Sequence[str],
-                    end: Sequence[str] | str) -> Match | None:
-    """latest_for over the rehearsal events (store.events(action="rehearse"), newest first): what the
-    command line's precheck reads through its state sidecar."""
-    end = [end] if isinstance(end, str) else list(end)
-    for event in events:
-        details = event.details or {}
-        if event.outcome not in ("passed", "failed") or "files" not in details:
-            continue
-        if not _same_range(details.get("from") or [], details.get("to"), start, end):
-            continue
-        report = {"outcome": event.outcome, "from": details.get("from"), "to": details.get("to"),
-                  "revisions": [], "lines": details.get("lines") or [], "backup_id": details.get("backup_id")}
-        return Match(str(details.get("run_id") or event.run_id or ""), event.at, event.outcome, report,
-                     _voided(project, details.get("files") or {}))
-    return None
-
-
-def match_line(match: Match | None) -> str:
-    """What an approval request and the precheck say about it, one line."""
-    if match is None:
-        return "not rehearsed: run `rehearse` first"
-    when = f" ({match.finished_at:%Y-%m-%d %H:%M} UTC)" if match.finished_at else ""
-    if not match.valid:
-        return (f"rehearsal {match.run_id[:8]}{when} is void: {', '.join(match.voided_by)} changed since; "
-                "rehearse again")
-    return f"rehearsal {match.run_id[:8]}{when} {match.outcome}: " + summary_of(match.report)
-
-
-def summary_of(report: dict[str, Any]) -> str:
-    """The revisions of a rehearsal's JSON, as in the text report but on one line."""
-    parts = [revision_line_json(r) for r in report.get("revisions") or []] or list(report.get("lines") or [])
-    if report.get("error") and report.get("outcome") != "passed":
-        parts.append(str(report["error"]))
-    return "; ".join(parts) if parts else str(report.get("error") or "")
 
 
 # ---------------------------------------------------------------------------
@@ -706,42 +601,6 @@ def _on_copy(result: Rehearsal, name: str, env: Environment, copy_env: Environme
 
 # ---------------------------------------------------------------------------
 # Text and JSON
-
-
-def _seconds(value: float) -> str:
-    return f"{value:.1f} s" if value >= 0.05 else f"{value * 1000:.0f} ms"
-
-
-def _signed_size(n: int) -> str:
-    return ("+" if n >= 0 else "-") + human_size(abs(n))
-
-
-def revision_line_json(r: dict[str, Any]) -> str:
-    """One revision of the JSON report, as a reviewer reads it: "0002 add categories: 0.4 s, ACCESS
-    EXCLUSIVE on expenses for 0.3 s, expenses rewritten, +40.0 kB, down ok"."""
-    head = f"{r['revision']}" + (f" {r['message']}" if r.get("message") else "")
-    if r.get("error"):
-        return f"{head}: FAILED after {_seconds(r.get('seconds') or 0.0)}: {r['error']}"
-    parts = [_seconds(r.get("seconds") or 0.0)]
-    exclusive = [lock for lock in r.get("locks") or [] if lock["mode"] == "ACCESS EXCLUSIVE"]
-    if exclusive:
-        parts.append("ACCESS EXCLUSIVE on " + ", ".join(f"{lock['relation']} for {_seconds(lock['held_seconds'])}"
-                                                        for lock in exclusive))
-    elif r.get("locks"):
-        lock = r["locks"][0]
-        parts.append(f"{lock['mode']} on {lock['relation']} for {_seconds(lock['held_seconds'])}")
-    rewrites = r.get("rewrites") or []
-    if rewrites:
-        parts.append(("table rewritten: " if len(rewrites) == 1 else "tables rewritten: ") + ", ".join(rewrites))
-    if r.get("size_change_bytes"):
-        parts.append(_signed_size(int(r["size_change_bytes"])))
-    if r.get("downgrade_ok") is True:
-        parts.append("down ok")
-    elif r.get("downgrade_ok") is False:
-        parts.append(f"down FAILED: {r.get('downgrade_error') or 'error'}")
-    elif not r.get("reversible", True):
-        parts.append(f"irreversible ({r.get('irreversible_reason') or 'no downgrade'})")
-    return f"{head}: " + ", ".join(parts)
 
 
 def revision_line(report: RevisionReport) -> str:

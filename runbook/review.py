@@ -360,6 +360,108 @@ def run_squawk(sql: str, argv: Sequence[str], *, pg_major: int | None, exclude: 
     return [f for f in findings if isinstance(f, dict)]
 
 
+class _LintCache:
+    """squawk's findings and the parsed statements of a revision's SQL, kept by the SQL's text:
+    the same SQL linted by the same squawk (its argv and binary's stamp), for the same server
+    version and exclusions, and parsed by the same analyser (runbook/sqlscan.py and pglast's
+    stamps), gives the same review. In memory and in the preview cache directory, so a fresh
+    process lints only what changed (a touched revision file renders the same SQL again). Without
+    a squawk binary to stamp (an argv that is not a file), nothing is cached."""
+
+    _memory: dict[str, tuple[list[dict[str, Any]], list[Statement]]] = {}
+    _versions: dict[str, str | None] = {}
+
+    def __init__(self, argv: Sequence[str], pg_major: int | None, exclude: Sequence[str], directory: Path | None):
+        self.argv, self.directory = list(argv), Path(directory) if directory is not None else None
+        identity = _tool_stamps(self.argv)
+        self.prefix = None if identity is None else repr((_LINT_CACHE_VERSION, identity, pg_major, sorted(exclude)))
+
+    def _key(self, sql: str) -> str | None:
+        if self.prefix is None:
+            return None
+        return hashlib.sha256((self.prefix + "\n" + sql).encode()).hexdigest()
+
+    def get(self, sql: str) -> tuple[list[dict[str, Any]], list[Statement]] | None:
+        key = self._key(sql)
+        if key is None:
+            return None
+        if key in self._memory:
+            return self._memory[key]
+        try:
+            data = json.loads((self.directory / f"lint-{key}.json").read_text(encoding="utf-8")) \
+                if self.directory is not None else None
+            if data is None:
+                return None
+            found = ([f for f in data["findings"] if isinstance(f, dict)],
+                     [Statement(int(s["start"]), int(s["end"]), int(s["line"]), str(s["text"]),
+                                tuple((str(r), str(m)) for r, m in s["locks"]), tuple(str(i) for i in s["indexes"]))
+                      for s in data["statements"]])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        self._memory[key] = found
+        return found
+
+    def put(self, sql: str, findings: list[dict[str, Any]], stmts: list[Statement]) -> None:
+        key = self._key(sql)
+        if key is None:
+            return
+        self._memory[key] = (findings, stmts)
+        if self.directory is None:
+            return
+        data = {"findings": findings, "statements": [
+            {"start": s.start, "end": s.end, "line": s.line, "text": s.text, "locks": [list(lock) for lock in s.locks],
+             "indexes": list(s.indexes)} for s in stmts]}
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            partial = self.directory / f".lint-{key}.{os.getpid()}.tmp"
+            partial.write_text(json.dumps(data), encoding="utf-8")
+            os.replace(partial, self.directory / f"lint-{key}.json")
+        except OSError:
+            pass  # only costs time
+
+    def squawk_version(self, timeout: float) -> str | None:
+        """squawk's version, asked once per binary (kept beside the lints)."""
+        if self.prefix is None:
+            return squawk_version(self.argv, timeout)
+        key = hashlib.sha256(("version\n" + self.prefix).encode()).hexdigest()
+        if key not in self._versions:
+            path = self.directory / f"squawk-{key}.txt" if self.directory is not None else None
+            try:
+                self._versions[key] = path.read_text(encoding="utf-8").strip() or None if path else None
+            except OSError:
+                self._versions[key] = None
+            if self._versions[key] is None:
+                self._versions[key] = squawk_version(self.argv, timeout)
+                if path is not None and self._versions[key]:
+                    try:
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        path.write_text(self._versions[key], encoding="utf-8")
+                    except OSError:
+                        pass
+        return self._versions[key]
+
+
+_LINT_CACHE_VERSION = 1
+
+
+def _tool_stamps(argv: Sequence[str]) -> tuple | None:
+    """(argv, squawk's binary, sqlscan's and pglast's files, each with its stamp), or None."""
+    import importlib.util
+
+    import runbook.sqlscan
+
+    executable = argv[0] if os.path.isabs(argv[0]) else shutil.which(argv[0])
+    spec = importlib.util.find_spec("pglast")
+    stamps = []
+    for path in (executable, runbook.sqlscan.__file__, spec.origin if spec else None):
+        try:
+            stat = os.stat(path)          # type: ignore[arg-type]
+        except (OSError, TypeError):
+            return None
+        stamps.append((str(path), stat.st_mtime_ns, stat.st_size))
+    return (tuple(argv), tuple(stamps))
+
+
 class _Locator:
     """squawk's (0-based line, column) -> the statement there; bisects, so 5,000 findings stay cheap."""
 
@@ -577,21 +679,36 @@ def _render(project: AlembicProject, dsn: str, rev: Revision, timeout: float) ->
     return _Rendered(rev, sql, None, time.monotonic() - started)
 
 
-def _render_each(project: AlembicProject, dsn: str, revisions: Sequence[Revision], timeout: float) -> list[_Rendered]:
-    """Each revision's own SQL, oldest first. A linear range is rendered once and cut at Alembic's
-    step markers (the same render the precheck's SQL preview uses, so it is cached for it); when
-    that render fails or does not cut cleanly, each revision is rendered on its own, so one
-    revision that cannot be rendered offline does not hide the others."""
-    linear = len(revisions) > 1 and all(len(r.down_revisions) == 1 for r in revisions) and all(
+def _start_range(project: AlembicProject, dsn: str, revisions: Sequence[Revision], timeout: float):
+    """The render of a linear range of more than one revision (one parent each, the first may start
+    from base, each the next one's): started, or shared with the caller who started it; None when
+    the range is not linear or cannot be asked for."""
+    linear = len(revisions) > 1 and len(revisions[0].down_revisions) <= 1 and all(
+        len(r.down_revisions) == 1 for r in revisions[1:]) and all(
         later.down_revisions[0] == earlier.revision for earlier, later in zip(revisions, revisions[1:]))
-    if linear:
+    if not linear:
+        return None
+    try:
+        return project.start_sql_preview(dsn, list(revisions[0].down_revisions), revisions[-1].revision,
+                                         timeout=timeout)
+    except RevisionError:
+        return None
+
+
+def _render_each(project: AlembicProject, dsn: str, revisions: Sequence[Revision], timeout: float,
+                 whole_range=None) -> list[_Rendered]:
+    """Each revision's own SQL, oldest first. A linear range is rendered once (`whole_range`, from
+    _start_range) and cut at Alembic's step markers (the same render the precheck's SQL preview
+    uses); when that render fails or does not cut cleanly, each revision is rendered on its own, so
+    one revision that cannot be rendered offline does not hide the others."""
+    if whole_range is not None:
         started = time.monotonic()
         try:
-            whole = project.sql_preview(dsn, list(revisions[0].down_revisions), revisions[-1].revision,
-                                        timeout=timeout)
+            whole = whole_range.result()
         except RevisionError:
             whole = ""
-        parts = per_revision_sql(whole, [(r.down_revisions[0], r.revision) for r in revisions]) if whole else None
+        steps = [(r.down_revisions[0] if r.down_revisions else "", r.revision) for r in revisions]
+        parts = per_revision_sql(whole, steps) if whole else None
         if parts is not None:
             share = (time.monotonic() - started) / len(revisions)
             return [_Rendered(r, parts[r.revision], None, share) for r in revisions]
@@ -612,6 +729,21 @@ def _reads_data(path: Path) -> str | None:
                         call.func.attr == "get_bind":
                     return f"it reads the database: op.get_bind() at line {call.lineno}"
     return None
+
+
+def _entry(rev: Revision, app_dir: Path) -> RevisionReview:
+    """A revision's review before its SQL is known: the file's hash and its allowlist."""
+    entry = RevisionReview(rev.revision, _relative(rev.path, app_dir), file_sha256(rev.path), "reviewed", "low", "")
+    try:
+        entry.allowlist = read_allowlist(rev.path)
+    except AllowlistError as exc:
+        entry.status, entry.problem = "error", str(exc)
+    return entry
+
+
+def _load_parser() -> None:
+    """Import pglast (the SQL parser) ahead of need: a fresh process pays for it while Alembic runs."""
+    import pglast  # noqa: F401
 
 
 def _relative(path: Path, app_dir: Path) -> str:
@@ -636,29 +768,46 @@ def review(name: str, env: Environment, conn, *, project: AlembicProject, revisi
         return out
     argv = squawk_argv(env)
     timeout = env.review.squawk_timeout_seconds
-    rendered = _render_each(project, env.dsn, revisions, max(60.0, timeout))
-    out.render_seconds = sum(r.seconds for r in rendered)
+    lints = _LintCache(argv, server_major, env.review.exclude_rules, project.preview_cache_dir)
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="review") as pool:
+        # While the app's Alembic renders (the caller has usually started it already): squawk's
+        # version, the SQL parser's import, the files' hashes and allowlists.
+        version = pool.submit(lints.squawk_version, timeout)
+        whole_range = _start_range(project, env.dsn, revisions, max(60.0, timeout))
+        if whole_range is None or whole_range.started_process:
+            pool.submit(_load_parser)        # not when the SQL is known already: it may all be linted
+        entries = {rev.revision: _entry(rev, project.app_dir) for rev in revisions}
+        rendered = _render_each(project, env.dsn, revisions, max(60.0, timeout), whole_range)
+        out.render_seconds = sum(r.seconds for r in rendered)
 
-    drafts: list[tuple[RevisionReview, list[dict[str, Any]], list[Statement], str]] = []
-    for item in rendered:
-        rev = item.revision
-        entry = RevisionReview(rev.revision, _relative(rev.path, project.app_dir), file_sha256(rev.path),
-                               "reviewed", "low", "")
-        try:
-            entry.allowlist = read_allowlist(rev.path)
-        except AllowlistError as exc:
-            entry.status, entry.problem = "error", str(exc)
-        if item.sql is None:
-            if entry.status != "error":
-                entry.status, entry.problem = "not reviewable offline", item.problem
-            drafts.append((entry, [], [], ""))
-            continue
-        entry.sql_lines = item.sql.count("\n") + 1
-        started = time.monotonic()
-        raw = run_squawk(item.sql, argv, pg_major=server_major, exclude=env.review.exclude_rules,
-                         cwd=project.app_dir, timeout=timeout)
-        out.squawk_seconds += time.monotonic() - started
-        drafts.append((entry, raw, statements(item.sql), item.sql))
+        def lint(item: _Rendered) -> tuple[list[dict[str, Any]], float]:
+            started = time.monotonic()
+            return (run_squawk(item.sql or "", argv, pg_major=server_major, exclude=env.review.exclude_rules,
+                               cwd=project.app_dir, timeout=timeout), time.monotonic() - started)
+
+        # squawk for every revision not linted before, all at once (separate processes); the SQL is
+        # parsed here meanwhile
+        known = {item.revision.revision: lints.get(item.sql) for item in rendered if item.sql is not None}
+        linting = {item.revision.revision: pool.submit(lint, item) for item in rendered
+                   if item.sql is not None and known[item.revision.revision] is None}
+        drafts: list[tuple[RevisionReview, list[dict[str, Any]], list[Statement], str]] = []
+        for item in rendered:
+            entry = entries[item.revision.revision]
+            if item.sql is None:
+                if entry.status != "error":
+                    entry.status, entry.problem = "not reviewable offline", item.problem
+                drafts.append((entry, [], [], ""))
+                continue
+            entry.sql_lines = item.sql.count("\n") + 1
+            hit = known[entry.revision]
+            drafts.append((entry, hit[0], hit[1], item.sql) if hit else (entry, [], statements(item.sql), item.sql))
+        for index, (entry, _, stmts, sql) in enumerate(drafts):
+            if entry.revision in linting:
+                raw, seconds = linting[entry.revision].result()     # a ReviewError is raised here
+                out.squawk_seconds += seconds
+                drafts[index] = (entry, raw, stmts, sql)
+                lints.put(sql, raw, stmts)
+        out.squawk_version = version.result()
 
     # Every relation the SQL names, and the indexes it drops: read from the database once.
     names: set[str] = set()
@@ -679,7 +828,6 @@ def review(name: str, env: Environment, conn, *, project: AlembicProject, revisi
         _weigh(env, entry, raw, stmts, sql, facts, index_tables, project.version_table)
         _acknowledged(entry, name, acks)
         out.revisions.append(entry)
-    out.squawk_version = squawk_version(argv, timeout)
     out.seconds = time.monotonic() - clock
     return out
 

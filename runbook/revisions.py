@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import configparser
 import hashlib
+import json
 import os
 import re
 import signal
@@ -26,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from runbook.dsn import describe, password_of, redact
 from runbook.subprocess_env import app_subprocess_env
-from runbook.target import password_of, redact
 from runbook.units import shorten
 
 
@@ -419,6 +420,7 @@ _GRAPH_CACHE: dict[tuple[Path, str], tuple[tuple, _Graph, _Layout]] = {}
 _GRAPH_CACHE_LOCK = threading.Lock()
 _PREVIEW_CACHE: dict[str, str] = {}
 _PREVIEW_CACHE_LOCK = threading.Lock()
+_RENDERING: dict[str, "PreviewRender"] = {}       # previews whose alembic runs now, by cache key
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -459,14 +461,15 @@ def _revision_files(layout: _Layout) -> list[tuple[Path, tuple[int, int]]]:
 # Subprocess output
 
 
-_STEP_MARKER = re.compile(r"^-- Running upgrade (?P<down>[^\s,]+) -> (?P<up>\S+)\s*$")
+_STEP_MARKER = re.compile(r"^-- Running upgrade (?P<down>[^\s,]*) -> (?P<up>\S+)\s*$")
 _TRANSACTION_LINES = {"BEGIN;", "COMMIT;"}
 
 
 def per_revision_sql(whole: str, steps: Sequence[tuple[str, str]]) -> dict[str, str] | None:
     """Cut the offline SQL of a linear range (`upgrade A:B --sql`) into each step's own SQL, as
     `upgrade down:up --sql` would print it, at the `-- Running upgrade down -> up` lines Alembic
-    writes before each step. `steps`: (down, up) in order.
+    writes before each step. `steps`: (down, up) in order; down "" for the first step of a range
+    from base, whose own render also creates the version table (the header goes with it).
 
     None when the text is not the plain shape (one transaction around the whole range, markers
     exactly for `steps`, in order); the caller then renders each step on its own. This spares a
@@ -483,12 +486,17 @@ def per_revision_sql(whole: str, steps: Sequence[tuple[str, str]]) -> dict[str, 
     header, trailer = lines[:markers[0][0]], lines[end:]
     bounds = [index for index, _ in markers] + [end]
     sections = [lines[a:b] for a, b in zip(bounds, bounds[1:])]
-    # Anything else around the steps (the version table's CREATE from base, a transaction per
-    # migration) would not be the same in a one-step render.
-    if any(line.strip() not in _TRANSACTION_LINES | {""} for line in header + trailer) or \
+    plain = _TRANSACTION_LINES | {""}
+    # From base, the header creates the version table after BEGIN: the first step's own render has
+    # it, the others (from a revision) only what comes before it.
+    lead = header[:next((i for i, line in enumerate(header) if line.strip() not in plain), len(header))]
+    # Anything else around the steps (a transaction per migration, or the version table's CREATE
+    # when the range does not start from base) would not be the same in a one-step render.
+    if (lead != header and steps[0][0] != "") or any(line.strip() not in plain for line in trailer) or \
             any(line.strip() in _TRANSACTION_LINES for section in sections for line in section):
         return None
-    return {up: "".join(header + section + trailer) for (_, up), section in zip(steps, sections)}
+    return {up: "".join((header if i == 0 else lead) + section + trailer)
+            for i, ((_, up), section) in enumerate(zip(steps, sections))}
 
 
 def one_line(text: str, limit: int = 400) -> str:
@@ -530,13 +538,136 @@ def run_argv(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            proc.kill()
+        _kill_group(proc)
         proc.communicate()
         raise
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def preview_cache_dir() -> Path:
+    """Where rendered SQL previews are kept between runs ($RUNBOOK_BOT_CACHE_DIR, else the XDG cache)."""
+    explicit = os.environ.get("RUNBOOK_BOT_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "runbook-bot" / "sql-previews"
+
+
+# ---------------------------------------------------------------------------
+# A SQL preview being rendered
+
+
+class PreviewRender:
+    """One `alembic ... --sql` subprocess, started and read on a thread of its own (a preview larger
+    than a pipe's buffer must be read while it is written), or a preview already known.
+
+    `result()` waits and returns the SQL or raises RevisionError (one redacted line); the result is
+    cached by the project as sql_preview's are. `cancel()` says the caller no longer needs it: the
+    process is killed once nobody else waits for it (a speculative render that guessed wrong)."""
+
+    def __init__(self, project: "AlembicProject | None", key: str | None, argv: list[str], shown: str, dsn: str,
+                 timeout: float):
+        self._project, self._key, self.argv, self._shown = project, key, argv, shown
+        self._dsn, self._timeout = dsn, timeout
+        self._finished = threading.Event()
+        self._text: str | None = None
+        self._error: str | None = None
+        self._process: subprocess.Popen | None = None
+        self._users = 1                 # guarded by _PREVIEW_CACHE_LOCK
+        self._cancelled = False
+
+    @classmethod
+    def done(cls, text: str) -> "PreviewRender":
+        render = cls(None, None, [], "", "", 0)
+        render._text = text
+        render._finished.set()
+        return render
+
+    @property
+    def started_process(self) -> bool:
+        return self._process is not None
+
+    def serves(self, project: "AlembicProject", dsn: str) -> bool:
+        """Whether this render is what `project` would start for `dsn` (same app, URL and variables)."""
+        mine = self._project
+        return mine is not None and self._dsn == dsn and (mine.app_dir, mine.app_env) == (project.app_dir,
+                                                                                       project.app_env)
+
+    def join(self) -> bool:
+        """Share this render with one more caller (under _PREVIEW_CACHE_LOCK); False when it is being
+        cancelled."""
+        if self._cancelled:
+            return False
+        self._users += 1
+        return True
+
+    def start(self) -> None:
+        project = self._project
+        assert project is not None
+        try:
+            self._process = subprocess.Popen(
+                self.argv, cwd=project.app_dir, env=project.subprocess_env(self._dsn), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
+        except OSError as exc:
+            self._fail(project._not_runnable(exc, self._dsn))
+            return
+        threading.Thread(target=self._collect, name="alembic-render", daemon=True).start()
+
+    def _collect(self) -> None:
+        proc, project = self._process, self._project
+        assert proc is not None and project is not None
+        try:
+            out, err = proc.communicate(timeout=self._timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            proc.communicate()
+            self._fail(project._timed_out(self._shown, self._timeout))
+            return
+        except Exception as exc:  # noqa: BLE001 - a reader thread must always finish the render
+            _kill_group(proc)
+            self._fail(f"{self._shown} could not be read: {one_line(str(exc))}")
+            return
+        if self._cancelled:
+            self._fail(f"{self._shown} was cancelled")
+        elif proc.returncode != 0:
+            self._fail(project._failed(self._shown, proc.returncode, out, err, self._dsn))
+        else:
+            project._store_preview(self._key, out)
+            self._finish(out, None)
+
+    def _fail(self, message: str) -> None:
+        self._finish(None, one_line(redact(message, password_of(self._dsn), self._dsn)))
+
+    def _finish(self, text: str | None, error: str | None) -> None:
+        self._text, self._error = text, error
+        with _PREVIEW_CACHE_LOCK:
+            if self._key is not None and _RENDERING.get(self._key) is self:
+                del _RENDERING[self._key]
+        self._finished.set()
+
+    def result(self) -> str:
+        self._finished.wait()
+        if self._error is not None:
+            raise RevisionError(self._error)
+        return self._text or ""
+
+    def cancel(self) -> None:
+        with _PREVIEW_CACHE_LOCK:
+            self._users -= 1
+            if self._users > 0 or self._finished.is_set():
+                return
+            self._cancelled = True
+            if self._key is not None and _RENDERING.get(self._key) is self:
+                del _RENDERING[self._key]
+        if self._process is not None:
+            _kill_group(self._process)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
 
 
 # ---------------------------------------------------------------------------
@@ -824,6 +955,14 @@ class AlembicProject:
         downgrade() SQL of the revisions it undoes, never their upgrade SQL. "" when there is nothing
         to run. Errors are one redacted line.
         """
+        return self.start_sql_preview(dsn, current, target, timeout, direction=direction).result()
+
+    def start_sql_preview(self, dsn: str, current: Sequence[str], target: str = "head", timeout: float = 60, *,
+                          direction: str = "upgrade") -> "PreviewRender":
+        """sql_preview without waiting: the app's Alembic is started (unless the preview is cached) and
+        the caller does other work meanwhile; `.result()` waits for it. A render of the same preview
+        already running in this process is shared, never started twice. A bad range raises
+        RevisionError here, before anything starts."""
         graph = self._graph()
         start = self._validated_current(graph, current)
         if len(start) > 1:
@@ -834,19 +973,30 @@ class AlembicProject:
             raise RevisionError(f"several heads: merge needed ({', '.join(graph.heads)})")
         if direction == "downgrade":
             if not start or not self.downgrades(start, goal):
-                return ""
+                return PreviewRender.done("")
             destination = f"{start[0]}:{goal}"
         else:
             if not self.pending(start, goal):
-                return ""
+                return PreviewRender.done("")
             destination = f"{start[0]}:{goal}" if start else goal
         key = self._preview_key(dsn, destination if direction == "upgrade" else f"downgrade {destination}")
         cached = self._cached_preview(key)
         if cached is not None:
-            return cached
-        stdout = self.run_alembic([direction, destination, "--sql"], dsn, timeout)
-        self._store_preview(key, stdout)
-        return stdout
+            return PreviewRender.done(cached)
+        with _PREVIEW_CACHE_LOCK:
+            running = _RENDERING.get(key)
+            if running is not None and running.serves(self, dsn) and running.join():
+                return running
+            render = PreviewRender(self, key, [*self.alembic_argv, direction, destination, "--sql"],
+                                   f"alembic {direction} {destination} --sql", dsn, timeout)
+            _RENDERING[key] = render
+        try:
+            render.start()
+        except BaseException:
+            with _PREVIEW_CACHE_LOCK:
+                _RENDERING.pop(key, None)
+            raise
+        return render
 
     def alembic_heads(self, dsn: str, timeout: float = 120) -> list[str]:
         """The heads as the app's own Alembic reports them (`alembic heads`), run as every other
@@ -864,22 +1014,63 @@ class AlembicProject:
         RevisionError with one redacted line: not found, timed out, or its last error line."""
         argv = [*self.alembic_argv, *args]
         shown = "alembic " + " ".join(args)
-        secret = password_of(dsn)
         try:
             result = run_argv(argv, cwd=self.app_dir, env=self.subprocess_env(dsn), timeout=timeout)
-        except FileNotFoundError:
-            raise RevisionError(f"cannot run {self.alembic_argv[0]!r}: not found (set the environment's "
-                                "`alembic` command, e.g. [poetry, run, alembic])") from None
         except subprocess.TimeoutExpired:
-            raise RevisionError(f"{shown} did not finish within {timeout:g} s and was stopped") from None
+            raise RevisionError(self._timed_out(shown, timeout)) from None
         except OSError as exc:
-            raise RevisionError(redact(f"cannot run {self.alembic_argv[0]!r}: {one_line(str(exc))}",
-                                       secret, dsn)) from None
+            raise RevisionError(self._not_runnable(exc, dsn)) from None
         if result.returncode != 0:
-            reason = last_error_line(result.stderr, self.app_dir) or last_error_line(result.stdout, self.app_dir)
-            message = f"{shown} failed (exit {result.returncode})" + (f": {reason}" if reason else "")
-            raise RevisionError(one_line(redact(message, secret, dsn)))
+            raise RevisionError(self._failed(shown, result.returncode, result.stdout, result.stderr, dsn))
         return result.stdout
+
+    # One redacted line for each way the app's Alembic can fail (run_alembic and PreviewRender).
+
+    def _not_runnable(self, exc: OSError, dsn: str) -> str:
+        if isinstance(exc, FileNotFoundError):
+            return (f"cannot run {self.alembic_argv[0]!r}: not found (set the environment's `alembic` command, "
+                    "e.g. [poetry, run, alembic])")
+        return redact(f"cannot run {self.alembic_argv[0]!r}: {one_line(str(exc))}", password_of(dsn), dsn)
+
+    @staticmethod
+    def _timed_out(shown: str, timeout: float) -> str:
+        return f"{shown} did not finish within {timeout:g} s and was stopped"
+
+    def _failed(self, shown: str, returncode: int, stdout: str, stderr: str, dsn: str) -> str:
+        reason = last_error_line(stderr, self.app_dir) or last_error_line(stdout, self.app_dir)
+        message = f"{shown} failed (exit {returncode})" + (f": {reason}" if reason else "")
+        return one_line(redact(message, password_of(dsn), dsn))
+
+    # -- the revision last seen on a database ----------------------------------------------
+    # A fresh `runbook-bot precheck` starts the preview from it before it has even read its
+    # configuration (runbook.prerender); the precheck then checks it against the database.
+
+    def _current_file(self, dsn: str) -> Path | None:
+        if self.preview_cache_dir is None:
+            return None
+        where = repr((str(self.config_path), self._section, describe(dsn)))      # host/db: no secret
+        return Path(self.preview_cache_dir) / f"current-{hashlib.sha256(where.encode()).hexdigest()[:32]}.json"
+
+    def remembered_current(self, dsn: str) -> list[str] | None:
+        """The current revisions `remember_current` last kept for this app on `dsn`'s database, or None."""
+        path = self._current_file(dsn)
+        try:
+            value = json.loads(path.read_text(encoding="utf-8")) if path is not None else None
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, list) and all(isinstance(v, str) for v in value) else None
+
+    def remember_current(self, dsn: str, current: Sequence[str]) -> None:
+        path = self._current_file(dsn)
+        if path is None or self.remembered_current(dsn) == list(current):
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            partial.write_text(json.dumps(list(current)), encoding="utf-8")
+            os.replace(partial, path)
+        except OSError:
+            pass  # only costs time
 
     # -- SQL preview cache -----------------------------------------------------------------
     # Offline SQL depends only on the app's Alembic files, the command, the dialect and the

@@ -170,3 +170,61 @@ def test_precheck_into_a_closed_pipe_ends_quietly(sample_db, tmp_path):
         os.close(write_end)
     assert result.stderr == ""
     assert result.returncode == 141         # 128 + SIGPIPE, as a shell reports a tool SIGPIPE ended
+
+
+def _touch(path) -> None:
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+
+def test_cold_cli_precheck_runs_alembic_once_and_its_preview_and_review_agree(sample_db, tmp_path):
+    """Issue 18: the first precheck after a revision changed renders the pending range once, and
+    the SQL preview and the risk review are that one render. A fresh process starts the render from
+    the revision seen last time; when the database has moved since, it renders the right range."""
+    from tests.support.migrations import alembic_runs as _runs
+    from tests.support.migrations import app_copy, counting_alembic
+    from tests.support.sample_app import ALEMBIC_ARGV, APP_DIR, upgrade
+
+    url = sample_db(REV_0001)
+    app = app_copy(tmp_path)
+    argv, log = counting_alembic(tmp_path)
+    config = write_config(tmp_path, url)
+    config.write_text(config.read_text().replace(json.dumps(str(APP_DIR)), json.dumps(str(app)))
+                      .replace(json.dumps(ALEMBIC_ARGV), json.dumps(argv)))
+    env = {**os.environ, "RUNBOOK_BOT_CACHE_DIR": str(tmp_path / "cache")}     # nothing cached: cold
+
+    def precheck() -> dict:
+        result = subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(config), "precheck", "--json"],
+                                capture_output=True, text=True, timeout=120, env=env)
+        assert result.returncode in (0, 1), result.stderr
+        return json.loads(result.stdout)
+
+    data = precheck()
+    assert _runs(log) == [f"upgrade {REV_0001}:{REV_0003} --sql"]
+    risk = data["risk"]
+    preview = " ".join(data["sql_preview"].split())
+    marked = [line.split(" -> ")[1] for line in data["sql_preview"].splitlines() if line.startswith("-- Running upgrade")]
+    assert [r["revision"] for r in risk["revisions"]] == marked == [REV_0002, REV_0003]
+    assert all(r["status"] == "reviewed" and r["sql_lines"] > 1 for r in risk["revisions"])
+    statements = [f["statement"] for r in risk["revisions"] for f in r["findings"] + r["silenced"]]
+    assert "CREATE INDEX ix_expenses_category_id ON expenses (category_id)" in statements
+    assert all(statement in preview for statement in statements)
+
+    # the database moved on since: the early render guessed the old range, the precheck renders its own
+    upgrade(url, REV_0002, app_dir=app)
+    _touch(app / "alembic" / "versions" / f"{REV_0003}.py")
+    moved = precheck()
+    assert [p["revision"] for p in moved["pending"]] == [REV_0003]
+    assert [r["revision"] for r in moved["risk"]["revisions"]] == [REV_0003]
+    assert f"Running upgrade {REV_0002} -> {REV_0003}" in moved["sql_preview"]
+    assert f"-> {REV_0002}" not in moved["sql_preview"]
+    since = _runs(log)[1:]          # the guess (unless it was stopped before it began) and the right one
+    assert since.count(f"upgrade {REV_0002}:{REV_0003} --sql") == 1
+    assert set(since) <= {f"upgrade {REV_0001}:{REV_0003} --sql", f"upgrade {REV_0002}:{REV_0003} --sql"}
+
+    # and the guess is right again: one process, started before the configuration was validated
+    before = len(_runs(log))
+    _touch(app / "alembic" / "versions" / f"{REV_0003}.py")
+    again = precheck()
+    assert again["sql_preview"] == moved["sql_preview"] and again["risk"]["revisions"][0]["status"] == "reviewed"
+    assert _runs(log)[before:] == [f"upgrade {REV_0002}:{REV_0003} --sql"]

@@ -554,3 +554,40 @@ def test_a_table_locked_access_exclusive_is_still_weighed_from_the_catalog(risky
         assert index.rating == "high" and index.live and index.blocking
         assert index.reason.startswith(f"pid {locker.info.backend_pid} (maintenance, idle in transaction")
         assert "holds AccessExclusiveLock on expenses" in index.reason
+
+
+def test_squawk_lints_each_revisions_sql_once_until_it_changes(risky_app, tmp_path):
+    """A fresh process reviewing SQL linted before (the same text: a touched revision file renders
+    it again) reuses the findings and the parsed statements kept beside the previews; new SQL
+    is linted, and gets the same findings as ever."""
+    from runbook.review import _LintCache
+
+    settings, name, env, url, app = risky_app([INDEX, NOT_NULL])
+    real = review.squawk_argv(env)[0]
+    log = tmp_path / "squawk-runs.log"
+    wrapper = tmp_path / "counting_squawk.py"
+    wrapper.write_text("import subprocess, sys\n"
+                       f"open({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+                       f"sys.exit(subprocess.run([{real!r}, *sys.argv[1:]]).returncode)\n")
+    settings, env = _with_review(settings, name, squawk=[sys.executable, str(wrapper)])
+    runs = lambda: [line for line in (log.read_text().splitlines() if log.exists() else []) if "--reporter" in line]
+
+    first = precheck.run_precheck(name, env)
+    assert len(runs()) == 2
+    _LintCache._memory.clear()                       # as a fresh process: only the files are left
+    again = precheck.run_precheck(name, env)
+    assert len(runs()) == 2
+    assert [(r.revision, r.rating, r.reason, [(f.rule, f.line, f.statement) for f in r.findings])
+            for r in again.risk.revisions] == \
+           [(r.revision, r.rating, r.reason, [(f.rule, f.line, f.statement) for f in r.findings])
+            for r in first.risk.revisions]
+    assert again.risk.squawk_version == first.risk.squawk_version is not None
+
+    # a changed revision is linted again; the other is not
+    path = app / "alembic" / "versions" / f"{NOT_NULL[0]}.py"
+    path.write_text(path.read_text().replace("def upgrade() -> None:\n",
+                                             "def upgrade() -> None:\n    op.execute('SELECT 1')\n", 1))
+    _LintCache._memory.clear()
+    changed = precheck.run_precheck(name, env)
+    assert len(runs()) == 3
+    assert [f.rule for f in _by_revision(changed)[NOT_NULL[0]].findings] == ["adding-not-nullable-field"]

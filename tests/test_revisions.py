@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -533,6 +535,21 @@ def test_a_range_render_cuts_into_exactly_what_each_step_renders(tmp_path):
     assert "ADD COLUMN note TEXT" in parts["0004_incomes_note"] and "CREATE TABLE" not in parts["0004_incomes_note"]
 
 
+def test_a_range_from_base_cuts_into_what_each_step_renders(tmp_path):
+    """From base the range's render creates the version table first: the first step's own render
+    does too, the later ones do not. So a fresh database's precheck still runs Alembic once."""
+    project = AlembicProject(APP_DIR, ALEMBIC_ARGV, preview_cache_dir=tmp_path / "cache")
+    whole = project.sql_preview(SECRET_URL, [], REV_0003)
+    steps = [("", REV_0001), (REV_0001, REV_0002), (REV_0002, REV_0003)]
+    parts = revisions.per_revision_sql(whole, steps)
+    assert parts is not None
+    assert parts[REV_0001] == project.sql_preview(SECRET_URL, [], REV_0001)
+    assert "CREATE TABLE alembic_version" in parts[REV_0001]
+    for down, up in steps[1:]:
+        assert parts[up] == project.sql_preview(SECRET_URL, [down], up), up
+        assert "CREATE TABLE alembic_version" not in parts[up]
+
+
 def test_a_render_that_is_not_one_plain_transaction_is_not_cut(tmp_path):
     steps = [(REV_0001, REV_0002), (REV_0002, REV_0003)]
     project = AlembicProject(APP_DIR, ALEMBIC_ARGV)
@@ -542,6 +559,11 @@ def test_a_render_that_is_not_one_plain_transaction_is_not_cut(tmp_path):
     assert revisions.per_revision_sql(whole, list(reversed(steps))) is None
     from_base = project.sql_preview(SECRET_URL, [], REV_0002)                    # creates the version table first
     assert revisions.per_revision_sql(from_base, [("base", REV_0001), (REV_0001, REV_0002)]) is None
+    from_0001 = project.sql_preview(SECRET_URL, [REV_0001], REV_0003)
+    assert "CREATE TABLE alembic_version" not in from_0001
+    assert revisions.per_revision_sql(from_0001.replace("BEGIN;\n", "BEGIN;\n\nCREATE TABLE alembic_version (\n"
+                                                        "    version_num VARCHAR(32) NOT NULL\n);\n", 1),
+                                      steps) is None     # a version table created mid-range is not cut
 
     app = tmp_path / "app"                                                       # a transaction per migration
     shutil.copytree(APP_DIR, app, ignore=shutil.ignore_patterns("__pycache__"))
@@ -551,3 +573,52 @@ def test_a_render_that_is_not_one_plain_transaction_is_not_cut(tmp_path):
     per_migration = AlembicProject(app, ALEMBIC_ARGV).sql_preview(SECRET_URL, [REV_0001])
     assert per_migration.count("BEGIN;") == 2
     assert revisions.per_revision_sql(per_migration, steps) is None
+
+
+def test_sample_app_models_match_its_revisions(sample_db):
+    """The sample app's env.py imports its models (target_metadata), as real apps do; `alembic
+    check` (autogenerate) finds nothing to do at head, so the models and the revisions agree, and
+    they import with only the environment the bot gives the app's alembic."""
+    url = sample_db(REV_0003, seed_rows=0)
+    result = alembic(url, "check")
+    assert "No new upgrade operations detected" in result.stdout + result.stderr
+    # Alembic applies the models' naming convention to the revisions' operations too: the names the
+    # revisions give must come out as written (a convention on %(constraint_name)s would double them).
+    sql = alembic(url, "upgrade", f"base:{REV_0003}", "--sql").stdout
+    for name in ("ck_expenses_amount_not_negative", "ck_incomes_amount_not_negative", "uq_categories_name",
+                 "fk_expenses_category_id_categories", "ix_expenses_category_id", "ix_expenses_date"):
+        assert len(re.findall(rf"\b{name}\b", sql)) == 1, name
+
+
+def test_one_render_is_shared_by_every_caller_and_a_cancelled_one_is_stopped(tmp_path):
+    """The precheck starts the app's Alembic and the risk review asks for the same preview while it
+    runs: they share one process. A render nobody wants any more (an early start that guessed the
+    wrong range) is killed."""
+    from tests.support.migrations import alembic_runs, counting_alembic
+
+    argv, log = counting_alembic(tmp_path)
+    project = AlembicProject(APP_DIR, argv, preview_cache_dir=tmp_path / "cache")
+    first = project.start_sql_preview(SECRET_URL, [REV_0001])
+    again = AlembicProject(APP_DIR, argv, preview_cache_dir=tmp_path / "cache").start_sql_preview(
+        SECRET_URL, [REV_0001], REV_0003)
+    assert again is first and first.started_process
+    assert project.sql_preview(SECRET_URL, [REV_0001]) == first.result() == again.result()
+    assert "CREATE TABLE categories" in first.result()
+    assert alembic_runs(log) == [f"upgrade {REV_0001}:{REV_0003} --sql"]
+    assert not project.start_sql_preview(SECRET_URL, [REV_0001]).started_process       # cached now
+
+    other = AlembicProject(APP_DIR, argv, preview_cache_dir=tmp_path / "cache")
+    wanted = other.start_sql_preview(SECRET_URL, [REV_0002])
+    shared = other.start_sql_preview(SECRET_URL, [REV_0002])
+    assert shared is wanted
+    shared.cancel()                  # one of its two callers gave up: it goes on for the other
+    assert f"Running upgrade {REV_0002} -> {REV_0003}" in wanted.result()
+
+    guess = other.start_sql_preview(SECRET_URL, [], REV_0002)
+    guess.cancel()
+    started = time.monotonic()
+    with pytest.raises(RevisionError) as info:
+        guess.result()
+    assert time.monotonic() - started < 10 and "S3cretPw" not in str(info.value)
+    assert "cancelled" in str(info.value) and guess._process.returncode == -signal.SIGKILL
+    assert other.start_sql_preview(SECRET_URL, [], REV_0002) is not guess     # not shared once cancelled

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import textwrap
 from pathlib import Path
 
@@ -88,3 +89,20 @@ def assert_no_secret(secret: str, *texts: object, files: tuple[Path, ...] = ()) 
         assert secret not in str(text)
     for path in files:
         assert secret not in path.read_text(errors="replace"), f"{path} holds the password"
+
+
+def counting_alembic(tmp_path: Path) -> tuple[list[str], Path]:
+    """(an `alembic` argv that logs each invocation's arguments, one line each, then runs the real
+    one; the log) for counting the app's Alembic processes."""
+    log = tmp_path / "alembic-runs.log"
+    wrapper = tmp_path / "counting_alembic.py"
+    wrapper.write_text("import runpy, sys\n"
+                       f"with open({str(log)!r}, 'a') as f:\n"
+                       "    f.write(' '.join(sys.argv[1:]) + '\\n')\n"
+                       "sys.argv = ['alembic', *sys.argv[1:]]\n"
+                       "runpy.run_module('alembic', run_name='__main__')\n")
+    return [sys.executable, str(wrapper)], log
+
+
+def alembic_runs(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []

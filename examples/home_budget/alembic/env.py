@@ -16,6 +16,10 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+# The app's models, for autogenerate (`alembic revision --autogenerate` compares the database with
+# them). The backend directory is on sys.path through alembic.ini's prepend_sys_path.
+from app import models
+
 config = context.config
 
 # Logging from alembic.ini: alembic at INFO on stderr, sqlalchemy.engine at WARNING.
@@ -23,8 +27,7 @@ config = context.config
 if config.config_file_name is not None:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
-# The app declares its tables in the revisions (no ORM metadata to autogenerate from).
-target_metadata = None
+target_metadata = models.Base.metadata
 
 URL_ENV = "DATABASE_URL"
 
