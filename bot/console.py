@@ -466,12 +466,12 @@ class Demo:
                 kept = set(was)
                 changed = [line for line in now if line not in kept]
                 title = next((line for line in now if line.strip()), "")
-                self.say(f"\n── bot ({self._where(m, 'updated')}, {len(now) - len(changed)} unchanged lines "
-                         "not repeated) " + "─" * 20)
+                self.say("\n" + _rule(f"── bot ({self._where(m, 'updated')}, {len(now) - len(changed)} unchanged "
+                                       "lines not repeated)"))
                 self.say("\n".join(([title] if title not in changed else []) + changed))
             for m, updates in now_messages:
                 if id(m) not in was_updates:
-                    self.say(f"\n── bot ({self._where(m, 'posted')}) " + "─" * 40)
+                    self.say("\n" + _rule(f"── bot ({self._where(m, 'posted')})"))
                     self.say(self._render(_version(m, updates)))
             for upload in self.slack.files()[files:now_files]:
                 parent = self.slack.message(upload.channel_id, upload.thread_ts) if upload.thread_ts else None
@@ -516,7 +516,7 @@ class Demo:
         self.say(f"  ack {status} in {ms:.0f} ms: {_mrkdwn(_ack_text(payload))}")
         ack_blocks = _ack_blocks(payload)
         if ack_blocks:
-            self.say("\n── bot (reply only visible to you) " + "─" * 40)
+            self.say("\n" + _rule("── bot (reply only visible to you)"))
             self.say(self._render({"blocks": ack_blocks}))
         self.runtime.flows.wait_idle(timeout=300, after=submitted if _hands_over(text, self.runtime.flows) else None)
         self._show_new()
@@ -599,6 +599,11 @@ class Demo:
                 raise TimeoutError(f"the watch did not see {what} within {timeout:.0f} s")
             time.sleep(0.25)
         self._show_new()
+
+
+def _rule(head: str) -> str:
+    """A message's heading line, ruled to the console's width."""
+    return f"{head} " + "─" * max(3, WIDTH - len(head) - 1)
 
 
 def _version(message: Any, updates: int) -> Any:
