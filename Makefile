@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean readme-transcript
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "runbook-bot needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/runbook-bot demo
+
+# README.md's "What you'll see": the scripted demo's excerpt (tests/test_readme.py checks it is current)
+readme-transcript: $(STAMP)
+	$(BIN)/python -m bot.console --readme README.md
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

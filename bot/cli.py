@@ -135,8 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
     p.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
 
-    p = sub.add_parser("demo", help="console demo on the embedded PostgreSQL")
-    p.add_argument("--scripted", action="store_true", help="play a fixed walkthrough and exit")
+    p = sub.add_parser("demo", help="console demo on the embedded PostgreSQL; its state, backups and "
+                                    "configuration go in .demo/ here (emptied at start, kept after exit)")
+    p.add_argument("--scripted", action="store_true", help="play the product's story and exit")
+    p.add_argument("--transcript", action="store_true",
+                   help="with --scripted: print the README's excerpt of it, times and ids made steady "
+                        "(make readme-transcript writes it into README.md)")
 
     p = sub.add_parser("manifest", help="print the Slack app manifest (YAML) generated from the registered listeners")
     p.add_argument("--socket", action="store_true", help="Socket Mode: no request URLs")
@@ -193,6 +197,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
         _collect_garbage_again()
         from bot.console import run_demo
 
+        if args.transcript:
+            from bot.console import main as transcript_main
+
+            return transcript_main([])
         return run_demo(scripted=args.scripted)
     if args.command == "manifest":      # needs no configuration: it describes the app, not a deployment
         return cmd_manifest(args)

@@ -4,6 +4,7 @@ Also: no password or token in any posted message, uploaded file or log line."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -118,14 +119,42 @@ def test_malformed_commands_get_one_line_and_do_nothing(tmp_path, slack, text, e
         runtime.close()
 
 
-def test_console_demo_scripted_walkthrough():
-    result = subprocess.run([sys.executable, "-m", "bot.cli", "demo", "--scripted"], capture_output=True,
-                            text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-2000:]
-    out = result.stdout
-    assert out.count("> /migrate") == 3
-    assert "/migrate precheck [env]" in out                          # help, rendered
-    assert "Status production" in out and REV_0001 in out             # status
-    assert "Precheck production: GO" in out and "IRREVERSIBLE" in out  # precheck
-    assert "file uploaded in the thread of “Precheck production: GO" in out and "SQL preview" in out
-    assert "Traceback" not in out + result.stderr
+def test_console_demo_scripted_plays_the_whole_story():
+    """`runbook-bot demo --scripted` (issue 17 §2): precheck, backup, a run asked for, approved by
+    another approver, run live and validated; a rollback asked for and approved; an alert on a real
+    lock queue that opens and resolves; an escalation with the incident summary; where to go next.
+    Its folder stays after it ends, and the CLI works on it."""
+    from tests.support.demo import scripted_demo
+
+    out, folder = scripted_demo()
+    steps = out.split("\n# ")[1:]
+    assert [step.splitlines()[1] if step.splitlines()[1].startswith("> ") else "(the watch)" for step in steps] == [
+        "> /migrate precheck", "> /migrate backup", "> /migrate run +1", "> click approve as U0APPROVER1",
+        "> /migrate rollback", "> click approve as U0APPROVER1", "> lock", "(the watch)",
+        "> /migrate escalate 2 expenses updates queue behind an idle transaction", "> unlock", "(the watch)"]
+    precheck, backup, run, approve, rollback, approve_rollback, lock, alert, escalate, unlock, resolved = steps
+    assert "Precheck production: GO" in precheck
+    assert "Full backup production: verified (#1)" in backup and "Location* `.demo/backups/" in backup
+    assert "Migration production: approval needed" in run and "Needs 1 more approval from @U0APPROVER1" in run
+    assert "U0APPROVER1 clicked Approve" in approve and "Migration production: done" in approve
+    assert "Migration production: succeeded" in approve and "Validation production: PASS" in approve
+    assert "Rollback production: approval needed" in rollback
+    assert "Rollback production: done" in approve_rollback and "Validation production: PASS" in approve_rollback
+    assert "pid 4101 updated an expense and sits idle in its transaction; pids 4102, 4103" in lock
+    assert "Lock wait: production: root blocker pid 4101 holds up 2 sessions" in alert
+    assert "app `home-budget-api` · idle in transaction" in alert and "queue head: pid 4102" in alert
+    assert "Escalation level 2 (Owner): production" in escalate and "@U0OWNER001" in escalate
+    assert "Incident summary: migrate on production (succeeded)" in escalate and "*rollback* · succeeded" in escalate
+    assert re.search(r"📄 file uploaded in the thread of .*: incident_production_\w+\.md", escalate), escalate
+    assert "rolled back; the sessions queued behind it went through" in unlock
+    assert "Resolved: lock wait · production: root blocker pid 4101" in resolved
+    assert out.rstrip().splitlines()[-1].startswith("Next: ") and "From zero to Slack" in out.rstrip().splitlines()[-1]
+    assert "Traceback" not in out and "failed unexpectedly" not in out
+    # printed at start, kept after exit: the CLI reads the demo's records
+    assert out.startswith("The demo's folder: .demo/ (state, backups, configuration; kept after exit)")
+    assert "The CLI reads it too: runbook-bot --config .demo/runbook-bot.yaml status" in out
+    assert (folder / "state.db").exists() and list((folder / "backups").glob("backup_*.dump"))
+    result = subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(folder / "runbook-bot.yaml"), "incident"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Incident summary" in result.stdout and "rollback" in result.stdout

@@ -1,5 +1,5 @@
-"""The README is what a newcomer reads in five minutes: short, and every link in it (and in docs/)
-leads to a file or a section that exists."""
+"""The README is what a newcomer reads in five minutes: short, every link in it (and in docs/)
+leads to a file or a section that exists, and its "What you'll see" is what the demo shows."""
 from __future__ import annotations
 
 import re
@@ -51,3 +51,17 @@ def test_the_readme_links_every_document():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     missing = [doc.name for doc in DOCS[1:] if f"docs/{doc.name}" not in readme]
     assert missing == []
+
+
+def test_what_you_will_see_is_the_scripted_demo():
+    """The README's transcript is an excerpt of the real scripted demo (embedded PostgreSQL, the real
+    bot over signed HTTP, localslack), its times, ids and pids made steady."""
+    from bot.console import README_END, README_START, readme_excerpt
+    from tests.support.demo import scripted_demo
+
+    text, _ = scripted_demo()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split(README_START, 1)[1].split(README_END, 1)[0].strip("\n")
+    assert block == readme_excerpt(text), (
+        "README.md's demo transcript is out of date with the scripted demo: run `make readme-transcript` "
+        "(python -m bot.console --readme README.md) and commit README.md")
