@@ -21,7 +21,7 @@ readme-transcript: $(STAMP)
 	$(BIN)/python -m bot.console --readme README.md
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 bench: $(STAMP)
 	$(BIN)/python bench/precheck.py
