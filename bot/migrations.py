@@ -49,7 +49,8 @@ from bot import approvals, blocks
 from bot import migration_blocks as mblocks
 from runbook import activity as activities
 from runbook import backup as backups
-from runbook import authz, migrate, ops, rollback, validate
+from runbook import authz, migrate, ops, rollback
+from runbook.validate import ValidationReport
 from runbook.config import ConfigError, Environment, Settings
 from runbook.gate import GateOverride
 from runbook.ops import NothingToDo, Refused, RunWatcher
@@ -487,7 +488,7 @@ class Migrations:
 
     # -- /migrate validate -----------------------------------------------------------------
 
-    def validate(self, name: str, origin: Any) -> validate.ValidationReport:
+    def validate(self, name: str, origin: Any) -> "ValidationReport":
         """§5 on demand (runbook.ops.validate), posted; a failure gets its §6.5 recommendation in its thread."""
         env = self.settings.environments[name]
         done = ops.validate(name, env, self.store, self.flows.actor(origin), project=self.flows.project(name))

@@ -8,7 +8,7 @@ untrusted text through `escape()`/`code()`, actors through `mention()` only when
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from bot.blocks import (
     MAX_CONTEXT_TEXT,

@@ -29,7 +29,6 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from jinja2 import Environment, PackageLoader, StrictUndefined

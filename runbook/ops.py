@@ -99,9 +99,6 @@ def rehearsal_for(store, name: str, env: Environment, proposal: migrate.Proposal
     """The latest rehearsal of the proposal's range (a runbook.rehearse.Match, voided when a revision file
     changed since), or None. A rollback's range matches the rehearsal of the same revisions going up: its
     way down is what the rollback does."""
-    from runbook import rehearse as rehearsals
-    from runbook.precheck import project_of
-
     if store is None or not proposal.revisions:
         return None
     return rehearsal_of_range(store, name, env, proposal.current, proposal.target, project)

@@ -6,7 +6,6 @@ confirm stay "warn" with automatic=False.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time

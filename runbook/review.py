@@ -31,7 +31,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -46,7 +45,7 @@ import psycopg
 
 from runbook.config import Environment
 from runbook.revisions import AlembicProject, Revision, RevisionError, one_line, per_revision_sql
-from runbook.sqlscan import LOCK_MODES, Statement, conflicts, statements
+from runbook.sqlscan import Statement, conflicts, statements
 from runbook.subprocess_env import subprocess_env
 from runbook.units import human_size, short_duration
 

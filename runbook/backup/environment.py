@@ -23,6 +23,22 @@ def project_of(env: Environment) -> AlembicProject:
     return precheck_project_of(env)
 
 
+# The server's version, as select_tools needs it to pick a pg_dump / pg_restore at least as new.
+SERVER_VERSION_SQL = "SELECT current_setting('server_version_num')::int, current_setting('server_version')"
+
+
+def tools_for(conn, env: Environment, name: str):
+    """The client tools (runbook.pgtools.Tools) for the server `conn` is on; BackupError (one line)
+    when none fits."""
+    from runbook.pgtools import ToolError, select_tools
+
+    version_num, server_version = conn.execute(SERVER_VERSION_SQL).fetchone()
+    try:
+        return select_tools(env.pg_bin_dir, version_num, server_version, name)
+    except ToolError as exc:
+        raise BackupError(str(exc)) from None
+
+
 def _jobs(env: Environment) -> int:
     return env.backups.jobs or max(1, os.cpu_count() or 1)
 

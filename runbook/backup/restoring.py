@@ -17,7 +17,7 @@ from psycopg import sql
 from runbook import guard
 from runbook.backup.catalogue import _load, _update, get_backup
 from runbook.backup.dump import backup
-from runbook.backup.environment import _operation_lock, project_of, target_of
+from runbook.backup.environment import _operation_lock, project_of, target_of, tools_for
 from runbook.backup.introspect import (OWNED_SEQUENCES_SQL, _count_rows, _created_since, _definition_refusals,
                                        _foreign_keys, _parents_first, _partitioned_refusal, _partitioned_tables,
                                        _user_tables)
@@ -27,7 +27,7 @@ from runbook.backup.progress import _Ticker
 from runbook.backup.restore_plan import _restorable, _restore_tables
 from runbook.backup.tools import _first_error, _read_tmp
 from runbook.config import Environment
-from runbook.pgtools import ToolError, Tools, client_env, conninfo_without_password, select_tools
+from runbook.pgtools import Tools, client_env, conninfo_without_password
 from runbook.revisions import AlembicProject
 from runbook.storage import CHUNK, Storage, StorageError
 from runbook.target import Target, TargetError
@@ -154,8 +154,7 @@ def _restore_archive(name: str, env: Environment, store, target: Target, held: g
                      project: AlembicProject, state: dict[str, Any]) -> tuple[list[str], Backup]:
     """The revision check, the safety backup, the restore itself: (revision before, safety backup)."""
     with target.connect("restore", statement_timeout="120s") as conn:
-        version_num, server_version = conn.execute(
-            "SELECT current_setting('server_version_num')::int, current_setting('server_version')").fetchone()
+        tools = tools_for(conn, env, name)
         revision_before = project.current(conn)
         existing = _user_tables(conn)
         parents = _partitioned_tables(conn)
@@ -168,10 +167,6 @@ def _restore_archive(name: str, env: Environment, store, target: Target, held: g
         raise BackupError(f"the revision of {name} changed since the restore was requested (was "
                           f"{', '.join(expected_revision) or 'none'}, now {', '.join(revision_before) or 'none'}): "
                           "nothing was restored; ask again")
-    try:
-        tools = select_tools(env.pg_bin_dir, version_num, server_version, name)
-    except ToolError as exc:
-        raise BackupError(str(exc)) from None
     if tools.pg_restore.major < int(str(item.tool_version or "0").split(".")[0]):
         raise BackupError(f"pg_restore {tools.pg_restore.version} cannot read an archive written by pg_dump "
                           f"{item.tool_version}: set pg_bin_dir to a newer PostgreSQL client")

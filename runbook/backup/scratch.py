@@ -12,13 +12,13 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from runbook.config import Environment
-from runbook.pgtools import ToolError, Tools, client_env, conninfo_without_password, select_tools
+from runbook.pgtools import Tools, client_env, conninfo_without_password
 from runbook.storage import Storage, StorageError
 from runbook.target import Target, TargetError
 
 log = logging.getLogger(__name__)
 from runbook.backup.catalogue import get_backup
-from runbook.backup.environment import _jobs
+from runbook.backup.environment import _jobs, tools_for
 from runbook.backup.introspect import _count_rows, _user_tables
 from runbook.backup.model import Backup, BackupError
 from runbook.backup.names import _plain
@@ -135,12 +135,7 @@ def restored_copy(name: str, env: Environment, store, backup_id: int | str, *, s
 def _restore_copy(name: str, env: Environment, item: Backup, admin: Target, dbname: str, statement_timeout: str,
                   jobs: int, created: list[str]) -> None:
     with admin.connect("scratch") as conn:
-        version_num, server_version = conn.execute(
-            "SELECT current_setting('server_version_num')::int, current_setting('server_version')").fetchone()
-    try:
-        tools = select_tools(env.pg_bin_dir, version_num, server_version, name)
-    except ToolError as exc:
-        raise BackupError(str(exc)) from None
+        tools = tools_for(conn, env, name)
     with Storage(env.backups).fetch(item.location, directory=item.format == "directory") as (path, digest):
         if item.sha256 and digest != item.sha256:
             raise BackupError(f"backup {item.id} changed since it was verified (sha256 {digest[:12]}…, "

@@ -3,12 +3,12 @@ optionally a scratch restore); one that fails is never offered for restore again
 from __future__ import annotations
 
 from runbook.backup.catalogue import _load, _now, _update, get_backup
-from runbook.backup.environment import _operation_lock, target_of
+from runbook.backup.environment import _operation_lock, target_of, tools_for
 from runbook.backup.model import Backup, BackupError, LEVELS, VERIFY_LEVELS
 from runbook.backup.scratch import _verify_by_restore
 from runbook.backup.tools import PLAIN_HEADER, PLAIN_TRAILER, _first_error, _run_tool
 from runbook.config import Environment
-from runbook.pgtools import ToolError, Tools, client_env, conninfo_without_password, select_tools
+from runbook.pgtools import Tools, client_env, conninfo_without_password
 from runbook.storage import Storage, StorageError
 from runbook.target import Target, TargetError
 
@@ -27,12 +27,7 @@ def verify_backup(name: str, env: Environment, store, backup_id: int | str, *, l
     storage = Storage(env.backups)
     try:
         with _operation_lock(target, name, "verify", None), target.connect("verify") as conn:
-            version_num, server_version = conn.execute(
-                "SELECT current_setting('server_version_num')::int, current_setting('server_version')").fetchone()
-            try:
-                tools = select_tools(env.pg_bin_dir, version_num, server_version, name)
-            except ToolError as exc:
-                raise BackupError(str(exc)) from None
+            tools = tools_for(conn, env, name)
             problem, reached = _check_archive(item, storage, tools, target, env, level)
     except TargetError as exc:
         raise BackupError(str(exc)) from None
