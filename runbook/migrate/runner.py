@@ -84,7 +84,7 @@ class RunTrail:
 def run(name: str, env: Environment, *, direction: Direction = "upgrade", target: str | None = None,
         expected_current: Sequence[str] | None = None, actor: str = "runbook-bot", store: Any = None,
         approval_id: str | None = None, run_id: str | None = None,
-        before: Callable[[guard.Held], Any] | None = None, validate_after: bool = True,
+        before: Callable[[guard.Held, list[str]], Any] | None = None, validate_after: bool = True,
         on_progress: Callable[[Progress], None] | None = None,
         on_blocker: Callable[[BlockerReport], None] | None = None,
         log_dir: Path | None = None, project: AlembicProject | None = None,
