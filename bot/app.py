@@ -392,7 +392,7 @@ def request_key(body: dict[str, Any], request: BoltRequest | None = None) -> str
 
 
 def make_origin(body: dict[str, Any], request: BoltRequest | None = None) -> Any:
-    from bot.flows import Origin
+    from bot.origin import Origin
 
     user, channel = user_and_channel(body)
     return Origin(user_id=user or "", channel_id=channel or None, response_url=body.get("response_url") or None,

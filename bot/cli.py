@@ -643,7 +643,6 @@ def _restore_plan_only(settings: Settings, args, name: str, env) -> int:
     now and in the backup, what a full restore drops), then exit 2; nothing is changed or recorded
     as an approval. A plan that cannot be made (unknown backup, unknown table) is refused, exit 1."""
     from bot import text
-    from bot.flows import restore_params
     from runbook import backup as backups
 
     store = _store_or_report(settings)
@@ -660,7 +659,7 @@ def _restore_plan_only(settings: Settings, args, name: str, env) -> int:
                  summary=f"backup #{plan.backup.id}, {plan.mode} restore: plan shown without --yes",
                  details={"backup_id": plan.backup.id, "mode": plan.mode, "tables": list(plan.tables)})
     _emit(args, lambda: {"environment": name, "confirmed": False, "blockers": list(plan.blockers),
-                         **restore_params(plan)},
+                         **backups.plan_to_params(plan)},
           lambda: text.restore_plan_text(plan))
     print("runbook-bot: nothing was restored: " + ("the restore would be refused (see above)" if plan.blockers else
           "add --yes to run it (recorded as your approval)"), file=sys.stderr)

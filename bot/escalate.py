@@ -108,11 +108,12 @@ class Escalator:
     def _posted(self, channel: str | None, message: blocks.Message, *, thread_ts: str | None = None,
                 broadcast: bool = False) -> Any:
         """bot.gateway.Posted (the message and its file each as it went), None without a client or channel."""
-        from bot.flows import post_message
+        from bot.gateway import SlackGateway
 
         if self.client is None or channel is None:
             return None
-        return post_message(self.client, self.redactor, channel, message, thread_ts=thread_ts, broadcast=broadcast)
+        return SlackGateway(self.client, self.redactor).post(channel, message, thread_ts=thread_ts,
+                                                             broadcast=broadcast)
 
     # -- escalation -----------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from slack_sdk import WebClient
@@ -16,6 +15,7 @@ from slack_sdk import WebClient
 from bot import approvals, blocks
 from bot.gateway import Posted, SlackGateway
 from bot.commands import Command, backup_args, escalate_args, restore_args
+from bot.origin import Origin  # noqa: F401  (re-exported: callers and tests import it from here too)
 from runbook import authz, precheck
 from runbook.config import ConfigError, Settings
 from runbook.revisions import AlembicProject, RevisionError
@@ -23,20 +23,6 @@ from runbook.state import StateError, Store
 from runbook.target import TargetError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Who asked and where the answer goes."""
-
-    user_id: str
-    channel_id: str | None
-    response_url: str | None = None
-    trigger_id: str | None = None
-    source: str = "slack"
-    # What identifies this delivery of the request (its signature in HTTP mode, else its trigger_id):
-    # a replay of the same signed request carries the same one (issue 13 §4).
-    request_key: str | None = None
 
 
 def channel_refusal(settings: Settings, channel_id: str | None) -> "blocks.Mrkdwn | None":
@@ -543,7 +529,7 @@ class Flows:
             plan = backups.plan_restore(name, env, self.store, backup_id, tables=tables)
             if plan.blockers:
                 raise approvals.ApprovalError("; ".join(plan.blockers))
-            request = self.approvals.request("restore", name, self.actor(origin), restore_params(plan),
+            request = self.approvals.request("restore", name, self.actor(origin), backups.plan_to_params(plan),
                                              channel=origin.channel_id)
         except (backups.BackupError, approvals.ApprovalError) as exc:
             self._fail(command, origin, f"`{command.text}` refused: {exc}")
@@ -708,23 +694,6 @@ class Redactor:
 
 # -- restore as an approval kind (Slack and the CLI's --yes share it) ----------------------------
 
-def restore_params(plan: Any) -> dict[str, Any]:
-    """A runbook.backup.RestorePlan as the request's params: what the executor needs (backup id,
-    tables, the revision the approvers saw) and the facts the request message shows."""
-    item = plan.backup
-    finished = item.finished_at or item.started_at
-    return {
-        "backup_id": item.id, "mode": plan.mode, "tables": list(plan.tables),
-        "expected_revision": list(plan.current_revision), "target": plan.target,
-        "backup": {"name": item.name, "kind": item.kind, "format": item.format, "level": item.level,
-                   "sha256": item.sha256, "size_bytes": item.size_bytes, "revision": item.revision,
-                   "finished_at": finished.isoformat() if finished else None},
-        "changes": [{"table": c.table, "rows_now": c.rows_now, "rows_in_backup": c.rows_in_backup, "action": c.action}
-                    for c in plan.changes],
-        "warnings": list(plan.warnings),
-    }
-
-
 # How often a running restore's progress note on its request is refreshed.
 RESTORE_NOTE_EVERY = 3.0
 
@@ -809,4 +778,4 @@ def restore_with_yes(settings: Settings, store: Store, environment: str, backup_
         raise approvals.ApprovalError("; ".join(plan.blockers))
     service = approvals.ApprovalService(settings, store, None, redactor=redactor)
     service.register(restore_kind(settings, store))
-    return service.run_confirmed("restore", environment, actor, restore_params(plan))
+    return service.run_confirmed("restore", environment, actor, backups.plan_to_params(plan))

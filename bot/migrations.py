@@ -443,7 +443,7 @@ class Migrations:
     # -- posting ---------------------------------------------------------------------------
 
     def _origin(self, channel: str, user: str = ""):
-        from bot.flows import Origin
+        from bot.origin import Origin
 
         return Origin(user_id=user, channel_id=channel)
 
@@ -677,8 +677,6 @@ class Migrations:
                                    row.channel)
             return f"asked to roll back to {target} (request {request.id[:8]} in {self._where(request)})"
         if action in ("table_restore", "full_restore"):
-            from bot.flows import restore_params
-
             backup_id = params.get("backup_id")
             if backup_id is None:
                 raise Refused("there is no verified backup to restore from: escalate (§7)")
@@ -686,7 +684,7 @@ class Migrations:
             plan = backups.plan_restore(name, self.settings.environments[name], self.store, backup_id, tables=tables)
             if plan.blockers:
                 raise Refused("; ".join(plan.blockers))
-            request = self.approvals.request("restore", name, user, restore_params(plan), channel=row.channel)
+            request = self.approvals.request("restore", name, user, backups.plan_to_params(plan), channel=row.channel)
             what = f"{len(plan.tables)} table(s)" if action == "table_restore" else "a full restore"
             return f"asked for {what} from backup #{backup_id} (request {request.id[:8]} in {self._where(request)})"
         if action == "escalate":

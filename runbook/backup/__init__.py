@@ -82,7 +82,7 @@ from runbook.backup.introspect import definition_changes, dump_in_progress, reso
 from runbook.backup.model import (KINDS, LEVELS, VERIFY_LEVELS, Backup, BackupError, BackupFailed, CatalogObject,
                                   DumpSession, Progress, ProgressCallback, RestorePlan, RestoreResult, TableChange,
                                   backup_to_json)
-from runbook.backup.restore_plan import plan_restore
+from runbook.backup.restore_plan import plan_restore, plan_to_params
 from runbook.backup.restoring import restore
 from runbook.backup.retention import apply_retention
 from runbook.backup.scratch import create_scratch, drop_scratch, restore_into_scratch, restored_copy, scratch_target
@@ -95,7 +95,7 @@ __all__ = [
     "RestorePlan", "RestoreResult", "CatalogObject", "KINDS", "LEVELS", "VERIFY_LEVELS",
     "backup", "list_backups", "get_backup", "latest_verified", "last_backup_at", "verify_backup", "remember_message",
     "mark_message", "messages_behind",
-    "apply_retention", "definition_changes", "plan_restore", "sweep_interrupted", "restore", "dump_in_progress",
+    "apply_retention", "definition_changes", "plan_restore", "plan_to_params", "sweep_interrupted", "restore", "dump_in_progress",
     "resolve_tables", "backup_to_json",
     "create_scratch", "drop_scratch", "restore_into_scratch", "restored_copy", "scratch_target",
 ]

@@ -2,7 +2,7 @@
 dropped with their row counts now and in the backup, the objects dropped, warnings and refusals."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from runbook.backup.catalogue import get_backup
 from runbook.backup.environment import project_of, target_of
@@ -100,3 +100,20 @@ def _drop_warnings(later: Sequence[CatalogObject]) -> list[str]:
     return [f"{len(shown)} {kind}(s) created since the backup will be dropped"
             f"{' with everything in them' if kind == 'schema' else ''}: "
             + ", ".join(shown[:10]) + (" …" if len(shown) > 10 else "") for kind, shown in names.items()]
+
+
+def plan_to_params(plan: RestorePlan) -> dict[str, Any]:
+    """A restore plan as its approval request keeps it (JSON): what the executor needs (backup id,
+    tables, the revision the approvers saw) and the facts the request message shows."""
+    item = plan.backup
+    finished = item.finished_at or item.started_at
+    return {
+        "backup_id": item.id, "mode": plan.mode, "tables": list(plan.tables),
+        "expected_revision": list(plan.current_revision), "target": plan.target,
+        "backup": {"name": item.name, "kind": item.kind, "format": item.format, "level": item.level,
+                   "sha256": item.sha256, "size_bytes": item.size_bytes, "revision": item.revision,
+                   "finished_at": finished.isoformat() if finished else None},
+        "changes": [{"table": c.table, "rows_now": c.rows_now, "rows_in_backup": c.rows_in_backup, "action": c.action}
+                    for c in plan.changes],
+        "warnings": list(plan.warnings),
+    }
