@@ -3,14 +3,14 @@ bot/text.py).
 
 `risk_blocks(risk, environment=...)` takes `runbook.review.review_to_json(...)` (a dict), so the
 same renderer serves the precheck (from the report) and the migrate approval request (from the
-request's stored params, re-rendered on every update). Pure, built from bot/blocks.py's helpers:
+request's stored params, re-rendered on every update). Pure, built from bot/render/core.py's helpers:
 untrusted text through `escape()`/`code()`, actors through `mention()` only when they are Slack IDs.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from bot.blocks import (
+from bot.render.core import (
     MAX_CONTEXT_TEXT,
     MAX_SECTION_TEXT,
     Message,
