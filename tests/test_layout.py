@@ -40,7 +40,7 @@ def test_the_terminal_renderer_loads_no_slack_module():
     assert out.stdout.strip() == ""
 
 
-SPLIT_PACKAGES = ("runbook.migrate", "runbook.backup")
+SPLIT_PACKAGES = ("runbook.migrate", "runbook.backup", "bot.render")
 
 
 def _modules_of(package: str) -> list[str]:
@@ -50,12 +50,12 @@ def _modules_of(package: str) -> list[str]:
 
 def test_each_module_of_the_split_packages_imports_alone():
     """An import cycle inside a package shows only when one of its modules is imported first: import each
-    one first, in a fresh set of runbook modules (third-party ones stay loaded, to keep this quick)."""
+    one first, in a fresh set of runbook and bot modules (third-party ones stay loaded, to keep this quick)."""
     modules = [m for package in SPLIT_PACKAGES for m in _modules_of(package)]
     code = ("import importlib, sys, traceback\n"
             "failed = []\n"
             f"for name in {modules!r}:\n"
-            "    for loaded in [m for m in sys.modules if m == 'runbook' or m.startswith('runbook.')]:\n"
+            "    for loaded in [m for m in sys.modules if m.split('.')[0] in ('runbook', 'bot')]:\n"
             "        del sys.modules[loaded]\n"
             "    try:\n"
             "        importlib.import_module(name)\n"
@@ -86,3 +86,14 @@ def test_the_split_packages_modules_import_each_other_without_a_cycle():
 
         for name in graph:
             visit(name, ())
+
+
+def test_the_renderers_build_on_core_and_the_risk_review_does_not_reach_back():
+    """bot.render.core imports no renderer; the precheck renderer shows the risk review (bot/review_blocks.py),
+    so review_blocks may import only core: importing the precheck renderer or bot.blocks (which re-exports
+    it) would close the cycle blocks <-> review_blocks that the split removed."""
+    core = _imports(ROOT / "bot" / "render" / "core.py")
+    assert not [n for n in core if n.startswith("bot.")], core
+    review = {n for n in _imports(ROOT / "bot" / "review_blocks.py") if n.startswith("bot.")}
+    assert review == {"bot.render.core"}
+    assert "bot.review_blocks" in _imports(ROOT / "bot" / "render" / "precheck.py", top_level=True)
