@@ -1,8 +1,8 @@
 """The App Home tab (issue 14 §4): where each environment stands, as the blocks of a `home` view.
 
-Pure: runbook.home.EnvironmentHome in, a `blocks.Message` out whose blocks go to views.publish
+Pure: runbook.home.EnvironmentHome in, a `bot.render.core.Message` out whose blocks go to views.publish
 (its `text` is only the summary the bot logs). It passes the one validator in view mode
-(`blocks.validate(..., view=True)`: 100 blocks, the same per-block limits and text budget);
+(`validate(..., view=True)`: 100 blocks, the same per-block limits and text budget);
 every list is bounded, so any number of environments, requests and alerts fits.
 """
 from __future__ import annotations
@@ -11,16 +11,19 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from bot import blocks
-from bot.blocks import (ALERT_TITLES, BACKUP_LEVELS, MAX_FIELD_TEXT, MAX_VIEW_BLOCKS, Message,
-                        bounded_lines, code, context, divider, escape, header, mentions, one_line, section,
-                        slack_time, truncate)
+from bot.render.approvals import APPROVAL_STATE
+from bot.render.backup import BACKUP_LEVELS
+from bot.render.core import (MAX_FIELD_TEXT, MAX_TOTAL_TEXT, MAX_VIEW_BLOCKS, Message, bounded_lines, code, context,
+                             divider, escape, header, mentions, one_line, section, size, slack_time, text_length,
+                             truncate, validate)
+from bot.render.restore import restore_summary
+from bot.render.watch import ALERT_TITLES, actor_text, alert_line, link
 
 # Blocks one environment takes: divider, header, facts, requests, alerts.
 BLOCKS_PER_ENVIRONMENT = 5
 # Shown per environment; the rest is counted ("… and N more").
 LISTED = 10
-# The Home's total text stays within the validator's budget (blocks.MAX_TOTAL_TEXT): each
+# The Home's total text stays within the validator's budget (MAX_TOTAL_TEXT): each
 # environment's lists (pending revisions, requests, alerts) get a share of it, at most this much each.
 LIST_TEXT = 900
 MIN_LIST_TEXT = 250
@@ -77,7 +80,7 @@ def _run_field(run: Any) -> str:
 def _watch_field(home: Any) -> str:
     watch = home.watch
     if watch.paused:
-        who = f" by {blocks.actor_text(watch.changed_by)}" if watch.changed_by else ""
+        who = f" by {actor_text(watch.changed_by)}" if watch.changed_by else ""
         since = f" {slack_time(watch.changed_at)}" if watch.changed_at else ""
         return truncate(f"*Watch*\n:double_vertical_bar: off (paused{who}{since})", MAX_FIELD_TEXT)
     text = f"*Watch*\n:eye: on, every {home.watch_every_seconds} s"
@@ -93,7 +96,7 @@ def _backup_field(backup: Any) -> str:
     revision = ", ".join(backup.revision) if backup.revision else "unknown revision"
     level = BACKUP_LEVELS.get(backup.level, backup.level)
     return truncate(f"*Latest verified backup*\n#{backup.id} {code(backup.name, 80)} · {escape(level)} · "
-                    f"{blocks.size(backup.size_bytes)} · at {code(revision, 60)} · {slack_time(finished)}",
+                    f"{size(backup.size_bytes)} · at {code(revision, 60)} · {slack_time(finished)}",
                     MAX_FIELD_TEXT)
 
 
@@ -112,18 +115,18 @@ def _request_summary(request: Any) -> str:
 
         return migration_summary(request.params, request.environment)
     if request.kind == "restore":
-        return blocks.restore_summary(request.params, request.environment)
+        return restore_summary(request.params, request.environment)
     return request.kind
 
 
 def _request_line(request: Any) -> str:
     summary = escape(one_line(_request_summary(request), 120))
     url = message_link(request.channel, request.message_ts)
-    shown = blocks.link(url, one_line(_request_summary(request), 80)) if url else summary
-    emoji, state = blocks.APPROVAL_STATE.get(request.state, (":grey_question:", request.state))
+    shown = link(url, one_line(_request_summary(request), 80)) if url else summary
+    emoji, state = APPROVAL_STATE.get(request.state, (":grey_question:", request.state))
     tail = (f"{len(request.approvers)} of {request.required} approvals, expires {slack_time(request.expires_at)}"
             if request.state == "pending" else escape(state))
-    return f"• {emoji} {shown} · by {blocks.actor_text(request.requester)} · {tail}"
+    return f"• {emoji} {shown} · by {actor_text(request.requester)} · {tail}"
 
 
 def _requests_section(home: Any, limit: int) -> dict[str, Any]:
@@ -136,10 +139,10 @@ def _requests_section(home: Any, limit: int) -> dict[str, Any]:
 
 
 def _alert_line(alert: Any) -> str:
-    what = escape(blocks.alert_line(alert))
+    what = escape(alert_line(alert))
     url = message_link(alert.channel, alert.ts)
     title = ALERT_TITLES.get(alert.kind, escape(alert.kind))
-    shown = f"{title}: {what}" + (f" ({blocks.link(url, 'message')})" if url else "")
+    shown = f"{title}: {what}" + (f" ({link(url, 'message')})" if url else "")
     return f"• {shown} · open since {slack_time(alert.opened_at)}"
 
 
@@ -172,13 +175,13 @@ def home_view(homes: Sequence[Any], *, now: datetime | None = None) -> Message:
     ]
     room = (MAX_VIEW_BLOCKS - len(out) - 1) // BLOCKS_PER_ENVIRONMENT
     # the facts take about 1,200 characters an environment; the three lists share the rest
-    share = (blocks.MAX_TOTAL_TEXT - 600) // max(1, min(len(homes), room)) - 1200
+    share = (MAX_TOTAL_TEXT - 600) // max(1, min(len(homes), room)) - 1200
     list_text = max(MIN_LIST_TEXT, min(LIST_TEXT, share // 3))
     shown = 0
     for home in homes[:room]:
         more = environment_blocks(home, list_text=list_text)
         # whole environments only: one that would overflow the text budget is counted, not cut in half
-        if shown and blocks.text_length(out + more) > blocks.MAX_TOTAL_TEXT - 300:
+        if shown and text_length(out + more) > MAX_TOTAL_TEXT - 300:
             break
         out.extend(more)
         shown += 1
@@ -191,7 +194,7 @@ def home_view(homes: Sequence[Any], *, now: datetime | None = None) -> Message:
     alerts = sum(len(h.open_alerts) for h in homes)
     text = (f"Home: {len(homes)} environment{'s' if len(homes) != 1 else ''}, {pending} pending revisions, "
             f"{requests} open requests, {alerts} open alerts")
-    return blocks.validate(Message(text=text, blocks=out), view=True)
+    return validate(Message(text=text, blocks=out), view=True)
 
 
 __all__ = ["home_view", "environment_blocks", "message_link"]

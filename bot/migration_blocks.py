@@ -3,11 +3,11 @@ monitor of a run (§4), lock-timeout reports, the §5 validation report, the §6
 with its one button, and interrupted runs (migrate, rollback and restore runs: the request closed in
 place, the live monitor's final word, the notice of runs found interrupted).
 
-Pure like bot/blocks.py (dataclasses and dicts in, `Message` or blocks out), and built from its
-helpers: untrusted text through `escape()`/`code()`, mentions only through its helpers, every
-message through `validate()`. Kept in a module of its own so the renderers of one feature stay
-together; the session, lock and root lines of the §4 picture are bot/blocks.py's, shared with
-`/migrate activity` and the watch.
+Pure like bot/render/ (dataclasses and dicts in, `Message` or blocks out), and built from
+bot/render/core.py's helpers: untrusted text through `escape()`/`code()`, mentions only through its
+helpers, every message through `validate()`. Kept in a module of its own so the renderers of one
+feature stay together; the session, lock and root lines of the §4 picture are bot/render/activity.py's,
+shared with `/migrate activity` and the watch.
 """
 from __future__ import annotations
 
@@ -15,17 +15,14 @@ import re
 from datetime import datetime
 from typing import Any, Mapping, Sequence
 
-from bot.blocks import (
+from bot.render.activity import _lock_line, _root_line, _session_line
+from bot.render.core import (
     MAX_BLOCKS,
     MAX_CONTEXT_TEXT,
     MAX_SECTION_TEXT,
     SQL_INLINE_LIMIT,
     FileUpload,
     Message,
-    _lock_line,
-    _revs,
-    _root_line,
-    _session_line,
     _who,
     actions,
     bounded_lines,
@@ -39,13 +36,14 @@ from bot.blocks import (
     header,
     mention,
     one_line,
-    restore_result_blocks,
     section,
     size,
     slack_time,
     truncate,
     validate,
 )
+from bot.render.restore import restore_result_blocks
+from bot.render.status import _revs
 
 # Action ids of the buttons this feature adds; bot/app.py routes every `migrate_*` one to bot/migrations.py.
 ACTION_BACKUP_FIRST = "migrate_backup_first"
