@@ -4,11 +4,11 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from bot.render.core import (
-    BlockError,
-    FileUpload,
     MAX_BLOCKS,
     MAX_CONTEXT_TEXT,
     MAX_SECTION_TEXT,
+    BlockError,
+    FileUpload,
     Message,
     _who,
     channel,

@@ -6,11 +6,11 @@ from typing import Any, Sequence
 
 from bot.render.activity import _activity_blocks
 from bot.render.core import (
-    FileUpload,
     MAX_CONTEXT_TEXT,
     MAX_SECTION_TEXT,
-    Message,
     SQL_INLINE_LIMIT,
+    FileUpload,
+    Message,
     bounded_lines,
     code,
     code_block,

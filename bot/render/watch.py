@@ -7,12 +7,12 @@ from typing import Any, Mapping, Sequence
 
 from bot.render.activity import _activity_blocks
 from bot.render.core import (
-    BlockError,
     MAX_BLOCKS,
     MAX_SECTION_TEXT,
     MAX_URL,
-    Message,
     QUERY_SNIPPET,
+    BlockError,
+    Message,
     _actor,
     bounded_lines,
     code,
