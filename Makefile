@@ -21,7 +21,8 @@ readme-transcript: $(STAMP)
 	$(BIN)/python -m bot.console --readme README.md
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 -m "not serial"
+	$(BIN)/python -m pytest -q -m serial
 
 bench: $(STAMP)
 	$(BIN)/python bench/precheck.py

@@ -97,3 +97,21 @@ def test_the_renderers_build_on_core_and_the_risk_review_does_not_reach_back():
     review = {n for n in _imports(ROOT / "bot" / "review_blocks.py") if n.startswith("bot.")}
     assert review == {"bot.render.core"}
     assert "bot.review_blocks" in _imports(ROOT / "bot" / "render" / "precheck.py", top_level=True)
+
+
+def test_no_two_bot_modules_import_each_other():
+    """Issue 12 §1: flows <-> migrations <-> escalate and blocks <-> review_blocks imported each other
+    (inside functions, to dodge the cycle). Every import counts here, at any depth of the file."""
+    def bot_imports(path: Path) -> set[str]:
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if node.module.startswith("bot."):
+                    found.add(node.module)
+                elif node.module == "bot":
+                    found.update(f"bot.{alias.name}" for alias in node.names)
+        return found
+
+    modules = {f"bot.{p.stem}": bot_imports(p) for p in (ROOT / "bot").glob("*.py")}
+    pairs = sorted({tuple(sorted((a, b))) for a, deps in modules.items() for b in deps if a in modules.get(b, ())})
+    assert pairs == []

@@ -26,6 +26,9 @@ from tests.support.sample_app import APP_DIR, REV_0003
 from tests.support.slack import SIGNING_SECRET, local_slack, slash_command_body  # noqa: F401
 from tests.support.waiting import wait_for
 
+# A bot process is stopped and timed: run alone, after the parallel part of `make test`.
+pytestmark = pytest.mark.serial
+
 CHANNEL = "C0SHUTDOWN"
 REQUESTER, ALICE = "U0REQUEST1", "U0ALICE001"
 SLOW = "0004_slow"
