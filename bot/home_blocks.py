@@ -129,13 +129,17 @@ def _request_line(request: Any) -> str:
     return f"• {emoji} {shown} · by {actor_text(request.requester)} · {tail}"
 
 
+def _listed_section(title: str, items: list[Any], line: Any, limit: int) -> dict[str, Any]:
+    """A titled list within `limit` characters: the first LISTED items, then how many more."""
+    if not items:
+        return section(f"*{title}*: none")
+    heading = f"*{title}* ({len(items)})"
+    return section(heading + "\n" + bounded_lines([line(i) for i in items[:LISTED]], limit - len(heading) - 1,
+                                                  total=len(items)))
+
+
 def _requests_section(home: Any, limit: int) -> dict[str, Any]:
-    if not home.open_requests:
-        return section("*Open approval requests*: none")
-    lines = [_request_line(r) for r in home.open_requests[:LISTED]]
-    title = f"*Open approval requests* ({len(home.open_requests)})"
-    return section(title + "\n" + bounded_lines(lines, limit - len(title) - 1,
-                                                total=len(home.open_requests)))
+    return _listed_section("Open approval requests", home.open_requests, _request_line, limit)
 
 
 def _alert_line(alert: Any) -> str:
@@ -147,12 +151,7 @@ def _alert_line(alert: Any) -> str:
 
 
 def _alerts_section(home: Any, limit: int) -> dict[str, Any]:
-    if not home.open_alerts:
-        return section("*Open alerts*: none")
-    lines = [_alert_line(a) for a in home.open_alerts[:LISTED]]
-    title = f"*Open alerts* ({len(home.open_alerts)})"
-    return section(title + "\n" + bounded_lines(lines, limit - len(title) - 1,
-                                                total=len(home.open_alerts)))
+    return _listed_section("Open alerts", home.open_alerts, _alert_line, limit)
 
 
 def environment_blocks(home: Any, *, list_text: int = LIST_TEXT) -> list[dict[str, Any]]:

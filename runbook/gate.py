@@ -133,7 +133,7 @@ def check(conn: psycopg.Connection, name: str, env: Environment, *, direction: s
                            f"transaction for {short_duration(session.seconds)}{holding(session.pid)}: "
                            "the migration would queue behind it, and every reader behind the migration")
     if lockers is not None and None in lockers:
-        gids = sorted({str(r["gid"]) for r in lockers[None]})
+        gids = sorted({str(r["gid"]) for r in lockers[None] if r["gid"] is not None}) or ["(unnamed)"]
         reasons.append(f"prepared transaction(s) {', '.join(gids)} hold {_held(lockers[None])} until committed "
                        "or rolled back")
     elif lockers is None:
