@@ -24,7 +24,7 @@ EVERYONE = "everyone"
 APPROVERS = "approvers"
 # The actions a permissions block names; anything else is a programming error (ValueError).
 ACTIONS: tuple[str, ...] = tuple(Permissions.model_fields)
-# The actor prefix of the command line (bot/cli.py): trusted, see the module's docstring.
+# The actor prefix of the command line (bot/cli/common.py): trusted, see the module's docstring.
 TRUSTED_PREFIX = "cli:"
 
 MembersOf = Callable[[str], Iterable[str]]

@@ -1,6 +1,6 @@
 """The operations layer for runs: migrate and rollback (runbook §2, §3, §6.1), as one function each
 for asking (`propose`) and for running once approved (`run`). Slack (bot/migrations.py) and the CLI
-(bot/cli.py) call only these and render what they return: every guard of a run is decided here or
+(bot/cli/) call only these and render what they return: every guard of a run is decided here or
 below, never in a surface.
 
 The guards, in the order a run meets them:
