@@ -31,6 +31,7 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler, Se
 
 from bot import blocks
 from bot.approvals import ACTION_PATTERN as APPROVAL_ACTIONS, Click
+from bot.gateway import SlackCallFailed, SlackFailure, SlackGateway
 from bot.migration_blocks import ACTION_PATTERN as MIGRATION_ACTIONS
 from bot.logs import install_log_redaction
 from bot.commands import ACTIONS, Command, CommandError, parse
@@ -406,7 +407,9 @@ def warm_up(app: App) -> dict[str, Any]:
     Bolt's single-workspace authorization otherwise calls auth.test lazily on the
     first request, before that request's ack.
     """
-    result = app.client.auth_test()
+    result = SlackGateway(app.client).token_identity()
+    if isinstance(result, SlackFailure):
+        raise SlackCallFailed("Slack's auth.test at start-up", result)
     for middleware in app._middleware_list:  # noqa: SLF001 (documented public class, set its public attribute)
         if isinstance(middleware, SingleTeamAuthorization):
             middleware.auth_test_result = result

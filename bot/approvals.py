@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping, Protocol
 
-from slack_sdk.errors import SlackApiError
-
 from bot import blocks
+from bot.gateway import SlackFailure, SlackGateway
 from runbook import authz
 from runbook.config import ConfigError, Settings
 from runbook.state import StateError, Store
@@ -173,8 +172,9 @@ class ApprovalService:
         self.settings = settings
         self.store = store
         self.requests = ApprovalStore(store)
-        self.client = client
         self.redactor = redactor
+        # its own gateway: a rate limit on an approval message does not hold up Flows' run monitors
+        self.gateway = SlackGateway(client, redactor) if client is not None else None
         self._submit = submit
         self._user_errors = (ConfigError, StateError, ApprovalError) + tuple(user_errors)
         self._clock = clock
@@ -210,19 +210,16 @@ class ApprovalService:
                                       else timedelta(minutes=env.approvals.expire_minutes))
         request = self.requests.create(kind=kind, environment=environment, requester=requester,
                                        params=self.redactor.tree(params), required=required, expires_at=expires_at)
-        try:
-            message = self.render(request)
-            response = self.client.chat_postMessage(channel=target, text=message.text, blocks=message.blocks,
-                                                    unfurl_links=False)
-        except (SlackApiError, blocks.BlockError) as exc:
-            reason = exc.response.get("error") if isinstance(exc, SlackApiError) else str(exc)
+        posted = self.gateway.post(target, self.render(request)) if self.gateway is not None else None
+        if posted is None or posted.failure is not None:
+            reason = self.redactor(str(posted.failure if posted is not None else "no Slack client"))
             self.requests.transition(request.id, [PENDING], CANCELLED,
                                      result_summary=f"the request could not be posted ({reason})")
-            log.error("approval request %s could not be posted: %s", request.id, self.redactor(str(reason)))
-            raise ApprovalError(f"Slack refused the approval request ({self.redactor(str(reason))}); "
-                                "nothing will run") from None
-        self.requests.set_message(request.id, response["channel"] or target, response["ts"],
-                                  rendered_at=request.updated_at)
+            log.error("approval request %s could not be posted: %s", request.id, reason)
+            refused = posted is None or posted.failure.answered
+            raise ApprovalError(f"{'Slack refused' if refused else 'Slack could not be reached for'} the approval "
+                                f"request ({reason}); nothing will run")
+        self.requests.set_message(request.id, posted.channel, posted.ts, rendered_at=request.updated_at)
         self._audit(requester, kind, environment, "requested", self.summary(request), request,
                     {"required": required, "expires_at": expires_at.isoformat()})
         return self.requests.get(request.id)  # type: ignore[return-value]
@@ -365,16 +362,12 @@ class ApprovalService:
 
     def group_members(self, group: str) -> list[str]:
         """Asked on every click that needs it, so a removal from the group counts at once."""
-        try:
-            response = self.client.usergroups_users_list(usergroup=group)
-        except SlackApiError as exc:
-            error = exc.response.get("error")
-            log.warning("usergroups.users.list %s failed: %s", group, error)
+        members = self.gateway.group_members(group) if self.gateway is not None else SlackFailure("no Slack client")
+        if isinstance(members, SlackFailure):
             raise Refusal(blocks.mrkdwn("Could not check membership of {} ({}); nothing was changed. "
-                                        "Try again in a moment.", blocks.mention(group), str(error)),
-                          "unverifiable") from None
-        users = response.get("users")
-        return list(users) if isinstance(users, list) else []
+                                        "Try again in a moment.", blocks.mention(group), str(members)),
+                          "unverifiable")
+        return members
 
     # -- expiry -----------------------------------------------------------------------------
 
@@ -587,20 +580,15 @@ class ApprovalService:
         again if it did, so the last update shows the last state."""
         for _ in range(4):
             request = self.requests.get(request_id)
-            if request is None or not request.channel or not request.message_ts or self.client is None:
+            if request is None or not request.channel or not request.message_ts or self.gateway is None:
                 return False
             if request.kind not in self._kinds:
                 return False    # a request-like row another part of the bot renders (a §6.5 recommendation)
-            try:
-                message = self.render(request)
-                self.client.chat_update(channel=request.channel, ts=request.message_ts, text=message.text,
-                                        blocks=message.blocks)
-            except (SlackApiError, blocks.BlockError) as exc:
-                reason = exc.response.get("error") if isinstance(exc, SlackApiError) else str(exc)
-                log.error("could not update approval message %s: %s", request_id, self.redactor(str(reason)))
-                return False
-            except OSError as exc:     # Slack unreachable, past the client's retries: the reconcile retries
-                log.error("could not update approval message %s: %s", request_id, type(exc).__name__)
+            # a failure (Slack unreachable past the client's retries included) leaves the row unrendered:
+            # the reconcile makes the update again
+            failure = self.gateway.update(request.channel, request.message_ts, self.render(request))
+            if failure is not None:
+                log.error("could not update approval message %s: %s", request_id, self.redactor(str(failure)))
                 return False
             self.requests.mark_rendered(request_id, request.updated_at)
             latest = self.requests.get(request_id)
@@ -610,29 +598,21 @@ class ApprovalService:
 
     def _announce(self, request: ApprovalRequest | None) -> None:
         """A reply in the request's thread, so the requester hears how it ended."""
-        if request is None or not request.channel or not request.message_ts or self.client is None:
+        if request is None or not request.channel or not request.message_ts or self.gateway is None:
             return
         spec = self.kind(request.kind)
         message = blocks.approval_result_reply(request, title=spec.title,
                                                result=self._safely(spec.result_blocks, request, []))
-        try:
-            message = blocks.validate(self.redactor.message(message))
-            self.client.chat_postMessage(channel=request.channel, thread_ts=request.message_ts,
-                                         text=message.text, blocks=message.blocks, unfurl_links=False)
-        except (SlackApiError, blocks.BlockError) as exc:
-            reason = exc.response.get("error") if isinstance(exc, SlackApiError) else str(exc)
-            log.error("could not post the result of %s: %s", request.id, self.redactor(str(reason)))
+        posted = self.gateway.post(request.channel, message, thread_ts=request.message_ts)
+        if posted.failure is not None:
+            log.error("could not post the result of %s: %s", request.id, self.redactor(str(posted.failure)))
 
     def _ephemeral(self, click: Click, text: str) -> None:
-        if self.client is None or not click.channel_id or not click.user_id:
+        if self.gateway is None or not click.channel_id or not click.user_id:
             return
-        message = self.redactor.message(blocks.error_message(text))
-        try:
-            self.client.chat_postEphemeral(channel=click.channel_id, user=click.user_id, text=message.text,
-                                           blocks=message.blocks)
-        except SlackApiError as exc:
-            log.warning("could not tell %s why their click was refused: %s", click.user_id,
-                        exc.response.get("error"))
+        failure = self.gateway.ephemeral(click.channel_id, click.user_id, blocks.error_message(text))
+        if failure is not None:
+            log.warning("could not tell %s why their click was refused: %s", click.user_id, failure)
 
     # -- audit ------------------------------------------------------------------------------
 

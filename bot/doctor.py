@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError, SlackClientError
 
+from bot.gateway import SlackFailure, SlackGateway
 from runbook.config import Settings
 from runbook.doctor import Check
 
@@ -23,14 +23,13 @@ def slack_checks(settings: Settings, client: WebClient | None = None) -> list[Ch
         from bot.app import make_client
 
         client = make_client(token, timeout=10, rate_limit_retries=1)
-    try:
-        me = client.auth_test()
-    except SlackApiError as exc:
-        error = exc.response.get("error", "unknown error")
-        return [Check("slack token", "fail", f"auth.test refused the token: {error}",
-                      f"set {TOKEN_ENV} to the bot token (xoxb-) of the installed app; reinstall it if it was revoked")]
-    except SlackClientError as exc:
-        return [Check("slack token", "fail", f"Slack's Web API did not answer ({exc.__class__.__name__})",
+    gateway = SlackGateway(client, log_failures=False)      # each failure is a check line below
+    me = gateway.token_identity()
+    if isinstance(me, SlackFailure):
+        if me.answered:
+            return [Check("slack token", "fail", f"auth.test refused the token: {me.error}",
+                          f"set {TOKEN_ENV} to the bot token (xoxb-) of the installed app; reinstall it if it was revoked")]
+        return [Check("slack token", "fail", f"Slack's Web API did not answer ({me.detail or me.error})",
                       "check the network, or SLACK_API_URL when set")]
     bot_user = me.get("user_id") or "?"
     checks = [Check("slack token", "ok", f"auth.test: bot {me.get('user') or bot_user} ({bot_user}) "
@@ -41,10 +40,9 @@ def slack_checks(settings: Settings, client: WebClient | None = None) -> list[Ch
         return checks
     channel = settings.slack.channel
     invite = f"invite the bot in {channel}: /invite @{me.get('user') or 'runbook-bot'}"
-    try:
-        info = client.conversations_info(channel=channel)
-    except SlackApiError as exc:
-        error = exc.response.get("error", "unknown error")
+    conversation = gateway.channel_info(channel)
+    if isinstance(conversation, SlackFailure) and conversation.answered:
+        error = conversation.error
         if error == "missing_scope":
             checks.append(Check("slack channel", "warn", f"cannot see whether the bot is in {channel}: conversations.info "
                                 "needs the channels:read scope (groups:read for a private channel)",
@@ -54,11 +52,10 @@ def slack_checks(settings: Settings, client: WebClient | None = None) -> list[Ch
                                 "bot is not in looks the same as an unknown one)",
                                 f"check the channel ID (not its name), then {invite}"))
         return checks
-    except SlackClientError as exc:
-        checks.append(Check("slack channel", "fail", f"conversations.info did not answer ({exc.__class__.__name__})",
-                            "check the network, or SLACK_API_URL when set"))
+    if isinstance(conversation, SlackFailure):
+        checks.append(Check("slack channel", "fail", f"conversations.info did not answer "
+                            f"({conversation.detail or conversation.error})", "check the network, or SLACK_API_URL when set"))
         return checks
-    conversation = info.get("channel") or {}
     label = f"{channel} (#{conversation['name']})" if conversation.get("name") else channel
     if conversation.get("is_member"):
         checks.append(Check("slack channel", "ok", f"the bot is a member of {label}"))

@@ -50,6 +50,17 @@ class SlackFailure:
     def rate_limited(self) -> bool:
         return self.error in ("ratelimited", "rate_limited")
 
+    @property
+    def answered(self) -> bool:
+        """Slack's Web API answered (with an error code); False when the call never got an answer."""
+        return self.error not in ("network error", "client error", "request failed")
+
+    @property
+    def network(self) -> bool:
+        """Slack was not reached at all (past the client's retries): the next call would most likely
+        wait out its own timeout too."""
+        return self.error == "network error"
+
     def __str__(self) -> str:
         return f"{self.error} ({self.detail})" if self.detail else self.error
 
@@ -90,15 +101,38 @@ def failure_of(exc: BaseException) -> SlackFailure:
     return SlackFailure("network error", type(exc).__name__)   # URLError, timeouts, resets
 
 
+class SlackCallFailed(Exception):
+    """For a caller that cannot go on without the call (the start-up's auth.test), or stops the rest of
+    its work when Slack is unreachable (the watch): the failure, raised."""
+
+    def __init__(self, what: str, failure: SlackFailure):
+        super().__init__(f"{what}: {failure}")
+        self.failure = failure
+
+
+class _NoSecrets:
+    """The redactor of a gateway whose calls carry no message (doctor, start-up): failures hold no secret."""
+
+    def __call__(self, text: str) -> str:
+        return text
+
+    def message(self, message: "blocks.Message") -> "blocks.Message":
+        return message
+
+
 # What a call may raise that is Slack's or the network's doing (anything else is a bug and propagates).
 CALL_ERRORS = (SlackClientError, OSError, blocks.BlockError)
 
 
 class SlackGateway:
-    def __init__(self, client: Any, redactor: Callable[[str], str] | Any, *,
-                 webhook_factory: Callable[[str], Any] | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, client: Any, redactor: Callable[[str], str] | Any = None, *,
+                 webhook_factory: Callable[[str], Any] | None = None, clock: Callable[[], float] = time.monotonic,
+                 log_failures: bool = True):
+        """`redactor`: bot.flows.Redactor (None only for calls that post nothing); `log_failures=False` for a
+        caller that reports every failure itself (doctor: one check line each)."""
         self.client = client
-        self.redactor = redactor
+        self.redactor = redactor if redactor is not None else _NoSecrets()
+        self._log_failures = log_failures
         self._webhook_factory = webhook_factory
         self._clock = clock
         self._lock = threading.Lock()
@@ -171,6 +205,31 @@ class SlackGateway:
         except CALL_ERRORS as exc:
             return self._failed("chat.postEphemeral", channel, exc)
 
+    def group_members(self, group: str) -> list[str] | SlackFailure:
+        """usergroups.users.list: the user IDs in a user group (S…), or why Slack could not say."""
+        try:
+            response = self.client.usergroups_users_list(usergroup=group)
+        except CALL_ERRORS as exc:
+            return self._failed("usergroups.users.list", group, exc)
+        users = response.get("users")
+        return list(users) if isinstance(users, list) else []
+
+    def token_identity(self) -> Any:
+        """auth.test: the client's response as it is (Bolt keeps it, see bot.app.warm_up), or a SlackFailure."""
+        try:
+            return self.client.auth_test()
+        except CALL_ERRORS as exc:
+            return self._failed("auth.test", None, exc)
+
+    def channel_info(self, channel: str) -> dict[str, Any] | SlackFailure:
+        """conversations.info: what Slack says of `channel` (its `channel` object), or a SlackFailure."""
+        try:
+            response = self.client.conversations_info(channel=channel)
+        except CALL_ERRORS as exc:
+            return self._failed("conversations.info", channel, exc)
+        found = response.get("channel")
+        return found if isinstance(found, dict) else {}
+
     def publish_home(self, user_id: str, message: "blocks.Message") -> SlackFailure | None:
         """views.publish: `message`'s blocks as the user's App Home tab (redacted, validated as a view:
         100 blocks, no files; its text is only logged)."""
@@ -227,10 +286,11 @@ class SlackGateway:
 
     def _failed(self, what: str, channel: str | None, exc: BaseException) -> SlackFailure:
         failure = failure_of(exc)
-        where = f" for {channel}" if channel and channel[:1] in "UW" else f" in {channel}" if channel else ""
-        log.error("Slack: %s%s failed: %s", what, where, self.redactor(str(failure)))
+        if self._log_failures:
+            where = f" for {channel}" if channel and channel[:1] in "UWS" else f" in {channel}" if channel else ""
+            log.error("Slack: %s%s failed: %s", what, where, self.redactor(str(failure)))
         return failure
 
 
-__all__ = ["CALL_ERRORS", "Posted", "RESPONSE_URL_USES", "RESPONSE_URL_WINDOW", "SlackFailure", "SlackGateway",
-           "UNREACHABLE", "failure_of"]
+__all__ = ["CALL_ERRORS", "Posted", "RESPONSE_URL_USES", "RESPONSE_URL_WINDOW", "SlackCallFailed", "SlackFailure",
+           "SlackGateway", "UNREACHABLE", "failure_of"]

@@ -27,9 +27,9 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
-from slack_sdk.errors import SlackApiError
 
 from bot import blocks
+from bot.gateway import SlackCallFailed, SlackFailure, SlackGateway
 from runbook.config import Settings
 from runbook.state import Store
 from runbook.watch import (OPENED, REOPENED, RESOLVED, Alert, AlertBook, Observation, evaluate,
@@ -126,6 +126,7 @@ class WatchRunner:
         self.store = store
         self.client = client
         self.redactor = redactor      # bot.flows.Redactor: every text and message passes it
+        self.gateway = SlackGateway(client, redactor)
         self.metrics = metrics
         self.leader = leader or AlwaysLeader()
         self.identity = identity or replica_identity()
@@ -167,8 +168,13 @@ class WatchRunner:
         # are counted on the polls' grid, not on when each poll's work happened to finish
         now = slot
         changed = book.apply(environment, evaluate(environment, env, observation), now, seen=kinds_seen(observation))
-        self.deliver(changed, now)
-        self.escalate(environment, book, now)
+        try:
+            self.deliver(changed, now)
+            self.escalate(environment, book, now)
+        except SlackCallFailed as exc:
+            # Slack unreachable: the poll's other messages wait for the next poll (the alerts are in the state
+            # database) rather than each waiting out its own timeout
+            log.error("the watch of %s stopped posting for this poll: %s", environment, exc)
         if self.metrics is not None:
             self.metrics.alerts(environment, book.alerts(environment))
         return "ran"
@@ -180,7 +186,14 @@ class WatchRunner:
         return self.settings.slack.channel if self.settings.slack is not None else None
 
     def _message(self, alerts: list[Alert]) -> blocks.Message:
-        return self.redactor.message(blocks.alert_group_message(alerts, dashboards=self.settings.escalation.dashboards))
+        return blocks.alert_group_message(alerts, dashboards=self.settings.escalation.dashboards)
+
+    @staticmethod
+    def _failed(failure: SlackFailure, what: str) -> None:
+        """Log a call that failed; one that did not reach Slack ends the run's Slack work (SlackCallFailed)."""
+        if failure.network:
+            raise SlackCallFailed(what, failure)
+        log.error("%s: %s", what, failure)
 
     def deliver(self, changed: list[Alert], now: datetime | None = None) -> None:
         """One message per incident: the alerts of one kind in one environment share it.
@@ -218,16 +231,13 @@ class WatchRunner:
         if channel is None:
             log.warning("an alert opened but slack.channel is not configured: %s", alerts[0].key)
             return
-        message = self._message(alerts)
-        try:
-            response = self.client.chat_postMessage(channel=channel, text=message.text, blocks=message.blocks,
-                                                    unfurl_links=False)
-        except SlackApiError as exc:
-            log.error("Slack refused the %s alert %s: %s", alerts[0].kind, alerts[0].id, exc.response.get("error"))
+        posted = self.gateway.post(channel, self._message(alerts))
+        if posted.failure is not None:
+            self._failed(posted.failure, f"the {alerts[0].kind} alert {alerts[0].id} was not posted")
             return
         for alert in alerts:
-            book.set_message(alert.id, channel, response["ts"])
-        self._remember(response["ts"], _fingerprint(book.message_alerts(channel, response["ts"])), now)
+            book.set_message(alert.id, channel, posted.ts)
+        self._remember(posted.ts, _fingerprint(book.message_alerts(channel, posted.ts)), now)
 
     def _update(self, book: AlertBook, channel: str, ts: str, now: datetime) -> None:
         alerts = book.message_alerts(channel, ts)
@@ -238,11 +248,9 @@ class WatchRunner:
             last = self._sent.get(ts)
         if last is not None and last[0] == fingerprint and (now - last[1]).total_seconds() < REFRESH_SECONDS:
             return
-        message = self._message(alerts)
-        try:
-            self.client.chat_update(channel=channel, ts=ts, text=message.text, blocks=message.blocks)
-        except SlackApiError as exc:
-            log.error("Slack refused the %s alert %s: %s", alerts[0].kind, alerts[0].id, exc.response.get("error"))
+        failure = self.gateway.update(channel, ts, self._message(alerts))
+        if failure is not None:
+            self._failed(failure, f"the {alerts[0].kind} alert {alerts[0].id} was not updated")
             return
         self._remember(ts, fingerprint, now, done=not any(a.is_open for a in alerts))
 
@@ -279,15 +287,12 @@ class WatchRunner:
                 continue
             alert = won[0]
             sessions = sum(1 for a in book.message_alerts(channel, ts) if a.is_open)
-            message = self.redactor.message(
-                blocks.escalation_message(alert, owner, alert.open_for(now), sessions=sessions))
-            try:
-                self.client.chat_postMessage(channel=channel, thread_ts=ts, text=message.text,
-                                             blocks=message.blocks, unfurl_links=False)
-            except SlackApiError as exc:
-                log.error("could not tag the escalation owner for alert %s: %s", alert.id, exc.response.get("error"))
-                for claimed in won:
+            message = blocks.escalation_message(alert, owner, alert.open_for(now), sessions=sessions)
+            posted = self.gateway.post(channel, message, thread_ts=ts)
+            if posted.failure is not None:
+                for claimed in won:             # tagged at a later poll
                     book.release_escalation(claimed.id)
+                self._failed(posted.failure, f"could not tag the escalation owner for alert {alert.id}")
                 continue
             self.store.record(actor=WATCH_ACTOR, action="alert", environment=environment, outcome="escalated",
                               summary=f"{alert.kind} {alert.subject} tagged {owner}", details={"alert_id": alert.id})

@@ -198,6 +198,21 @@ def test_a_request_slack_refuses_is_cancelled_and_never_runs(make_bot, slack):
     assert stored.state == "cancelled" and stored.message_ts is None
 
 
+def test_a_request_slack_cannot_be_reached_for_is_cancelled_too(make_bot, slack):
+    """A network failure past the client's retries is a one-line refusal too (it used to escape as a URLError,
+    leaving the request pending with no message)."""
+    from bot.app import make_client
+
+    bot = make_bot()
+    with LocalSlack() as gone:
+        bot.service.gateway.client = make_client(BOT_TOKEN, gone.url)     # its port closed once it stops
+    with pytest.raises(ApprovalError, match=r"^Slack could not be reached for the approval request \(network error \(URLError\)\); "
+                                            r"nothing will run$"):
+        bot.ask()
+    [stored] = bot.service.requests.list()
+    assert stored.state == "cancelled" and stored.message_ts is None
+
+
 # --------------------------------------------------------------------------
 # approve, reject, cancel
 

@@ -118,3 +118,22 @@ def test_no_two_bot_modules_import_each_other():
     assert {"bot.flows", "bot.cli.entry", "bot.render.core"} <= set(modules)
     pairs = sorted({tuple(sorted((a, b))) for a, deps in modules.items() for b in deps if a in modules.get(b, ())})
     assert pairs == []
+
+
+def _web_api_calls(path: Path) -> set[str]:
+    """The Slack Web API client methods a module calls (`x.chat_postMessage(...)`, `x.api_call(...)`)."""
+    from slack_sdk import WebClient
+
+    methods = {n for n, v in vars(WebClient).items() if callable(v) and not n.startswith("_")} | {"api_call"}
+    return {node.func.attr for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in methods}
+
+
+def test_only_the_gateway_calls_slacks_web_api():
+    """Design rule 19: every Web API call goes through bot/gateway.py (redact -> validate -> call -> handle the
+    error -> log); bot/localslack.py is the stand-in that answers them."""
+    gateway = _web_api_calls(ROOT / "bot" / "gateway.py")
+    assert {"chat_postMessage", "chat_update", "chat_postEphemeral", "usergroups_users_list", "auth_test"} <= gateway
+    offenders = {str(p.relative_to(ROOT)): sorted(calls) for p in (ROOT / "bot").rglob("*.py")
+                 if p.name not in ("gateway.py", "localslack.py") and (calls := _web_api_calls(p))}
+    assert offenders == {}

@@ -267,18 +267,30 @@ def test_flapping_updates_one_message_and_never_reposts(pg_url, make_watch, stat
 
 # -- escalation -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("owner, mention", [("U0OWNER001", "<@U0OWNER001>"), ("S0ONCALL01", "<!subteam^S0ONCALL01>")])
-def test_escalation_tags_the_owner_once_in_the_thread(pg_url, make_watch, owner, mention, state_url):
-    watch = make_watch(pg_url, thresholds={"idle_in_transaction_seconds": 0.3}, state_url=state_url,
-                       escalation=f"  escalate_after_seconds: 600\n")
+def escalating_to(owner: str, pg_url: str, make_watch, **kwargs) -> Watch:
+    """A watch whose idle-in-transaction alerts tag `owner` after 10 minutes."""
+    watch = make_watch(pg_url, thresholds={"idle_in_transaction_seconds": 0.3}, escalation="  escalate_after_seconds: 600\n",
+                       **kwargs)
     watch.settings = watch.runner.settings = watch.settings.model_copy(update={"escalation": watch.settings.escalation.model_copy(
         update={"owner": watch.settings.escalation.owner.model_copy(update={"slack": owner})})})
+    return watch
+
+
+def idle_in_transaction_alert(s: Sessions, watch: Watch):
+    """A session idle in its transaction for 0.4 s, and the alert the watch posts about it."""
+    conn = s.open(autocommit=False)
+    conn.execute("SELECT 1")
+    wait_for(lambda: state_older_than(s, conn.info.backend_pid, 0.4), timeout=10, what="idle 0.4 s")
+    watch.run()
+    [alert] = watch.posts()
+    return alert
+
+
+@pytest.mark.parametrize("owner, mention", [("U0OWNER001", "<@U0OWNER001>"), ("S0ONCALL01", "<!subteam^S0ONCALL01>")])
+def test_escalation_tags_the_owner_once_in_the_thread(pg_url, make_watch, owner, mention, state_url):
+    watch = escalating_to(owner, pg_url, make_watch, state_url=state_url)
     with Sessions(pg_url) as s:
-        conn = s.open(autocommit=False)
-        conn.execute("SELECT 1")
-        wait_for(lambda: state_older_than(s, conn.info.backend_pid, 0.4), timeout=10, what="idle 0.4 s")
-        watch.run()
-        [alert] = watch.posts()
+        alert = idle_in_transaction_alert(s, watch)
         watch.run(advance=300)
         assert watch.replies() == []                          # 5 min open: not yet
         watch.run(advance=301)
@@ -288,6 +300,27 @@ def test_escalation_tags_the_owner_once_in_the_thread(pg_url, make_watch, owner,
         for _ in range(3):
             watch.run(advance=600)
         assert len(watch.replies()) == 1                      # once
+    assert [e.outcome for e in watch.store.events(action="alert")][0] == "escalated"
+
+
+def test_slack_out_of_reach_when_an_escalation_is_due_leaves_it_to_a_later_poll(pg_url, make_watch, caplog):
+    """Slack unreachable past the client's retries (a network failure, not an error answer): the poll ends its
+    Slack work with one log line rather than raising, and the owner is tagged at the first poll after Slack is
+    back: the escalation's claim is released, not kept by a tag that never went out."""
+    watch = escalating_to(OWNER, pg_url, make_watch)
+    reachable = watch.runner.gateway.client
+    with LocalSlack() as gone:
+        unreachable = make_client("xoxb-watch-test", gone.url)         # its port closed once it stops
+    with Sessions(pg_url) as s:
+        alert = idle_in_transaction_alert(s, watch)
+        watch.runner.gateway.client = unreachable
+        assert watch.run(advance=601) == "ran"                          # due, but Slack cannot be reached
+        assert "the watch of production stopped posting for this poll" in caplog.text
+        assert watch.replies() == []
+        watch.runner.gateway.client = reachable
+        watch.run(advance=60)
+        [tag] = watch.replies()
+        assert tag.thread_ts == alert.ts and tag.text.startswith(f"<@{OWNER}>")
     assert [e.outcome for e in watch.store.events(action="alert")][0] == "escalated"
 
 
