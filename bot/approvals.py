@@ -152,7 +152,7 @@ Submit = Callable[..., Any]
 
 
 class RedactorLike(Protocol):
-    """bot.flows.Redactor: every secret the bot knows, removed from texts, trees and messages."""
+    """bot.redaction.Redactor: every secret the bot knows, removed from texts, trees and messages."""
 
     def __call__(self, text: str) -> str: ...
 

@@ -16,7 +16,7 @@ runbook/incident.py decide what to say; this posts it, records it, and follows u
   once, whoever calls first (bot/migrations.py calls it for every interrupted run it finds), and no
   automatic escalation;
 - `after_restore(request)`: a failed restore escalates to level 2 (ApprovalKind.on_failed), through
-  after_run with the restore's run (bot.flows.restore_kind records one), so it happens once and
+  after_run with the restore's run (bot.restores.restore_kind records one), so it happens once and
   its summary is the restore's; an interrupted restore is left to its own follow-up.
 
 With `client=None` (the CLI without SLACK_BOT_TOKEN) nothing is posted; everything else happens.
@@ -76,7 +76,7 @@ class Escalator:
         self.settings = settings
         self.store = store
         self.client = client
-        self.redactor = redactor          # bot.flows.Redactor
+        self.redactor = redactor          # bot.redaction.Redactor
         self.runs = RunStore(store)
 
     @property
@@ -233,7 +233,7 @@ class Escalator:
 
     def after_restore(self, request: Any) -> EscalationReport | IncidentReport | None:
         """ApprovalKind.on_failed of restores: a failed restore escalates to level 2, once. Its run
-        (bot.flows.restore_kind) goes through after_run (levels.automatic_level: restore -> 2, one claim
+        (bot.restores.restore_kind) goes through after_run (levels.automatic_level: restore -> 2, one claim
         per run and level); a restore whose run was interrupted is none of this: the interruption's
         follow-up posts its summary (Migrations.follow_up_interrupted)."""
         if getattr(request, "state", None) != "failed":

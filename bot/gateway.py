@@ -128,7 +128,7 @@ class SlackGateway:
     def __init__(self, client: Any, redactor: Callable[[str], str] | Any = None, *,
                  webhook_factory: Callable[[str], Any] | None = None, clock: Callable[[], float] = time.monotonic,
                  log_failures: bool = True):
-        """`redactor`: bot.flows.Redactor (None only for calls that post nothing); `log_failures=False` for a
+        """`redactor`: bot.redaction.Redactor (None only for calls that post nothing); `log_failures=False` for a
         caller that reports every failure itself (doctor: one check line each)."""
         self.client = client
         self.redactor = redactor if redactor is not None else _NoSecrets()

@@ -295,7 +295,7 @@ def restore_again_command(environment: str, params: Mapping[str, Any]) -> str:
 
 def restore_run_blocks(result: Mapping[str, Any] | None, params: Mapping[str, Any],
                        environment: str) -> list[dict[str, Any]]:
-    """Under a restore request once it ran (bot.flows.restore_kind): the revision and row counts when it
+    """Under a restore request once it ran (bot.restores.restore_kind): the revision and row counts when it
     worked, the interrupted view when its process died, and the run it was recorded as."""
     if not result:
         return []

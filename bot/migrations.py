@@ -28,7 +28,7 @@ the work; this module asks, watches and reports.
   by a CLI command, or stopped by a shutdown) then fails its request, whose message says where it
   stopped and what to do next, has its live monitor message (whose channel and ts the run keeps in
   runs.details) turned into a final "interrupted" view, and gets the §7.3 incident summary in its
-  thread: once each. Restores (bot.flows.restore_kind) are runs too, and followed up the same way.
+  thread: once each. Restores (bot.restores.restore_kind) are runs too, and followed up the same way.
   A monitor keeps the run state its last update showed (runs.details["monitor"]["rendered"]): a final
   view Slack never took (an outage) is written from the run's row by `reconcile_monitors`.
 """
@@ -137,7 +137,7 @@ def interrupted_outcome(run: Any) -> approvals.Outcome:
                "started_at": run.started_at.isoformat(),
                "interrupted_at": run.finished_at.isoformat() if run.finished_at else None,
                "host": run.host, "pid": run.pid, "log_path": run.log_path}
-    if run.kind == "restore":           # what it was restoring (bot.flows.restore_kind keeps it on the run)
+    if run.kind == "restore":           # what it was restoring (bot.restores.restore_kind keeps it on the run)
         details.update({key: run.detail(key) for key in ("backup_id", "mode", "tables")})
     return approvals.Outcome(False, f"{interruption(run)}; not resumed", details)
 

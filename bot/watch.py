@@ -125,7 +125,7 @@ class WatchRunner:
         self.settings = settings
         self.store = store
         self.client = client
-        self.redactor = redactor      # bot.flows.Redactor: every text and message passes it
+        self.redactor = redactor      # bot.redaction.Redactor: every text and message passes it
         self.gateway = SlackGateway(client, redactor)
         self.metrics = metrics
         self.leader = leader or AlwaysLeader()

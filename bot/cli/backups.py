@@ -87,7 +87,8 @@ def cmd_restore(settings: Settings, args) -> int:
     """`restore ID [--table T]... --yes`: the Slack path's plan and guards (revision check, safety
     backup, one transaction); --yes stands for the approval and is audited as yours."""
     from bot import approvals
-    from bot.flows import Redactor, restore_with_yes
+    from bot.redaction import Redactor
+    from bot.restores import restore_with_yes
     from runbook import backup as backups
     from runbook.state import StateError
 

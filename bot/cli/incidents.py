@@ -15,8 +15,8 @@ def _escalator(settings: Settings, store):
     """bot.escalate.Escalator for the command line: it posts to Slack when SLACK_BOT_TOKEN is set and
     slack.channel is configured (SLACK_API_URL as for the bot); otherwise it records and prints."""
     from bot.escalate import Escalator
-    from bot.flows import Redactor
     from bot.logs import known_secrets
+    from bot.redaction import Redactor
 
     client = None
     token = os.environ.get("SLACK_BOT_TOKEN")

@@ -20,9 +20,9 @@ def _run_supervised(settings: Settings, args, direction: str) -> int:
     (runbook.ops.run); --no-backup skips it, recorded. A failed backup stops the run
     before anything changes: one line, exit 2."""
     from bot import text
-    from bot.flows import Redactor
     from bot.logs import known_secrets
     from bot.migrations import NothingToDo, Refused, RunWatcher, checked_proposal, run_with_yes
+    from bot.redaction import Redactor
     from runbook import migrate, ops
     from runbook.gate import GateOverride
     from runbook.revisions import RevisionError
