@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
-from sqlalchemy import delete, select, true, update
+from sqlalchemy import String, cast, delete, func, or_, select, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -207,6 +207,18 @@ def kinds_seen(observation: Observation) -> frozenset[str]:
 OPENED, ONGOING, REOPENED, CLEARING, RESOLVED = "opened", "ongoing", "reopened", "clearing", "resolved"
 
 
+def view_of(state: str, reopened: int) -> str:
+    """What an alert's message must show of it, as kept in alerts.rendered: its state in its episode
+    ("open:0", "resolved:0", "open:1" once it came back...). Figures that move within an open episode
+    are not part of it: every poll edits an open alert's message when they change (bot/watch.py)."""
+    return f"{state}:{reopened}"
+
+
+# view_of in SQL (|| on both dialects)
+_VIEW = AlertRow.state + ":" + cast(AlertRow.reopened, String)
+_BEHIND = or_(AlertRow.rendered.is_(None), AlertRow.rendered != _VIEW)
+
+
 @dataclass(frozen=True)
 class Alert:
     id: int
@@ -228,6 +240,7 @@ class Alert:
     ts: str | None
     episode_opened_at: datetime | None = None   # when the current open episode began
     open_seconds: float = 0.0                   # how long the earlier episodes were open
+    rendered: str | None = None                 # what its message last showed of it (view_of), None: nothing yet
     change: str = ONGOING           # what this apply() did to it
 
     @classmethod
@@ -236,11 +249,15 @@ class Alert:
                    aware(row.opened_at), aware(row.last_seen_at), aware(row.cleared_at), aware(row.resolved_at),
                    aware(row.escalated_at), row.reopened, row.peak_seconds, dict(row.details or {}),
                    row.channel, row.ts, aware(row.episode_opened_at) or aware(row.opened_at), row.open_seconds or 0.0,
-                   change=change)
+                   row.rendered, change=change)
 
     @property
     def is_open(self) -> bool:
         return self.state == "open"
+
+    @property
+    def view(self) -> str:
+        return view_of(self.state, self.reopened)
 
     def open_for(self, now: datetime) -> float:
         """Seconds this incident has actually been open: resolved gaps between episodes do not count;
@@ -325,7 +342,7 @@ class AlertBook:
                     else:   # the same key long after: a new incident, a new message
                         change = OPENED
                         row.opened_at, row.escalated_at, row.reopened = now, None, 0
-                        row.channel, row.ts, row.peak_seconds = None, None, 0.0
+                        row.channel, row.ts, row.rendered, row.peak_seconds = None, None, None, 0.0
                         row.episode_opened_at, row.open_seconds = now, 0.0
                     row.state, row.resolved_at = "open", None
                 earlier = (row.details or {}).get("earlier_roots") if change != OPENED else None
@@ -398,6 +415,47 @@ class AlertBook:
             result = session.execute(update(AlertRow).where(AlertRow.id == alert_id, AlertRow.ts.is_(None))
                                      .values(channel=channel, ts=ts))
             return result.rowcount == 1
+
+    # what each message last showed: a lost edit (a Slack outage) is made again, once
+
+    def mark_rendered(self, alerts: Iterable[Alert]) -> None:
+        """Their message now shows each of `alerts` as it was when rendered (Alert.view)."""
+        by_view: dict[str, list[int]] = {}
+        for alert in alerts:
+            by_view.setdefault(alert.view, []).append(alert.id)
+        with self.store.session() as session, session.begin():
+            for view, ids in by_view.items():
+                session.execute(update(AlertRow).where(AlertRow.id.in_(ids), or_(
+                    AlertRow.rendered.is_(None), AlertRow.rendered != view)).values(rendered=view))
+
+    def messages_behind(self, environment: str, limit: int) -> list[tuple[str, str]]:
+        """(channel, ts) of the messages of `environment` that show an older view of one of their alerts
+        than its row (an edit Slack never took: above all a resolution during an outage), the longest
+        behind first (resolved, else last seen, earliest), at most `limit`."""
+        query = (select(AlertRow.channel, AlertRow.ts).where(
+            AlertRow.environment == environment, AlertRow.channel.is_not(None), AlertRow.ts.is_not(None), _BEHIND)
+            .group_by(AlertRow.channel, AlertRow.ts)
+            .order_by(func.min(func.coalesce(AlertRow.resolved_at, AlertRow.last_seen_at)), func.min(AlertRow.id))
+            .limit(limit))
+        with self.store.session() as session:
+            return [(channel, ts) for channel, ts in session.execute(query)]
+
+    def claim_render(self, channel: str, ts: str) -> list[int]:
+        """Take the message's behind alerts to edit it: marked as shown before the edit, in one conditional
+        UPDATE, so of two replicas reconciling at once only one gets them (and edits); [] for the other.
+        The ids taken, for release_render when the edit does not go through."""
+        with self.store.session() as session, session.begin():
+            taken = session.execute(update(AlertRow).where(AlertRow.channel == channel, AlertRow.ts == ts, _BEHIND)
+                                    .values(rendered=_VIEW).returning(AlertRow.id)
+                                    .execution_options(synchronize_session=False))
+            return sorted(taken.scalars())
+
+    def release_render(self, alert_ids: Iterable[int]) -> None:
+        """The edit did not reach Slack: the message is behind again, for a later poll."""
+        ids = list(alert_ids)
+        if ids:
+            with self.store.session() as session, session.begin():
+                session.execute(update(AlertRow).where(AlertRow.id.in_(ids)).values(rendered=None))
 
     def due_for_escalation(self, environment: str, now: datetime, after_seconds: float,
                            kinds: Iterable[str]) -> list[Alert]:
@@ -481,7 +539,7 @@ class AlertBook:
 
 __all__ = [
     "Alert", "AlertBook", "Condition", "Observation", "WatchState", "evaluate", "kinds_seen", "needs_snapshot",
-    "observe", "utcnow", "OPENED", "ONGOING", "REOPENED", "CLEARING", "RESOLVED",
+    "view_of", "observe", "utcnow", "OPENED", "ONGOING", "REOPENED", "CLEARING", "RESOLVED",
 ]
 
 

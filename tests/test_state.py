@@ -105,3 +105,37 @@ def test_a_state_database_at_0005_keeps_its_runs_and_gains_their_details(backend
         assert runs.get(fresh.id).detail("backup_id") == 8 and not runs.set_details("no-such-run", x=1)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_alerts_of_a_0008_database_count_as_shown_as_they_stand(backend, request, tmp_path):
+    """0009 adds alerts.rendered: a message posted before it is taken to show its alert as it stands (the
+    first polls after the upgrade do not re-edit every alert message ever posted); one never posted, nothing."""
+    from alembic import command
+    from alembic.config import Config
+
+    from runbook.state import store as store_module
+    from runbook.watch import AlertBook
+
+    url = f"sqlite:///{tmp_path}/old.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    store = Store(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(store_module.MIGRATIONS))
+    with store.engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0008_approval_claims")
+        for key, state, reopened, ts in (("posted", "resolved", 2, "'1.000100'"), ("unposted", "open", 0, "NULL")):
+            conn.exec_driver_sql(
+                "INSERT INTO alerts (key, environment, kind, subject, since, state, opened_at, last_seen_at, "
+                "reopened, peak_seconds, details, channel, ts) VALUES "
+                f"('{key}', 'production', 'long_query', '42', '', '{state}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, "
+                f"{reopened}, 1.0, '{{}}', 'C0ALERTS01', {ts})")
+        conn.commit()
+    try:
+        store.migrate()
+        assert store._at_head()
+        book = AlertBook(store)
+        assert {a.key: a.rendered for a in book.alerts(open_only=False)} == {"posted": "resolved:2", "unposted": None}
+        assert book.messages_behind("production", 10) == []
+    finally:
+        store.close()

@@ -156,6 +156,9 @@ class AlertRow(Base):
     # (open_seconds) plus the current one's (since episode_opened_at; None: since opened_at).
     episode_opened_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     open_seconds: Mapped[float | None] = mapped_column(Float)
+    # 0009: what its message last showed of it, "<state>:<reopened>" (runbook.watch.view_of): an edit Slack
+    # never took (an outage) leaves it behind the row, and a later poll makes it again. None: not shown yet.
+    rendered: Mapped[str | None] = mapped_column(String(40))
 
     __table_args__ = (Index("ix_alerts_environment_state", "environment", "state"),)
 

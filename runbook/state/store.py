@@ -18,7 +18,7 @@ from runbook.dsn import redact
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "runbook_bot_alembic_version"
 # The newest migration in migrations/versions; tests/test_state.py keeps the two in step.
-HEAD = "0008_approval_claims"
+HEAD = "0009_alert_rendered"
 
 
 def _sqlalchemy_url(url: str) -> str:
