@@ -12,7 +12,10 @@ clock. What it does, in order:
 4. each alert has one message: chat.postMessage once, chat.update by its stored ts after that,
    marked resolved (with how long it lasted) when the condition is gone;
 5. alerts open longer than `escalation.escalate_after_seconds` tag the owner in their thread, once;
-6. the Prometheus gauges of the environment are set.
+6. messages that show an older view of an alert than its row (an edit Slack never took, above all a
+   resolution during an outage: nothing else ever goes back to a resolved alert) are edited again,
+   at most RECONCILE_PER_POLL a poll, longest behind first (this runs on a paused environment too);
+7. the Prometheus gauges of the environment are set.
 """
 from __future__ import annotations
 
@@ -40,6 +43,9 @@ log = logging.getLogger("runbook_bot.watch")
 WATCH_ACTOR = "runbook-bot/watch"
 # An open message whose content has not changed is still edited this often, to refresh its figures.
 REFRESH_SECONDS = 300
+# Messages behind their alerts edited again per poll at most: after an outage that saw a storm resolve,
+# the backlog drains over a few polls instead of flooding the channel's rate budget in one.
+RECONCILE_PER_POLL = 5
 
 
 def job_id(environment: str) -> str:
@@ -157,6 +163,7 @@ class WatchRunner:
         if not book.claim(job_id(environment), slot, self.identity):
             return "claimed"
         if book.paused(environment):
+            self._catch_up(environment, book, self.clock())
             return "paused"
         observation = observe(environment, env, clock=self.clock)
         if observation.error:
@@ -168,16 +175,24 @@ class WatchRunner:
         # are counted on the polls' grid, not on when each poll's work happened to finish
         now = slot
         changed = book.apply(environment, evaluate(environment, env, observation), now, seen=kinds_seen(observation))
+        self._catch_up(environment, book, now, changed)
+        if self.metrics is not None:
+            self.metrics.alerts(environment, book.alerts(environment))
+        return "ran"
+
+    def _catch_up(self, environment: str, book: AlertBook, now: datetime, changed: list[Alert] | None = None) -> None:
+        """The poll's Slack work: its changes, the escalations due, then what earlier polls could not edit.
+        `changed` None (a paused environment: nothing observed, nobody tagged): only the last."""
         try:
-            self.deliver(changed, now)
-            self.escalate(environment, book, now)
+            touched: set[tuple[str, str]] = set()
+            if changed is not None:
+                touched = self.deliver(changed, now)
+                self.escalate(environment, book, now)
+            self.reconcile(environment, book, now, skip=touched)
         except SlackCallFailed as exc:
             # Slack unreachable: the poll's other messages wait for the next poll (the alerts are in the state
             # database) rather than each waiting out its own timeout
             log.error("the watch of %s stopped posting for this poll: %s", environment, exc)
-        if self.metrics is not None:
-            self.metrics.alerts(environment, book.alerts(environment))
-        return "ran"
 
     # -- Slack ----------------------------------------------------------------------------
 
@@ -195,13 +210,14 @@ class WatchRunner:
             raise SlackCallFailed(what, failure)
         log.error("%s: %s", what, failure)
 
-    def deliver(self, changed: list[Alert], now: datetime | None = None) -> None:
+    def deliver(self, changed: list[Alert], now: datetime | None = None) -> set[tuple[str, str]]:
         """One message per incident: the alerts of one kind in one environment share it.
 
         New incidents are posted first, so they never queue behind edits of old ones in Slack's
         per-channel budget; a new alert of a kind that already has an open message joins it. Then
         each message touched is edited, only when what it says changed (sessions in or out,
-        cleared, resolved, re-opened) or its figures are older than REFRESH_SECONDS.
+        cleared, resolved, re-opened) or its figures are older than REFRESH_SECONDS. Returns the
+        messages it posted or tried to edit, (channel, ts).
         """
         now = now or self.clock()
         book = AlertBook(self.store)
@@ -225,6 +241,7 @@ class WatchRunner:
                 touched[(alert.channel, alert.ts)] = None
         for channel, ts in touched:
             self._update(book, channel, ts, now)
+        return set(touched)
 
     def _post(self, book: AlertBook, alerts: list[Alert], now: datetime) -> None:
         channel = self.channel
@@ -237,6 +254,7 @@ class WatchRunner:
             return
         for alert in alerts:
             book.set_message(alert.id, channel, posted.ts)
+        book.mark_rendered(alerts)
         self._remember(posted.ts, _fingerprint(book.message_alerts(channel, posted.ts)), now)
 
     def _update(self, book: AlertBook, channel: str, ts: str, now: datetime) -> None:
@@ -252,7 +270,31 @@ class WatchRunner:
         if failure is not None:
             self._failed(failure, f"the {alerts[0].kind} alert {alerts[0].id} was not updated")
             return
+        book.mark_rendered(alerts)
         self._remember(ts, fingerprint, now, done=not any(a.is_open for a in alerts))
+
+    def reconcile(self, environment: str, book: AlertBook, now: datetime, *,
+                  skip: set[tuple[str, str]] = frozenset()) -> list[tuple[str, str]]:
+        """Edit the messages behind their alerts again (AlertBook.messages_behind), at most
+        RECONCILE_PER_POLL, each by one replica only (AlertBook.claim_render); `skip`: the messages this
+        poll already tried. Returns the messages edited."""
+        done: list[tuple[str, str]] = []
+        behind = [m for m in book.messages_behind(environment, RECONCILE_PER_POLL + len(skip)) if m not in skip]
+        for channel, ts in behind[:RECONCILE_PER_POLL]:
+            taken = book.claim_render(channel, ts)
+            if not taken:
+                continue                        # another replica is editing it
+            alerts = book.message_alerts(channel, ts)
+            failure = self.gateway.update(channel, ts, self._message(alerts))
+            if failure is not None:
+                book.release_render(taken)
+                self._failed(failure, f"the {alerts[0].kind} alert {alerts[0].id} was not brought up to date")
+                continue
+            self._remember(ts, _fingerprint(alerts), now, done=not any(a.is_open for a in alerts))
+            done.append((channel, ts))
+        if done:
+            log.info("the watch of %s brought %d alert message(s) up to date", environment, len(done))
+        return done
 
     def _remember(self, ts: str, fingerprint: Any, now: datetime, *, done: bool = False) -> None:
         with self._sent_lock:
