@@ -141,3 +141,21 @@ def test_two_replicas_bring_a_message_up_to_date_once(pg_url, make_watch, slack,
             t.join(timeout=30)
         assert done == [message] and resolved(alert) and alert.updates == 1
         assert book.messages_behind("production", 10) == []
+
+
+def test_a_paused_watch_still_brings_its_messages_up_to_date(pg_url, make_watch, slack):
+    """`/migrate watch off` stops the polls of the target, not the catch-up of what Slack missed: a
+    pause right after an outage must not leave its last alert open in the channel."""
+    watch = make_watch(pg_url, thresholds={"idle_in_transaction_seconds": 0.3}, watch={"resolve_after_seconds": 0})
+    with Sessions(pg_url) as s:
+        conn = idle_in_transaction(s)
+        watch.run()
+        [alert] = watch.posts()
+        slack.fail_next("chat.update", **ERRORING)
+        conn.commit()
+        watch.run()
+    slack.clear_faults()
+    assert AlertBook(watch.store).set_paused("production", True, "U0TESTER1")
+    assert watch.run() == "paused"
+    assert resolved(alert) and alert.updates == 1
+    assert watch.run() == "paused" and alert.updates == 1
