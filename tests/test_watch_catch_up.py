@@ -38,6 +38,19 @@ def unreachable_client():
         return make_client("xoxb-watch-test", gone.url)         # its port closed once it stops
 
 
+def resolved_while_chat_update_errors(watch, slack: LocalSlack, s: Sessions):
+    """An alert posted, then resolved (resolve_after_seconds 0) while chat.update errors; Slack answers
+    again afterwards. Its message, still showing it open."""
+    conn = idle_in_transaction(s)
+    watch.run()
+    [alert] = watch.posts()
+    slack.fail_next("chat.update", **ERRORING)
+    conn.commit()
+    watch.run()
+    slack.clear_faults()
+    return alert
+
+
 def resolved(message) -> bool:
     return message.text.startswith("RESOLVED")
 
@@ -112,13 +125,8 @@ def test_two_replicas_bring_a_message_up_to_date_once(pg_url, make_watch, slack,
                         redactor=Redactor(watch.settings), identity="other-replica", clock=watch.clock)
     book = AlertBook(watch.store)
     with Sessions(pg_url) as s, closing(other_store):
-        conn = idle_in_transaction(s)
-        watch.run()
-        [alert] = watch.posts()
-        slack.fail_next("chat.update", **ERRORING)
-        conn.commit()
-        watch.run()
-        slack.clear_faults()
+        alert = resolved_while_chat_update_errors(watch, slack, s)
+        assert not resolved(alert)
         message = (alert.channel, alert.ts)
         assert book.messages_behind("production", 10) == [message]
 
@@ -148,13 +156,7 @@ def test_a_paused_watch_still_brings_its_messages_up_to_date(pg_url, make_watch,
     pause right after an outage must not leave its last alert open in the channel."""
     watch = make_watch(pg_url, thresholds={"idle_in_transaction_seconds": 0.3}, watch={"resolve_after_seconds": 0})
     with Sessions(pg_url) as s:
-        conn = idle_in_transaction(s)
-        watch.run()
-        [alert] = watch.posts()
-        slack.fail_next("chat.update", **ERRORING)
-        conn.commit()
-        watch.run()
-    slack.clear_faults()
+        alert = resolved_while_chat_update_errors(watch, slack, s)
     assert AlertBook(watch.store).set_paused("production", True, "U0TESTER1")
     assert watch.run() == "paused"
     assert resolved(alert) and alert.updates == 1
