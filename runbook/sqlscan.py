@@ -1,5 +1,5 @@
 """The one analyser of rendered migration SQL (pglast: PostgreSQL's own parser): which statements a
-revision runs, the locks each takes on which relations (the risk review, runbook/review.py), and which
+revision runs, the locks each takes on which relations (the risk review, runbook/review/), and which
 tables and indexes a run touches (the no-go gate, validation, the §6.5 choice between a table and a
 full restore). One parse, so these never disagree.
 

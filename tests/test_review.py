@@ -560,7 +560,7 @@ def test_squawk_lints_each_revisions_sql_once_until_it_changes(risky_app, tmp_pa
     """A fresh process reviewing SQL linted before (the same text: a touched revision file renders
     it again) reuses the findings and the parsed statements kept beside the previews; new SQL
     is linted, and gets the same findings as ever."""
-    from runbook.review import _LintCache
+    from runbook.review.lint_cache import LintCache
 
     settings, name, env, url, app = risky_app([INDEX, NOT_NULL])
     real = review.squawk_argv(env)[0]
@@ -574,7 +574,7 @@ def test_squawk_lints_each_revisions_sql_once_until_it_changes(risky_app, tmp_pa
 
     first = precheck.run_precheck(name, env)
     assert len(runs()) == 2
-    _LintCache._memory.clear()                       # as a fresh process: only the files are left
+    LintCache._memory.clear()                       # as a fresh process: only the files are left
     again = precheck.run_precheck(name, env)
     assert len(runs()) == 2
     assert [(r.revision, r.rating, r.reason, [(f.rule, f.line, f.statement) for f in r.findings])
@@ -587,7 +587,7 @@ def test_squawk_lints_each_revisions_sql_once_until_it_changes(risky_app, tmp_pa
     path = app / "alembic" / "versions" / f"{NOT_NULL[0]}.py"
     path.write_text(path.read_text().replace("def upgrade() -> None:\n",
                                              "def upgrade() -> None:\n    op.execute('SELECT 1')\n", 1))
-    _LintCache._memory.clear()
+    LintCache._memory.clear()
     changed = precheck.run_precheck(name, env)
     assert len(runs()) == 3
     assert [f.rule for f in _by_revision(changed)[NOT_NULL[0]].findings] == ["adding-not-nullable-field"]
