@@ -513,8 +513,8 @@ def _on_copy(result: Rehearsal, name: str, env: Environment, copy_env: Environme
     version_table = "alembic_version"
     statement_timeout = env.rehearsal.statement_timeout
     with copy.connect("rehearse-monitor", statement_timeout=statement_timeout) as monitor:
-        sup = migrate.Supervisor(name, env, run_id, "upgrade", monitor, log, None, 3600.0,
-                                 env.migration.timeout_seconds, time.monotonic())
+        sup = migrate.Supervisor(name=name, env=env, run_id=run_id, direction="upgrade", monitor=monitor, log=log,
+                                 timeout_seconds=env.migration.timeout_seconds, started=time.monotonic())
         env_vars = migrate.alembic_environment(env, copy_url, sup.app_name, monitor.info.server_version)
         scratch_run = migrate.MigrationResult(run_id=run_id, environment=name, direction="upgrade",
                                               outcome="failed", target=the_plan.target,
@@ -526,8 +526,9 @@ def _on_copy(result: Rehearsal, name: str, env: Environment, copy_env: Environme
         def step(direction: str, to: str, expected: list[str]) -> migrate.StepResult:
             sup.direction = direction
             scratch_run.error = None
-            return migrate.run_step(sup, scratch_run, env, project, monitor, direction, to, expected, env_vars,
-                                    None, env.migration.retry_backoff_seconds, time.sleep, log, no_event)
+            return migrate.run_step(sup, result=scratch_run, project=project, direction=direction, step=to,
+                                    expected_after=expected, env_vars=env_vars, event=no_event,
+                                    backoff_seconds=env.migration.retry_backoff_seconds)
 
         # up, one revision at a time, measured
         failed = False

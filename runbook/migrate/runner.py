@@ -200,8 +200,9 @@ def _run_locked(result: MigrationResult, request: RunRequest, tgt: Target, hooks
         return None
     try:
         with tgt.connect("migrate-monitor") as monitor:
-            sup = Supervisor(name, env, result.run_id, direction, monitor, log, hooks.on_progress,
-                             timing.progress_every, timing.timeout_seconds, trail.started)
+            sup = Supervisor(name=name, env=env, run_id=result.run_id, direction=direction, monitor=monitor, log=log,
+                             timeout_seconds=timing.timeout_seconds, started=trail.started,
+                             on_progress=hooks.on_progress, progress_every=timing.progress_every)
             sup.report("checking")
             dumps = backup.dump_in_progress(monitor)      # reference/postgres.md §5: never overlap the two
             if dumps:
@@ -268,9 +269,10 @@ def _run_locked(result: MigrationResult, request: RunRequest, tgt: Target, hooks
             for index, (step, expected_after) in enumerate(zip(the_plan.steps, the_plan.expected_after), 1):
                 sup.step, sup.step_index = step, index
                 _beat(beat, f"{direction} {step} ({index}/{len(the_plan.steps)})")
-                step_result = run_step(sup, result, env, project, monitor, direction, step, expected_after,
-                                       env_vars, hooks.on_blocker, timing.backoff_seconds, timing.sleep, log,
-                                       event)
+                step_result = run_step(sup, result=result, project=project, direction=direction, step=step,
+                                       expected_after=expected_after, env_vars=env_vars, event=event,
+                                       backoff_seconds=timing.backoff_seconds, sleep=timing.sleep,
+                                       on_blocker=hooks.on_blocker)
                 result.steps.append(step_result)
                 if not step_result.ok:
                     failed = True

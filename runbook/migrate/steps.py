@@ -6,10 +6,10 @@ import random
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
+from typing import Callable
 
 import psycopg
 
-from runbook.config import Environment
 from runbook.migrate.alembic_output import error_line, is_lock_timeout
 from runbook.migrate.log import RunLog
 from runbook.migrate.results import BlockerReport, MigrationResult, StepResult, blocker_line
@@ -33,10 +33,15 @@ def read_version(project: AlembicProject, monitor: psycopg.Connection, log: RunL
         return None
 
 
-def run_step(sup: Supervisor, result: MigrationResult, env: Environment, project: AlembicProject,
-             monitor: psycopg.Connection, direction: str, step: str, expected_after: list[str],
-             env_vars: dict[str, str], on_blocker, backoff_seconds: float, sleep, log: RunLog, event) -> StepResult:
-    """One alembic call, retried on lock timeouts; the version table is read after every attempt."""
+def run_step(sup: Supervisor, *, result: MigrationResult, project: AlembicProject, direction: str, step: str,
+             expected_after: list[str], env_vars: dict[str, str], event: Callable[..., None],
+             backoff_seconds: float, sleep: Callable[[float], None] = time.sleep,
+             on_blocker: Callable[[BlockerReport], None] | None = None) -> StepResult:
+    """One alembic call (`alembic <direction> <step>`), retried on lock timeouts; the version table is read
+    after every attempt. The environment, the monitor connection and the log are the supervisor's;
+    `result` (the run's) counts the attempts and keeps the blockers; `event(action, outcome, summary,
+    details)` records the step's audit events."""
+    env, monitor, log = sup.env, sup.monitor, sup.log
     attempts_allowed = env.migration.retries + 1
     started = time.monotonic()
     before = read_version(project, monitor, log) or []

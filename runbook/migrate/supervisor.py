@@ -41,11 +41,16 @@ class Attempt:
 
 
 class Supervisor:
-    """One run: the lock's connection is held elsewhere; this one watches the migrator."""
+    """One run: the lock's connection is held elsewhere; this one watches the migrator.
 
-    def __init__(self, name: str, env: Environment, run_id: str, direction: str, monitor: psycopg.Connection,
-                 log: RunLog, on_progress: Callable[[Progress], None] | None, progress_every: float,
-                 timeout_seconds: float, started: float):
+    `name`, `env`, `run_id` and `direction` say which run it is (`direction` may change between
+    steps: a rehearsal goes up, then down); `monitor` is the connection it watches from, `log` where
+    it writes; `timeout_seconds` bounds each alembic subprocess; `started` (time.monotonic()) is when
+    the run began, `on_progress` is given a Progress at most every `progress_every` seconds."""
+
+    def __init__(self, *, name: str, env: Environment, run_id: str, direction: str, monitor: psycopg.Connection,
+                 log: RunLog, timeout_seconds: float, started: float,
+                 on_progress: Callable[[Progress], None] | None = None, progress_every: float = 1.0):
         self.name, self.env, self.run_id, self.direction = name, env, run_id, direction
         self.monitor, self.log = monitor, log
         self.app_name = migrator_application_name(run_id)
