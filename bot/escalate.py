@@ -1,5 +1,5 @@
 """Escalations and incident summaries on Slack (issue 6): runbook/escalation.py and
-runbook/incident.py decide what to say; this posts it, records it, and follows up.
+runbook/incident/ decide what to say; this posts it, records it, and follows up.
 
 `Escalator` is what every surface calls:
 

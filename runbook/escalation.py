@@ -2,7 +2,7 @@
 
 - level 1, self-service: the runbook and guideline links, the dashboards, and the runbook section
   that fits the current state, read from the latest run, restore and open alerts (`assess`);
-- level 2, owner: the owner tagged with the §7.3 incident summary (runbook/incident.py);
+- level 2, owner: the owner tagged with the §7.3 incident summary (runbook/incident/);
 - level 3, emergency: the owner and @here, pause the application, preserve the logs, and the
   configured pause hook (`run_pause_hook`: an argument list, no shell, a timeout, the output
   captured and redacted; a failure is reported, never swallowed).

@@ -21,6 +21,7 @@ from runbook import incident as incidents
 from runbook.state import Store
 from runbook.state.approvals import ApprovalStore
 from runbook.state.runs import RunStore
+from runbook.units import human_size
 from tests.support.configs import with_password
 from tests.support.escalations import GITHUB_TOKEN, OWNER, ROOT, cli, escalation_config, load
 from tests.support.migrations import PASSWORD, app_copy, assert_no_secret
@@ -163,7 +164,7 @@ def test_a_failed_migration_documents_every_section_7_3_item_with_the_real_value
     made = backups.get_backup(store, "production", made.id)
     assert f"- Location: `{made.location}`" in text
     assert f"- Time: {when(made.finished_at)}" in text
-    assert f"- Size: {incidents.human_size(made.size_bytes)}" in text
+    assert f"- Size: {human_size(made.size_bytes)}" in text
     assert f"- SHA-256: `{made.sha256}`" in text
     assert f"- Verification level: {made.level}: full read" in text and made.level == "full"
     # validation results (the run's own did not run: it failed first; `validate` after it did)

@@ -40,7 +40,8 @@ def test_the_terminal_renderer_loads_no_slack_module():
     assert out.stdout.strip() == ""
 
 
-SPLIT_PACKAGES = ("runbook.migrate", "runbook.backup", "runbook.review", "bot.render", "bot.cli")
+SPLIT_PACKAGES = ("runbook.migrate", "runbook.backup", "runbook.review", "runbook.incident", "bot.render",
+                  "bot.cli")
 
 
 def _modules_of(package: str) -> list[str]:

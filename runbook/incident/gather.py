@@ -1,149 +1,25 @@
-"""§7.3 incident documentation: a summary generated from the bot's own records.
-
-What an escalation must carry (runbook §7.3), gathered from the state database, never typed:
-
-- the environment, the revision ids (from -> target, and where the database ended up);
-- the time of each step, from the events the run and the approvals recorded;
-- the error messages and the relevant log lines (the last N lines of the run's log file, redacted);
-- the steps already attempted (precheck, backup, migrate, retries, validation, rollback, restore),
-  each with who approved it;
-- the backup: location, time, size, checksum, verification level;
-- the validation results and the §6.5 recommendation;
-- who was escalated to, and when.
-
-An incident is anchored on a run (migrate, rollback or restore): its window starts at the previous
-run's end (at most a day before the run, so the precheck and the backup are in it) and ends where
-the next migrate run starts. A rollback run belongs to the migrate run before it when that started
-within a day; so does a restore when that migrate run failed or was interrupted (the restore is its
-§6.5 recovery), otherwise a restore is an incident of its own (the backup it restores is its
-backup). Without any run, the window is the last day of the environment.
-
-`gather()` returns plain dataclasses; `render_markdown()` (files, the CLI, GitHub issues) and
-`render_mrkdwn()` (Slack sections) render them with the Jinja2 templates in runbook/templates/.
-Every missing piece (no backup, no log, nobody approved) renders as "none", never an error.
-"""
+"""An incident gathered from the bot's own records: which run it is about, its window, and the
+steps, approvals, backups, errors, log lines and escalations in it."""
 from __future__ import annotations
 
 import re
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
-from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
-from jinja2 import Environment, PackageLoader, StrictUndefined
 from sqlalchemy import select
 
+from runbook.incident.model import BackupFacts, Escalated, Incident, Scrubber, Step, TimelineEntry, UnknownRun
 from runbook.state.models import BackupRow, EventRow, as_utc, utcnow
 from runbook.state.runs import Run, RunStore
 from runbook.target import redact
-from runbook.units import human_size
+
 
 LOOKBACK = timedelta(hours=24)
 # Events a summary leaves out: reading things changes nothing.
 QUIET_ACTIONS = ("help", "status", "activity", "backups", "watch", "incident")
 MAX_EVENTS = 500
-# A Slack section holds 3000 characters; the log's code block keeps the newest lines that fit.
-SLACK_LOG_CHARS = 2500
-SECTION_BREAK = "\f"
-LEVEL_NAMES = {"none": "not verified", "toc": "TOC read", "full": "full read (pg_restore to /dev/null)",
-               "restore": "restored into a scratch database, row counts compared"}
-
-
-class UnknownRun(Exception):
-    """No run with that id; one line."""
-
-
-@dataclass(frozen=True)
-class Step:
-    """One thing attempted, with when, how it ended, and who approved it."""
-
-    name: str                      # precheck, backup, migrate, retry, validation, rollback, restore, ...
-    at: datetime | None
-    outcome: str
-    detail: str = ""
-    approved_by: tuple[str, ...] = ()
-    approval: str = ""             # how it was approved, or why it needed no approval
-    actor: str | None = None
-
-
-@dataclass(frozen=True)
-class BackupFacts:
-    id: int
-    name: str
-    kind: str
-    reason: str
-    status: str
-    location: str
-    at: datetime | None            # when it finished (started, while running)
-    size_bytes: int | None
-    sha256: str | None
-    level: str
-    revision: list[str] | None
-    relation: str                  # how it relates to the incident
-
-    @property
-    def size(self) -> str:
-        return human_size(self.size_bytes, unknown="none")
-
-    @property
-    def level_text(self) -> str:
-        return f"{self.level}: {LEVEL_NAMES.get(self.level, self.level)}"
-
-
-@dataclass(frozen=True)
-class Escalated:
-    at: datetime
-    level: int | None
-    level_name: str
-    notified: tuple[str, ...]
-    actor: str
-    reason: str
-    automatic: bool
-    github_url: str | None = None
-
-
-@dataclass(frozen=True)
-class TimelineEntry:
-    at: datetime
-    actor: str
-    action: str
-    outcome: str
-    summary: str
-
-
-@dataclass
-class Incident:
-    environment: str
-    generated_at: datetime
-    since: datetime
-    until: datetime | None
-    run: Run | None
-    from_revisions: list[str] = field(default_factory=list)
-    target: str | None = None
-    reached: list[str] = field(default_factory=list)
-    outcome: str | None = None
-    errors: list[str] = field(default_factory=list)
-    steps: list[Step] = field(default_factory=list)
-    backup: BackupFacts | None = None
-    validation: dict[str, Any] | None = None
-    recommendation: dict[str, Any] | None = None
-    escalations: list[Escalated] = field(default_factory=list)
-    log_path: str | None = None
-    log_lines: list[str] = field(default_factory=list)
-    log_note: str = "none"         # why there are no log lines
-    log_dropped: bool = False      # library traceback frames were left out of them
-    timeline: list[TimelineEntry] = field(default_factory=list)
-
-    @property
-    def title(self) -> str:
-        if self.run is None:
-            return f"Incident summary: {self.environment}"
-        return f"Incident summary: {self.run.kind} on {self.environment} ({self.outcome or self.run.state})"
-
-    @property
-    def run_id(self) -> str | None:
-        return self.run.id if self.run is not None else None
 
 
 # ---------------------------------------------------------------------------
@@ -220,7 +96,7 @@ def gather(store, *, environment: str | None = None, run_id: str | None = None, 
     since, until = _window(store, run, environment, now)
     events = _events(store, environment, since, until)
     approvals = ApprovalStore(store)
-    scrub = _Scrubber(secrets)
+    scrub = Scrubber(secrets)
     incident = Incident(environment=environment, generated_at=now, since=since, until=until, run=run)
     incident.timeline = [TimelineEntry(e.at, e.actor, e.action, e.outcome, scrub(e.summary)) for e in events]
     incident.escalations = _escalations(events, scrub)
@@ -285,14 +161,6 @@ def gather(store, *, environment: str | None = None, run_id: str | None = None, 
     return incident
 
 
-class _Scrubber:
-    def __init__(self, secrets: Sequence[str]):
-        self.secrets = tuple(s for s in secrets if s)
-
-    def __call__(self, text: Any) -> str:
-        return redact(str(text or ""), *self.secrets)
-
-
 @dataclass(frozen=True)
 class _Event:
     at: datetime
@@ -319,7 +187,7 @@ def _stored(store, value: datetime) -> datetime:
     return value.astimezone(timezone.utc).replace(tzinfo=None) if store.engine.dialect.name == "sqlite" else value
 
 
-def _escalations(events: list[_Event], scrub: _Scrubber) -> list[Escalated]:
+def _escalations(events: list[_Event], scrub: Scrubber) -> list[Escalated]:
     """Each escalate event, with the GitHub issue an escalate.github event after it reported."""
     found: list[Escalated] = []
     for event in events:
@@ -353,7 +221,7 @@ def _how(run: Run, approvals) -> str:
     return "--yes on the command line" if run.actor.startswith("cli:") else ""
 
 
-def _run_facts(incident: Incident, run: Run, events: list[_Event], approvals, scrub: _Scrubber) -> None:
+def _run_facts(incident: Incident, run: Run, events: list[_Event], approvals, scrub: Scrubber) -> None:
     result = run.outcome
     incident.from_revisions = result.from_revisions or [r.strip() for r in run.from_revision.split(",") if r.strip()]
     incident.target = result.target or run.target_revision or None
@@ -371,7 +239,7 @@ def _run_facts(incident: Incident, run: Run, events: list[_Event], approvals, sc
                 incident.errors.append(scrub(f"validation {check.get('name')}: {check.get('detail')}"))
 
 
-def _run_steps(incident: Incident, run: Run, events: list[_Event], approvals, scrub: _Scrubber) -> None:
+def _run_steps(incident: Incident, run: Run, events: list[_Event], approvals, scrub: Scrubber) -> None:
     result = run.outcome
     approved_by = tuple(_approvers(run, events, approvals))
     how = _how(run, approvals)
@@ -416,7 +284,7 @@ def _run_steps(incident: Incident, run: Run, events: list[_Event], approvals, sc
                                    approved_by=approved_by, actor=run.actor))
 
 
-def _log(incident: Incident, run: Run, count: int, scrub: _Scrubber) -> None:
+def _log(incident: Incident, run: Run, count: int, scrub: Scrubber) -> None:
     incident.log_path = run.log_path
     if not run.log_path:
         incident.log_note = "none (the run kept no log file)"
@@ -505,121 +373,3 @@ def _primary_backup(store, run: Run, in_window: list[Any]) -> BackupFacts | None
         if row is None:
             return None
         return _facts(Backup.of(row), "the newest verified full backup before the run")
-
-
-# ---------------------------------------------------------------------------
-# Rendering
-
-
-def when(value: datetime | None) -> str:
-    if value is None:
-        return "none"
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def revisions(ids: Sequence[str] | None) -> str:
-    return ", ".join(ids) if ids else "base"
-
-
-def _mrkdwn(text: Any) -> str:
-    """Slack's three control characters (the only ones it needs escaped)."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _slack_code(text: Any, limit: int = 300) -> str:
-    flat = " ".join(str(text).split())
-    flat = (flat[: limit - 1] + "…" if len(flat) > limit else flat).replace("`", "ˋ")
-    return f"`{_mrkdwn(flat)}`" if flat else "none"
-
-
-def _md_code(text: Any) -> str:
-    """Inline Markdown code that no backtick inside can close."""
-    flat = " ".join(str(text).split())
-    if not flat:
-        return "none"
-    longest = max((len(part) for part in _backtick_runs(flat)), default=0)
-    fence = "`" * (longest + 1)
-    pad = " " if flat.startswith("`") or flat.endswith("`") else ""
-    return f"{fence}{pad}{flat}{pad}{fence}"
-
-
-def _backtick_runs(text: str) -> list[str]:
-    runs, current = [], ""
-    for char in text:
-        if char == "`":
-            current += char
-        elif current:
-            runs.append(current)
-            current = ""
-    if current:
-        runs.append(current)
-    return runs
-
-
-def _md_fence(lines: Sequence[str]) -> str:
-    """A fenced block longer than any backtick run inside it."""
-    longest = max((len(r) for line in lines for r in _backtick_runs(line)), default=0)
-    fence = "`" * max(3, longest + 1)
-    return f"{fence}\n" + "\n".join(lines) + f"\n{fence}"
-
-
-def _md_cell(text: Any) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|") or "none"
-
-
-def _md_text(text: Any) -> str:
-    """Free text in Markdown: one line; HTML, link syntax and GitHub @mentions defused."""
-    flat = " ".join(str(text).split())
-    return flat.replace("<", "&lt;").replace("[", "\\[").replace("@", "@\u200b") or "none"
-
-
-def _people(ids: Sequence[str]) -> str:
-    return ", ".join(ids) if ids else "none"
-
-
-def _tail_fitting(lines: Sequence[str], limit: int) -> list[str]:
-    kept: list[str] = []
-    size = 0
-    for line in reversed(lines):
-        size += len(_mrkdwn(line)) + 1
-        if size > limit:
-            break
-        kept.append(line)
-    return list(reversed(kept))
-
-
-@lru_cache(maxsize=1)
-def _templates() -> Environment:
-    env = Environment(loader=PackageLoader("runbook", "templates"), undefined=StrictUndefined,
-                      autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters.update(when=when, revisions=revisions, mrkdwn=_mrkdwn, slack_code=_slack_code, md_code=_md_code,
-                       md_cell=_md_cell, md_text=_md_text, md_fence=_md_fence, people=_people)
-    return env
-
-
-def render(template: str, secrets: Sequence[str] = (), **context: Any) -> str:
-    """Render one of runbook/templates; every value printed passes `redact` with `secrets` too."""
-    scrub = _Scrubber(secrets)
-    env = _templates().overlay(finalize=lambda value: scrub(value) if isinstance(value, str) else
-                               ("" if value is None else value))
-    return env.get_template(template).render(**context, level_names=LEVEL_NAMES)
-
-
-def render_markdown(incident: Incident, *, secrets: Sequence[str] = ()) -> str:
-    return render("incident.md.j2", secrets, incident=incident)
-
-
-def render_mrkdwn(incident: Incident, *, secrets: Sequence[str] = ()) -> list[str]:
-    """Slack mrkdwn, one string per section (the bot packs them into blocks)."""
-    text = render("incident.slack.j2", secrets, incident=incident,
-                  slack_log=_tail_fitting(incident.log_lines, SLACK_LOG_CHARS))
-    return [part.strip("\n") for part in text.split(SECTION_BREAK) if part.strip()]
-
-
-def filename(incident: Incident) -> str:
-    stamp = incident.generated_at.strftime("%Y%m%d_%H%M%S")
-    return f"incident_{incident.environment}_{incident.run_id or 'no-run'}_{stamp}.md"
-
-
-__all__ = ["BackupFacts", "Escalated", "Incident", "Step", "TimelineEntry", "UnknownRun", "filename", "gather",
-           "latest_run", "render", "render_markdown", "render_mrkdwn", "subject_run", "when"]
