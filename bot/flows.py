@@ -266,6 +266,12 @@ class Flows:
         self.reply_ephemeral(origin, blocks.error_message(line))
         return False
 
+    def admits(self, command: Command, origin: Origin) -> bool:
+        """Whether `command` from `origin` passes what every typed command passes (`_admitted`: the channel,
+        replays, runbook.authz). A button that runs what a command runs ("Rehearse first",
+        bot/migrations.py) is held to the same rules through this; a refusal is answered and recorded here."""
+        return self._admitted(command, origin)
+
     def _fail(self, command: Command, origin: Origin, text: str) -> None:
         text = self.redactor(text)
         try:
@@ -491,29 +497,12 @@ class Flows:
 
     def do_rehearse(self, command: Command, origin: Origin) -> None:
         """`/migrate rehearse [env] [head | +1 | REV]` (issue 16): the pending range on a restored copy, on
-        this executor like every long command; one message, updated as it goes, then the report."""
-        import time
-
+        this executor like every long command (bot.migrations.Migrations.rehearse, which the "Rehearse
+        first" button of an approval request runs too)."""
         from bot.commands import rehearse_args
-        from bot.migration_blocks import rehearsal_message, rehearsal_progress_message
-        from runbook import ops, rehearse
 
         name, _env = self.settings.environment(command.environment)
-        typed = rehearse_args(command.args)
-        # stateful: updated as it goes, so where the bot cannot post it goes to slack.channel (deliver)
-        channel, ts = self.deliver(origin, rehearsal_progress_message(name, typed, "starting"), stateful=True)
-        last = [0.0]
-
-        def phase(text: str) -> None:
-            if channel is not None and ts is not None and time.monotonic() - last[0] >= 1.0:
-                last[0] = time.monotonic()
-                self.update(channel, ts, rehearsal_progress_message(name, typed, text))
-
-        result = ops.rehearse(self.settings, self.store, name, target=typed, actor=self.actor(origin),
-                              on_phase=phase, project=self.project(name))
-        message = rehearsal_message(rehearse.to_json(result), environment=name)
-        if channel is None or ts is None or not self.update(channel, ts, message, final=True):
-            self.post(origin, message)
+        self.migrations.rehearse(name, rehearse_args(command.args), origin)
 
     def do_validate(self, command: Command, origin: Origin) -> None:
         """`/migrate validate [env]` (§5): the report; a failure gets the §6.5 recommendation in its thread."""

@@ -48,6 +48,7 @@ from bot.render.status import _revs
 # Action ids of the buttons this feature adds; bot/app.py routes every `migrate_*` one to bot/migrations.py.
 ACTION_BACKUP_FIRST = "migrate_backup_first"
 ACTION_RECOMMENDED = "migrate_recommended"
+ACTION_REHEARSE_FIRST = "migrate_rehearse_first"
 ACTION_PATTERN = re.compile(r"^migrate_")
 
 VERBS = {"upgrade": "Migration", "downgrade": "Rollback"}
@@ -134,7 +135,8 @@ def migration_request_blocks(params: Mapping[str, Any], *, request_id: str, pend
         out.append(section(f"{label}: {sql.count(chr(10)) + 1} lines, attached as a file in this "
                            "message's thread :page_facing_up:"))
     out.extend(list(risk))
-    out.append(rehearsal_block(rehearsal, environment, params))
+    out.extend(rehearsal_blocks(rehearsal, environment, params, request_id=request_id,
+                                pending=pending and not finished))
     if finished:        # the backup taken (or not) and the run's guards are in its result, in the past
         return out
     if protection.relied_on:
@@ -156,29 +158,64 @@ def migration_request_blocks(params: Mapping[str, Any], *, request_id: str, pend
     return out
 
 
-def rehearsal_block(match: Any, environment: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """The latest rehearsal of the request's range (runbook.rehearse.Match), one revision a line, or why
-    there is none that counts (issue 16)."""
-    from runbook.rehearse import match_line, revision_line_json
+def rehearsal_start(params: Mapping[str, Any]) -> tuple[list[str], str] | None:
+    """(start, target) of the rehearsal that matches a request's range: an upgrade's own range; for a
+    rollback, its target -> where it starts from (the way down of that rehearsal is the rollback). None
+    when there is none to run (a rollback from several heads)."""
+    current = [str(c) for c in params.get("current") or []]
+    target = str(params.get("target"))
+    if params.get("direction") != "downgrade":
+        return current, target
+    if len(current) != 1:
+        return None
+    return ([] if target == "base" else [target]), current[0]
+
+
+def rehearsal_blocks(match: Any, environment: str, params: Mapping[str, Any], *, request_id: str | None = None,
+                     pending: bool = False) -> list[dict[str, Any]]:
+    """The latest rehearsal of the request's range (runbook.rehearse.Match), one revision a line with the
+    risk review's findings against what was measured, or why there is none that counts, with a "Rehearse
+    first" button while the request is pending (issue 16)."""
+    from runbook.rehearsal_record import check_line, match_line, revision_line_json
 
     downgrade = params.get("direction") == "downgrade"
-    ask = (f"`/migrate rehearse {environment}`" if not downgrade else
-           f"`/migrate rehearse {environment}` from {_rev_text([str(params.get('target'))])}")
-    if match is None:
-        return section(truncate(f":grey_question: *Not rehearsed*: no rehearsal of this range on a restored copy; "
-                                f"{ask} runs it (the target is not touched)", MAX_SECTION_TEXT))
-    if not match.valid:
-        return section(truncate(f":warning: *Rehearsal void*: {escape(match_line(match))}", MAX_SECTION_TEXT))
+    if match is None or not match.valid:
+        rangeof = rehearsal_start(params)
+        button_here = pending and request_id is not None and rangeof is not None
+        if downgrade:
+            frm = _rev_text(rangeof[0]) if rangeof else _rev_text([str(params.get("target"))])
+            how = (f"a rollback counts the rehearsal of {frm} → {_rev_text(params.get('current') or [])} "
+                   f"(its way down is this rollback), on a copy of a verified full backup taken at {frm}")
+            ask = "*Rehearse first* runs it" if button_here else "none can run from here"
+        else:
+            how = "no rehearsal of this range on a restored copy"
+            ask = ("*Rehearse first* (or " if button_here else "") + \
+                f"`/migrate rehearse {escape(environment)} {escape(one_line(str(params.get('target')), 60))}`" + \
+                (") runs it" if button_here else " runs it")
+        if match is None:
+            text = f":grey_question: *Not rehearsed*: {how}; {ask} (the target is not touched)"
+        else:
+            text = f":warning: *Rehearsal void*: {escape(match_line(match))}; {ask} again"
+        out = [section(truncate(text, MAX_SECTION_TEXT))]
+        if button_here:
+            out.append(actions(button("Rehearse first", ACTION_REHEARSE_FIRST, request_id),
+                               block_id="migrate_rehearse_first"))
+        return out
     icon = ":test_tube:" if match.passed else ":x:"
     when = f" {match.finished_at:%Y-%m-%d %H:%M} UTC" if match.finished_at else ""
     report = match.report
-    lines = [f"• {escape(revision_line_json(r))}" for r in (report.get("revisions") or [])[:20]]
+    lines = []
+    for rev in (report.get("revisions") or [])[:20]:
+        lines.append(f"• {escape(revision_line_json(rev))}")
+        lines += [f"    ↳ {escape(check_line(c))}" for c in rev.get("risk_checks") or []]
     if report.get("outcome") != "passed" and report.get("error"):
         lines.append(f"• {escape(one_line(str(report['error']), 300))}")
     head = (f"{icon} *Rehearsed*{when} on a copy of backup #{report.get('backup_id')}: "
             f"*{escape(str(report.get('outcome')))}* in {duration(report.get('total_seconds'))} "
             f"(run {escape(match.run_id[:8])})")
-    return section(truncate(head + "\n" + "\n".join(lines), MAX_SECTION_TEXT))
+    if any(rev.get("risk_checks") for rev in report.get("revisions") or []):
+        head += "; lock times are lower bounds (sampled)"
+    return [section(head + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(head) - 1))]
 
 
 def rehearsal_progress_message(environment: str, typed: str, phase: str) -> Message:
@@ -190,7 +227,7 @@ def rehearsal_progress_message(environment: str, typed: str, phase: str) -> Mess
 
 def rehearsal_message(report: Mapping[str, Any], *, environment: str) -> Message:
     """A finished rehearsal (runbook.rehearse.to_json): one line per revision, the validation, the notes."""
-    from runbook.rehearse import revision_line_json
+    from runbook.rehearsal_record import check_line, revision_line_json
 
     outcome = str(report.get("outcome"))
     icon = {"passed": ":white_check_mark:", "failed": ":x:", "nothing to do": ":zzz:"}.get(outcome, ":warning:")
@@ -198,10 +235,17 @@ def rehearsal_message(report: Mapping[str, Any], *, environment: str) -> Message
     head = f"{icon} *Rehearsal of {escape(environment)}* {frm} → {_target_text(str(report.get('to')))}: *{escape(outcome)}*"
     out = [section(truncate(head + (f"\n{escape(one_line(str(report['error']), 500))}"
                                     if report.get("error") and outcome != "passed" else ""), MAX_SECTION_TEXT))]
-    lines = [f"• {escape(revision_line_json(r))}" for r in (report.get("revisions") or [])
-             if r.get("ok") or r.get("error")]
+    lines = []
+    for rev in report.get("revisions") or []:
+        if rev.get("ok") or rev.get("error"):
+            lines.append(f"• {escape(revision_line_json(rev))}")
+            lines += [f"    ↳ {escape(check_line(c))}" for c in rev.get("risk_checks") or []]
     if lines:
-        out.append(section(bounded_lines(lines[:40], MAX_SECTION_TEXT, total=len(lines))))
+        out.append(section(bounded_lines(lines[:80], MAX_SECTION_TEXT, total=len(lines))))
+    if any(rev.get("risk_checks") for rev in report.get("revisions") or []):
+        out.append(context("↳ the risk review's findings against what was measured: a lock's time is a lower "
+                           "bound (seen from its first sample to its last), and one shorter than a sample may not "
+                           "be seen at all"))
     validation = report.get("validation")
     if validation is not None:
         failed = [c for c in validation.get("checks") or [] if c.get("status") == "fail"]
@@ -250,7 +294,17 @@ def migration_result_blocks(result: Mapping[str, Any] | None) -> list[dict[str, 
     if result.get("backup_id"):
         bits.append(f"backup #{escape(result['backup_id'])} before it")
     bits.append(f"run {code(result.get('run_id', '?'), 20)}")
-    return [section(truncate(" · ".join(bits), MAX_SECTION_TEXT))]
+    out = [section(truncate(" · ".join(bits), MAX_SECTION_TEXT))]
+    rehearsed = result.get("rehearsal")
+    if rehearsed and rehearsed.get("revisions"):
+        from runbook.rehearsal_record import timing_line
+
+        title = (f":test_tube: *Against its rehearsal* (run {escape(str(rehearsed.get('run_id'))[:8])}, "
+                 f"{escape(str(rehearsed.get('outcome')))})")
+        lines = [f"• {escape(timing_line(t))}" for t in rehearsed["revisions"][:200]]
+        out.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
+                                                         total=len(rehearsed["revisions"]))))
+    return out
 
 
 def interrupted_result_blocks(result: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -631,7 +685,7 @@ def interrupted_runs_message(runs: Sequence[Any], *, when: str = "found at start
     return validate(Message(text=text, blocks=blocks))
 
 
-__all__ = ["ACTION_BACKUP_FIRST", "ACTION_PATTERN", "ACTION_RECOMMENDED", "backup_line", "blocker_message",
+__all__ = ["ACTION_BACKUP_FIRST", "ACTION_PATTERN", "ACTION_RECOMMENDED", "ACTION_REHEARSE_FIRST", "backup_line", "blocker_message",
            "escalation_contact_message", "interrupted_restore_blocks", "interrupted_result_blocks",
            "interrupted_runs_message", "log_file", "monitor_final_message", "monitor_interrupted_message", "restore_again_command",
            "restore_run_blocks",

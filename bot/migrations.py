@@ -101,7 +101,10 @@ def checked_proposal(name: str, env: Environment, direction: str, typed: str, co
     """runbook.ops.propose with this surface's way to restore in an irreversible rollback's refusal."""
     how = ("`runbook-bot backups`, then `runbook-bot restore ID [--table T]... --yes`" if cli else
            f"`/migrate backups {name}`, then `/migrate restore {name} ID [tables=a,b]`")
-    return ops.propose(name, env, direction, typed, command_text, store=store, project=project, restore_hint=how)
+    rehearse = (f"`runbook-bot rehearse --env {name} --to {{target}}`" if cli else
+                f"`/migrate rehearse {name} {{target}}`")
+    return ops.propose(name, env, direction, typed, command_text, store=store, project=project, restore_hint=how,
+                       rehearse_hint=rehearse)
 
 
 def gate_override_of(params: Mapping[str, Any]) -> GateOverride | None:
@@ -144,11 +147,14 @@ def interrupted_outcome(run: Any) -> approvals.Outcome:
 
 def result_details(result: migrate.MigrationResult, backup_id: int | None) -> dict[str, Any]:
     """What the request keeps of the run (the runs table keeps all of it)."""
+    from runbook.rehearsal_record import comparison_to_json
+
     return {"run_id": result.run_id, "outcome": result.outcome, "from": list(result.from_revisions),
             "to": list(result.to_revisions), "target": result.target, "attempts": result.attempts,
             "duration_seconds": round(result.duration_seconds, 3), "error": result.error,
             "validation": None if result.validation is None else result.validation.passed,
-            "backup_id": backup_id, "log_path": result.log_path}
+            "backup_id": backup_id, "log_path": result.log_path,
+            "rehearsal": comparison_to_json(result.rehearsal)}
 
 
 # ---------------------------------------------------------------------------
@@ -486,6 +492,81 @@ class Migrations:
             self.upload_in_thread(request.channel, request.message_ts, mblocks.sql_file(sql, name, direction))
         return request
 
+    # -- /migrate rehearse and the "Rehearse first" button (issue 16) -------------------------
+
+    def rehearse(self, name: str, typed: str, origin: Any, *, start: Sequence[str] | None = None,
+                 thread_ts: str | None = None) -> Any:
+        """The range up to `typed` on a restored copy (runbook.ops.rehearse; `start`: from that revision, see
+        there), on Flows' executor: one message (in the thread `thread_ts` when given), updated as it goes,
+        then the report. Returns the runbook.rehearse.Rehearsal."""
+        from runbook import rehearse as rehearsals
+
+        # stateful: updated as it goes, so where the bot cannot post it goes to slack.channel (deliver)
+        channel, ts = self.flows.deliver(origin, mblocks.rehearsal_progress_message(name, typed, "starting"),
+                                         thread_ts=thread_ts, stateful=True)
+        last = [0.0]
+
+        def phase(text: str) -> None:
+            if channel is not None and ts is not None and time.monotonic() - last[0] >= 1.0:
+                last[0] = time.monotonic()
+                self.flows.update(channel, ts, mblocks.rehearsal_progress_message(name, typed, text))
+
+        result = ops.rehearse(self.settings, self.store, name, target=typed, actor=self.flows.actor(origin),
+                              on_phase=phase, project=self.flows.project(name), start=start)
+        message = mblocks.rehearsal_message(rehearsals.to_json(result), environment=name)
+        if channel is None or ts is None or not self.flows.update(channel, ts, message, final=True):
+            self.flows.post(origin, message, thread_ts=thread_ts)
+        return result
+
+    def _rehearse_first(self, click: approvals.Click, request: ApprovalRequest) -> str:
+        """The "Rehearse first" button: the request's range rehearsed as `/migrate rehearse` would, by the
+        clicker and under that command's rules (Flows.admits: a click is the clicker's request, not the
+        requester's), its progress and report in the request's thread; then the request is drawn again, so
+        approvers see the rehearsal on it."""
+        from bot.commands import Command
+        from bot.origin import Origin
+        from runbook.rehearsal_record import KIND as REHEARSAL
+        from runbook.rehearse import summary_line
+        from runbook.state.runs import RUNNING
+
+        if request.state != PENDING or request.is_due(utcnow()):
+            state = request.state if request.state != PENDING else "expired"
+            raise approvals.Refusal(f"This request is already {state}; nothing was rehearsed.", "closed")
+        name, params = request.environment, request.params
+        span = mblocks.rehearsal_start(params)
+        if span is None:
+            raise approvals.Refusal("A rollback from several heads has no single range to rehearse; nothing was "
+                                    "rehearsed.", "refused")
+        start, target = span
+        origin = Origin(user_id=click.user_id, channel_id=click.channel_id, response_url=click.response_url)
+        if not self.flows.admits(Command("rehearse", name, (target,)), origin):
+            return "unauthorised"           # answered and recorded as a refused /migrate rehearse
+        env = self.settings.environments[name]
+        standing = ops.rehearsal_of_range(self.store, name, env, params.get("current") or [], str(params["target"]),
+                                          self.flows.project(name))
+        if standing is not None and standing.valid:
+            self.approvals.sync_message(request.id)
+            raise approvals.Refusal(f"This range is rehearsed already (run {standing.run_id[:8]}, "
+                                    f"{standing.outcome}): the request shows it; nothing was rehearsed.", "duplicate")
+        running = RunStore(self.store).list(environment=name, states=(RUNNING,), kinds=(REHEARSAL,), limit=1)
+        if running:
+            raise approvals.Refusal(f"A rehearsal of {name} is running already (run {running[0].id[:8]}, by "
+                                    f"{running[0].actor}); wait for its report, then click again if this range "
+                                    "is still not rehearsed. Nothing was started.", "duplicate")
+        downgrade = params.get("direction") == "downgrade"
+        result = self.rehearse(name, target, origin, start=start if downgrade else None,
+                               thread_ts=request.message_ts)
+        shown = self.approvals.sync_message(request.id)
+        if not shown:    # the reconcile draws it later; meanwhile the thread says where the report is
+            self.post_in_thread(request, blocks.Message(
+                text="The rehearsal's report is in this thread; the request will show it.",
+                blocks=[blocks.context("The rehearsal's report is above in this thread; the request above will "
+                                       "show it once Slack takes the update.")]))
+        outcome = "ok" if result.outcome in ("passed", "nothing to do") else result.outcome
+        self._audit(click.user_id, "rehearse_first", request, outcome[:20], summary_line(result),
+                    {"rehearsal_run_id": result.run_id})
+        return outcome
+
     # -- /migrate validate -----------------------------------------------------------------
 
     def validate(self, name: str, origin: Any) -> "ValidationReport":
@@ -545,15 +626,17 @@ class Migrations:
     # -- clicks on migrate_* buttons ---------------------------------------------------------
 
     def handle_click(self, click: approvals.Click) -> str:
-        """A "Back up first" or recommended-action click, on Flows' executor. Returns the audit
+        """A "Back up first", "Rehearse first" or recommended-action click, on Flows' executor. Returns the audit
         outcome; a refused click gets a one-line ephemeral and changes nothing."""
-        action = {mblocks.ACTION_BACKUP_FIRST: "backup_first", mblocks.ACTION_RECOMMENDED: "follow"}.get(
-            click.action_id, "click")
+        action = {mblocks.ACTION_BACKUP_FIRST: "backup_first", mblocks.ACTION_RECOMMENDED: "follow",
+                  mblocks.ACTION_REHEARSE_FIRST: "rehearse_first"}.get(click.action_id, "click")
         row: ApprovalRequest | None = None
         try:
             row = self._row_of(click)
             if action == "backup_first":
                 return self._backup_first(click, row)
+            if action == "rehearse_first":
+                return self._rehearse_first(click, row)
             return self._follow(click, row)
         except approvals.Refusal as refusal:
             self._audit(click.user_id or "unknown", action, row, refusal.outcome, str(refusal),
@@ -574,7 +657,8 @@ class Migrations:
 
     def _row_of(self, click: approvals.Click) -> ApprovalRequest:
         nothing = "nothing was changed"
-        expected = {mblocks.ACTION_BACKUP_FIRST: ("migrate", "rollback"), mblocks.ACTION_RECOMMENDED: (RECOMMENDATION,)}
+        expected = {mblocks.ACTION_BACKUP_FIRST: ("migrate", "rollback"), mblocks.ACTION_RECOMMENDED: (RECOMMENDATION,),
+                    mblocks.ACTION_REHEARSE_FIRST: ("migrate", "rollback")}
         if click.action_id not in expected:
             raise approvals.Refusal(f"That button is not one the bot knows; {nothing}.", "invalid")
         if not _SLACK_ID.match(click.user_id):

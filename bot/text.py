@@ -208,6 +208,13 @@ def migration_text(result) -> str:
         out.append(f"  [{mark}] {result.direction} {step.target} ({step.seconds:.1f}s{retried})")
     for blocker in result.blockers:
         out.append("  " + blocker_text(blocker))
+    rehearsed = getattr(result, "rehearsal", None)
+    if rehearsed is not None:
+        from runbook.rehearsal_record import comparison_to_json, timing_line
+
+        shown = comparison_to_json(rehearsed)
+        out.append(f"  against its rehearsal (run {shown['run_id'][:8]}, {shown['outcome']}):")
+        out += [f"    {timing_line(t)}" for t in shown["revisions"]]
     if result.validation is not None:
         out += ["", validation_text(result.validation)]
     if result.recommendation is not None:

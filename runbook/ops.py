@@ -69,10 +69,12 @@ def irreversible(proposal: migrate.Proposal) -> list[Any]:
 
 
 def propose(name: str, env: Environment, direction: str, typed: str, command_text: str, *, store,
-            project: AlembicProject | None = None, restore_hint: str = "`restore ID`") -> migrate.Proposal:
+            project: AlembicProject | None = None, restore_hint: str = "`restore ID`",
+            rehearse_hint: str = "`rehearse --to {target}`") -> migrate.Proposal:
     """What a migrate or rollback request asks approvers to approve, or Refused / NothingToDo (one line)
     when nobody should be asked at all. `restore_hint`: how the surface's users restore, for the
-    refusal of an irreversible rollback."""
+    refusal of an irreversible rollback; `rehearse_hint`: how they rehearse an upgrade to `{target}`, for
+    the refusal of `rehearsal.required`."""
     proposal = migrate.propose(name, env, direction=direction, target=typed, project=project, store=store)
     bad = irreversible(proposal)
     if bad:
@@ -86,12 +88,24 @@ def propose(name: str, env: Environment, direction: str, typed: str, command_tex
         raise Refused(f"`{command_text}` refused: {proposal.refusal}")
     proposal = dataclasses.replace(proposal, rehearsal=rehearsal_for(store, name, env, proposal, project))
     if env.rehearsal.required and not (proposal.rehearsal is not None and proposal.rehearsal.passed):
-        from runbook.rehearse import match_line
-
-        raise Refused(f"`{command_text}` refused: {name} requires a passed rehearsal of this range "
-                      f"(rehearsal.required), and it has {match_line(proposal.rehearsal)}; nobody is asked to "
-                      "approve it yet")
+        raise Refused(_rehearsal_required_line(name, proposal, command_text, rehearse_hint))
     return proposal
+
+
+def _rehearsal_required_line(name: str, proposal: migrate.Proposal, command_text: str, rehearse_hint: str) -> str:
+    """Why `rehearsal.required` refuses the request, and how to get the rehearsal it needs."""
+    from runbook.rehearsal_record import match_line
+
+    has = "no rehearsal of it" if proposal.rehearsal is None else match_line(proposal.rehearsal)
+    head = (f"`{command_text}` refused: {name} requires a passed rehearsal of this range before anyone is asked "
+            f"(rehearsal.required), and there is {has}.")
+    if proposal.direction == "upgrade":
+        return (f"{head} Rehearse it first, on a restored copy (the target is not touched): "
+                f"{rehearse_hint.format(target=proposal.target)}, then ask again.")
+    frm = ", ".join(proposal.current) or "base"
+    return (f"{head} A rollback to {proposal.target} counts the rehearsal of {proposal.target} -> {frm} (its way "
+            f"down is this rollback), made on a backup taken at {proposal.target}, as the migration's own "
+            "rehearsal was; without one, restore from a backup instead.")
 
 
 def rehearsal_for(store, name: str, env: Environment, proposal: migrate.Proposal,
@@ -207,13 +221,32 @@ def run(settings: Settings, store, name: str, direction: str, *, target: str, ex
     authorise_override(settings, name, gate_override, members_of)
     watcher = watcher or RunWatcher()
     latest = backups.latest_verified(store, name) if store is not None else None
-    return migrate.run(name, env, direction=direction, target=target, expected_current=expected_current,
-                       actor=actor, store=store, approval_id=approval_id, run_id=run_id,
-                       before=_pre_run_backup(store, name, env, actor, run_id=run_id, watcher=watcher,
-                                              skip=skip_backup),
-                       restore_from=latest, gate_override=gate_override,
-                       on_progress=watcher.progress, on_blocker=watcher.blocker, project=project,
-                       progress_every=progress_every)
+    rehearsed = _rehearsal_at_start(store, name, env, expected_current, target, project)
+    result = migrate.run(name, env, direction=direction, target=target, expected_current=expected_current,
+                         actor=actor, store=store, approval_id=approval_id, run_id=run_id,
+                         before=_pre_run_backup(store, name, env, actor, run_id=run_id, watcher=watcher,
+                                                skip=skip_backup),
+                         restore_from=latest, gate_override=gate_override,
+                         on_progress=watcher.progress, on_blocker=watcher.blocker, project=project,
+                         progress_every=progress_every)
+    from runbook.rehearsal_record import compare
+
+    result.rehearsal = compare(result, rehearsed)
+    return result
+
+
+def _rehearsal_at_start(store, name: str, env: Environment, current: Sequence[str], target: str,
+                        project: AlembicProject | None) -> Any:
+    """The rehearsal of the run's range as it stands when the run starts (its files unchanged), which the
+    run's summary compares itself with; None when there is none or it cannot be read (the run does not
+    depend on it)."""
+    from runbook.revisions import RevisionError
+    from runbook.state import StateError
+
+    try:
+        return rehearsal_of_range(store, name, env, current, target, project)
+    except (RevisionError, StateError, OSError):
+        return None
 
 
 # ---------------------------------------------------------------------------
@@ -272,15 +305,16 @@ def validate(name: str, env: Environment, store, actor: str, *, project: Alembic
 
 def rehearse(settings: Settings, store, name: str, *, target: str = "head", backup_id: Any = None,
              actor: str, on_phase: Callable[[str], None] | None = None,
-             project: AlembicProject | None = None) -> Any:
+             project: AlembicProject | None = None, start: Sequence[str] | None = None) -> Any:
     """The pending range of `name` up to `target` on a restored copy (runbook/rehearse.py): a
     runbook.rehearse.Rehearsal, never an exception for the target's or the copy's faults. Nobody approves
-    it: it never writes the target, takes no operation lock on it, and its copy is always dropped."""
+    it: it never writes the target, takes no operation lock on it, and its copy is always dropped. `start`:
+    from that revision instead of where `name` is (a rollback's range, on a backup taken there)."""
     from runbook import rehearse as rehearsals
 
     return rehearsals.rehearse(name, settings.environments[name], store, target=target or "head",
                                backup_id=backup_id, actor=actor, settings=settings, on_phase=on_phase,
-                               project=project)
+                               project=project, start=start)
 
 
 __all__ = ["GateOverride", "MAX_OVERRIDE_REASON", "NothingToDo", "Refused", "RunWatcher", "Validation",

@@ -161,3 +161,74 @@ def revision_line_json(r: dict[str, Any]) -> str:
     elif not r.get("reversible", True):
         parts.append(f"irreversible ({r.get('irreversible_reason') or 'no downgrade'})")
     return f"{head}: " + ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------
+# A real run against its rehearsal: time per revision
+
+
+@dataclass(frozen=True)
+class TimedRevision:
+    """One revision of a real run, with the time its rehearsal took for the same step (up for a
+    migration, down for a rollback). None: the step did not run (the run stopped before), or the
+    rehearsal has no time for it (it stopped before, or the way down was not tried)."""
+
+    revision: str
+    message: str
+    seconds: float | None
+    rehearsed_seconds: float | None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The rehearsal that matched a run's range when it started, and the times per revision."""
+
+    run_id: str
+    outcome: str
+    revisions: list[TimedRevision]
+
+
+def compare(result: Any, match: Match | None) -> Comparison | None:
+    """`result` (a runbook.migrate.MigrationResult) against `match`, the rehearsal of its range read when
+    it started; None without one that still stood then. Per revision only when the run went one
+    revision a step (§3.2): a step over several revisions has no time of its own for each."""
+    if match is None or not match.valid:
+        return None
+    down = result.direction == "downgrade"
+    rehearsed = {r.get("revision"): r for r in match.report.get("revisions") or []}
+    per_step = len(result.planned_steps) == len(result.revisions)
+    timed = []
+    for index, rev in enumerate(result.revisions):
+        step = result.steps[index] if per_step and index < len(result.steps) else None
+        seen = rehearsed.get(rev.revision) or {}
+        then = seen.get("downgrade_seconds") if down else (seen.get("seconds") if seen.get("ok") else None)
+        timed.append(TimedRevision(rev.revision, rev.message or "", None if step is None else step.seconds,
+                                   None if then is None else float(then)))
+    return Comparison(match.run_id, match.outcome, timed)
+
+
+def comparison_to_json(comparison: Comparison | None) -> dict[str, Any] | None:
+    """The `rehearsal` key of `migrate --json` / `rollback --json`."""
+    if comparison is None:
+        return None
+    return {"run_id": comparison.run_id, "outcome": comparison.outcome,
+            "revisions": [{"revision": t.revision, "message": t.message,
+                           "seconds": None if t.seconds is None else round(t.seconds, 3),
+                           "rehearsed_seconds": None if t.rehearsed_seconds is None else round(t.rehearsed_seconds, 3)}
+                          for t in comparison.revisions]}
+
+
+def timing_line(timed: dict[str, Any]) -> str:
+    """One revision of comparison_to_json's list: "0002 add category budget: 0.41 s (rehearsed 0.38 s)"."""
+    head = f"{timed['revision']}" + (f" {timed['message']}" if timed.get("message") else "")
+    now = "not run" if timed.get("seconds") is None else f"{timed['seconds']:.2f} s"
+    then = ("no rehearsed time" if timed.get("rehearsed_seconds") is None
+            else f"rehearsed {timed['rehearsed_seconds']:.2f} s")
+    return f"{head}: {now} ({then})"
+
+
+def check_line(check: dict[str, Any]) -> str:
+    """One risk check of a rehearsed revision (its JSON `risk_checks`): "CREATE INDEX without CONCURRENTLY
+    on expenses: rated high, measured SHARE lock on expenses for at least 4.2 s: confirmed"."""
+    verdict = f": {check['verdict']}" if check.get("verdict") else ""
+    return f"{check['finding']}: rated {check['rated']}, measured {check['measured']}{verdict}"

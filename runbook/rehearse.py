@@ -50,7 +50,7 @@ from runbook.revisions import AlembicProject, RevisionError, one_line
 from runbook.target import Target, TargetError
 from runbook.units import human_size
 # What a precheck reads of past rehearsals lives apart, light to import (no psycopg, no backup).
-from runbook.rehearsal_record import (KIND, Match, _seconds, _signed_size, file_hashes,  # noqa: F401
+from runbook.rehearsal_record import (KIND, Match, _seconds, _signed_size, check_line, file_hashes,  # noqa: F401
                                       latest_for, match_in_events, match_line, revision_line_json, summary_of)
 
 SCRATCH_PREFIX = "rbrehearse_"
@@ -68,6 +68,21 @@ class LockHeld:
     relation: str
     mode: str                        # SQL words: ACCESS EXCLUSIVE, SHARE ROW EXCLUSIVE, ...
     held_seconds: float              # first to last sample that saw it granted
+
+
+@dataclass(frozen=True)
+class RiskCheck:
+    """One finding of the risk review (runbook/review.py) on a rehearsed revision, against what the
+    rehearsal measured on the tables it names. `verdict`: "confirmed" (rated medium or high, and a lock
+    that blocks writes was seen for at least LONG_LOCK_SECONDS, or the table was rewritten), "refuted"
+    (rated medium or high, nothing of the kind seen), "understated" (rated low, yet such a lock was
+    seen), or None for a finding that is not about locks (a dropped column's data, a renamed table)."""
+
+    rule: str
+    finding: str                     # what it is about, e.g. "CREATE INDEX without CONCURRENTLY on expenses"
+    rated: str                       # low, medium, high
+    measured: str                    # e.g. "SHARE lock on expenses for at least 4.2 s"
+    verdict: str | None
 
 
 @dataclass
@@ -88,6 +103,7 @@ class RevisionReport:
     downgrade_ok: bool | None = None       # None: not tried (irreversible, or the way down stopped before it)
     downgrade_seconds: float | None = None
     downgrade_error: str | None = None
+    risk_checks: list[RiskCheck] = field(default_factory=list)
 
 
 @dataclass
@@ -256,6 +272,73 @@ def _compare(report: RevisionReport, before: _Tables, after: _Tables, conn: psyc
 
 
 # ---------------------------------------------------------------------------
+# The risk review, confirmed or refuted by what was measured
+
+
+# Modes that block writes to the table (SHARE and stronger), and how long one must be seen held for a
+# finding about locks to count as confirmed: at that length a busy table's writers queue visibly.
+WRITE_BLOCKING = ("SHARE", "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE")
+LONG_LOCK_SECONDS = 1.0
+
+
+def _review_on_copy(name: str, copy_env: Environment, conn: psycopg.Connection, project: AlembicProject,
+                    revisions: Sequence[Any], result: Rehearsal) -> dict[str, Any]:
+    """runbook/review.py's review of the revisions, rated against the copy before they run (the same
+    tables and sizes as the target when its backup was taken, and no live sessions): revision ->
+    RevisionReview. Empty, with a note, when it cannot run; nothing when the review is disabled."""
+    from runbook import review
+
+    if not copy_env.review.enabled or not revisions:
+        return {}
+    try:
+        done = review.review(name, copy_env, conn, project=project, revisions=revisions)
+    except (review.ReviewError, review.AllowlistError, psycopg.Error, RevisionError) as exc:
+        result.notes.append(f"risk review not checked against the measurements: {one_line(str(exc))}")
+        return {}
+    return {entry.revision: entry for entry in done.revisions}
+
+
+def _plain(relation: str) -> str:
+    return relation[len("public."):] if relation.startswith("public.") else relation
+
+
+def risk_checks(entry: Any, report: RevisionReport, sample_ms: int) -> list[RiskCheck]:
+    """Each finding of the review of `report`'s revision (`entry`: a runbook.review.RevisionReview, or None)
+    against the locks and rewrites measured on the tables it names. A lock's duration is a lower bound:
+    it was seen from its first sample to its last, and one shorter than a sample may not be seen at all."""
+    from runbook.review import SIZE_RULES
+
+    if entry is None:
+        return []
+    checks = []
+    for finding in entry.findings:
+        tables = [_plain(t) for t in finding.tables]
+        seen: list[str] = []
+        heavy = False
+        for table in tables:
+            held = [lock for lock in report.locks if _plain(lock.relation) == table]
+            rewritten = ", table rewritten" if table in map(_plain, report.rewrites) else ""
+            if held:     # report.locks comes strongest first
+                lock = held[0]
+                seen.append(f"{lock.mode} lock on {lock.relation} for at least {_seconds(lock.held_seconds)}"
+                            f"{rewritten}")
+                heavy = heavy or any(h.mode in WRITE_BLOCKING and h.held_seconds >= LONG_LOCK_SECONDS for h in held)
+            else:
+                seen.append(f"no lock seen on {table}: any was shorter than a sample ({sample_ms} ms){rewritten}")
+        measured = "; ".join(seen) or f"no table named: {_seconds(report.seconds)} for the revision"
+        verdict = None
+        if finding.rule in SIZE_RULES and tables:
+            if finding.rating == "low":
+                verdict = "understated" if heavy else "confirmed"
+            else:
+                verdict = "confirmed" if heavy else "refuted"
+        what = SIZE_RULES[finding.rule][0] if finding.rule in SIZE_RULES else finding.rule
+        checks.append(RiskCheck(finding.rule, what + (f" on {', '.join(tables)}" if tables else ""),
+                                finding.rating, measured, verdict))
+    return checks
+
+
+# ---------------------------------------------------------------------------
 # Disk
 
 
@@ -340,7 +423,9 @@ class Refused(Exception):
 
 
 def _choose_backup(name: str, env: Environment, store, current: list[str], backup_id: int | str | None,
-                   actor: str, result: Rehearsal) -> Any:
+                   actor: str, result: Rehearsal, *, may_take: bool = True) -> Any:
+    """The backup to restore: the one named, else the latest verified full one taken at `current`, else a
+    new one (`may_take`: only when the target is at `current` now)."""
     if backup_id is not None:
         try:
             item = backups.get_backup(store, name, backup_id)
@@ -360,6 +445,10 @@ def _choose_backup(name: str, env: Environment, store, current: list[str], backu
         if item.status == "verified" and item.kind == "full" and item.revision is not None \
                 and sorted(item.revision) == sorted(current):
             return item
+    if not may_take:
+        raise Refused(f"no verified full backup taken at {', '.join(current) or 'base'} to rehearse on, and {name} "
+                      "is no longer there to take one: a rollback is rehearsed on a copy of the database as it was "
+                      "before the migration")
     result.notes.append(f"no verified full backup at {', '.join(current) or 'base'}: took one")
     try:
         item = backups.backup(name, env, store, reason="rehearse", actor=actor)
@@ -372,9 +461,11 @@ def _choose_backup(name: str, env: Environment, store, current: list[str], backu
 def rehearse(name: str, env: Environment, store, *, target: str = "head", backup_id: int | str | None = None,
              actor: str = "runbook-bot", run_id: str | None = None, project: AlembicProject | None = None,
              settings: Any = None, on_phase: Callable[[str], None] | None = None,
-             log_dir: Path | None = None) -> Rehearsal:
+             log_dir: Path | None = None, start: Sequence[str] | None = None) -> Rehearsal:
     """Rehearse `name`'s pending range up to `target` on a restored copy (see the module). Never raises for
-    the target's or the copy's faults: the outcome and error say it."""
+    the target's or the copy's faults: the outcome and error say it. `start`: rehearse from this revision
+    instead of the one `name` is at, on a copy of a verified full backup taken there (what a rollback
+    to `start` matches: the rehearsal of `start` -> `target`, whose way down is the rollback)."""
     from runbook.state.runs import FAILED, REFUSED, SUCCEEDED, Heartbeat, RunStore, new_run_id
 
     run_id = run_id or new_run_id()
@@ -410,7 +501,7 @@ def rehearse(name: str, env: Environment, store, *, target: str = "head", backup
         if settings is not None:
             for dropped in drop_leftovers(settings, store, [name]):
                 log.write(f"dropped a leftover rehearsal database {dropped}")
-        _rehearse(result, name, env, store, project, target, backup_id, actor, run_id, log, phase, beat)
+        _rehearse(result, name, env, store, project, target, backup_id, actor, run_id, log, phase, beat, start)
     except Refused as exc:
         result.outcome, result.error = "refused", log.scrub(str(exc))
     except Exception as exc:  # last resort: recorded, one redacted line
@@ -439,16 +530,18 @@ def rehearse(name: str, env: Environment, store, *, target: str = "head", backup
 
 
 def _rehearse(result: Rehearsal, name: str, env: Environment, store, project: AlembicProject, target: str,
-              backup_id, actor: str, run_id: str, log: migrate.RunLog, phase, beat) -> None:
+              backup_id, actor: str, run_id: str, log: migrate.RunLog, phase, beat,
+              start: Sequence[str] | None = None) -> None:
     from runbook import validate
 
     tgt = target_of(env)
     try:      # the target is only read: its revision and its size
         with tgt.connect("rehearse") as conn:
-            current = project.current(conn)
+            at_now = project.current(conn)
             size = int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
     except (TargetError, RevisionError) as exc:
         raise Refused(str(exc)) from None
+    current = list(start) if start is not None else at_now
     result.from_revisions = list(current)
     try:
         the_plan = migrate.plan(project, current, "upgrade", target, True)
@@ -475,7 +568,8 @@ def _rehearse(result: Rehearsal, name: str, env: Environment, store, project: Al
 
     beat.set_step("backup")
     phase("choosing the backup to restore")
-    item = _choose_backup(name, env, store, current, backup_id, actor, result)
+    item = _choose_backup(name, env, store, current, backup_id, actor, result,
+                          may_take=sorted(current) == sorted(at_now))
     result.backup_id = item.id
     beat.set_step("restore")
     phase(f"restoring backup #{item.id} into {result.scratch} on {result.server}")
@@ -521,6 +615,8 @@ def _on_copy(result: Rehearsal, name: str, env: Environment, copy_env: Environme
                                               from_revisions=list(result.from_revisions), to_revisions=[])
         baseline = validate.take_baseline(monitor, copy_env)
         sampler = LockSampler(copy, sup.app_name, env.rehearsal.lock_sample_ms / 1000.0)
+        phase("reviewing the risk of the revisions on the copy")
+        reviewed = _review_on_copy(name, copy_env, monitor, project, the_plan.revisions, result)
         no_event = lambda *args, **kwargs: None      # noqa: E731 - the rehearsal records one event, at the end
 
         def step(direction: str, to: str, expected: list[str]) -> migrate.StepResult:
@@ -545,6 +641,7 @@ def _on_copy(result: Rehearsal, name: str, env: Environment, copy_env: Environme
             if sampler.error:
                 result.notes.append(f"lock sampling failed during {report.revision}: {sampler.error}")
             _compare(report, before, after, monitor, version_table)
+            report.risk_checks = risk_checks(reviewed.get(report.revision), report, env.rehearsal.lock_sample_ms)
             log.write(revision_line(report))
             if not done.ok:
                 failed = True
@@ -626,7 +723,9 @@ def _revision_json(r: RevisionReport) -> dict[str, Any]:
             "wal_bytes": r.wal_bytes, "reversible": r.reversible, "irreversible_reason": r.irreversible_reason,
             "downgrade_ok": r.downgrade_ok,
             "downgrade_seconds": None if r.downgrade_seconds is None else round(r.downgrade_seconds, 3),
-            "downgrade_error": r.downgrade_error}
+            "downgrade_error": r.downgrade_error,
+            "risk_checks": [{"rule": c.rule, "finding": c.finding, "rated": c.rated, "measured": c.measured,
+                             "verdict": c.verdict} for c in r.risk_checks]}
 
 
 def to_json(result: Rehearsal) -> dict[str, Any]:
@@ -655,6 +754,7 @@ def render_text(result: Rehearsal) -> str:
     for report in result.revisions:
         if report.ok or report.error:
             lines.append("  " + revision_line(report))
+            lines += ["    risk: " + check_line(c) for c in _revision_json(report)["risk_checks"]]
     if result.upgrade_again_ok is not None:
         lines.append("  up again: " + ("ok" if result.upgrade_again_ok else "FAILED"))
     if result.validation is not None:
@@ -667,6 +767,7 @@ def render_text(result: Rehearsal) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["KIND", "LockHeld", "LockSampler", "Match", "Refused", "Rehearsal", "RevisionReport", "SCRATCH_PREFIX",
+__all__ = ["KIND", "LockHeld", "LockSampler", "Match", "Refused", "Rehearsal", "RevisionReport", "RiskCheck",
+           "SCRATCH_PREFIX", "check_line", "risk_checks",
            "drop_leftovers", "drop_scratch_of", "file_hashes", "latest_for", "match_in_events", "match_line", "rehearse",
            "render_text", "revision_line", "scratch_name", "summary_line", "to_json"]

@@ -117,8 +117,11 @@ def test_rehearsal_required_refuses_a_request_without_a_passed_one(sample_db, tm
     settings = settings.model_copy(update={"environments": {name: env}})
     store = Store(settings.state_url)
     store.migrate()
-    with pytest.raises(ops.Refused, match="requires a passed rehearsal.*not rehearsed"):
-        ops.propose(name, env, "upgrade", "head", "/migrate run", store=store)
+    with pytest.raises(ops.Refused, match="requires a passed rehearsal.*no rehearsal of it") as refused:
+        ops.propose(name, env, "upgrade", "head", "/migrate run", store=store,
+                    rehearse_hint="`/migrate rehearse production {target}`")
+    assert "Rehearse it first" in str(refused.value)
+    assert "`/migrate rehearse production 0004_broken`, then ask again" in str(refused.value)
     assert ops.rehearse(settings, store, name, actor="test").outcome == "failed"
     with pytest.raises(ops.Refused, match=r"requires a passed rehearsal.*failed: 0004_broken"):
         ops.propose(name, env, "upgrade", "head", "/migrate run", store=store)

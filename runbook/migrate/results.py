@@ -93,6 +93,8 @@ class MigrationResult:
     timed_out: bool = False
     gate: Any = None                  # runbook.gate.GateCheck, the last one taken before the first statement
     gate_overridden: bool = False
+    # runbook.rehearsal_record.Comparison: the rehearsal of this range that stood when the run started
+    rehearsal: Any = None
 
     @property
     def ok(self) -> bool:
@@ -124,6 +126,7 @@ def blocker_line(b: BlockerReport) -> str:
 def result_to_json(result: MigrationResult) -> dict[str, Any]:
     """The `migrate --json` / `rollback --json` contract, and what the runs table keeps."""
     from runbook import rollback, validate
+    from runbook.rehearsal_record import comparison_to_json
 
     def blocker(b: BlockerReport) -> dict[str, Any]:
         return {"attempt": b.attempt, "at": b.at.isoformat(), "migrator_pid": b.migrator_pid,
@@ -155,5 +158,6 @@ def result_to_json(result: MigrationResult) -> dict[str, Any]:
         "validation": validate.report_to_json(result.validation) if result.validation is not None else None,
         "recommendation": rollback.recommendation_to_json(result.recommendation)
         if result.recommendation is not None else None,
+        "rehearsal": comparison_to_json(result.rehearsal),
     }
 
