@@ -269,8 +269,14 @@ class Flows:
     def admits(self, command: Command, origin: Origin) -> bool:
         """Whether `command` from `origin` passes what every typed command passes (`_admitted`: the channel,
         replays, runbook.authz). A button that runs what a command runs ("Rehearse first",
-        bot/migrations.py) is held to the same rules through this; a refusal is answered and recorded here."""
-        return self._admitted(command, origin)
+        bot/migrations.py) is held to the same rules through this; a refusal is answered and recorded here
+        (the channel's too, which for a typed command the ack answered already)."""
+        if self._admitted(command, origin):
+            return True
+        where = channel_refusal(self.settings, origin.channel_id) if origin.source == "slack" else None
+        if where is not None:
+            self.reply_ephemeral(origin, blocks.error_message(where))
+        return False
 
     def _fail(self, command: Command, origin: Origin, text: str) -> None:
         text = self.redactor(text)

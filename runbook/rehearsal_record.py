@@ -192,7 +192,7 @@ def compare(result: Any, match: Match | None) -> Comparison | None:
     """`result` (a runbook.migrate.MigrationResult) against `match`, the rehearsal of its range read when
     it started; None without one that still stood then. Per revision only when the run went one
     revision a step (§3.2): a step over several revisions has no time of its own for each."""
-    if match is None or not match.valid:
+    if match is None or not match.valid or not result.steps:     # nothing ran: nothing to compare
         return None
     down = result.direction == "downgrade"
     rehearsed = {r.get("revision"): r for r in match.report.get("revisions") or []}
