@@ -136,7 +136,7 @@ def migration_request_blocks(params: Mapping[str, Any], *, request_id: str, pend
                            "message's thread :page_facing_up:"))
     out.extend(list(risk))
     out.extend(rehearsal_blocks(rehearsal, environment, params, request_id=request_id,
-                                pending=pending and not finished))
+                                pending=pending and not finished, finished=finished))
     if finished:        # the backup taken (or not) and the run's guards are in its result, in the past
         return out
     if protection.relied_on:
@@ -172,10 +172,10 @@ def rehearsal_start(params: Mapping[str, Any]) -> tuple[list[str], str] | None:
 
 
 def rehearsal_blocks(match: Any, environment: str, params: Mapping[str, Any], *, request_id: str | None = None,
-                     pending: bool = False) -> list[dict[str, Any]]:
+                     pending: bool = False, finished: bool = False) -> list[dict[str, Any]]:
     """The latest rehearsal of the request's range (runbook.rehearse.Match), one revision a line with the
     risk review's findings against what was measured, or why there is none that counts, with a "Rehearse
-    first" button while the request is pending (issue 16)."""
+    first" button while the request is pending (issue 16); a `finished` request only says so."""
     from runbook.rehearsal_record import check_line, match_line, revision_line_json
 
     downgrade = params.get("direction") == "downgrade"
@@ -192,7 +192,10 @@ def rehearsal_blocks(match: Any, environment: str, params: Mapping[str, Any], *,
             ask = ("*Rehearse first* (or " if button_here else "") + \
                 f"`/migrate rehearse {escape(environment)} {escape(one_line(str(params.get('target')), 60))}`" + \
                 (") runs it" if button_here else " runs it")
-        if match is None:
+        if finished:
+            text = (":grey_question: *Not rehearsed*: " + how if match is None
+                    else f":warning: *Rehearsal void*: {escape(match_line(match))}")
+        elif match is None:
             text = f":grey_question: *Not rehearsed*: {how}; {ask} (the target is not touched)"
         else:
             text = f":warning: *Rehearsal void*: {escape(match_line(match))}; {ask} again"

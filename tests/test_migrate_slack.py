@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from bot.approvals import ACTION_APPROVE, ACTION_REJECT
-from bot.migration_blocks import ACTION_BACKUP_FIRST, ACTION_RECOMMENDED
+from bot.migration_blocks import ACTION_BACKUP_FIRST, ACTION_RECOMMENDED, ACTION_REHEARSE_FIRST
 from bot.server import Runtime
 from runbook import backup as backups
 from runbook.config import parse_settings
@@ -243,7 +243,7 @@ def test_back_up_first_takes_a_verified_backup_and_the_run_needs_no_other(sample
     shown = dumped(message.blocks)
     assert f"Protected by* #{made.id}" in shown and ACTION_BACKUP_FIRST not in shown
     assert f"taken at {REV_0001}" in shown and "writes made after it are not in it" in shown
-    assert {b["action_id"] for b in buttons(message)} == {ACTION_APPROVE, ACTION_REJECT}
+    assert {b["action_id"] for b in buttons(message)} == {ACTION_APPROVE, ACTION_REJECT, ACTION_REHEARSE_FIRST}
     bot.click(request, BOB, ACTION_BACKUP_FIRST, wait=True)         # a stale button: fresh already, no second one
     assert len(backups.list_backups(bot.store, "production")) == 1
     bot.click(request, ALICE)

@@ -122,6 +122,11 @@ def test_rehearsal_required_refuses_a_request_without_a_passed_one(sample_db, tm
                     rehearse_hint="`/migrate rehearse production {target}`")
     assert "Rehearse it first" in str(refused.value)
     assert "`/migrate rehearse production 0004_broken`, then ask again" in str(refused.value)
+    from bot.migrations import checked_proposal       # each surface says how its users rehearse
+    with pytest.raises(ops.Refused, match=r"Rehearse it first.*`/migrate rehearse production 0004_broken`"):
+        checked_proposal(name, env, "upgrade", "head", "/migrate run", store=store)
+    with pytest.raises(ops.Refused, match=r"`runbook-bot rehearse --env production --to 0004_broken`"):
+        checked_proposal(name, env, "upgrade", "head", "migrate --to head", store=store, cli=True)
     assert ops.rehearse(settings, store, name, actor="test").outcome == "failed"
     with pytest.raises(ops.Refused, match=r"requires a passed rehearsal.*failed: 0004_broken"):
         ops.propose(name, env, "upgrade", "head", "/migrate run", store=store)
