@@ -5,19 +5,13 @@ the work; this module asks, watches and reports.
 * Asking. `request(...)` resolves the typed target against the app's scripts (migrate.propose),
   refuses up front in one line what must not be asked at all (unknown revision, nothing to do,
   an irreversible downgrade, which points to `/migrate restore`), and otherwise posts an approval
-  request (kinds "migrate" and "rollback" of bot/approvals.py) pinned to the current revision;
+  request (kinds "migrate" and "rollback", bot/migration_kinds.py) pinned to the current revision;
   a long SQL preview goes up as a file in the request's thread.
-* Running. The kinds' executor (`migration_kind`) calls runbook.ops.run on Flows' executor with
-  `expected_current` from the request: every guard (the database unmoved, the no-go gate, the
-  backup that protects the run) is decided there. The request message shows what protects the run
-  (runbook.protection), or a "Back up first" button that takes a backup now.
-* Watching (§4). `LiveRun` posts ONE message in the request's thread and updates it in place
-  (chat.update by its ts) at most every `LiveRun.every` seconds from its own thread: the step,
-  elapsed time, active queries, idle transactions and lock waits with their roots, from
-  runbook.activity.snapshot on a monitor connection of its own; the migration's session
-  (application_name rbmigrate/<run id>) is marked, and called out when it waits on a lock. A lock
-  timeout's root blocker is posted in the thread as it happens. At the end: the log file (§3.3),
-  the validation report (§5), and, when something went wrong, the §6.5 recommendation.
+* Running. The kinds' executor (bot/migration_kinds.py) calls runbook.ops.run on Flows' executor
+  with `expected_current` from the request: every guard is decided there. The request message shows
+  what protects the run (runbook.protection), or a "Back up first" button that takes a backup now,
+  and its rehearsal (issue 16), or a "Rehearse first" button that runs `/migrate rehearse` for it.
+* Watching (§4). bot/live_run.py's `LiveRun`, one message in the request's thread updated in place.
 * Following up. A recommendation is stored as a request-like row (kind "recommendation" in the
   approvals table: its opaque id is all its one button carries) and its button opens the
   recommended request: a rollback, a table or full restore from the backup, or an escalation.
@@ -37,384 +31,47 @@ from __future__ import annotations
 import logging
 import os
 import re
-import threading
 import time
-from dataclasses import replace
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
-
 
 from bot import approvals, blocks
 from bot import migration_blocks as mblocks
-from runbook import activity as activities
+from bot.live_run import LiveRun, run_facts
+from bot.migration_kinds import (
+    KIND_OF_DIRECTION,
+    checked_proposal,
+    gate_override_of,
+    interrupted_outcome,
+    migration_kind,
+    outcome_line,
+    proposal_params,
+    result_details,
+    run_with_yes,
+)
 from runbook import backup as backups
 from runbook import authz, migrate, ops, rollback
-from runbook.validate import ValidationReport
-from runbook.config import ConfigError, Environment, Settings
+from runbook.config import ConfigError, Settings
 from runbook.gate import GateOverride
 from runbook.ops import NothingToDo, Refused, RunWatcher
 from runbook.revisions import RevisionError
 from runbook.state import StateError
 from runbook.state.approvals import DONE, EXECUTING, ID_PATTERN, PENDING, ApprovalRequest, ApprovalStore
 from runbook.state.models import utcnow
-from runbook.state.runs import INTERRUPTED, RunStore, interruption, new_run_id
-from runbook.target import Target, TargetError
+from runbook.state.runs import INTERRUPTED, RunStore
+from runbook.target import TargetError
+from runbook.validate import ValidationReport
 
 log = logging.getLogger(__name__)
 
-KIND_OF_DIRECTION = {"upgrade": "migrate", "downgrade": "rollback"}
-COMMAND_OF_DIRECTION = {"upgrade": "run", "downgrade": "rollback"}
 RECOMMENDATION = "recommendation"
 # A recommendation's button stays usable this long; what it opens is checked against the database
 # as it is then (a new request, pinned to the revision of that moment).
 RECOMMENDATION_TTL = timedelta(hours=24)
-# How often the supervisor hands progress over; the monitor renders at most every LiveRun.every.
-PROGRESS_EVERY = 0.5
 # The job_claims name of an interrupted run's monitor update (RunStore.claim_follow_up): once per run.
 MONITOR_CLAIM = "monitor"
 _REQUEST_ID = re.compile(ID_PATTERN)
 _SLACK_ID = re.compile(r"^[A-Z0-9]{2,40}$")
-
-
-# ---------------------------------------------------------------------------
-# Facts shared by the request, the executor and the buttons
-
-
-def proposal_params(proposal: migrate.Proposal, typed: str) -> dict[str, Any]:
-    """What a migrate / rollback request holds: the executor's inputs (direction, the resolved
-    target, the revision approved at) and the facts the message shows, the risk review among them."""
-    from runbook.review import review_to_json
-
-    return {
-        "direction": proposal.direction, "target": proposal.target, "typed": typed,
-        "current": list(proposal.current), "steps": list(proposal.steps),
-        "revisions": [{"revision": r.revision, "message": r.message, "reversible": r.reversible,
-                       "irreversible_reason": r.irreversible_reason} for r in proposal.revisions],
-        "sql_preview": proposal.sql_preview, "touched_tables": list(proposal.touched_tables),
-        "risk": review_to_json(proposal.risk), "risk_error": proposal.risk_error,
-    }
-
-
-def checked_proposal(name: str, env: Environment, direction: str, typed: str, command_text: str, *, store,
-                     project: Any = None, cli: bool = False) -> migrate.Proposal:
-    """runbook.ops.propose with this surface's way to restore in an irreversible rollback's refusal."""
-    how = ("`runbook-bot backups`, then `runbook-bot restore ID [--table T]... --yes`" if cli else
-           f"`/migrate backups {name}`, then `/migrate restore {name} ID [tables=a,b]`")
-    rehearse = (f"`runbook-bot rehearse --env {name} --to {{target}}`" if cli else
-                f"`/migrate rehearse {name} {{target}}`")
-    return ops.propose(name, env, direction, typed, command_text, store=store, project=project, restore_hint=how,
-                       rehearse_hint=rehearse)
-
-
-def gate_override_of(params: Mapping[str, Any]) -> GateOverride | None:
-    """The no-go gate override a request was asked with (runbook.ops authorises it when the run starts)."""
-    given = params.get("gate_override")
-    return GateOverride(str(given["actor"]), str(given["reason"])) if given else None
-
-
-def outcome_line(result: migrate.MigrationResult, *, advice_where: str = "in this thread") -> str:
-    """One line for the request message and the audit trail; `advice_where`: where the §6.5
-    recommendation is shown (Slack: the request's thread; the CLI prints it with the result)."""
-    frm = ", ".join(result.from_revisions) or "base"
-    to = ", ".join(result.to_revisions) or "base"
-    name = result.environment
-    if result.outcome == "succeeded":
-        validation = "" if result.validation is None else (
-            "; validation passed" if result.validation.passed else "; validation FAILED")
-        return f"{name} went from {frm} to {to} in {blocks.duration(result.duration_seconds)}{validation}"
-    if result.outcome == "nothing to do":
-        return f"nothing to do: {name} was already at {to}"
-    if result.outcome == "refused":
-        return f"stopped before changing anything: {result.error}"
-    return f"{result.outcome}: {result.error or 'see the log'}; {name} is at {to}; what to do now is {advice_where}"
-
-
-def interrupted_outcome(run: Any) -> approvals.Outcome:
-    """What the request of a run marked interrupted (runbook.state.runs.Run) ends with, whoever closes
-    it (Migrations.follow_up_interrupted, or the run's own executor when it outlived the marking): the
-    step it was in and why, and the facts migration_blocks.interrupted_result_blocks renders."""
-    known = [r.strip() for r in run.from_revision.split(",") if r.strip()] if run.from_revision else None
-    details = {"run_id": run.id, "kind": run.kind, "outcome": INTERRUPTED, "environment": run.environment,
-               "step": run.step, "from": known, "target": run.target_revision,
-               "started_at": run.started_at.isoformat(),
-               "interrupted_at": run.finished_at.isoformat() if run.finished_at else None,
-               "host": run.host, "pid": run.pid, "log_path": run.log_path}
-    if run.kind == "restore":           # what it was restoring (bot.restores.restore_kind keeps it on the run)
-        details.update({key: run.detail(key) for key in ("backup_id", "mode", "tables")})
-    return approvals.Outcome(False, f"{interruption(run)}; not resumed", details)
-
-
-def result_details(result: migrate.MigrationResult, backup_id: int | None) -> dict[str, Any]:
-    """What the request keeps of the run (the runs table keeps all of it)."""
-    from runbook.rehearsal_record import comparison_to_json
-
-    return {"run_id": result.run_id, "outcome": result.outcome, "from": list(result.from_revisions),
-            "to": list(result.to_revisions), "target": result.target, "attempts": result.attempts,
-            "duration_seconds": round(result.duration_seconds, 3), "error": result.error,
-            "validation": None if result.validation is None else result.validation.passed,
-            "backup_id": backup_id, "log_path": result.log_path,
-            "rehearsal": comparison_to_json(result.rehearsal)}
-
-
-# ---------------------------------------------------------------------------
-# The approval kinds (Slack and the CLI's --yes share them)
-
-
-def migration_kind(settings: Settings, store, direction: str, *,
-                   watch: Callable[[ApprovalRequest, str], RunWatcher | None] | None = None,
-                   project: Callable[[str], Any] | None = None,
-                   skip_backup: str | None = None, advice_where: str = "in this thread",
-                   members_of: Callable[[str], Sequence[str]] | None = None) -> approvals.ApprovalKind:
-    """The "migrate" (upgrade) or "rollback" (downgrade) kind: runbook.ops.run once approved. `watch(request,
-    run_id)` gives the run's watcher; `project(name)` the environment's cached AlembicProject;
-    `skip_backup` why no backup may be taken first (the CLI's --no-backup), which is recorded instead."""
-    name_of_kind = KIND_OF_DIRECTION[direction]
-
-    def execute(request: ApprovalRequest) -> approvals.Outcome:
-        name, params = request.environment, request.params
-        run_id = new_run_id()
-        watcher = watch(request, run_id) if watch is not None else None
-        try:
-            result = ops.run(settings, store, name, direction, target=params["target"],
-                             expected_current=params["current"], actor=request.requester, run_id=run_id,
-                             approval_id=request.id, watcher=watcher, skip_backup=skip_backup,
-                             gate_override=gate_override_of(params), members_of=members_of,
-                             project=project(name) if project else None, progress_every=PROGRESS_EVERY)
-        except (ops.Refused, approvals.Refusal) as exc:      # an override no longer allowed: nothing ran
-            return approvals.Outcome(False, f"stopped before changing anything: {exc}",
-                                     {"run_id": None, "outcome": "refused", "error": str(exc)})
-        if watcher is not None:
-            watcher.finished(result, result.backup)
-        marked = RunStore(store).get(run_id) if store is not None else None
-        if marked is not None and marked.state == INTERRUPTED:    # a shutdown (or a reaper) marked it meanwhile
-            return interrupted_outcome(marked)
-        return approvals.Outcome(result.ok, outcome_line(result, advice_where=advice_where),
-                                 result_details(result, getattr(result.backup, "id", None)))
-
-    def describe(request: ApprovalRequest) -> list[dict[str, Any]]:
-        from bot.review_blocks import risk_blocks
-
-        env = settings.environments[request.environment]
-        finished = request.state in blocks.FINISHED_STATES
-        protected = None if finished else ops.protection_now(store, request.environment, env,
-                                                             request.params.get("current") or [])
-        risk = risk_blocks(request.params.get("risk"), environment=request.environment,
-                           error=request.params.get("risk_error"), low_as_count=True)
-        rehearsed = ops.rehearsal_of_range(store, request.environment, env, request.params.get("current") or [],
-                                           str(request.params.get("target"))) \
-            if request.params.get("revisions") else None
-        return mblocks.migration_request_blocks(request.params, request_id=request.id,
-                                                pending=request.state == PENDING, protection=protected, risk=risk,
-                                                rehearsal=rehearsed, environment=request.environment,
-                                                finished=finished)
-
-    return approvals.ApprovalKind(
-        name_of_kind, "Migration" if direction == "upgrade" else "Rollback", execute,
-        command=COMMAND_OF_DIRECTION[direction],
-        summary=lambda r: mblocks.migration_summary(r.params, r.environment),
-        describe=describe,
-        result_blocks=lambda r: mblocks.migration_result_blocks(r.result),
-        ask_again=lambda r: " ".join(part for part in ("/migrate", COMMAND_OF_DIRECTION[direction], r.environment,
-                                                       str(r.params.get("typed") or "")) if part))
-
-
-def run_with_yes(settings: Settings, store, proposal: migrate.Proposal, typed: str, actor: str, *,
-                 redactor: Any, watcher: RunWatcher, skip_backup: str | None = None,
-                 gate_override: GateOverride | None = None) -> ApprovalRequest:
-    """The CLI's `migrate|rollback [--to REV] --yes` once `checked_proposal(..., cli=True)` let it through:
-    `--yes` recorded as `actor`'s approval (ApprovalService.run_confirmed: the same audit trail as a
-    click) and the run (runbook.ops.run, every guard included), in this process, reporting to `watcher`;
-    `skip_backup`: the --no-backup that skips the backup, `gate_override` the --override-gate that lets
-    it through a closed no-go gate. Returns the request (done or failed)."""
-    direction = proposal.direction
-    service = approvals.ApprovalService(settings, store, None, redactor=redactor)
-    service.register(migration_kind(settings, store, direction, watch=lambda _request, _run_id: watcher,
-                                    skip_backup=skip_backup,
-                                    advice_where="printed with the result (`runbook-bot incident` for §7.3)"))
-    params = proposal_params(proposal, typed)
-    if gate_override is not None:
-        params["gate_override"] = {"actor": gate_override.actor, "reason": gate_override.reason}
-    return service.run_confirmed(KIND_OF_DIRECTION[direction], proposal.environment, actor, params)
-
-
-# ---------------------------------------------------------------------------
-# The live monitor (§4)
-
-
-class LiveRun(RunWatcher):
-    """One run's messages in its request's thread: the monitor (posted once, then chat.update by its
-    ts at most every `every` seconds, from a thread of its own so Slack never slows the supervisor),
-    lock-timeout reports as they happen, and at the end the log, validation and recommendation.
-
-    Slack's chat.update budget is shared with the request's own updates and backup progress: after
-    a 429 the monitor waits out its Retry-After and doubles its interval (up to `slowest`) rather than
-    dropping updates into more 429s; the final view waits its turn and is always written (it retries
-    past rate limits: Flows.update(final=True))."""
-
-    every = 2.0
-    slowest = 16.0
-
-    def __init__(self, desk: "Migrations", request: ApprovalRequest, run_id: str):
-        self.desk, self.request, self.run_id = desk, request, run_id
-        self.env = desk.settings.environments[request.environment]
-        self.migrator_app = migrate.migrator_application_name(run_id)
-        self.ts: str | None = None
-        self._latest: tuple[migrate.Progress, float] | None = None     # (progress, when it arrived)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._written_at = 0.0
-        self._outcome: str | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- what the supervisor calls (its thread) ----------------------------------------------
-
-    def progress(self, progress: migrate.Progress) -> None:
-        with self._lock:
-            self._latest = (progress, time.monotonic())
-            start = self._thread is None and progress.phase not in ("locking", "checking")
-            if start:
-                self._thread = threading.Thread(target=self._watch, name=f"monitor-{self.run_id}", daemon=True)
-        if start:
-            self._thread.start()
-
-    def blocker(self, report: migrate.BlockerReport) -> None:
-        self.desk.post_in_thread(self.request, mblocks.blocker_message(report, self.request.environment))
-
-    def finished(self, result: migrate.MigrationResult, backup: Any) -> None:
-        self._outcome = result.outcome
-        self._stop.set()
-        if self._thread is None:
-            return                      # refused before it started: the request's result says why
-        self._thread.join(timeout=60)
-        self._upload_log(result)
-        if result.validation is not None:
-            self.desk.post_in_thread(self.request, mblocks.validation_message(result.validation))
-        if result.recommendation is not None:
-            self.desk.recommend(result.environment, rollback.recommendation_to_json(result.recommendation),
-                                run_facts(result), backup=backup, requester=self.request.requester,
-                                thread=(self.request.channel, self.request.message_ts))
-        if not result.ok and result.outcome != "refused" and self.desk.after_run is not None:
-            try:
-                self.desk.after_run(result.run_id, thread=(self.request.channel, self.request.message_ts))
-            except Exception as exc:   # the failure is reported already; a follow-up must not hide it
-                log.error("run %s: after_run failed: %s", result.run_id, self.desk.redactor(repr(exc)))
-
-    # -- the monitor's own thread ----------------------------------------------------------
-
-    def _watch(self) -> None:
-        target = Target(self.env.dsn, connect_timeout=self.env.connect_timeout_seconds)
-        try:
-            with target.connect("migrate-live", statement_timeout=self.env.watch.statement_timeout,
-                                lock_timeout=self.env.watch.lock_timeout) as conn:
-                self._render_until_stopped(conn)
-        except TargetError as exc:
-            log.warning("run %s: the live monitor has no connection (%s)", self.run_id, self.desk.redactor(str(exc)))
-            self._render_until_stopped(None)
-
-    def _wait_before_next(self) -> float:
-        """Until the next write is due: `every` after the last one, and not before a rate limit Slack
-        put on the thread's channel has passed."""
-        cooling = self.desk.flows.gateway.cooling(self.request.channel) if self.ts is not None else 0.0
-        return max(0.0, self._written_at + self.every - time.monotonic(), cooling)
-
-    def _render_until_stopped(self, conn: Any) -> None:
-        while not self._stop.wait(self._wait_before_next()):
-            self._write(conn)
-        # the last word waits for its turn too: never two writes within `every`
-        remaining = self._wait_before_next()
-        if remaining > 0:
-            time.sleep(remaining)
-        self._write(conn, final=True)
-
-    def _write(self, conn: Any, final: bool = False) -> None:
-        with self._lock:
-            progress, arrived = self._latest if self._latest else (None, 0.0)
-        if progress is None:
-            return
-        if not final:      # the elapsed time keeps counting between two reports of the supervisor
-            late = time.monotonic() - arrived
-            progress = replace(progress, elapsed_seconds=progress.elapsed_seconds + late,
-                               step_elapsed_seconds=progress.step_elapsed_seconds + late
-                               if progress.step_elapsed_seconds else 0.0)
-        notes: list[str] = []
-        snapshot = None
-        if conn is not None:
-            try:
-                snapshot = activities.snapshot(conn, long_query_seconds=0.0, idle_in_transaction_seconds=0.0,
-                                               query_chars=300)
-            except Exception as exc:      # psycopg errors and a lost connection alike: say so, keep going
-                notes.append(f"activity not read: {type(exc).__name__}")
-        message = mblocks.monitor_message(progress, snapshot, run_id=self.run_id, migrator_app=self.migrator_app,
-                                          outcome=self._outcome if final else None, notes=notes)
-        try:
-            interrupted = self._interrupted() if final and self.ts is not None else None
-            if interrupted is not None:
-                # marked interrupted while it ran (a shutdown): the same final word the follow-up writes, once
-                self.desk.close_monitor(interrupted, where=(self.request.channel, self.ts))
-            elif self.ts is None:
-                self.ts = self.desk.post_in_thread(self.request, message)
-                if self.ts is not None:
-                    self._remember_monitor(final)
-            elif self.desk.flows.update(self.request.channel, self.ts, message, final=final):
-                if final:
-                    self._mark_final()
-            elif not final and self.desk.flows.gateway.cooling(self.request.channel):
-                self.every = min(self.every * 2, self.slowest)      # rate limited: slow down, for this run
-                log.warning("run %s: Slack rate-limited the monitor; updating every %.0f s now", self.run_id,
-                            self.every)
-        except Exception as exc:   # a Slack hiccup must never stop the monitor, let alone the run
-            log.warning("run %s: monitor message not written (%s)", self.run_id, type(exc).__name__)
-        self._written_at = time.monotonic()
-
-    def _remember_monitor(self, final: bool = False) -> None:
-        """Where the monitor is, kept on the run: after this process dies, whoever follows the run up
-        closes it (Migrations.close_monitor); the ts in memory dies with the process. "rendered": the run
-        state it shows, so a final update Slack never took is made again (Migrations.reconcile_monitors)."""
-        try:
-            runs = RunStore(self.desk.store)
-            run = runs.get(self.run_id) if final else None
-            runs.set_details(self.run_id, monitor={"channel": self.request.channel, "ts": self.ts,
-                                                   "rendered": run.state if run is not None else "running"})
-        except Exception as exc:   # the state database failing must not stop the monitor
-            log.warning("run %s: the monitor's ts was not kept (%s)", self.run_id, self.desk.redactor(repr(exc)))
-
-    def _mark_final(self) -> None:
-        """Its final view reached Slack: the monitor shows the run as it ended."""
-        try:
-            runs = RunStore(self.desk.store)
-            run = runs.get(self.run_id)
-            if run is not None and run.state != "running":
-                runs.mark_monitor(self.run_id, run.state)
-        except Exception as exc:   # the reconcile writes it once more at worst
-            log.warning("run %s: the monitor's final view was not marked (%s)", self.run_id,
-                        self.desk.redactor(repr(exc)))
-
-    def _interrupted(self) -> Any:
-        try:
-            run = RunStore(self.desk.store).get(self.run_id)
-        except Exception:
-            return None
-        return run if run is not None and run.state == INTERRUPTED else None
-
-    def _upload_log(self, result: migrate.MigrationResult) -> None:
-        if not result.log_path:
-            return
-        try:
-            text = Path(result.log_path).read_text(encoding="utf-8", errors="replace")
-        except OSError as exc:
-            self.desk.post_in_thread(self.request, blocks.error_message(f"The log could not be read ({exc.strerror})."))
-            return
-        upload = mblocks.log_file(text, result.environment, result.direction, result.run_id,
-                                  Path(result.log_path).name)
-        self.desk.upload_in_thread(self.request.channel, self.request.message_ts, upload)
-
-
-def run_facts(result: migrate.MigrationResult) -> dict[str, Any]:
-    return {"environment": result.environment, "what": mblocks.VERBS.get(result.direction, "The run"),
-            "from": list(result.from_revisions), "to": list(result.to_revisions),
-            "at": result.started_at.isoformat(), "error": result.error, "log_tail": result.log_tail,
-            "run_id": result.run_id}
 
 
 # ---------------------------------------------------------------------------
@@ -882,5 +539,7 @@ class Migrations:
         return self.approvals.interrupted(run.approval_id, outcome.summary, outcome.details)
 
 
+# What other modules import from here, where it lived before bot/migration_kinds.py and bot/live_run.py
 __all__ = ["LiveRun", "MONITOR_CLAIM", "Migrations", "NothingToDo", "RECOMMENDATION", "Refused", "RunWatcher",
-           "checked_proposal", "gate_override_of", "interrupted_outcome", "migration_kind", "outcome_line", "proposal_params", "result_details", "run_facts", "run_with_yes"]
+           "checked_proposal", "gate_override_of", "interrupted_outcome", "migration_kind", "outcome_line",
+           "proposal_params", "result_details", "run_facts", "run_with_yes"]

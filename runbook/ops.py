@@ -42,7 +42,7 @@ class NothingToDo(Refused):
 
 
 class RunWatcher:
-    """What an executing run reports to: the CLI prints, Slack posts (bot.migrations.LiveRun)."""
+    """What an executing run reports to: the CLI prints, Slack posts (bot.live_run.LiveRun)."""
 
     def progress(self, progress: migrate.Progress) -> None: ...
 
