@@ -158,29 +158,17 @@ def migration_request_blocks(params: Mapping[str, Any], *, request_id: str, pend
     return out
 
 
-def rehearsal_start(params: Mapping[str, Any]) -> tuple[list[str], str] | None:
-    """(start, target) of the rehearsal that matches a request's range: an upgrade's own range; for a
-    rollback, its target -> where it starts from (the way down of that rehearsal is the rollback). None
-    when there is none to run (a rollback from several heads)."""
-    current = [str(c) for c in params.get("current") or []]
-    target = str(params.get("target"))
-    if params.get("direction") != "downgrade":
-        return current, target
-    if len(current) != 1:
-        return None
-    return ([] if target == "base" else [target]), current[0]
-
-
 def rehearsal_blocks(match: Any, environment: str, params: Mapping[str, Any], *, request_id: str | None = None,
                      pending: bool = False, finished: bool = False) -> list[dict[str, Any]]:
     """The latest rehearsal of the request's range (runbook.rehearse.Match), one revision a line with the
     risk review's findings against what was measured, or why there is none that counts, with a "Rehearse
     first" button while the request is pending (issue 16); a `finished` request only says so."""
-    from runbook.rehearsal_record import check_line, match_line, revision_line_json
+    from runbook.rehearsal_record import check_line, match_line, range_to_rehearse, revision_line_json
 
     downgrade = params.get("direction") == "downgrade"
     if match is None or not match.valid:
-        rangeof = rehearsal_start(params)
+        rangeof = range_to_rehearse(str(params.get("direction")), params.get("current") or [],
+                                    str(params.get("target")))
         button_here = pending and request_id is not None and rangeof is not None
         if downgrade:
             frm = _rev_text(rangeof[0]) if rangeof else _rev_text([str(params.get("target"))])

@@ -183,6 +183,7 @@ class Migrations:
         from bot.commands import Command
         from bot.origin import Origin
         from runbook.rehearsal_record import KIND as REHEARSAL
+        from runbook.rehearsal_record import range_to_rehearse
         from runbook.rehearse import summary_line
         from runbook.state.runs import RUNNING
 
@@ -190,7 +191,7 @@ class Migrations:
             state = request.state if request.state != PENDING else "expired"
             raise approvals.Refusal(f"This request is already {state}; nothing was rehearsed.", "closed")
         name, params = request.environment, request.params
-        span = mblocks.rehearsal_start(params)
+        span = range_to_rehearse(str(params.get("direction")), params.get("current") or [], str(params["target"]))
         if span is None:
             raise approvals.Refusal("A rollback from several heads has no single range to rehearse; nothing was "
                                     "rehearsed.", "refused")

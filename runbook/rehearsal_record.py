@@ -50,6 +50,19 @@ class Match:
         return self.valid and self.outcome == "passed"
 
 
+def range_to_rehearse(direction: str, current: Sequence[str], target: str) -> tuple[list[str], str] | None:
+    """(start, end) of the rehearsal that matches a migrate or rollback of `current` -> `target`: an
+    upgrade's own range; for a rollback, its target -> where it starts from (the way down of that
+    rehearsal is the rollback: runbook.rehearse.rehearse(..., start=)). None when there is no one range
+    to rehearse (a rollback from several heads)."""
+    current = [str(c) for c in current]
+    if direction != "downgrade":
+        return current, target
+    if len(current) != 1:
+        return None
+    return ([] if target == "base" else [target]), current[0]
+
+
 def latest_for(store, name: str, project: AlembicProject, start: Sequence[str], end: Sequence[str] | str,
                *, limit: int = 50) -> Match | None:
     """The latest finished rehearsal of `name` from revision `start` to `end` (a rollback from B to A

@@ -73,10 +73,12 @@ class LockHeld:
 @dataclass(frozen=True)
 class RiskCheck:
     """One finding of the risk review (runbook/review.py) on a rehearsed revision, against what the
-    rehearsal measured on the tables it names. `verdict`: "confirmed" (rated medium or high, and a lock
-    that blocks writes was seen for at least LONG_LOCK_SECONDS, or the table was rewritten), "refuted"
-    (rated medium or high, nothing of the kind seen), "understated" (rated low, yet such a lock was
-    seen), or None for a finding that is not about locks (a dropped column's data, a renamed table)."""
+    rehearsal measured on the tables it names. `verdict`, for a finding about locks and size
+    (runbook.review.SIZE_RULES): "confirmed" (rated medium or high, and a lock that blocks writes was seen
+    held for at least LONG_LOCK_SECONDS; or rated low, and none was), "refuted" (rated medium or high,
+    and none was), "understated" (rated low, yet one was). A rewrite is shown but decides nothing: on a
+    copy of the real size, its cost is the time its lock was held. None for a finding that is not about
+    locks (a dropped column's data, a renamed table)."""
 
     rule: str
     finding: str                     # what it is about, e.g. "CREATE INDEX without CONCURRENTLY on expenses"
@@ -314,7 +316,7 @@ def risk_checks(entry: Any, report: RevisionReport, sample_ms: int) -> list[Risk
     for finding in entry.findings:
         tables = [_plain(t) for t in finding.tables]
         seen: list[str] = []
-        heavy = False
+        blocked_writes = False
         for table in tables:
             held = [lock for lock in report.locks if _plain(lock.relation) == table]
             rewritten = ", table rewritten" if table in map(_plain, report.rewrites) else ""
@@ -322,16 +324,17 @@ def risk_checks(entry: Any, report: RevisionReport, sample_ms: int) -> list[Risk
                 lock = held[0]
                 seen.append(f"{lock.mode} lock on {lock.relation} for at least {_seconds(lock.held_seconds)}"
                             f"{rewritten}")
-                heavy = heavy or any(h.mode in WRITE_BLOCKING and h.held_seconds >= LONG_LOCK_SECONDS for h in held)
+                blocked_writes = blocked_writes or any(h.mode in WRITE_BLOCKING and h.held_seconds >= LONG_LOCK_SECONDS
+                                                       for h in held)
             else:
                 seen.append(f"no lock seen on {table}: any was shorter than a sample ({sample_ms} ms){rewritten}")
         measured = "; ".join(seen) or f"no table named: {_seconds(report.seconds)} for the revision"
         verdict = None
         if finding.rule in SIZE_RULES and tables:
             if finding.rating == "low":
-                verdict = "understated" if heavy else "confirmed"
+                verdict = "understated" if blocked_writes else "confirmed"
             else:
-                verdict = "confirmed" if heavy else "refuted"
+                verdict = "confirmed" if blocked_writes else "refuted"
         what = SIZE_RULES[finding.rule][0] if finding.rule in SIZE_RULES else finding.rule
         checks.append(RiskCheck(finding.rule, what + (f" on {', '.join(tables)}" if tables else ""),
                                 finding.rating, measured, verdict))
