@@ -33,7 +33,7 @@ class LeanStore:
     """An open connection to a state database at head with no run to reap."""
 
     def __init__(self, conn, *, sqlite: bool, closing: Callable[[], None]):
-        self._conn, self._sqlite, self._close = conn, sqlite, closing
+        self._conn, self.sqlite, self._close = conn, sqlite, closing
         self._mark = "?" if sqlite else "%s"
 
     @classmethod
@@ -146,13 +146,13 @@ class LeanStore:
 
     def _stored_datetime(self, value: datetime) -> Any:
         # SQLAlchemy's SQLite DATETIME: text, naive (everything stored is UTC), always microseconds.
-        return f"{value:%Y-%m-%d %H:%M:%S}.{value.microsecond:06d}" if self._sqlite else value
+        return f"{value:%Y-%m-%d %H:%M:%S}.{value.microsecond:06d}" if self.sqlite else value
 
     def _json(self, value: Any) -> Any:
         return json.loads(value) if isinstance(value, (str, bytes)) else value
 
     def _stored_json(self, value: dict[str, Any]) -> Any:
-        if self._sqlite:
+        if self.sqlite:
             return json.dumps(value)
         from psycopg.types.json import Json
 

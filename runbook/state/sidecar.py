@@ -167,8 +167,11 @@ class StoreSidecar:
 # The child
 
 
-def serve(requests: IO[str], replies: IO[str]) -> int:
-    """Answer requests until end of input."""
+def serve(requests: IO[str], replies: IO[str], *, exiting: bool = False) -> int:
+    """Answer requests until end of input. `exiting`: the process ends right after (main), so a
+    SQLite store is not closed: closing the last connection checkpoints the write-ahead log, with
+    its fsyncs, while the CLI waits; every commit is already synced in the log, and the next
+    opener checkpoints it."""
     from runbook.state.lean import LeanStore
 
     store: Any = None       # a LeanStore, or the real Store when the lean one cannot serve
@@ -227,7 +230,7 @@ def serve(requests: IO[str], replies: IO[str]) -> int:
             reply = {"ok": False, "error": message}
         replies.write(json.dumps(reply) + "\n")
         replies.flush()
-    if store is not None:
+    if store is not None and not (exiting and isinstance(store, LeanStore) and store.sqlite):
         store.close()
     return 0
 
@@ -259,7 +262,7 @@ def main() -> int:
     replies = sys.stdout
     sys.stdout = sys.stderr      # nothing but replies may reach the parent's pipe
     try:
-        return serve(sys.stdin, replies)
+        return serve(sys.stdin, replies, exiting=True)
     except KeyboardInterrupt:
         return 130
 
