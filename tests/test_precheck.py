@@ -172,6 +172,45 @@ def test_precheck_into_a_closed_pipe_ends_quietly(sample_db, tmp_path):
     assert result.returncode == 141         # 128 + SIGPIPE, as a shell reports a tool SIGPIPE ended
 
 
+@pytest.mark.parametrize("thread", ["none", "still at work"])
+def test_the_console_script_flushes_and_runs_exit_handlers_before_it_ends(thread):
+    """bot.cli.run ends the process without tearing its modules down (a precheck's last 20-30 ms):
+    piped output is still written whole, exit handlers still run, and a thread still at work is
+    waited for as an ordinary exit waits for it."""
+    script = (
+        "import atexit, sys, threading, time\n"
+        "from bot import cli\n"
+        "atexit.register(lambda: print('exit handler ran', file=sys.stderr))\n"
+        "if sys.argv[1] == 'still at work':\n"
+        "    threading.Thread(target=lambda: (time.sleep(0.5), print('thread done', file=sys.stderr))).start()\n"
+        "sys.argv = ['runbook-bot', 'manifest']\n"
+        "cli.run()\n")
+    result = subprocess.run([sys.executable, "-c", script, thread], capture_output=True, text=True, timeout=60)
+    expected = subprocess.run([sys.executable, "-m", "bot.cli", "manifest"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and len(result.stdout) > 1000 and result.stdout == expected.stdout
+    assert "exit handler ran" in result.stderr
+    assert ("thread done" in result.stderr) == (thread == "still at work")
+
+
+def test_a_migration_leaves_the_next_precheck_the_revision_it_reached(sample_db, tmp_path, monkeypatch):
+    """A fresh precheck starts its render from the revision remembered last time (runbook.prerender):
+    a migrate or rollback run remembers where it left the database, so the first precheck after it
+    renders the right range at once instead of guessing the old one (two Alembic processes)."""
+    from runbook import migrate
+    from runbook.precheck import project_of
+    from tests.support.migrations import environment
+
+    monkeypatch.setenv("RUNBOOK_BOT_CACHE_DIR", str(tmp_path / "cache"))
+    _, name, env = environment(tmp_path, sample_db(REV_0001))
+    run_precheck(name, env)
+    assert project_of(env).remembered_current(env.dsn) == [REV_0001]
+
+    assert migrate.upgrade(name, env, actor="cli:ops", target=REV_0002).outcome == "succeeded"
+    assert project_of(env).remembered_current(env.dsn) == [REV_0002]
+    assert migrate.downgrade(name, env, actor="cli:ops", target="-1").outcome == "succeeded"
+    assert project_of(env).remembered_current(env.dsn) == [REV_0001]
+
+
 def _touch(path) -> None:
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))

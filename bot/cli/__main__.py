@@ -1,6 +1,4 @@
 """`python -m bot.cli`: the same as the `runbook-bot` script."""
-import sys
+from bot.cli.entry import run
 
-from bot.cli.entry import main
-
-sys.exit(main())
+run()

@@ -277,7 +277,10 @@ def _run_locked(result: MigrationResult, request: RunRequest, tgt: Target, hooks
                 if not step_result.ok:
                     failed = True
                     break
-            result.to_revisions = read_version(project, monitor, log) or result.to_revisions
+            after = read_version(project, monitor, log)
+            if after is not None:           # the next fresh precheck starts its render from here (runbook.prerender)
+                project.remember_current(env.dsn, after)
+            result.to_revisions = after or result.to_revisions
             if failed:
                 result.outcome = "failed"
             else:

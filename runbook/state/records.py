@@ -9,6 +9,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+# The state schema's own Alembic version table and newest migration (migrations/versions;
+# tests/test_state.py keeps HEAD in step), here so runbook.state.lean can check them without
+# SQLAlchemy.
+VERSION_TABLE = "runbook_bot_alembic_version"
+HEAD = "0009_alert_rendered"
+# A run's state while its process works (runbook.state.runs).
+RUNNING = "running"
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)

@@ -26,9 +26,10 @@ from sqlalchemy.exc import IntegrityError
 
 from runbook.state.approvals import EXECUTING
 from runbook.state.models import ApprovalRow, JobClaimRow, RunRow, as_utc, utcnow
+from runbook.state.records import RUNNING
 from runbook.state.store import Store
 
-RUNNING, SUCCEEDED, FAILED, REFUSED, INTERRUPTED = "running", "succeeded", "failed", "refused", "interrupted"
+SUCCEEDED, FAILED, REFUSED, INTERRUPTED = "succeeded", "failed", "refused", "interrupted"
 FINAL_STATES = (SUCCEEDED, FAILED, REFUSED, INTERRUPTED)
 # A rehearsal (runbook/rehearse.py) is a run on a restored copy: it never touches the target, so
 # whatever reads "what happened to the environment" (protection, status, incidents, promotion) must not

@@ -1,10 +1,11 @@
-"""The state store in a child process, for a one-shot command that must not wait for SQLAlchemy.
+"""The state store in a child process, for a one-shot command that must not wait for it.
 
-Loading SQLAlchemy, the models and the bot's migrations costs a fresh process more CPU time than
-the whole of the precheck's own work; in a thread it only competes for the GIL. `runbook-bot
-precheck` therefore starts this sidecar before it even reads its configuration: the child loads
-the store on the other core while the parent reads the config, connects and runs squawk, then
-answers the few reads the precheck needs and records its event.
+`runbook-bot precheck` starts this sidecar early and asks it, up front, for the few reads it needs
+(acknowledgements, the last backup, past rehearsals), then for its event. The child answers them
+through sqlite3 or psycopg alone (runbook.state.lean) when the store is at head with no run to
+reap, which is every precheck but the first after an upgrade or a crash; otherwise it loads the
+SQLAlchemy Store, migrates and reaps as every start does. Either way that work runs on the other
+core, beside the app's Alembic render, not in the precheck's own process.
 
 The protocol is JSON lines: each request `{"op": ..., ...}` on the child's stdin gets exactly one
 reply `{"ok": true, "value": ...}` or `{"ok": false, "error": "<one redacted line>"}` on its
@@ -166,32 +167,28 @@ class StoreSidecar:
 # The child
 
 
-def serve(requests: IO[str], replies: IO[str]) -> int:
-    """Answer requests until end of input."""
-    # Loaded before the first request arrives: this is the time the parent spends elsewhere. The
-    # cyclic collector is off meanwhile (SQLAlchemy's imports make many objects, few cycles: a
-    # fifth of their CPU time went to scanning them).
-    enabled = gc.isenabled()
-    gc.disable()
-    from runbook.state.backups import last_backup_at
-    from runbook.state.runs import RunStore
-    from runbook.state.store import Store
+def serve(requests: IO[str], replies: IO[str], *, exiting: bool = False) -> int:
+    """Answer requests until end of input. `exiting`: the process ends right after (main), so a
+    SQLite store is not closed: closing the last connection checkpoints the write-ahead log, with
+    its fsyncs, while the CLI waits; every commit is already synced in the log, and the next
+    opener checkpoints it."""
+    from runbook.state.lean import LeanStore
 
-    if enabled:
-        gc.freeze()
-        gc.enable()
-
-    store: Store | None = None
+    store: Any = None       # a LeanStore, or the real Store when the lean one cannot serve
     failure: str | None = None
 
     def answer(request: dict[str, Any]) -> Any:
         nonlocal store
         op = request.get("op")
         if op == "open":
-            opened = Store(str(request["url"]))
-            opened.migrate()
+            url = str(request["url"])
+            lean = LeanStore.open(url)      # sqlite3 or psycopg alone: at head, no run to reap
+            if lean is not None:
+                store = lean
+                return []
+            opened = _real_store(url)
             lines = [f"{run.kind} run {run.id} on {run.environment} was interrupted: {run.summary}"
-                     for run in RunStore(opened).reap(actor=str(request["actor"]))]
+                     for run in _reap(opened, str(request["actor"]))]
             store = opened
             return lines
         if failure is not None:
@@ -203,7 +200,12 @@ def serve(requests: IO[str], replies: IO[str]) -> int:
                 environment=request.get("environment"), action=request.get("action"),
                 limit=int(request.get("limit") or 50))]
         if op == "last_backup_at":
-            found = last_backup_at(store, str(request["environment"]))
+            if isinstance(store, LeanStore):
+                found = store.last_backup_at(str(request["environment"]))
+            else:
+                from runbook.state.backups import last_backup_at
+
+                found = last_backup_at(store, str(request["environment"]))
             return None if found is None else found.isoformat()
         if op == "record":
             return store.record(actor=str(request["actor"]), action=str(request["action"]),
@@ -228,16 +230,39 @@ def serve(requests: IO[str], replies: IO[str]) -> int:
             reply = {"ok": False, "error": message}
         replies.write(json.dumps(reply) + "\n")
         replies.flush()
-    if store is not None:
+    if store is not None and not (exiting and isinstance(store, LeanStore) and store.sqlite):
         store.close()
     return 0
+
+
+def _real_store(url: str):
+    """The SQLAlchemy Store, opened and migrated: a first start, a schema to migrate, a run to reap.
+    The cyclic collector is off while SQLAlchemy loads (its imports make many objects, few cycles:
+    a fifth of their CPU time went to scanning them)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        from runbook.state.store import Store
+    finally:
+        if enabled:
+            gc.freeze()
+            gc.enable()
+    store = Store(url)
+    store.migrate()
+    return store
+
+
+def _reap(store, actor: str) -> list:
+    from runbook.state.runs import RunStore
+
+    return RunStore(store).reap(actor=actor)
 
 
 def main() -> int:
     replies = sys.stdout
     sys.stdout = sys.stderr      # nothing but replies may reach the parent's pipe
     try:
-        return serve(sys.stdin, replies)
+        return serve(sys.stdin, replies, exiting=True)
     except KeyboardInterrupt:
         return 130
 

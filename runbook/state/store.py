@@ -12,13 +12,10 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from runbook.state.models import EventRow
-from runbook.state.records import Event, StateError
+from runbook.state.records import HEAD, VERSION_TABLE, Event, StateError  # noqa: F401 (HEAD: re-exported)
 from runbook.dsn import redact
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-VERSION_TABLE = "runbook_bot_alembic_version"
-# The newest migration in migrations/versions; tests/test_state.py keeps the two in step.
-HEAD = "0009_alert_rendered"
 
 
 def _sqlalchemy_url(url: str) -> str:
