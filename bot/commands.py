@@ -44,7 +44,7 @@ ACTIONS: dict[str, ActionSpec] = {
                    "§6.1", max_args=1000, check_args=lambda args: migration_args(args, "rollback")),
         ActionSpec("rehearse", "/migrate rehearse [env] [head | +1 | REV]",
                    "the pending range on a restored copy: time, locks and rewrites per revision, up-down-up, "
-                   "§5; the target is not touched", "§1.3",
+                   "§5; the target is not touched (approvers)", "§1.3",
                    max_args=1, check_args=lambda args: rehearse_args(args)),
         ActionSpec("validate", "/migrate validate [env]", "post-migration validation, with what to do if it fails",
                    "§5, §6.5"),
@@ -256,7 +256,7 @@ class Command:
     def permission(self) -> str | None:
         """The runbook.authz action this command needs (a key of an environment's `permissions`), or
         None when everyone may (read-only commands, `watch on|status`, `escalate 1`)."""
-        if self.action in ("run", "rollback", "restore", "backup"):
+        if self.action in ("run", "rollback", "restore", "backup", "rehearse"):
             return self.action
         if self.action == "ack-risk":
             return "ack_risk"
@@ -273,7 +273,7 @@ class Command:
         command is run once per Slack request, however often the request arrives (replays)."""
         if self.action == "watch":
             return self.args[:1] in (("on",), ("off",))
-        return self.action in ("run", "rollback", "restore", "backup", "ack-risk", "escalate")
+        return self.action in ("run", "rollback", "restore", "backup", "rehearse", "ack-risk", "escalate")
 
     @property
     def text(self) -> str:

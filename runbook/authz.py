@@ -37,6 +37,8 @@ DOING: dict[str, str] = {
     "backup": "take a backup (`/migrate backup`: retention may delete older backups)",
     "ack_risk": "acknowledge a risk rating (`/migrate ack-risk`)",
     "gate_override": "override the no-go gate (`override REASON` on run or rollback)",
+    "rehearse": "rehearse on a restored copy (`/migrate rehearse` or *Rehearse first*: a copy restored on "
+                "the target's server, and a backup when none is at its revision)",
     "run": "ask for a migration (`/migrate run`)",
     "rollback": "ask for a rollback (`/migrate rollback`)",
     "restore": "ask for a restore (`/migrate restore`)",

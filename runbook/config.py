@@ -128,6 +128,7 @@ class Permissions(_Strict):
     backup: Who = "approvers"           # `/migrate backup`: retention may delete older backups
     ack_risk: Who = "approvers"         # `/migrate ack-risk`: clears a HIGH risk rating
     gate_override: Who = "approvers"    # overriding a migrate/rollback/restore guard
+    rehearse: Who = "approvers"         # `/migrate rehearse`: a copy restored on the target's server
     run: Who = "everyone"               # asking; the approval decides
     rollback: Who = "everyone"
     restore: Who = "everyone"

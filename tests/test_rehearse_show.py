@@ -24,8 +24,8 @@ from tests.support.migrations import app_copy, config_file
 from tests.support.sample_app import REV_0003, upgrade
 from tests.support.slack import local_slack, log_lines  # noqa: F401  (fixtures)
 from tests.support.slack import SIGNING_SECRET
-from tests.test_migrate_slack import (ALICE, BOB, BOT_TOKEN, CHANNEL, MALLORY, MigrateBot, _settings,  # noqa: F401
-                                      buttons, dumped, make_bot)
+from tests.test_migrate_slack import (ALICE, BOB, BOT_TOKEN, CHANNEL, MALLORY, REQUESTER, MigrateBot,  # noqa: F401
+                                      _settings, buttons, dumped, make_bot)
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTE = ("0004_incomes_note", "op.add_column('incomes', sa.Column('note', sa.Text()))",
@@ -73,22 +73,30 @@ def test_rehearse_first_rehearses_in_the_thread_then_the_request_and_its_run_sho
         ":warning: That button's request does not exist; nothing was changed."]
     assert _rehearsals(bot) == []
 
-    # anyone may rehearse (as /migrate rehearse): Mallory is neither the requester nor an approver
-    bot.click(request, MALLORY, ACTION_REHEARSE_FIRST)
+    # the rehearse permission (approvers by default): a copy on the target's server is not for anyone,
+    # the requester included; the refusal is recorded and nothing runs
+    for who in (MALLORY, REQUESTER):
+        bot.click(request, who, ACTION_REHEARSE_FIRST)
+        assert bot.ephemerals(who)[-1].startswith(f":warning: Only the approvers (<@{ALICE}>, <@{BOB}>) may "
+                                                  "rehearse on a restored copy")
+    assert [e.actor for e in _events(bot, "rehearse") if e.outcome == "unauthorised"] == [REQUESTER, MALLORY]   # newest first
+    assert _rehearsals(bot) == [] and _scratch(bot.url) == []
+
+    bot.click(request, BOB, ACTION_REHEARSE_FIRST)
     [run] = _rehearsals(bot)
-    assert run.actor == MALLORY and run.state == "succeeded"
+    assert run.actor == BOB and run.state == "succeeded"
     [report] = [m for m in bot.thread(request) if "Rehearsal of production" in m.text]
     assert "passed" in report.text and "0004_incomes_note" in dumped(report.blocks)
     shown = dumped(bot.message(request).blocks)                    # the request, drawn again
     assert "*Rehearsed*" in shown and "down ok" in shown and "*Not rehearsed*" not in shown
     assert ACTION_REHEARSE_FIRST not in {b["action_id"] for b in buttons(bot.message(request))}
     [audit] = [e for e in _events(bot, "rehearse_first") if e.outcome == "ok"]
-    assert audit.actor == MALLORY and audit.details["rehearsal_run_id"] == run.id
+    assert audit.actor == BOB and audit.details["rehearsal_run_id"] == run.id
     assert _version(bot.url) == [REV_0003] and _scratch(bot.url) == []
 
     # the stale button: rehearsed already, nothing more runs
-    bot.click(request, BOB, ACTION_REHEARSE_FIRST)
-    assert "rehearsed already" in bot.ephemerals(BOB)[-1] and len(_rehearsals(bot)) == 1
+    bot.click(request, ALICE, ACTION_REHEARSE_FIRST)
+    assert "rehearsed already" in bot.ephemerals(ALICE)[-1] and len(_rehearsals(bot)) == 1
 
     # the real run: its summary against the rehearsal, per revision
     bot.click(request, ALICE, ACTION_APPROVE)

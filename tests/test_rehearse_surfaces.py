@@ -137,7 +137,7 @@ def test_slack_rehearse_posts_the_report_and_the_request_shows_it_until_a_file_c
     app = app_copy(tmp_path, [NOTE])
     bot = make_bot(sample_db(REV_0003), app_dir=app)
 
-    bot.command("rehearse")
+    bot.command("rehearse", user="U0ALICE001")                 # an approver: the rehearse permission
     assert bot.runtime.flows.wait_idle(timeout=180)
     [report] = [m for m in local_slack.messages(kind="message") if "Rehearsal of production" in m.text]
     shown = dumped(report.blocks)
