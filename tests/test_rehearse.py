@@ -18,9 +18,11 @@ from tests.support.configs import with_password
 from tests.support.migrations import PASSWORD, app_copy, assert_no_secret, environment
 from tests.support.sample_app import REV_0001, REV_0002, REV_0003
 
+# The rewrite of a few thousand rows takes milliseconds, less than the sampler's period on a loaded
+# machine; the sleep (same transaction) keeps the ACCESS EXCLUSIVE lock held long enough to be seen.
 VOLATILE = ("0004_volatile",
             "op.add_column('expenses', sa.Column('token', sa.Text(), nullable=False, "
-            "server_default=sa.text('md5(random()::text)')))",
+            "server_default=sa.text('md5(random()::text)')))\nop.execute('SELECT pg_sleep(0.3)')",
             "op.drop_column('expenses', 'token')")
 BROKEN = ("0004_broken", "op.execute('ALTER TABLE expenses ADD COLUMN amount integer')", "pass")
 
