@@ -180,8 +180,7 @@ def test_a_root_blocker_handing_over_keeps_one_incident(pg_url, make_watch):
         holder = s.open(autocommit=False, application_name="report-job")
         holder.execute("SELECT count(*) FROM t")
         migration = s.open(autocommit=False, application_name="migrator")
-        alter = threading.Thread(target=migration.execute, args=("ALTER TABLE t ADD COLUMN c int",), daemon=True)
-        alter.start()
+        alter = s.spawn(migration.execute, "ALTER TABLE t ADD COLUMN c int")
         s.wait_until_waiting(migration.info.backend_pid)
         readers = [s.start("SELECT count(*) FROM t /* reader */") for _ in range(3)]
         for reader in readers:
@@ -245,7 +244,7 @@ def test_two_long_queries_back_to_back_on_one_connection_are_two_alerts(pg_url, 
             except psycopg.Error:
                 pass                                  # cancelled at the end of the test
 
-        threading.Thread(target=two_queries, daemon=True).start()
+        s.spawn(two_queries)
         s.wait_until_active(pid, "first")
         wait_for(lambda: state_older_than(s, pid, 0.4), timeout=10, what="the first query to pass 0.4 s")
         watch.run()

@@ -50,6 +50,7 @@ class Sessions:
         self.url = url
         self._conns: list[psycopg.Connection] = []
         self._background: list[Background] = []
+        self._spawned: list[threading.Thread] = []
 
     def __enter__(self) -> "Sessions":
         return self
@@ -74,6 +75,14 @@ class Sessions:
         self._background.append(job)
         job.thread.start()
         return job
+
+    def spawn(self, target, *args) -> threading.Thread:
+        """Run `target(*args)` in a thread that uses connections of these sessions: joined before they
+        are closed (a connection closed under a thread still inside libpq can crash the process)."""
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._spawned.append(thread)
+        thread.start()
+        return thread
 
     def observe(self, sql: str, params: tuple | dict | None = None) -> list[tuple]:
         with psycopg.connect(self.url, autocommit=True, application_name="test-observer") as conn:
@@ -108,6 +117,13 @@ class Sessions:
             self.observe("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (still,))
             for job in self._background:
                 job.thread.join(timeout=10)
+        for thread in self._spawned:
+            thread.join(timeout=10)
+        if any(thread.is_alive() for thread in self._spawned):   # stuck in a query: end every session
+            pids = [conn.info.backend_pid for conn in self._conns if not conn.closed]
+            self.observe("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
+            for thread in self._spawned:
+                thread.join(timeout=10)
         for conn in self._conns:
             try:
                 conn.close()
