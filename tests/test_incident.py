@@ -12,7 +12,6 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from bot.localslack import LocalSlack
@@ -22,9 +21,9 @@ from runbook.state import Store
 from runbook.state.approvals import ApprovalStore
 from runbook.state.runs import RunStore
 from runbook.units import human_size
+from tests.support.migrations import alembic_version, app_copy, assert_no_secret, PASSWORD
 from tests.support.configs import with_password
 from tests.support.escalations import GITHUB_TOKEN, OWNER, ROOT, cli, escalation_config, load
-from tests.support.migrations import PASSWORD, app_copy, assert_no_secret
 from tests.support.sample_app import REV_0003
 from tests.support.sessions import Sessions
 from tests.support.waiting import wait_for
@@ -33,11 +32,6 @@ BOT_TOKEN = "xoxb-incident-secret-token-7"
 REVERSIBLE = ("0004_incomes_note", "op.add_column('incomes', sa.Column('note', sa.Text()))",
               "op.drop_column('incomes', 'note')")
 FAILING = ("0005_divide_by_zero", "op.execute('SELECT 1/0')", "pass")
-
-
-def _version(url: str) -> list[str]:
-    with psycopg.connect(url) as conn:
-        return [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")]
 
 
 @pytest.fixture
@@ -87,7 +81,7 @@ def test_a_failed_migration_documents_every_section_7_3_item_with_the_real_value
                 proc.communicate()
     outputs.extend([stdout, stderr])
     assert proc.returncode == 1, stdout + stderr
-    assert _version(url) == ["0004_incomes_note"]
+    assert alembic_version(url) == ["0004_incomes_note"]
     migrate_run = RunStore(store).list(limit=1)[0]
     assert migrate_run.kind == "migrate" and migrate_run.state == "failed"
 

@@ -19,18 +19,14 @@ from runbook.gate import GateOverride
 from runbook.revisions import AlembicProject
 from runbook.state import Store
 from runbook.state.runs import RunStore
+from tests.support.migrations import (alembic_version, app_copy, assert_no_secret, config_file,
+                                     environment, PASSWORD, run_cli)
 from tests.support.configs import with_password
-from tests.support.migrations import PASSWORD, app_copy, assert_no_secret, config_file, environment
 from tests.support.sample_app import ALEMBIC_ARGV, REV_0001, REV_0002, REV_0003
 from tests.support.sessions import Sessions
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _version(url: str) -> list[str]:
-    with psycopg.connect(url) as conn:
-        return [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")]
 
 
 def _columns(url: str, table: str) -> list[str]:
@@ -74,7 +70,7 @@ def test_upgrade_to_head_validates_records_and_logs(sample_db, tmp_path):
     result = migrate.upgrade(name, env, store=store, actor="cli:ops", on_progress=seen.append)
 
     assert result.outcome == "succeeded" and result.ok
-    assert result.from_revisions == [REV_0001] and result.to_revisions == [REV_0003] == _version(url)
+    assert result.from_revisions == [REV_0001] and result.to_revisions == [REV_0003] == alembic_version(url)
     assert result.planned_steps == [REV_0003] and result.steps_done == [REV_0003] and result.attempts == 1
     assert result.validation is not None and result.validation.passed
     counts = next(c for c in result.validation.checks if c.name == "row counts")
@@ -99,7 +95,7 @@ def test_upgrade_to_a_named_revision_and_nothing_to_do(sample_db, tmp_path):
     url = sample_db(REV_0001)
     settings, name, env = environment(tmp_path, url)
     result = migrate.upgrade(name, env, target="0002")      # a unique prefix, resolved against the scripts
-    assert result.outcome == "succeeded" and result.target == REV_0002 and _version(url) == [REV_0002]
+    assert result.outcome == "succeeded" and result.target == REV_0002 and alembic_version(url) == [REV_0002]
     assert result.validation.passed and result.validation.expected == [REV_0002]
 
     again = migrate.upgrade(name, env, target=REV_0002)
@@ -110,7 +106,7 @@ def test_upgrade_to_a_named_revision_and_nothing_to_do(sample_db, tmp_path):
 
     unknown = migrate.upgrade(name, env, target="9999_nope")
     assert unknown.outcome == "refused" and "unknown revision '9999_nope'" in unknown.error
-    assert _version(url) == [REV_0002]
+    assert alembic_version(url) == [REV_0002]
 
 
 def test_step_by_step_runs_one_revision_per_subprocess(sample_db, tmp_path):
@@ -151,7 +147,7 @@ def test_lock_timeout_retries_name_the_root_blocker_and_leave_the_database_uncha
             assert report.lock_mode == "AccessExclusiveLock" and report.relation == "expenses"
         assert [r.retry_in_seconds is not None for r in reports] == [True, True, False]
         # Each attempt was one transaction: nothing of 0002 is left behind.
-        assert _version(url) == [REV_0001]
+        assert alembic_version(url) == [REV_0001]
         assert not _table_exists(url, "categories") and "category_id" not in _columns(url, "expenses")
         assert result.recommendation.action == "none"
     blocked = [e for e in store.events(limit=50) if e.action == "migrate.blocked"]
@@ -169,7 +165,7 @@ def test_a_retry_succeeds_once_the_blocker_is_gone(sample_db, tmp_path):
         result = migrate.upgrade(name, env, on_blocker=lambda report: holder.rollback(), backoff_seconds=0.05,
                                  gate_override=OVERRIDE)
     assert result.outcome == "succeeded" and result.attempts == 2 and len(result.blockers) == 1
-    assert result.steps[0].attempts == 2 and _version(url) == [REV_0003]
+    assert result.steps[0].attempts == 2 and alembic_version(url) == [REV_0003]
 
 
 FAILING = ("0004_divide_by_zero", "op.execute('SELECT 1/0')", "pass")
@@ -186,7 +182,7 @@ def test_a_failing_revision_stops_at_the_last_good_revision_step_by_step(sample_
     result = migrate.upgrade(name, env, store=store)
     assert result.outcome == "failed" and result.attempts == 3      # one per step, no retry of a real error
     assert "division by zero" in result.error and "0004_divide_by_zero" in result.error
-    assert result.steps_done == [REV_0002, REV_0003] and _version(url) == [REV_0003]
+    assert result.steps_done == [REV_0002, REV_0003] and alembic_version(url) == [REV_0003]
     assert result.to_revisions == [REV_0003] and result.validation is None
     # 0002-0003 applied, 0003 cannot be undone: restore the tables they touched.
     rec = result.recommendation
@@ -203,7 +199,7 @@ def test_a_failing_revision_in_one_transaction_leaves_nothing_to_undo(sample_db,
     app = app_copy(tmp_path, [REVERSIBLE, ("0005_divide_by_zero", "op.execute('SELECT 1/0')", "pass")])
     settings, name, env = environment(tmp_path, url, app_dir=app)
     result = migrate.upgrade(name, env)
-    assert result.outcome == "failed" and _version(url) == [REV_0003]
+    assert result.outcome == "failed" and alembic_version(url) == [REV_0003]
     assert "note" not in _columns(url, "incomes")              # 0004 went down with 0005's transaction
     assert result.recommendation.action == "none"
     assert "nothing to roll back" in result.recommendation.headline
@@ -214,13 +210,13 @@ def test_a_failing_revision_after_a_reversible_one_recommends_a_downgrade(sample
     app = app_copy(tmp_path, [REVERSIBLE, ("0005_divide_by_zero", "op.execute('SELECT 1/0')", "pass")])
     settings, name, env = environment(tmp_path, url, app_dir=app, migration={"step_by_step": True})
     result = migrate.upgrade(name, env)
-    assert result.outcome == "failed" and _version(url) == ["0004_incomes_note"]
+    assert result.outcome == "failed" and alembic_version(url) == ["0004_incomes_note"]
     rec = result.recommendation
     assert rec.action == "downgrade" and rec.target_revision == REV_0003 and rec.undo == ["0004_incomes_note"]
 
     # The recommended downgrade, through the same supervisor.
     back = migrate.downgrade(name, env, target=rec.target_revision)
-    assert back.outcome == "succeeded" and _version(url) == [REV_0003] and "note" not in _columns(url, "incomes")
+    assert back.outcome == "succeeded" and alembic_version(url) == [REV_0003] and "note" not in _columns(url, "incomes")
 
 
 def test_an_irreversible_rollback_is_refused_up_front(sample_db, tmp_path):
@@ -234,7 +230,7 @@ def test_an_irreversible_rollback_is_refused_up_front(sample_db, tmp_path):
     # The run itself refuses too, before touching anything.
     result = migrate.downgrade(name, env, target=REV_0001)
     assert result.outcome == "refused" and "irreversible" in result.error and result.attempts == 0
-    assert _version(url) == [REV_0003]
+    assert alembic_version(url) == [REV_0003]
 
 
 def test_a_reversible_rollback_runs_under_the_same_supervision(sample_db, tmp_path):
@@ -243,7 +239,7 @@ def test_a_reversible_rollback_runs_under_the_same_supervision(sample_db, tmp_pa
     plan = rollback.check_downgrade(name, env, "-1")
     assert plan.target == REV_0001 and [r.revision for r in plan.undo] == [REV_0002]
     result = migrate.downgrade(name, env)
-    assert result.outcome == "succeeded" and result.to_revisions == [REV_0001] == _version(url)
+    assert result.outcome == "succeeded" and result.to_revisions == [REV_0001] == alembic_version(url)
     assert not _table_exists(url, "categories")
     assert result.validation.passed and result.validation.expected == [REV_0001]
 
@@ -257,7 +253,7 @@ def test_a_rollback_validates_row_counts_against_before_the_run_as_a_migration_d
     with psycopg.connect(url) as conn:
         categories = conn.execute("SELECT count(*) FROM categories").fetchone()[0]
     result = migrate.downgrade(name, env)
-    assert result.outcome == "succeeded" and _version(url) == [REV_0001]
+    assert result.outcome == "succeeded" and alembic_version(url) == [REV_0001]
     [counts] = [c for c in result.validation.checks if c.name == "row counts"]
     assert counts.status == "pass", counts.detail
     assert counts.detail == (f"expenses 50 -> 50; incomes {_rows(url, 'incomes')} -> {_rows(url, 'incomes')}; "
@@ -276,7 +272,7 @@ def test_rows_a_rollback_deletes_are_data_loss_as_after_a_migration(sample_db, t
     settings, name, env = environment(tmp_path, url, app_dir=app, validation={"tables": ["expenses"]})
     assert migrate.upgrade(name, env).outcome == "succeeded"
     result = migrate.downgrade(name, env)
-    assert _version(url) == [REV_0003]
+    assert alembic_version(url) == [REV_0003]
     assert result.outcome == "validation failed" and result.validation.data_loss
     [counts] = [c for c in result.validation.failed if c.name == "row counts"]
     assert counts.detail == "data loss: expenses 50 -> 40 (-10)" and counts.tables == ("expenses",)
@@ -300,7 +296,7 @@ def test_refused_while_a_pg_dump_is_connected(sample_db, tmp_path, pg_bin_dir):
                                               "AND wait_event_type = 'Lock'"), 20, what="pg_dump to wait")
             result = migrate.upgrade(name, env)
             assert result.outcome == "refused" and "a pg_dump is connected" in result.error
-            assert result.attempts == 0 and _version(url) == [REV_0001]
+            assert result.attempts == 0 and alembic_version(url) == [REV_0001]
         finally:
             locker.rollback()
             assert dump.wait(timeout=60) == 0           # the dump was left alone and finished
@@ -314,7 +310,7 @@ def test_refused_when_the_revision_changed_since_approval(sample_db, tmp_path):
     result = migrate.upgrade(name, env, expected_current=[REV_0001], store=store)
     assert result.outcome == "refused" and result.attempts == 0
     assert "is at 0002_categories, not at 0001_expenses_incomes as approved" in result.error
-    assert _version(url) == [REV_0002]
+    assert alembic_version(url) == [REV_0002]
     assert RunStore(store).get(result.run_id).state == "refused"
 
 
@@ -340,7 +336,7 @@ def test_two_concurrent_migrations_one_is_refused_by_the_advisory_lock(sample_db
     finally:
         runner.join(timeout=60)
     assert second.outcome == "refused" and "another migrate is running on production" in second.error
-    assert first[0].outcome == "succeeded" and _version(url) == ["0004_pause"]
+    assert first[0].outcome == "succeeded" and alembic_version(url) == ["0004_pause"]
 
 
 def test_hard_timeout_cancels_the_backend_and_stops_the_process(sample_db, tmp_path):
@@ -348,14 +344,9 @@ def test_hard_timeout_cancels_the_backend_and_stops_the_process(sample_db, tmp_p
     settings, name, env = environment(tmp_path, url, app_dir=app_copy(tmp_path, [SLOW]))
     result = migrate.upgrade(name, env, timeout_seconds=1.5)
     assert result.outcome == "failed" and result.timed_out
-    assert "did not finish within 1.5 s" in result.error and _version(url) == [REV_0003]
+    assert "did not finish within 1.5 s" in result.error and alembic_version(url) == [REV_0003]
     assert "cancelling the migrator's backend" in Path(result.log_path).read_text()
     wait_for(lambda: not _migrator_sessions(url), 10, what="the migrator's session to end")
-
-
-def _cli(config: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(config), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, **kwargs)
 
 
 def test_killed_mid_run_is_marked_interrupted_at_the_next_start(sample_db, tmp_path, pg_bin_dir):
@@ -370,16 +361,16 @@ def test_killed_mid_run_is_marked_interrupted_at_the_next_start(sample_db, tmp_p
         proc.communicate(timeout=30)
     # The tether took alembic down with the CLI; its backend notices and rolls back.
     wait_for(lambda: not _migrator_sessions(url), 15, what="the orphaned migrator session to end")
-    assert _version(url) == [REV_0003]
+    assert alembic_version(url) == [REV_0003]
 
-    status = _cli(config, "status")                 # the next start
+    status = run_cli(config, "status")                 # the next start
     assert status.returncode == 0, status.stderr
     assert "was interrupted" in status.stderr and "not resumed" in status.stderr.lower()
     store = Store(f"sqlite:///{tmp_path / 'state.db'}")
     run = RunStore(store).list(limit=1)[0]
     assert run.state == "interrupted" and run.kind == "migrate" and run.step.startswith("upgrade 0004_slow")
     assert any(e.outcome == "interrupted" and e.run_id == run.id for e in store.events(limit=20))
-    assert "was interrupted" not in _cli(config, "status").stderr      # reaped once
+    assert "was interrupted" not in run_cli(config, "status").stderr      # reaped once
     assert_no_secret(PASSWORD, status.stdout, status.stderr, run.summary, files=(Path(run.log_path),))
 
 
@@ -387,32 +378,32 @@ def test_cli_migrate_and_rollback_need_yes_and_record_it(sample_db, tmp_path, pg
     url = with_password(sample_db(REV_0001), PASSWORD)
     config = config_file(tmp_path, url, validation={"tables": ["expenses"]}, pg_bin_dir=pg_bin_dir)
 
-    bare = _cli(config, "migrate")                                   # the plan approvers would read, exit 2
+    bare = run_cli(config, "migrate")                                   # the plan approvers would read, exit 2
     assert bare.returncode == 2 and len(bare.stderr.strip().splitlines()) == 1
-    assert "--yes" in bare.stderr and _version(url) == [REV_0001]
+    assert "--yes" in bare.stderr and alembic_version(url) == [REV_0001]
     assert bare.stdout.startswith(f"Migration of production: {REV_0001} -> {REV_0003}")
     assert "CREATE TABLE categories" in bare.stdout and "has no verified full backup" in bare.stdout
 
-    bad = _cli(config, "migrate", "--to", "zzz", "--yes")               # refused before anything is recorded
+    bad = run_cli(config, "migrate", "--to", "zzz", "--yes")               # refused before anything is recorded
     assert bad.returncode == 1 and "unknown revision 'zzz'" in bad.stderr and "Traceback" not in bad.stderr
     assert bad.stdout == "" and len(bad.stderr.strip().splitlines()) == 1
 
-    done = _cli(config, "migrate", "--to", REV_0002, "--yes", "--json")
+    done = run_cli(config, "migrate", "--to", REV_0002, "--yes", "--json")
     assert done.returncode == 0, done.stderr
     payload = json.loads(done.stdout)
     assert payload["backup_taken"] and "  backup: #1 verified (full)" in done.stderr     # §2 first, like Slack
     assert payload["outcome"] == "succeeded" and payload["to"] == [REV_0002] and payload["validation"]["passed"]
 
-    back = _cli(config, "rollback", "--yes")
+    back = run_cli(config, "rollback", "--yes")
     assert back.returncode == 0, back.stdout + back.stderr
-    assert "Rollback production: SUCCEEDED" in back.stdout and _version(url) == [REV_0001]
+    assert "Rollback production: SUCCEEDED" in back.stdout and alembic_version(url) == [REV_0001]
 
-    _cli(config, "migrate", "--yes")
-    irreversible = _cli(config, "rollback", "--yes")
+    run_cli(config, "migrate", "--yes")
+    irreversible = run_cli(config, "rollback", "--yes")
     assert irreversible.returncode == 1 and "irreversible" in irreversible.stderr
-    assert len(irreversible.stderr.strip().splitlines()) == 1 and _version(url) == [REV_0003]
+    assert len(irreversible.stderr.strip().splitlines()) == 1 and alembic_version(url) == [REV_0003]
 
-    at_head = _cli(config, "migrate", "--yes")
+    at_head = run_cli(config, "migrate", "--yes")
     assert at_head.returncode == 0 and "nothing to do: production is already at" in at_head.stderr
 
     # --yes is an approval like a click in Slack: a request approved by the CLI user, then its run
@@ -429,7 +420,7 @@ def test_cli_migrate_and_rollback_need_yes_and_record_it(sample_db, tmp_path, pg
 def test_cli_migrate_reports_an_unreachable_database_in_one_line(tmp_path):
     url = "postgresql://ops:" + PASSWORD + "@127.0.0.1:1/nowhere"
     config = config_file(tmp_path, url)
-    out = _cli(config, "migrate", "--yes")
+    out = run_cli(config, "migrate", "--yes")
     assert out.returncode == 2 and PASSWORD not in out.stdout + out.stderr
     assert "Traceback" not in out.stderr
 
@@ -475,7 +466,7 @@ def test_the_backup_runs_first_under_the_same_lock(sample_db, tmp_path, pg_bin_d
         return backup.backup(name, env, store, lock=held, reason="migrate")
 
     result = migrate.upgrade(name, env, target=REV_0002, store=store, before=back_up)
-    assert result.outcome == "succeeded" and _version(url) == [REV_0002]
+    assert result.outcome == "succeeded" and alembic_version(url) == [REV_0002]
     assert holders[0] is not None and holders[0].operation == "migrate"
     assert result.backup.status == "verified" and result.backup.revision == [REV_0001]
 
@@ -484,7 +475,7 @@ def test_the_backup_runs_first_under_the_same_lock(sample_db, tmp_path, pg_bin_d
 
     failed = migrate.upgrade(name, env, before=broken)
     assert failed.outcome == "failed" and "the backup before the migration failed: disk full" in failed.error
-    assert failed.attempts == 0 and _version(url) == [REV_0002]
+    assert failed.attempts == 0 and alembic_version(url) == [REV_0002]
 
 
 def test_propose_shows_what_approvers_approve_and_refuses_up_front(sample_db, tmp_path):

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
-import psycopg
 from sqlalchemy import select
 
 from runbook import backup as backups
@@ -18,22 +16,11 @@ from runbook.state import Store
 from runbook.state.models import BackupRow
 from runbook.state.runs import RunStore
 from runbook.units import human_size
+from tests.support.migrations import alembic_version, assert_no_secret, config_file, PASSWORD, run_cli
 from tests.support.configs import with_password
-from tests.support.migrations import PASSWORD, assert_no_secret, config_file
 from tests.support.sample_app import REV_0001, REV_0002, REV_0003
 
-ROOT = Path(__file__).resolve().parent.parent
 TAKING = "  backup: taking a verified full backup of production first (§2)"
-
-
-def _cli(config: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(config), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=180)
-
-
-def _version(url: str) -> list[str]:
-    with psycopg.connect(url) as conn:
-        return [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")]
 
 
 def _store(tmp_path: Path) -> Store:
@@ -61,9 +48,9 @@ def test_migrate_backs_up_first_records_it_and_a_run_within_the_window_relies_on
     url = with_password(sample_db(REV_0001), PASSWORD)
     config = config_file(tmp_path, url, validation={"tables": ["expenses"]}, pg_bin_dir=pg_bin_dir)
 
-    first = _cli(config, "migrate", "--to", REV_0002, "--yes")
+    first = run_cli(config, "migrate", "--to", REV_0002, "--yes")
     assert first.returncode == 0, first.stderr
-    assert _version(url) == [REV_0002]
+    assert alembic_version(url) == [REV_0002]
     store = _store(tmp_path)
     [made] = backups.list_backups(store, "production")
     assert (made.status, made.kind, made.reason, made.level) == ("verified", "full", "migrate", "full")
@@ -87,20 +74,20 @@ def test_migrate_backs_up_first_records_it_and_a_run_within_the_window_relies_on
 
     # the rollback from 0002: the backup at 0001 lacks what 0002 added (and every row written into it), so the
     # run takes its own at 0002 (design rule 16), and says why
-    back = _cli(config, "rollback", "--yes", "--json")
+    back = run_cli(config, "rollback", "--yes", "--json")
     assert back.returncode == 0, back.stderr
     payload = json.loads(back.stdout)
-    assert payload["to"] == [REV_0001] == _version(url)
+    assert payload["to"] == [REV_0001] == alembic_version(url)
     at_0002 = backups.list_backups(store, "production")[0]
     assert at_0002.id != made.id and at_0002.revision == [REV_0002] and at_0002.status == "verified"
     assert (payload["backup_id"], payload["backup_taken"], payload["backup_skipped"]) == (at_0002.id, True, False)
     assert f"was taken at {REV_0001}, not at {REV_0002} where production is now" in back.stderr
 
     # a manual backup at the current revision, after the last run, within the window: relied on
-    assert _cli(config, "backup").returncode == 0
+    assert run_cli(config, "backup").returncode == 0
     manual = backups.list_backups(store, "production")[0]
     assert manual.revision == [REV_0001] and manual.reason == "manual"
-    again = _cli(config, "migrate", "--to", REV_0002, "--yes", "--json")
+    again = run_cli(config, "migrate", "--to", REV_0002, "--yes", "--json")
     assert again.returncode == 0, again.stderr
     payload = json.loads(again.stdout)
     assert (payload["backup_id"], payload["backup_taken"], payload["backup_skipped"]) == (manual.id, False, False)
@@ -111,16 +98,16 @@ def test_migrate_backs_up_first_records_it_and_a_run_within_the_window_relies_on
     assert relied.details["backup_id"] == manual.id
 
     # older than the window: the next run takes a new one
-    assert _cli(config, "rollback", "--yes").returncode == 0
-    assert _cli(config, "backup").returncode == 0
+    assert run_cli(config, "rollback", "--yes").returncode == 0
+    assert run_cli(config, "backup").returncode == 0
     _age_backups(store, timedelta(minutes=61))
-    late = _cli(config, "migrate", "--yes", "--json")
+    late = run_cli(config, "migrate", "--yes", "--json")
     assert late.returncode == 0, late.stderr
     payload = json.loads(late.stdout)
     newer = backups.list_backups(store, "production")[0]
     assert newer.revision == [REV_0001] and newer.status == "verified" and newer.reason == "migrate"
     assert (payload["backup_id"], payload["backup_taken"], payload["backup_skipped"]) == (newer.id, True, False)
-    assert payload["to"] == [REV_0003] == _version(url)
+    assert payload["to"] == [REV_0003] == alembic_version(url)
     assert TAKING in late.stderr and "older than 60 min" in late.stderr
     _nothing_secret(store, first, back, again, late)
 
@@ -129,9 +116,9 @@ def test_no_backup_skips_it_on_the_record_with_a_warning(sample_db, pg_bin_dir, 
     url = with_password(sample_db(REV_0001), PASSWORD)
     config = config_file(tmp_path, url, pg_bin_dir=pg_bin_dir)
 
-    skipped = _cli(config, "migrate", "--to", REV_0002, "--yes", "--no-backup", "--json")
+    skipped = run_cli(config, "migrate", "--to", REV_0002, "--yes", "--no-backup", "--json")
     assert skipped.returncode == 0, skipped.stderr
-    assert _version(url) == [REV_0002]
+    assert alembic_version(url) == [REV_0002]
     payload = json.loads(skipped.stdout)
     assert (payload["backup_id"], payload["backup_taken"], payload["backup_skipped"]) == (None, False, True)
     assert ("runbook-bot: warning: --no-backup: migrate runs without a backup first (§2; recorded); "
@@ -145,12 +132,12 @@ def test_no_backup_skips_it_on_the_record_with_a_warning(sample_db, pg_bin_dir, 
     assert event.details == {"skipped": "--no-backup", "latest_backup_id": None, "protecting_backup_id": None}
 
     # an older verified backup is named, and still no new one is taken (rollback too)
-    assert _cli(config, "backup").returncode == 0
+    assert run_cli(config, "backup").returncode == 0
     [old] = backups.list_backups(store, "production")
     _age_backups(store, timedelta(hours=3))
-    back = _cli(config, "rollback", "--yes", "--no-backup")
+    back = run_cli(config, "rollback", "--yes", "--no-backup")
     assert back.returncode == 0, back.stderr
-    assert _version(url) == [REV_0001] and "Rollback production: SUCCEEDED" in back.stdout
+    assert alembic_version(url) == [REV_0001] and "Rollback production: SUCCEEDED" in back.stdout
     assert f"--no-backup: rollback runs without a backup first (§2; recorded); the latest verified full backup " \
            f"is #{old.id} of " in back.stderr
     assert [b.id for b in backups.list_backups(store, "production")] == [old.id]
@@ -167,14 +154,14 @@ def test_a_backup_that_cannot_be_taken_stops_the_migration_in_one_line(sample_db
     config = config_file(tmp_path, url, pg_bin_dir=no_tools)
 
     for args in (("migrate", "--yes"), ("migrate", "--yes", "--json")):
-        out = _cli(config, *args)
+        out = run_cli(config, *args)
         assert out.returncode == 2 and out.stdout == ""
         [taking, error] = out.stderr.splitlines()             # the progress line, then one line of error
         assert taking.startswith(TAKING)
         assert error.startswith("runbook-bot: migrate stopped, production was not changed: the backup before it "
                                 f"failed: pg_bin_dir {no_tools} has no pg_dump: point pg_bin_dir at ")
         assert error.endswith("(fix that and run again, or add --no-backup)")
-        assert _version(url) == [REV_0001]
+        assert alembic_version(url) == [REV_0001]
     store = _store(tmp_path)
     assert backups.list_backups(store, "production") == []
     runs = RunStore(store).list(limit=5)
@@ -198,13 +185,13 @@ def test_backup_storage_that_cannot_be_written_stops_the_rollback(sample_db, pg_
                                                                 f'staging_dir: "{staging}"}}'))
     assert config.read_text() != text
 
-    out = _cli(config, "rollback", "--yes")
+    out = run_cli(config, "rollback", "--yes")
     assert out.returncode == 2 and out.stdout == "", out.stdout + out.stderr
     [taking, error] = out.stderr.splitlines()
     assert taking.startswith(TAKING)
     assert error.startswith("runbook-bot: rollback stopped, production was not changed: the backup before it "
                             "failed: ")
-    assert _version(url) == [REV_0002]
+    assert alembic_version(url) == [REV_0002]
     store = _store(tmp_path)
     [entry] = backups.list_backups(store, "production")     # dumped and verified in staging, never stored
     assert entry.status == "failed" and entry.reason == "migrate" and entry.error and entry.error in error
@@ -225,15 +212,15 @@ def test_a_backups_directory_that_cannot_be_created_stops_the_run_before_it_star
     config.write_text(config.read_text().replace('backups: {dir: "backups"}',
                                                  f'backups: {{dir: "{blocker / "backups"}"}}'))
 
-    out = _cli(config, "migrate", "--yes")
+    out = run_cli(config, "migrate", "--yes")
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.splitlines() == [f"runbook-bot: migrate stopped, production was not changed: cannot write "
                                        f"the run's log in {blocker / 'backups' / 'migration-logs'}: Not a directory"]
-    assert _version(url) == [REV_0001]
+    assert alembic_version(url) == [REV_0001]
     store = _store(tmp_path)
     assert RunStore(store).list(limit=5) == []                   # no run left "running" to be reaped later
     [event] = [e for e in store.events(action="migrate") if e.summary.startswith("upgrade production")]
     assert event.outcome == "error" and "cannot write the run's log" in event.summary
-    status = _cli(config, "status")
+    status = run_cli(config, "status")
     assert status.returncode == 0 and "interrupted" not in status.stderr
     _nothing_secret(store, out, status)

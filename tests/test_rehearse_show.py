@@ -8,9 +8,6 @@ API is bot/localslack.py."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import psycopg
 
@@ -20,14 +17,13 @@ from bot.render.core import validate
 from bot.server import Runtime
 from runbook import rehearse
 from runbook.state.runs import RunStore
-from tests.support.migrations import app_copy, config_file
+from tests.support.migrations import alembic_version, app_copy, config_file, run_cli
 from tests.support.sample_app import REV_0003, upgrade
 from tests.support.slack import local_slack, log_lines  # noqa: F401  (fixtures)
 from tests.support.slack import SIGNING_SECRET
 from tests.test_migrate_slack import (ALICE, BOB, BOT_TOKEN, CHANNEL, MALLORY, REQUESTER, MigrateBot,  # noqa: F401
                                       _settings, buttons, dumped, make_bot)
 
-ROOT = Path(__file__).resolve().parent.parent
 NOTE = ("0004_incomes_note", "op.add_column('incomes', sa.Column('note', sa.Text()))",
         "op.drop_column('incomes', 'note')")
 # CREATE INDEX without CONCURRENTLY takes SHARE on expenses; the sleep keeps it held (same transaction)
@@ -39,11 +35,6 @@ INDEX = ("0004_expenses_amount_index",
 def _scratch(url: str) -> list[str]:
     with psycopg.connect(url) as conn:
         return [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'rbrehearse%'")]
-
-
-def _version(url: str) -> list[str]:
-    with psycopg.connect(url) as conn:
-        return [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")]
 
 
 def _rehearsals(bot) -> list:
@@ -92,7 +83,7 @@ def test_rehearse_first_rehearses_in_the_thread_then_the_request_and_its_run_sho
     assert ACTION_REHEARSE_FIRST not in {b["action_id"] for b in buttons(bot.message(request))}
     [audit] = [e for e in _events(bot, "rehearse_first") if e.outcome == "ok"]
     assert audit.actor == BOB and audit.details["rehearsal_run_id"] == run.id
-    assert _version(bot.url) == [REV_0003] and _scratch(bot.url) == []
+    assert alembic_version(bot.url) == [REV_0003] and _scratch(bot.url) == []
 
     # the stale button: rehearsed already, nothing more runs
     bot.click(request, ALICE, ACTION_REHEARSE_FIRST)
@@ -154,19 +145,14 @@ def test_a_rollback_request_rehearses_on_a_backup_at_its_target_and_its_run_comp
     [run] = _rehearsals(bot)
     assert run.state == "succeeded" and run.result["from"] == [REV_0003] and run.result["to"] == "0004_incomes_note"
     assert "*Rehearsed*" in dumped(bot.message(request).blocks)
-    assert _version(bot.url) == ["0004_incomes_note"] and _scratch(bot.url) == []
+    assert alembic_version(bot.url) == ["0004_incomes_note"] and _scratch(bot.url) == []
 
     bot.click(request, ALICE, ACTION_APPROVE)
     done = bot.get(request)
     assert done.state == "done", done.result_summary
     [timed] = done.result["rehearsal"]["revisions"]
     assert timed["rehearsed_seconds"] == run.result["revisions"][0]["downgrade_seconds"] > 0
-    assert _version(bot.url) == [REV_0003]
-
-
-def _cli(config: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(config), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    assert alembic_version(bot.url) == [REV_0003]
 
 
 def test_the_cli_rehearsal_weighs_the_risk_review_and_the_runs_compare_with_it(sample_db, tmp_path, pg_bin_dir):
@@ -176,7 +162,7 @@ def test_the_cli_rehearsal_weighs_the_risk_review_and_the_runs_compare_with_it(s
     config.write_text(config.read_text().replace(
         "    backups:", "    review: {large_table_bytes: 1, medium_table_bytes: 1}\n    backups:", 1))
 
-    done = _cli(config, "rehearse", "--json")
+    done = run_cli(config, "rehearse", "--json")
     assert done.returncode == 0, done.stderr + done.stdout
     report = json.loads(done.stdout)
     [rev] = report["revisions"]
@@ -187,13 +173,13 @@ def test_the_cli_rehearsal_weighs_the_risk_review_and_the_runs_compare_with_it(s
     assert "rated high, measured SHARE lock on expenses for at least" in dumped(message.blocks)
     assert "lower bound" in dumped(message.blocks)
 
-    migrated = _cli(config, "migrate", "--yes", "--override-gate", "the rehearsal measured it")  # rated HIGH
+    migrated = run_cli(config, "migrate", "--yes", "--override-gate", "the rehearsal measured it")  # rated HIGH
     assert migrated.returncode == 0, migrated.stderr + migrated.stdout
     assert f"against its rehearsal (run {report['run_id'][:8]}, passed):" in migrated.stdout
     assert "0004_expenses_amount_index test revision 0004_expenses_amount_index: " in migrated.stdout
     assert "(rehearsed " in migrated.stdout
 
-    rolled = _cli(config, "rollback", "--yes", "--json")
+    rolled = run_cli(config, "rollback", "--yes", "--json")
     assert rolled.returncode == 0, rolled.stderr + rolled.stdout
     compared = json.loads(rolled.stdout)["rehearsal"]
     assert compared["run_id"] == report["run_id"]

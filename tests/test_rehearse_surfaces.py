@@ -15,7 +15,7 @@ import pytest
 from bot.approvals import ACTION_REJECT
 from runbook import ops, precheck, rehearse
 from runbook.state import Store
-from tests.support.migrations import app_copy, config_file, environment
+from tests.support.migrations import alembic_version, app_copy, config_file, environment, run_cli
 from tests.support.sample_app import REV_0003
 from tests.support.slack import local_slack, log_lines  # noqa: F401  (fixtures)
 from tests.support.waiting import wait_for
@@ -29,30 +29,20 @@ SLOW = ("0004_slow", "op.execute('SELECT pg_sleep(60)')", "pass")
 STAGING = precheck.HUMAN_CHECKLIST[1][1]
 
 
-def _cli(config: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(config), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-
-
 def _scratch(url: str) -> list[str]:
     with psycopg.connect(url) as conn:
         return [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'rbrehearse%'")]
-
-
-def _version(url: str) -> list[str]:
-    with psycopg.connect(url) as conn:
-        return [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")]
 
 
 def test_cli_rehearse_json_and_exit_codes_and_the_precheck_item(sample_db, tmp_path, pg_bin_dir):
     url = sample_db(REV_0003)
     config = config_file(tmp_path, url, app_dir=app_copy(tmp_path, [NOTE]), pg_bin_dir=pg_bin_dir)
 
-    before = json.loads(_cli(config, "precheck", "--json").stdout)
+    before = json.loads(run_cli(config, "precheck", "--json").stdout)
     [item] = [c for c in before["checks"] if c["name"] == STAGING]
     assert item["status"] == "warn" and not item["automatic"]
 
-    done = _cli(config, "rehearse", "--json")
+    done = run_cli(config, "rehearse", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["outcome"] == "passed" and report["error"] is None
@@ -61,13 +51,13 @@ def test_cli_rehearse_json_and_exit_codes_and_the_precheck_item(sample_db, tmp_p
     assert {"seconds", "locks", "rewrites", "size_change_bytes"} <= set(rev)
     assert rev["rewrites"] == []       # a nullable column without a default: catalog only (its lock lasts ms)
     assert isinstance(report["backup_id"], int) and report["validation"]["passed"] is True
-    assert _version(url) == [REV_0003] and _scratch(url) == []
+    assert alembic_version(url) == [REV_0003] and _scratch(url) == []
 
-    after = json.loads(_cli(config, "precheck", "--json").stdout)
+    after = json.loads(run_cli(config, "precheck", "--json").stdout)
     [item] = [c for c in after["checks"] if c["name"] == STAGING]
     assert item["status"] == "ok" and item["automatic"] and "passed" in item["detail"]
 
-    text = _cli(config, "rehearse")
+    text = run_cli(config, "rehearse")
     assert text.returncode == 0
     assert "0004_incomes_note test revision 0004_incomes_note:" in text.stdout
     assert "down ok" in text.stdout and "rewritten" not in text.stdout
@@ -76,12 +66,12 @@ def test_cli_rehearse_json_and_exit_codes_and_the_precheck_item(sample_db, tmp_p
 def test_cli_rehearse_of_a_failing_revision_exits_1_with_its_error(sample_db, tmp_path, pg_bin_dir):
     url = sample_db(REV_0003)
     config = config_file(tmp_path, url, app_dir=app_copy(tmp_path, [BROKEN]), pg_bin_dir=pg_bin_dir)
-    done = _cli(config, "rehearse", "--json")
+    done = run_cli(config, "rehearse", "--json")
     assert done.returncode == 1, done.stderr
     report = json.loads(done.stdout)
     assert report["outcome"] == "failed" and "division by zero" in report["error"]
-    assert _version(url) == [REV_0003] and _scratch(url) == []
-    bad = _cli(config, "rehearse", "--to", "nope")
+    assert alembic_version(url) == [REV_0003] and _scratch(url) == []
+    bad = run_cli(config, "rehearse", "--to", "nope")
     assert bad.returncode == 2 and "nope" in bad.stdout
 
 
@@ -103,11 +93,11 @@ def test_a_killed_cli_rehearsal_leaves_no_copy_after_the_next_start(sample_db, t
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
-    nxt = _cli(config, "backups")
+    nxt = run_cli(config, "backups")
     assert nxt.returncode == 0, nxt.stderr
     assert "rehearse run" in nxt.stderr and "dropped rbrehearse_" in nxt.stderr
     assert _scratch(url) == []
-    assert _version(url) == [REV_0003]
+    assert alembic_version(url) == [REV_0003]
 
 
 def test_rehearsal_required_refuses_a_request_without_a_passed_one(sample_db, tmp_path, pg_bin_dir):
@@ -154,7 +144,7 @@ def test_slack_rehearse_posts_the_report_and_the_request_shows_it_until_a_file_c
     again = bot.ask("run")
     shown = dumped(bot.message(again).blocks)
     assert "*Rehearsal void*" in shown and "0004_incomes_note changed since" in shown
-    assert _version(bot.url) == [REV_0003]
+    assert alembic_version(bot.url) == [REV_0003]
 
 
 def test_a_request_without_a_rehearsal_says_so(sample_db, make_bot, tmp_path):

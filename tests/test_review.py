@@ -18,8 +18,8 @@ from runbook.config import ConfigError, parse_settings
 from runbook.revisions import AlembicProject
 from runbook.state import Store
 from runbook.units import human_size
+from tests.support.migrations import alembic_version, app_copy, assert_no_secret, environment, PASSWORD
 from tests.support.configs import with_password
-from tests.support.migrations import PASSWORD, app_copy, assert_no_secret, environment
 from tests.support.sample_app import APP_DIR, REV_0003
 from tests.support.sessions import Sessions
 from tests.support.slack import log_lines  # noqa: F401  (a fixture)
@@ -151,7 +151,6 @@ def test_each_risky_revision_is_flagged_with_its_rule_revision_file_line_and_tab
     assert as_json["risk"]["blocking"] == [INDEX[0], NOT_NULL[0]]
     assert as_json["verdict"] == "no-go" and "pending" in as_json        # existing keys kept
     assert_no_secret(PASSWORD, json.dumps(as_json))
-
 
 
 def _allow(app: Path, revision: str, literal: str) -> Path:
@@ -340,7 +339,7 @@ def test_the_promotion_gate_refuses_production_until_staging_is_migrated_and_val
     # run() enforces it too (the CLI's --yes and an approval made before the gate are both stopped)
     refused = migrate.upgrade("production", production, store=store, log_dir=tmp_path / "logs")
     assert refused.outcome == "refused" and "has not been" in refused.error
-    assert _version(production_url) == [REV_0003]
+    assert alembic_version(production_url) == [REV_0003]
 
     # staging to the first revision only: production may follow to it, not beyond
     first = migrate.upgrade("staging", staging, target=SAFE[0], store=store, log_dir=tmp_path / "logs")
@@ -355,7 +354,7 @@ def test_the_promotion_gate_refuses_production_until_staging_is_migrated_and_val
     assert allowed.refusal is None and allowed.promotion.allowed
     assert allowed.promotion.evidence_run_id == second.run_id
     result = migrate.upgrade("production", production, store=store, log_dir=tmp_path / "logs")
-    assert result.outcome == "succeeded" and _version(production_url) == [SAFE_2[0]]
+    assert result.outcome == "succeeded" and alembic_version(production_url) == [SAFE_2[0]]
 
     # a rollback on staging withdraws the evidence for what it undid
     migrate.downgrade("production", production, target=SAFE[0], store=store, log_dir=tmp_path / "logs")
@@ -364,11 +363,6 @@ def test_the_promotion_gate_refuses_production_until_staging_is_migrated_and_val
     again = migrate.propose("production", production, store=store)
     assert f"{SAFE_2[0]} was rolled back on staging (run {back.run_id}" in again.refusal
     assert_no_secret(PASSWORD, again.refusal, refused.error, beyond.refusal)
-
-
-def _version(url: str) -> list[str]:
-    with psycopg.connect(url) as conn:
-        return [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")]
 
 
 @pytest.mark.parametrize("extra, expected", [

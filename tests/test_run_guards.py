@@ -11,8 +11,6 @@ PostgreSQL.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,22 +21,10 @@ from runbook import migrate
 from runbook.gate import GateOverride
 from runbook.state import Store
 from runbook.state.runs import RunStore
+from tests.support.migrations import alembic_version, assert_no_secret, config_file, environment, PASSWORD, run_cli
 from tests.support.configs import with_password
-from tests.support.migrations import PASSWORD, assert_no_secret, config_file, environment
 from tests.support.sample_app import REV_0001, REV_0002, REV_0003
 from tests.support.sessions import Sessions
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _cli(config: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(config), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=180)
-
-
-def _version(url: str) -> list[str]:
-    with psycopg.connect(url) as conn:
-        return [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")]
 
 
 def _count(url: str, table: str) -> int | None:
@@ -57,19 +43,19 @@ def test_a_rollback_after_writes_is_protected_by_a_backup_that_holds_them(sample
     config = config_file(tmp_path, url, pg_bin_dir=pg_bin_dir)
     store = _store(tmp_path)
 
-    assert _cli(config, "backup").returncode == 0                          # §2 by hand, at 0001
+    assert run_cli(config, "backup").returncode == 0                          # §2 by hand, at 0001
     [at_0001] = backups.list_backups(store, "production")
-    up = _cli(config, "migrate", "--to", REV_0002, "--yes")                 # relies on it: same revision, fresh
+    up = run_cli(config, "migrate", "--to", REV_0002, "--yes")                 # relies on it: same revision, fresh
     assert up.returncode == 0, up.stderr
-    assert f"backup #{at_0001.id}, taken at {REV_0001}" in up.stderr and _version(url) == [REV_0002]
+    assert f"backup #{at_0001.id}, taken at {REV_0001}" in up.stderr and alembic_version(url) == [REV_0002]
     with psycopg.connect(url, autocommit=True) as conn:                    # the application writes into 0002's table
         conn.execute("INSERT INTO categories (name) SELECT 'category ' || g FROM generate_series(1, 7) g")
     assert _count(url, "categories") == 7
 
-    back = _cli(config, "rollback", "--yes", "--json")
+    back = run_cli(config, "rollback", "--yes", "--json")
     assert back.returncode == 0, back.stderr
     payload = json.loads(back.stdout)
-    assert _version(url) == [REV_0001] and _count(url, "categories") is None      # downgrade() dropped them
+    assert alembic_version(url) == [REV_0001] and _count(url, "categories") is None      # downgrade() dropped them
     assert "relied on" not in back.stderr
     assert f"was taken at {REV_0001}, not at {REV_0002} where production is now" in back.stderr
     protecting = backups.get_backup(store, "production", payload["backup_id"])
@@ -77,11 +63,11 @@ def test_a_rollback_after_writes_is_protected_by_a_backup_that_holds_them(sample
     assert protecting.revision == [REV_0002] and protecting.row_counts["public.categories"] == 7
 
     # the rows the rollback dropped are in that backup: restoring it brings them back
-    restored = _cli(config, "restore", str(protecting.id), "--yes")
+    restored = run_cli(config, "restore", str(protecting.id), "--yes")
     assert restored.returncode == 0, restored.stdout + restored.stderr
-    assert _version(url) == [REV_0002] and _count(url, "categories") == 7
+    assert alembic_version(url) == [REV_0002] and _count(url, "categories") == 7
     # and the next run does not rely on a backup from before that restore, though it is at the same revision
-    plan = _cli(config, "rollback")
+    plan = run_cli(config, "rollback")
     assert plan.returncode == 2 and f"before the restore run" in plan.stdout and "a new one is taken first" in plan.stdout
     assert_no_secret(PASSWORD, up.stdout + up.stderr, back.stdout + back.stderr, restored.stdout, plan.stdout)
 
@@ -92,24 +78,24 @@ def test_retention_keeps_the_backup_that_protects_the_latest_run(sample_db, pg_b
     config.write_text(config.read_text().replace('backups: {dir: "backups"}', 'backups: {dir: "backups", keep: 1}'))
     store = _store(tmp_path)
 
-    run = _cli(config, "migrate", "--to", REV_0002, "--yes", "--json")
+    run = run_cli(config, "migrate", "--to", REV_0002, "--yes", "--json")
     assert run.returncode == 0, run.stderr
     protecting = json.loads(run.stdout)["backup_id"]
     [latest_run] = RunStore(store).list(limit=1)
     assert latest_run.detail("protected_by") == protecting
-    outputs = [_cli(config, "backup") for _ in range(3)]                    # routine backups, keep: 1
+    outputs = [run_cli(config, "backup") for _ in range(3)]                    # routine backups, keep: 1
     assert all(o.returncode == 0 for o in outputs), [o.stderr for o in outputs]
     kept = backups.get_backup(store, "production", protecting)
     assert kept.status == "verified" and Path(kept.location).is_file()
     assert f"retention kept #{protecting}: it protects the latest migrate run {latest_run.id[:8]}" in outputs[-1].stdout
     statuses = [b.status for b in backups.list_backups(store, "production")]
     assert statuses.count("expired") == 2                                   # the routine ones did expire
-    assert _cli(config, "restore", str(protecting)).returncode == 2         # still offered (plan, then exit 2)
+    assert run_cli(config, "restore", str(protecting)).returncode == 2         # still offered (plan, then exit 2)
 
     # a newer run with its own backup releases it
-    again = _cli(config, "rollback", "--yes", "--json")
+    again = run_cli(config, "rollback", "--yes", "--json")
     assert again.returncode == 0, again.stderr
-    assert _cli(config, "backup").returncode == 0
+    assert run_cli(config, "backup").returncode == 0
     assert backups.get_backup(store, "production", protecting).status == "expired"
     assert backups.get_backup(store, "production", json.loads(again.stdout)["backup_id"]).status == "verified"
 
@@ -128,13 +114,13 @@ def test_the_no_go_gate_refuses_a_cli_run_before_any_migrator_session(sample_db,
     store = _store(tmp_path)
     with Sessions(url) as sessions:
         holder = _idle_holder(sessions, url)
-        refused = _cli(config, "migrate", "--yes")
+        refused = run_cli(config, "migrate", "--yes")
         assert refused.returncode == 1, refused.stdout + refused.stderr
         assert "no-go gate is closed on the tables it touches" in refused.stdout
         assert f"pid {holder.info.backend_pid} (nightly-report) is idle in a transaction" in refused.stdout
         assert "AccessShareLock on expenses" in refused.stdout
         assert "rated HIGH and not acknowledged" in refused.stdout          # the live lock makes 0002 HIGH
-        assert _version(url) == [REV_0001] and "Traceback" not in refused.stderr
+        assert alembic_version(url) == [REV_0001] and "Traceback" not in refused.stderr
         assert backups.list_backups(store, "production") == []             # refused before the backup
         holder.execute("SELECT 1")                                           # the holder was never blocked
         [run] = RunStore(store).list(limit=1)
@@ -144,15 +130,15 @@ def test_the_no_go_gate_refuses_a_cli_run_before_any_migrator_session(sample_db,
 
         # an override (the CLI stands for an approver) passes it, recorded with its reason; the run then meets
         # the lock it was warned about, times out and changes nothing
-        over = _cli(config, "migrate", "--yes", "--override-gate", "reporting window, DBA on call")
-        assert over.returncode == 1 and "lock timeout" in over.stdout and _version(url) == [REV_0001]
+        over = run_cli(config, "migrate", "--yes", "--override-gate", "reporting window, DBA on call")
+        assert over.returncode == 1 and "lock timeout" in over.stdout and alembic_version(url) == [REV_0001]
         assert "gate OVERRIDDEN (recorded)" in over.stdout
         [event] = store.events(action="migrate.gate_override")
         assert event.outcome == "overridden" and event.actor.startswith("cli:")
         assert event.details["reason"] == "reporting window, DBA on call" and event.details["gate_reasons"]
-    fine = _cli(config, "migrate", "--to", REV_0002, "--yes")                # the holder is gone: the gate opens
+    fine = run_cli(config, "migrate", "--to", REV_0002, "--yes")                # the holder is gone: the gate opens
     assert fine.returncode == 0, fine.stdout + fine.stderr
-    assert _version(url) == [REV_0002]
+    assert alembic_version(url) == [REV_0002]
 
 
 def test_the_gate_closes_a_rollback_on_its_tables_only(sample_db, tmp_path):
@@ -172,7 +158,7 @@ def test_the_gate_closes_a_rollback_on_its_tables_only(sample_db, tmp_path):
                         gate_override=GateOverride("cli:test", "setting the scene"))
         holder_pid = _idle_holder(sessions, url).info.backend_pid
         blocked = migrate.downgrade(name, env, store=store, target=REV_0001)
-    assert blocked.outcome == "refused" and not blocked.steps and _version(url) == [REV_0002]
+    assert blocked.outcome == "refused" and not blocked.steps and alembic_version(url) == [REV_0002]
     assert f"pid {holder_pid} (nightly-report) is idle in a transaction" in blocked.error
     assert migrate.result_to_json(blocked)["gate"]["open"] is False
 
@@ -203,4 +189,4 @@ def test_a_gate_override_is_for_approvers_only(sample_db, tmp_path):
         assert "Only the approvers" in str(exc) and "nothing was done" in str(exc)
     else:
         raise AssertionError("an unauthorised override ran")
-    assert _version(url) == [REV_0001] and RunStore(store).list(limit=1) == []
+    assert alembic_version(url) == [REV_0001] and RunStore(store).list(limit=1) == []

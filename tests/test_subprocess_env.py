@@ -19,14 +19,13 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import psycopg
 import pytest
 
 from runbook.config import ConfigError, parse_settings
 from runbook.pgtools import client_env
 from runbook.subprocess_env import subprocess_env
+from tests.support.migrations import alembic_version, app_copy, PASSWORD
 from tests.support.configs import config_text, with_password
-from tests.support.migrations import PASSWORD, app_copy
 from tests.support.sample_app import APP_DIR, REV_0003
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,11 +85,6 @@ def _assert_nothing_of_the_bot(env: dict[str, str], who: str) -> None:
         assert value not in values, f"{who} got the value of {name}"
 
 
-def _version(url: str) -> list[str]:
-    with psycopg.connect(url) as conn:
-        return [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")]
-
-
 def test_no_subprocess_of_precheck_or_migrate_gets_the_bots_secrets(sample_db, pg_bin_dir, tmp_path):
     dumps, spies = tmp_path / "dumps", tmp_path / "bin"
     dumps.mkdir()
@@ -130,7 +124,7 @@ def test_no_subprocess_of_precheck_or_migrate_gets_the_bots_secrets(sample_db, p
 
     ran = cli("migrate", "--yes")
     assert ran.returncode == 0, ran.stderr
-    assert _version(url) == [PROBE]
+    assert alembic_version(url) == [PROBE]
 
     app_runs = _dumps(dumps, "alembic")
     assert len(app_runs) > len(previews), "the upgrade did not import the revision"

@@ -12,10 +12,9 @@ import pytest
 from runbook import rollback, validate
 from runbook.precheck import project_of
 from tests.support.configs import with_password
-from tests.support.migrations import PASSWORD, assert_no_secret, config_file, environment
+from tests.support.migrations import assert_no_secret, config_file, environment, PASSWORD, run_cli
 from tests.support.sample_app import REV_0001, REV_0002, REV_0003
 from tests.support.sessions import Sessions
-from tests.test_migrate import _cli
 
 
 def _check(report: validate.ValidationReport, name: str) -> validate.ValidationCheck:
@@ -183,15 +182,15 @@ def test_smoke_command_and_health_url_pass_and_fail(sample_db, tmp_path, health_
 def test_cli_validate_exit_codes_and_json(sample_db, tmp_path):
     url = with_password(sample_db(REV_0002), PASSWORD)
     config = config_file(tmp_path, url, validation={"tables": ["expenses"]})
-    failing = _cli(config, "validate")                        # at 0002, the head is 0003
+    failing = run_cli(config, "validate")                        # at 0002, the head is 0003
     assert failing.returncode == 1 and "Validation production" in failing.stdout and "FAIL" in failing.stdout
     _execute(url.replace(f":{PASSWORD}@", "@"), "UPDATE alembic_version SET version_num = '0003_backfill_categories'")
-    passing = _cli(config, "validate", "--json")
+    passing = run_cli(config, "validate", "--json")
     assert passing.returncode == 0, passing.stdout + passing.stderr
     payload = json.loads(passing.stdout)
     assert payload["passed"] is True and payload["current"] == [REV_0003]
     assert {c["name"] for c in payload["checks"]} >= {"alembic version", "row counts", "invalid indexes"}
-    unreachable = _cli(config_file(tmp_path, f"postgresql://ops:{PASSWORD}@127.0.0.1:1/x"), "validate")
+    unreachable = run_cli(config_file(tmp_path, f"postgresql://ops:{PASSWORD}@127.0.0.1:1/x"), "validate")
     assert unreachable.returncode == 2 and "ERROR" in unreachable.stdout
     for out in (failing, passing, unreachable):
         assert_no_secret(PASSWORD, out.stdout, out.stderr)

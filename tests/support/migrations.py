@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import psycopg
 
 from runbook.config import Environment, Settings
 from tests.support.configs import settings_for
@@ -106,3 +109,18 @@ def counting_alembic(tmp_path: Path) -> tuple[list[str], Path]:
 
 def alembic_runs(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(config: Path, *args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """`runbook-bot --config CONFIG ARGS…` as a user runs it: a fresh interpreter, its output captured."""
+    return subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(config), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def alembic_version(url: str) -> list[str]:
+    """The revisions the database at `url` is at (its alembic_version rows)."""
+    with psycopg.connect(url) as conn:
+        return [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")]
