@@ -1,0 +1,284 @@
+"""Rehearsal benchmark (issue 16): the bot's rehearsal against a restore and an upgrade by hand, same run.
+
+    .venv/bin/python bench/rehearse.py [--size-mb 500] [--rounds 3] [--to head] [--sample-ms 20,10]
+
+On the sample app (examples/home_budget) at 0001, with expenses and incomes generated on the server
+(generate_series, the seed's kinds of rows) until pg_database_size reaches --size-mb, it takes one
+verified backup with the bot's own code (runbook.backup.backup), then in interleaved rounds measures:
+
+  a. by hand, runbook §6.4: a fresh database, `pg_restore -d` of that backup (one job, as the
+     rehearsal on the target's own server), then the app's `alembic upgrade <to>` on the copy
+     (its own alembic, DATABASE_URL): the baseline is the sum;
+  b. the bot's rehearsal of the same range from the same backup (runbook.rehearse.rehearse with
+     backup_id, what `runbook-bot rehearse --backup ID` runs): wall time;
+  c. the same rehearsal without the lock sampler (sample_locks=False), and with the sampler at each
+     --sample-ms period: the migration's time (the sum of the revisions' alembic calls) with and
+     without sampling.
+
+Targets (issue 16): b at most 1.3x a; sampling costs the migration at most 5 %.
+
+What is compared: the issue's baseline is one upgrade, while a rehearsal goes up, down and up again.
+The default range (0001 -> head) ends at 0003, a data backfill that is irreversible, so its way down
+stops at once (reported) and the rehearsal's migration is the same upgrade as the baseline's, one
+revision per alembic process: that ratio is the like-for-like one. `--to 0002_categories` rehearses a
+reversible range: up, down, up; the bench then prints the ratio of the whole rehearsal and of its
+first way up (restore + upgrade + measurements), since a second upgrade is work the baseline never
+does.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import psycopg  # noqa: E402
+
+from bot.embedded import start_server  # noqa: E402
+from bot.sample_app import ALEMBIC_ARGV, APP_DIR, REV_0001, URL_ENV, alembic, upgrade  # noqa: E402
+
+RATIO_TARGET = 1.3
+SAMPLING_TARGET = 0.05
+
+# Rows like examples/home_budget/seed.py's: (free-text category or NULL, description, amount range).
+# Two kinds in three have no category, so 0003 guesses theirs from the description (its regexes).
+EXPENSE_KINDS = [
+    ("groceries", "Whole Foods weekly shop", 15, 220), (None, "Groceries at Aldi", 10, 90),
+    ("Rent", "Monthly rent", 1200, 2400), (None, "Electric bill", 25, 180), (None, "Internet - fiber 1Gb", 25, 90),
+    ("transport", "Uber to airport", 5, 85), (None, "Parking downtown", 4, 60), (None, "Train ticket", 4, 60),
+    ("Dining", "Sushi with friends", 4, 120), (None, "Dinner - Italian restaurant", 8, 95),
+    (None, "Dentist check-up", 10, 160), (None, "Cinema tickets", 8, 140), ("", "Birthday gift for Sam", 12, 75),
+    (None, "Hardware store - paint", 12, 75),
+]
+INCOME_KINDS = [("Salary", "Monthly salary - Acme Corp"), ("Freelance", "Freelance invoice"),
+                ("Interest", "Savings account interest"), ("Refund", "Tax refund"), ("Sale", "Sold old bike")]
+
+
+def _array(values) -> str:
+    return "ARRAY[" + ", ".join("NULL::text" if v is None else "'" + v.replace("'", "''") + "'" for v in values) + "]"
+
+
+def _fill_sql(rows: int) -> tuple[str, str]:
+    n = len(EXPENSE_KINDS)
+    cats, descs = _array(k[0] for k in EXPENSE_KINDS), _array(k[1] for k in EXPENSE_KINDS)
+    lows = "ARRAY[" + ", ".join(str(k[2]) for k in EXPENSE_KINDS) + "]"
+    highs = "ARRAY[" + ", ".join(str(k[3]) for k in EXPENSE_KINDS) + "]"
+    expenses = (
+        "INSERT INTO expenses (date, amount, category, description, created_at) "
+        f"SELECT current_date - (random() * 3000)::int, round((({lows})[k] + random() * (({highs})[k] - ({lows})[k]))::numeric, 2), "
+        f"({cats})[k], ({descs})[k] || CASE WHEN g % 5 = 0 THEN ' #' || (g % 997) ELSE '' END, "
+        "now() - g * interval '1 minute' "
+        f"FROM (SELECT g, 1 + (g * 7919 % {n}) AS k FROM generate_series(1, {rows}) g) s")
+    m = len(INCOME_KINDS)
+    incomes = (
+        "INSERT INTO incomes (date, amount, source, description) "
+        f"SELECT current_date - (random() * 3000)::int, round((10 + random() * 5000)::numeric, 2), "
+        f"({_array(k[0] for k in INCOME_KINDS)})[k], ({_array(k[1] for k in INCOME_KINDS)})[k] "
+        f"FROM (SELECT g, 1 + (g % {m}) AS k FROM generate_series(1, {max(1, rows // 8)}) g) s")
+    return expenses, incomes
+
+
+def generate(url: str, size_mb: int) -> tuple[int, int]:
+    """The sample app at 0001 filled to `size_mb`: (bytes, expenses). A first slice measures the
+    bytes per row; the rest is one INSERT ... SELECT generate_series per table."""
+    upgrade(url, REV_0001)
+    target = size_mb * 2**20
+    with psycopg.connect(url, autocommit=True) as conn:
+        def size() -> int:
+            return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+
+        empty = size()
+        first = max(1000, min(200_000, size_mb * 400))
+        for statement in _fill_sql(first):
+            conn.execute(statement)
+        per_row = max(1.0, (size() - empty) / first)
+        rest = int((target - size()) / per_row * 1.02)
+        if rest > 0:
+            for statement in _fill_sql(rest):
+                conn.execute(statement)
+        conn.execute("VACUUM ANALYZE")
+        conn.execute("CHECKPOINT")
+        return size(), conn.execute("SELECT count(*) FROM expenses").fetchone()[0]
+
+
+def environment(work: Path, url: str, bin_dir: Path, sample_ms: int = 20):
+    from runbook.config import parse_settings
+    from runbook.state import Store
+
+    work.mkdir(parents=True, exist_ok=True)
+    config = work / f"runbook-bot-{sample_ms}.yaml"
+    config.write_text(
+        "state_url: sqlite:///state.db\n"
+        "environments:\n"
+        "  production:\n"
+        f"    database_url: '{url}'\n"
+        f"    app_dir: '{APP_DIR}'\n"
+        f"    alembic: [{', '.join(repr(a) for a in ALEMBIC_ARGV)}]\n"
+        f"    url_env: {URL_ENV}\n"
+        f"    pg_bin_dir: '{bin_dir}'\n"
+        "    backups: {dir: backups, keep: 2}\n"
+        f"    rehearsal: {{lock_sample_ms: {sample_ms}}}\n"
+        "    validation: {tables: [expenses, incomes]}\n")
+    # state.db and backups/ are relative to the configuration's directory: every period's configuration
+    # shares one catalogue, so the one backup serves them all
+    settings = parse_settings(config.read_text(), source=config)
+    store = Store(settings.state_url)
+    store.migrate()
+    name, env = settings.environment(None)
+    return settings, name, env, store
+
+
+def by_hand(server, bin_dir: Path, archive: Path, to: str) -> tuple[float, float]:
+    """Runbook §6.4: a fresh database, `pg_restore -d`, `alembic upgrade <to>`: (restore s, upgrade s)."""
+    dbname = "bench_by_hand"
+    server.drop_database(dbname)
+    started = time.perf_counter()
+    with psycopg.connect(server.admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{dbname}" TEMPLATE template0')
+    url = server.url_for(dbname)
+    subprocess.run([str(bin_dir / "pg_restore"), "--no-owner", f"--dbname={url}", str(archive)],
+                   check=True, capture_output=True)
+    restored = time.perf_counter()
+    alembic(url, "upgrade", to, timeout=3600)
+    upgraded = time.perf_counter()
+    server.drop_database(dbname)
+    return restored - started, upgraded - restored
+
+
+def rehearsal(name, env, store, settings, backup_id: int, to: str, sample_locks: bool) -> dict:
+    from runbook import rehearse as engine
+
+    started = time.perf_counter()
+    result = engine.rehearse(name, env, store, target=to, backup_id=backup_id, settings=settings,
+                             actor="bench", sample_locks=sample_locks)
+    wall = time.perf_counter() - started
+    if result.outcome != "passed":
+        raise SystemExit(f"the rehearsal did not pass: {result.outcome}: {result.error}")
+    up = sum(r.seconds for r in result.revisions)
+    down = sum(r.downgrade_seconds or 0.0 for r in result.revisions)
+    locks = sum(len(r.locks) for r in result.revisions)
+    ae = [f"{lock.relation} {lock.held_seconds:.2f}s" for r in result.revisions for lock in r.locks
+          if lock.mode == "ACCESS EXCLUSIVE"]
+    return {"wall": wall, "restore": result.restore_seconds, "up": up, "down": down,
+            "again": result.upgrade_again_ok is not None, "locks": locks, "access_exclusive": ae,
+            "result": result}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--to", default="head", help="the rehearsed range's end (default head: 0001 -> 0003)")
+    parser.add_argument("--sample-ms", default="20", help="sampler periods to measure, comma-separated (5-50)")
+    args = parser.parse_args()
+    periods = [int(p) for p in args.sample_ms.split(",") if p]
+
+    from runbook import backup as backups
+
+    server = start_server()
+    work = Path(tempfile.mkdtemp(prefix="rb-bench-rehearse-"))
+    try:
+        url = server.create_database("bench_rehearse")
+        started = time.perf_counter()
+        size, expenses = generate(url, args.size_mb)
+        generated = time.perf_counter() - started
+        load = os.getloadavg()[0]
+        print(f"database: {size / 2**20:.0f} MB (pg_database_size) at {REV_0001}, {expenses:,} expenses, "
+              f"generated in {generated:.1f} s; {os.cpu_count()} CPUs, load {load:.1f}; "
+              f"{args.rounds} rounds, interleaved")
+        if size < args.size_mb * 2**20:
+            print(f"  (under {args.size_mb} MB)")
+        bin_dir = server.bin_dir
+        envs = {p: environment(work, url, bin_dir, p) for p in periods}
+        settings, name, env, store = envs[periods[0]]
+        started = time.perf_counter()
+        item = backups.backup(name, env, store, reason="bench", actor="bench")
+        assert item.status == "verified" and item.kind == "full", (item.status, item.kind)
+        archive = Path(item.location)
+        if not archive.is_absolute():
+            archive = Path(env.backups.dir) / archive
+        print(f"backup #{item.id}: verified, {item.size_bytes / 2**20:.0f} MB custom format, "
+              f"taken in {time.perf_counter() - started:.1f} s")
+        samples: dict[str, list[float]] = {}
+
+        def add(key: str, value: float) -> None:
+            samples.setdefault(key, []).append(value)
+
+        last: dict = {}
+        for round_ in range(args.rounds):
+            steps = ["hand", "off", *periods]
+            steps = steps[round_ % len(steps):] + steps[:round_ % len(steps)]      # rotate the order
+            for what in steps:
+                if what == "hand":
+                    restore_s, upgrade_s = by_hand(server, bin_dir, archive, args.to)
+                    add("hand_restore", restore_s)
+                    add("hand_upgrade", upgrade_s)
+                    add("hand", restore_s + upgrade_s)
+                    continue
+                sample = what != "off"
+                s, n, e, st = envs[what] if sample else envs[periods[0]]
+                done = rehearsal(n, e, st, s, item.id, args.to, sample)
+                key = f"{what}ms" if sample else "off"
+                add(f"{key}_wall", done["wall"])
+                add(f"{key}_restore", done["restore"])
+                add(f"{key}_up", done["up"])
+                add(f"{key}_down", done["down"])
+                last[key] = done
+            print(f"  round {round_ + 1}: by hand {samples['hand'][-1]:.1f} s, rehearsal "
+                  + ", ".join(f"{k} {samples[k + '_wall'][-1]:.1f} s" for k in [f"{p}ms" for p in periods] + ["off"])
+                  + f"; load {os.getloadavg()[0]:.1f}", flush=True)
+
+        m = {k: statistics.median(v) for k, v in samples.items()}
+
+        def runs(key: str) -> str:
+            return ", ".join(f"{v:.1f}" for v in samples[key])
+
+        main_key = f"{periods[0]}ms"
+        first = last[main_key]["result"]
+        print(f"\nrange {first.from_revisions[0]} -> {first.target}: "
+              + ", ".join(f"{r.revision} {'reversible' if r.reversible else 'irreversible'}" for r in first.revisions))
+        print("\na. by hand (runbook §6.4), medians")
+        print(f"  pg_restore -d (one job)             {m['hand_restore']:7.1f} s   ({runs('hand_restore')})")
+        print(f"  alembic upgrade {args.to:<20}{m['hand_upgrade']:7.1f} s   ({runs('hand_upgrade')})")
+        print(f"  sum                                 {m['hand']:7.1f} s   ({runs('hand')})")
+        print(f"\nb. the rehearsal from backup #{item.id} (sampling every {periods[0]} ms), medians")
+        print(f"  wall                                {m[main_key + '_wall']:7.1f} s   ({runs(main_key + '_wall')})")
+        print(f"  of which restore                    {m[main_key + '_restore']:7.1f} s")
+        print(f"  of which revisions up               {m[main_key + '_up']:7.1f} s")
+        if last[main_key]["again"]:
+            print(f"  of which revisions down             {m[main_key + '_down']:7.1f} s  (then up again)")
+        ratio = m[main_key + "_wall"] / m["hand"]
+        verdict = "met" if ratio <= RATIO_TARGET else "MISSED"
+        print(f"  ratio rehearsal / by hand: {ratio:.2f}x  (target <= {RATIO_TARGET}x: {verdict})")
+        if last[main_key]["again"]:
+            print("  (the rehearsal also went down and up again, which the baseline does not)")
+        print("\nc. lock sampling: the migration's time (its revisions' alembic calls), medians")
+        print(f"  sampling off                        {m['off_up']:7.1f} s   ({runs('off_up')})")
+        verdicts = []
+        for p in periods:
+            key = f"{p}ms"
+            cost = m[key + "_up"] / m["off_up"] - 1
+            verdicts.append(cost <= SAMPLING_TARGET)
+            seen = last[key]
+            print(f"  sampling every {p:>2} ms               {m[key + '_up']:7.1f} s   ({runs(key + '_up')})  "
+                  f"cost {cost * 100:+.1f} %  (target <= {SAMPLING_TARGET * 100:.0f} %: "
+                  f"{'met' if cost <= SAMPLING_TARGET else 'MISSED'}); {seen['locks']} locks seen, "
+                  f"ACCESS EXCLUSIVE: {', '.join(seen['access_exclusive']) or 'none'}")
+        print(f"  rehearsal wall, sampling off        {m['off_wall']:7.1f} s   ({runs('off_wall')})")
+        print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
+        return 0 if ratio <= RATIO_TARGET and all(verdicts) else 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
