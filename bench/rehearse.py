@@ -191,6 +191,47 @@ def rehearsal(name, env, store, settings, backup_id: int, to: str, sample_locks:
             "result": result}
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")     # utime + stime
+
+
+def sampler_duty(url: str, period_ms: int, seconds: float) -> dict:
+    """The engine's LockSampler at `period_ms` against a session holding locks, for `seconds`: samples
+    taken and the CPU they cost (the sampler's server backend, read from /proc, and this process,
+    whose other thread only sleeps), as a share of one core. Unlike the migration's time, this does not
+    drown in the machine's noise, and it bounds what sampling can take from a migration: a migration
+    that needs every core loses at most this."""
+    import resource
+
+    from runbook.rehearse import LockSampler
+    from runbook.target import Target
+
+    app = "rbmigrate/bench-duty"
+    with psycopg.connect(url, application_name=app) as holder:       # a transaction holding locks, as a migrator
+        holder.execute("LOCK TABLE expenses IN SHARE MODE")
+        holder.execute("LOCK TABLE incomes IN ACCESS SHARE MODE")
+        sampler = LockSampler(Target(url), app, period_ms / 1000.0)
+        with sampler, psycopg.connect(url, autocommit=True) as probe:
+            deadline = time.monotonic() + 10
+            while sampler.samples == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            backend = probe.execute("SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s",
+                                    ["%/rehearse-locks"]).fetchone()[0]
+            server0, client0 = _cpu_seconds(backend), resource.getrusage(resource.RUSAGE_SELF)
+            samples0, started = sampler.samples, time.perf_counter()
+            time.sleep(seconds)
+            server1, client1 = _cpu_seconds(backend), resource.getrusage(resource.RUSAGE_SELF)
+            samples1, elapsed = sampler.samples, time.perf_counter() - started
+        holder.rollback()
+    if sampler.error:
+        raise SystemExit(f"the sampler failed: {sampler.error}")
+    client = (client1.ru_utime + client1.ru_stime) - (client0.ru_utime + client0.ru_stime)
+    server = server1 - server0
+    return {"rate": (samples1 - samples0) / elapsed, "server": server / elapsed, "client": client / elapsed,
+            "seen": len(sampler.seen)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=500)
@@ -198,7 +239,8 @@ def main() -> int:
     parser.add_argument("--expenses-share", type=float, default=0.3,
                         help="of the size, in expenses (which 0002 indexes and 0003 rewrites); the rest in incomes")
     parser.add_argument("--to", default="head", help="the rehearsed range's end (default head: 0001 -> 0003)")
-    parser.add_argument("--sample-ms", default="20", help="sampler periods to measure, comma-separated (5-50)")
+    parser.add_argument("--duty-seconds", type=float, default=10.0, help="the sampler's CPU measured this long")
+    parser.add_argument("--sample-ms", default="10,20", help="sampler periods to measure, comma-separated (5-50)")
     args = parser.parse_args()
     periods = [int(p) for p in args.sample_ms.split(",") if p]
 
@@ -301,6 +343,13 @@ def main() -> int:
                   f"{'met' if cost <= SAMPLING_TARGET else 'MISSED'}); {seen['locks']} locks seen, "
                   f"ACCESS EXCLUSIVE: {', '.join(seen['access_exclusive']) or 'none'}")
         print(f"  rehearsal wall, sampling off        {m['off_wall']:7.1f} s   ({runs('off_wall')})")
+        print(f"\n   the sampler's own CPU, {args.duty_seconds:.0f} s against a session holding 2 table locks (share of "
+              "one core)")
+        for p in periods:
+            duty = sampler_duty(url, p, args.duty_seconds)
+            print(f"  every {p:>2} ms: {duty['rate']:5.1f} samples/s, server backend {duty['server'] * 100:4.1f} %, "
+                  f"sampler thread {duty['client'] * 100:4.1f} %, total {(duty['server'] + duty['client']) * 100:4.1f} %"
+                  f" (saw {duty['seen']} locks)")
         print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
         return 0
     finally:
