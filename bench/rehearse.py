@@ -1,6 +1,6 @@
 """Rehearsal benchmark (issue 16): the bot's rehearsal against a restore and an upgrade by hand, same run.
 
-    .venv/bin/python bench/rehearse.py [--size-mb 500] [--rounds 3] [--to head] [--sample-ms 10,20]
+    .venv/bin/python bench/rehearse.py [--size-mb 500] [--rounds 3] [--to head] [--sample-ms 20,10]
 
 On the sample app (examples/home_budget) at 0001, with expenses and incomes generated on the server
 (generate_series, the seed's kinds of rows) until pg_database_size reaches --size-mb, it takes one
@@ -243,7 +243,7 @@ def main() -> int:
                         help="of the size, in expenses (which 0002 indexes and 0003 rewrites); the rest in incomes")
     parser.add_argument("--to", default="head", help="the rehearsed range's end (default head: 0001 -> 0003)")
     parser.add_argument("--duty-seconds", type=float, default=10.0, help="the sampler's CPU measured this long")
-    parser.add_argument("--sample-ms", default="10,20", help="sampler periods to measure, comma-separated (5-50)")
+    parser.add_argument("--sample-ms", default="20,10", help="sampler periods to measure, comma-separated (5-50)")
     args = parser.parse_args()
     periods = [int(p) for p in args.sample_ms.split(",") if p]
 

@@ -251,7 +251,7 @@ class Rehearsal(_Strict):
     # size plus this.
     disk_margin: ByteSize = 512 << 20
     # How often the migrator's locks are sampled from pg_locks.
-    lock_sample_ms: int = Field(10, ge=5, le=50)
+    lock_sample_ms: int = Field(20, ge=5, le=50)
 
     @field_validator("server_url")
     @classmethod

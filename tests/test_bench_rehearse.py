@@ -16,4 +16,4 @@ def test_the_rehearsal_bench_runs_at_a_tiny_size():
     out = done.stdout
     assert "MB (pg_database_size)" in out
     assert "ratio rehearsal / by hand:" in out
-    assert "sampling off" in out and "sampling every 10 ms" in out
+    assert "sampling off" in out and "sampling every 20 ms" in out
