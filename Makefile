@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/backup.py
 	$(BIN)/python bench/monitor.py
 	$(BIN)/python bench/storm.py
+	$(BIN)/python bench/rehearse.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -28,6 +28,7 @@ of every revision file in it: `latest_for` finds the latest one of a range, void
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import threading
@@ -464,11 +465,14 @@ def _choose_backup(name: str, env: Environment, store, current: list[str], backu
 def rehearse(name: str, env: Environment, store, *, target: str = "head", backup_id: int | str | None = None,
              actor: str = "runbook-bot", run_id: str | None = None, project: AlembicProject | None = None,
              settings: Any = None, on_phase: Callable[[str], None] | None = None,
-             log_dir: Path | None = None, start: Sequence[str] | None = None) -> Rehearsal:
+             log_dir: Path | None = None, start: Sequence[str] | None = None,
+             sample_locks: bool = True) -> Rehearsal:
     """Rehearse `name`'s pending range up to `target` on a restored copy (see the module). Never raises for
     the target's or the copy's faults: the outcome and error say it. `start`: rehearse from this revision
     instead of the one `name` is at, on a copy of a verified full backup taken there (what a rollback
-    to `start` matches: the rehearsal of `start` -> `target`, whose way down is the rollback)."""
+    to `start` matches: the rehearsal of `start` -> `target`, whose way down is the rollback).
+    `sample_locks=False` runs it without the lock sampler (no locks reported): only bench/rehearse.py
+    uses it, to measure what sampling costs."""
     from runbook.state.runs import FAILED, REFUSED, SUCCEEDED, Heartbeat, RunStore, new_run_id
 
     run_id = run_id or new_run_id()
@@ -504,7 +508,8 @@ def rehearse(name: str, env: Environment, store, *, target: str = "head", backup
         if settings is not None:
             for dropped in drop_leftovers(settings, store, [name]):
                 log.write(f"dropped a leftover rehearsal database {dropped}")
-        _rehearse(result, name, env, store, project, target, backup_id, actor, run_id, log, phase, beat, start)
+        _rehearse(result, name, env, store, project, target, backup_id, actor, run_id, log, phase, beat, start,
+                  sample_locks)
     except Refused as exc:
         result.outcome, result.error = "refused", log.scrub(str(exc))
     except Exception as exc:  # last resort: recorded, one redacted line
@@ -534,7 +539,7 @@ def rehearse(name: str, env: Environment, store, *, target: str = "head", backup
 
 def _rehearse(result: Rehearsal, name: str, env: Environment, store, project: AlembicProject, target: str,
               backup_id, actor: str, run_id: str, log: migrate.RunLog, phase, beat,
-              start: Sequence[str] | None = None) -> None:
+              start: Sequence[str] | None = None, sample_locks: bool = True) -> None:
     from runbook import validate
 
     tgt = target_of(env)
@@ -589,7 +594,8 @@ def _rehearse(result: Rehearsal, name: str, env: Environment, store, project: Al
         log.write(f"restored in {result.restore_seconds:.1f} s")
         copy_url = url_with_database(env.rehearsal_dsn, result.scratch)
         copy_env = env.model_copy(update={"database_url": SecretStr(copy_url)})
-        _on_copy(result, name, env, copy_env, copy, copy_url, project, the_plan, run_id, log, phase, beat, validate)
+        _on_copy(result, name, env, copy_env, copy, copy_url, project, the_plan, run_id, log, phase, beat, validate,
+                 sample_locks)
     except TargetError as exc:
         result.outcome, result.error = "error", log.scrub(str(exc))
     finally:
@@ -606,7 +612,7 @@ def url_with_database(url: str, dbname: str) -> str:
 
 def _on_copy(result: Rehearsal, name: str, env: Environment, copy_env: Environment, copy: Target, copy_url: str,
              project: AlembicProject, the_plan: migrate.Plan, run_id: str, log: migrate.RunLog, phase, beat,
-             validate) -> None:
+             validate, sample_locks: bool = True) -> None:
     version_table = "alembic_version"
     statement_timeout = env.rehearsal.statement_timeout
     with copy.connect("rehearse-monitor", statement_timeout=statement_timeout) as monitor:
@@ -635,7 +641,7 @@ def _on_copy(result: Rehearsal, name: str, env: Environment, copy_env: Environme
             beat.set_step(f"upgrade {report.revision} ({index}/{len(result.revisions)})")
             phase(f"upgrade {report.revision}")
             before = _tables(monitor)
-            with sampler:
+            with sampler if sample_locks else contextlib.nullcontext():
                 done = step("upgrade", report.revision, [report.revision])
             after = _tables(monitor)
             report.seconds, report.ok = done.seconds, done.ok
