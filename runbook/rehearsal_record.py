@@ -144,6 +144,14 @@ def _seconds(value: float) -> str:
     return f"{value:.1f} s" if value >= 0.05 else f"{value * 1000:.0f} ms"
 
 
+def held_for(seconds: float, *, at_least: bool = False) -> str:
+    """How long a sampled lock was held: first to last sample that saw it, so a lock seen by one sample
+    only has no measured length ("for 0 ms" would read as not held at all)."""
+    if seconds <= 0:
+        return "briefly (seen by one sample)"
+    return ("for at least " if at_least else "for ") + _seconds(seconds)
+
+
 def _signed_size(n: int) -> str:
     return ("+" if n >= 0 else "-") + human_size(abs(n))
 
@@ -157,11 +165,11 @@ def revision_line_json(r: dict[str, Any]) -> str:
     parts = [_seconds(r.get("seconds") or 0.0)]
     exclusive = [lock for lock in r.get("locks") or [] if lock["mode"] == "ACCESS EXCLUSIVE"]
     if exclusive:
-        parts.append("ACCESS EXCLUSIVE on " + ", ".join(f"{lock['relation']} for {_seconds(lock['held_seconds'])}"
+        parts.append("ACCESS EXCLUSIVE on " + ", ".join(f"{lock['relation']} {held_for(lock['held_seconds'])}"
                                                         for lock in exclusive))
     elif r.get("locks"):
         lock = r["locks"][0]
-        parts.append(f"{lock['mode']} on {lock['relation']} for {_seconds(lock['held_seconds'])}")
+        parts.append(f"{lock['mode']} on {lock['relation']} {held_for(lock['held_seconds'])}")
     rewrites = r.get("rewrites") or []
     if rewrites:
         parts.append(("table rewritten: " if len(rewrites) == 1 else "tables rewritten: ") + ", ".join(rewrites))

@@ -52,7 +52,8 @@ from runbook.target import Target, TargetError
 from runbook.units import human_size
 # What a precheck reads of past rehearsals lives apart, light to import (no psycopg, no backup).
 from runbook.rehearsal_record import (KIND, Match, _seconds, _signed_size, check_line, file_hashes,  # noqa: F401
-                                      latest_for, match_in_events, match_line, revision_line_json, summary_of)
+                                      held_for, latest_for, match_in_events, match_line, revision_line_json,
+                                      summary_of)
 
 SCRATCH_PREFIX = "rbrehearse_"
 # Outcomes: passed (every revision up, down and up again, validation passed), failed (a revision, a
@@ -323,13 +324,13 @@ def risk_checks(entry: Any, report: RevisionReport, sample_ms: int) -> list[Risk
             rewritten = ", table rewritten" if table in map(_plain, report.rewrites) else ""
             if held:     # report.locks comes strongest first
                 lock = held[0]
-                seen.append(f"{lock.mode} lock on {lock.relation} for at least {_seconds(lock.held_seconds)}"
+                seen.append(f"{lock.mode} lock on {lock.relation} {held_for(lock.held_seconds, at_least=True)}"
                             f"{rewritten}")
                 blocked_writes = blocked_writes or any(h.mode in WRITE_BLOCKING and h.held_seconds >= LONG_LOCK_SECONDS
                                                        for h in held)
             else:
                 seen.append(f"no lock seen on {table}: any was shorter than a sample ({sample_ms} ms){rewritten}")
-        measured = "; ".join(seen) or f"no table named: {_seconds(report.seconds)} for the revision"
+        measured = "; ".join(seen) or f"nothing to weigh it against (no table named; the revision took {_seconds(report.seconds)})"
         verdict = None
         if finding.rule in SIZE_RULES and tables:
             if finding.rating == "low":

@@ -213,3 +213,15 @@ def test_a_finding_the_measurement_refutes_and_the_text_report():
     assert ("    risk: CREATE INDEX without CONCURRENTLY on expenses: rated high, measured SHARE lock on expenses "
             "for at least 20 ms: refuted") in text
     assert rehearse.to_json(result)["revisions"][0]["risk_checks"][0]["verdict"] == "refuted"
+
+    # a lock seen by one sample only has no measured length: never "for 0 ms", which reads as not held
+    once = rehearse.RevisionReport("0004", "add index", seconds=0.03, ok=True,
+                                   locks=[rehearse.LockHeld("expenses", "ACCESS EXCLUSIVE", 0.0)])
+    [index, _] = rehearse.risk_checks(entry, once, 20)
+    assert index.measured == "ACCESS EXCLUSIVE lock on expenses briefly (seen by one sample)"
+    line = rehearse.revision_line(once)
+    assert line == "0004 add index: 30 ms, ACCESS EXCLUSIVE on expenses briefly (seen by one sample)", line
+    [untabled] = rehearse.risk_checks(RevisionReview("0004", "x.py", "sha", "reviewed", "low", "",
+                                                     findings=[Finding("prefer-text-field", "", "", 1, 0, "", (),
+                                                                       "low", "")]), once, 20)
+    assert untabled.measured == "nothing to weigh it against (no table named; the revision took 30 ms)"
