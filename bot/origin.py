@@ -1,5 +1,5 @@
 """Who asked for something, and where its answer goes: the one value every surface hands the flows
-(bot/flows.py, bot/migrations.py, bot/app.py), kept apart so none of them imports another for it."""
+(bot/flows/, bot/migrations.py, bot/app.py), kept apart so none of them imports another for it."""
 from __future__ import annotations
 
 from dataclasses import dataclass

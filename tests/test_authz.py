@@ -177,6 +177,14 @@ def test_a_permission_given_to_a_user_group_is_checked_with_slack(make_bot):
     assert not AlertBook(bot.store).state("production").paused
 
 
+def test_every_action_has_a_handler(make_bot):
+    """The handlers live in bot/flows/ by runbook section and Flows dispatches by action (after Admission,
+    as the tests above show): an action left out of the table would be acked and then never answered."""
+    from bot.commands import ACTIONS
+
+    assert sorted(make_bot().engine.handlers) == sorted(ACTIONS)
+
+
 def test_read_only_commands_and_watch_on_stay_open_to_everyone(make_bot):
     bot = make_bot()
     bot.command("watch status")

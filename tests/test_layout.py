@@ -41,7 +41,7 @@ def test_the_terminal_renderer_loads_no_slack_module():
 
 
 SPLIT_PACKAGES = ("runbook.migrate", "runbook.backup", "runbook.review", "runbook.incident", "bot.render",
-                  "bot.cli")
+                  "bot.cli", "bot.flows")
 
 
 def _modules_of(package: str) -> list[str]:
