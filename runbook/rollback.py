@@ -8,7 +8,7 @@
 
 The evidence: the validation report (corruption: orphaned rows, NULLs in required columns;
 loss: fewer rows than before the run), the reversibility of the revisions to undo (read from
-the scripts with `ast`, runbook/revisions.py), and the tables those revisions touch (from their
+the scripts with `ast`, runbook.revisions.scripts), and the tables those revisions touch (from their
 offline SQL) or the ones validation found at fault. Before the tree, one question the runbook
 leaves implicit: did the run leave anything applied? A failed attempt is one transaction and
 rolls back whole, so often there is nothing to undo.

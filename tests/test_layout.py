@@ -40,8 +40,22 @@ def test_the_terminal_renderer_loads_no_slack_module():
     assert out.stdout.strip() == ""
 
 
-SPLIT_PACKAGES = ("runbook.migrate", "runbook.backup", "runbook.review", "runbook.incident", "bot.render",
-                  "bot.cli", "bot.flows")
+def test_the_revisions_package_loads_only_the_standard_library():
+    """A cold `runbook-bot precheck` imports runbook.revisions first, to start the app's Alembic render
+    before pydantic, psycopg or YAML load (runbook/prerender.py, docs/performance.md): whatever it
+    imports delays the render by its load time."""
+    code = ("import sys\n"
+            "before = set(sys.modules)\n"
+            "import runbook.prerender\n"
+            "print(','.join(sorted({m.split('.')[0] for m in set(sys.modules) - before}\n"
+            "                      - set(sys.stdlib_module_names))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "runbook"
+
+
+SPLIT_PACKAGES = ("runbook.migrate", "runbook.backup", "runbook.review", "runbook.incident", "runbook.revisions",
+                  "bot.render", "bot.cli", "bot.flows")
 
 
 def _modules_of(package: str) -> list[str]:

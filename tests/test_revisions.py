@@ -1,4 +1,4 @@
-"""runbook/revisions.py against the real sample app, real alembic subprocesses and a real PostgreSQL."""
+"""runbook/revisions/ against the real sample app, real alembic subprocesses and a real PostgreSQL."""
 from __future__ import annotations
 
 import json
@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from runbook import revisions
+from runbook.revisions import preview, scripts
 from runbook.revisions import AlembicProject, AlembicState, RevisionError
 from tests.support.sample_app import (ALEMBIC_ARGV, APP_DIR, REV_0001, REV_0002, REV_0003, REVISIONS,
                                       alembic, seed, upgrade)
@@ -348,13 +349,13 @@ def test_ini_version_locations_here_and_config_flag(tmp_path):
 def test_warm_path_reuses_parsed_scripts_and_spawns_nothing(tmp_path, monkeypatch, pg_url):
     app = write_app(tmp_path, {"k1.py": rev_file("k1", None, "pass"), "k2.py": rev_file("k2", "k1", "pass")})
     parsed: list[str] = []
-    real_parse = revisions.parse_revision_file
+    real_parse = scripts.parse_revision_file
 
     def counting_parse(path):
         parsed.append(path.name)
         return real_parse(path)
 
-    monkeypatch.setattr(revisions, "parse_revision_file", counting_parse)
+    monkeypatch.setattr(scripts, "parse_revision_file", counting_parse)     # what _cached_parse calls
     assert AlembicProject(app).heads() == ["k2"]
     assert sorted(parsed) == ["k1.py", "k2.py"]
 
@@ -506,7 +507,7 @@ def test_sql_preview_is_reused_until_a_script_changes(tmp_path):
     [cached_file] = list(cache.glob("*.sql"))
     assert cached_file.read_text() == first and "S3cretPw" not in first
     cached_file.write_text(first + "-- served from the cache\n")
-    revisions._PREVIEW_CACHE.clear()          # as in a new process
+    preview._PREVIEW_CACHE.clear()            # as in a new process
     again = AlembicProject(app, ALEMBIC_ARGV, preview_cache_dir=cache).sql_preview(dsn, [REV_0001])
     assert again.endswith("-- served from the cache\n")
     script = app / "alembic" / "versions" / f"{REV_0002}.py"
