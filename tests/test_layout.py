@@ -30,15 +30,19 @@ def test_the_engine_never_imports_the_bot_or_slack():
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
+def _python_output(code: str, timeout: float = 60) -> str:
+    """What `code` prints, run in a fresh interpreter from the checkout (a module set as a new process has it)."""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
 def test_the_terminal_renderer_loads_no_slack_module():
     code = ("import sys, bot.text\n"
             "loaded = sorted(m for m in sys.modules if m.startswith(('slack_sdk', 'slack_bolt', 'bot.')) "
             "and m != 'bot.text')\n"
             "print(','.join(loaded))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == ""
-
+    assert _python_output(code) == ""
 
 def test_the_revisions_package_loads_only_the_standard_library():
     """A cold `runbook-bot precheck` imports runbook.revisions first, to start the app's Alembic render
@@ -49,9 +53,8 @@ def test_the_revisions_package_loads_only_the_standard_library():
             "import runbook.prerender\n"
             "print(','.join(sorted({m.split('.')[0] for m in set(sys.modules) - before}\n"
             "                      - set(sys.stdlib_module_names))))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "runbook"
+    assert _python_output(code) == "runbook"
+
 
 
 SPLIT_PACKAGES = ("runbook.migrate", "runbook.backup", "runbook.review", "runbook.incident", "runbook.revisions",
@@ -78,9 +81,7 @@ def test_each_module_of_the_split_packages_imports_alone():
             "    except Exception:\n"
             "        failed.append(name + ': ' + traceback.format_exc(limit=1).splitlines()[-1])\n"
             "print('\\n'.join(failed))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert len(modules) > 5 and out.stdout.strip() == ""
+    assert len(modules) > 5 and _python_output(code, timeout=120) == ""
 
 
 def test_the_split_packages_modules_import_each_other_without_a_cycle():
