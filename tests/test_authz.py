@@ -258,5 +258,7 @@ def test_an_unsigned_malformed_body_is_401_with_one_log_line(make_bot, log_lines
     assert answer.status == 401 and answer.json() == {"error": "invalid or missing request signature"}
     log = log_lines.getvalue()[start:]
     assert "Traceback" not in log and "garbage" not in log and "not-json" not in log
-    assert log.count("refused a request to /slack/events") == 1 and len(log.strip().splitlines()) == 1
+    # waitress says "Task queue depth is N" when a loaded machine is slow to take the request: not ours
+    ours = [line for line in log.strip().splitlines() if "Task queue depth" not in line]
+    assert log.count("refused a request to /slack/events") == 1 and len(ours) == 1, log
     assert bot.flows.submitted == []
