@@ -115,6 +115,9 @@ class ApprovalKind:
     # the `/migrate ...` that asks for the same again (shown when it never started); default
     # `/migrate <command> <environment>`
     ask_again: Callable[[ApprovalRequest], str] | None = None
+    # what a request ends with, made from its finished run's row (runbook.state.runs.Run) when the process
+    # that ran it died before saying so (close_left_after_run); default: the run's own summary
+    outcome_of_run: Callable[[Any], Outcome] | None = None
 
 
 def _short(value: Any, limit: int) -> str | None:
@@ -425,6 +428,42 @@ class ApprovalService:
         died, runbook.state.approvals.ApprovalStore.reap_not_started decides): closed, each message
         updated in place once (what happened, how to ask again, no buttons). Returns their ids."""
         return self._closed(self.requests.reap_not_started(self._kinds))
+
+    def close_left_after_run(self, after_failed_run: Callable[[str, tuple[str, str] | None], Any] | None = None,
+                             *, incident_posted: Callable[[str], bool] = lambda _run_id: False) -> list[str]:
+        """Executing requests whose run finished while the process holding them died before closing them
+        (runbook.state.approvals.ApprovalStore.left_after_run decides): closed as the run ended, once (a
+        conditional UPDATE: replicas racing change it once), with the result and summary the kind makes of
+        the run, one event, the message updated in place and the result in its thread. A failed one gets
+        its follow-up unless the dead process posted it (`incident_posted(run_id)`): the kind's on_failed,
+        else `after_failed_run(run_id, (channel, ts))`. Returns their ids."""
+        closed = []
+        for request, run in self.requests.left_after_run(self._kinds):
+            spec = self._kinds[request.kind]
+            outcome = (self._safely(spec.outcome_of_run, run, None) if spec.outcome_of_run is not None else None) \
+                or Outcome(False, run.summary or run.state, {"run_id": run.id, "outcome": run.state})
+            summary = self.redactor(outcome.summary)
+            if not self.requests.close_after_run(request, run, result=self.redactor.tree(outcome.details),
+                                                 result_summary=summary):
+                continue
+            log.warning("%s request %s on %s: its run %s ended %s, but the process holding it (pid %s on %s) "
+                        "died before closing it; closed now", request.kind, request.id, request.environment,
+                        run.id, run.state, request.claimed_pid, request.claimed_host)
+            self.sync_message(request.id)
+            final = self.requests.get(request.id)
+            self._announce(final)
+            if final is not None and final.state == FAILED and not incident_posted(run.id):
+                if spec.on_failed is not None:
+                    self._after_failure(final)
+                elif after_failed_run is not None:
+                    thread = (final.channel, final.message_ts) if final.channel and final.message_ts else None
+                    try:
+                        after_failed_run(run.id, thread)
+                    except Exception as exc:
+                        log.error("after the failed %s %s, its follow-up failed: %s", request.kind, request.id,
+                                  self.redactor(repr(exc)))
+            closed.append(request.id)
+        return closed
 
     def close_own_queued(self, why: str) -> list[str]:
         """This process stops (bot/shutdown.py): the approved requests still waiting in its queue are closed

@@ -1,6 +1,7 @@
 """The approval kinds "migrate" and "rollback" (bot/approvals.py), which Slack and the CLI's --yes share,
 and the facts a request keeps: what it asks (`proposal_params`, after `checked_proposal` let it through),
-what its run ended with (`outcome_line`, `result_details`, `interrupted_outcome`). Once approved, a
+what its run ended with (`outcome_line`, `result_details`, `interrupted_outcome`, and `run_outcome` from the
+run's row). Once approved, a
 kind's executor calls runbook.ops.run with `expected_current` from the request: every guard (the
 database unmoved, the no-go gate, the backup that protects the run) is decided there.
 
@@ -17,7 +18,7 @@ from runbook.config import Environment, Settings
 from runbook.gate import GateOverride
 from runbook.ops import RunWatcher
 from runbook.state.approvals import PENDING, ApprovalRequest
-from runbook.state.runs import INTERRUPTED, RunStore, interruption, new_run_id
+from runbook.state.runs import INTERRUPTED, SUCCEEDED, RunStore, interruption, new_run_id
 
 KIND_OF_DIRECTION = {"upgrade": "migrate", "downgrade": "rollback"}
 COMMAND_OF_DIRECTION = {"upgrade": "run", "downgrade": "rollback"}
@@ -64,18 +65,26 @@ def gate_override_of(params: Mapping[str, Any]) -> GateOverride | None:
 def outcome_line(result: migrate.MigrationResult, *, advice_where: str = "in this thread") -> str:
     """One line for the request message and the audit trail; `advice_where`: where the §6.5
     recommendation is shown (Slack: the request's thread; the CLI prints it with the result)."""
-    frm = ", ".join(result.from_revisions) or "base"
-    to = ", ".join(result.to_revisions) or "base"
-    name = result.environment
-    if result.outcome == "succeeded":
-        validation = "" if result.validation is None else (
-            "; validation passed" if result.validation.passed else "; validation FAILED")
-        return f"{name} went from {frm} to {to} in {blocks.duration(result.duration_seconds)}{validation}"
-    if result.outcome == "nothing to do":
+    return _outcome_text(result.environment, result.outcome, result.from_revisions, result.to_revisions,
+                         result.duration_seconds, None if result.validation is None else result.validation.passed,
+                         result.error, advice_where)
+
+
+def _outcome_text(name: str, outcome: str, from_revisions: Sequence[str], to_revisions: Sequence[str],
+                  duration_seconds: float, validation_passed: bool | None, error: str | None,
+                  advice_where: str) -> str:
+    """outcome_line's words, from the run's facts (a MigrationResult's, or what its row recorded)."""
+    frm = ", ".join(from_revisions) or "base"
+    to = ", ".join(to_revisions) or "base"
+    if outcome == "succeeded":
+        validation = "" if validation_passed is None else (
+            "; validation passed" if validation_passed else "; validation FAILED")
+        return f"{name} went from {frm} to {to} in {blocks.duration(duration_seconds)}{validation}"
+    if outcome == "nothing to do":
         return f"nothing to do: {name} was already at {to}"
-    if result.outcome == "refused":
-        return f"stopped before changing anything: {result.error}"
-    return f"{result.outcome}: {result.error or 'see the log'}; {name} is at {to}; what to do now is {advice_where}"
+    if outcome == "refused":
+        return f"stopped before changing anything: {error}"
+    return f"{outcome}: {error or 'see the log'}; {name} is at {to}; what to do now is {advice_where}"
 
 
 def interrupted_outcome(run: Any) -> approvals.Outcome:
@@ -97,12 +106,39 @@ def result_details(result: migrate.MigrationResult, backup_id: int | None) -> di
     """What the request keeps of the run (the runs table keeps all of it)."""
     from runbook.rehearsal_record import comparison_to_json
 
-    return {"run_id": result.run_id, "outcome": result.outcome, "from": list(result.from_revisions),
-            "to": list(result.to_revisions), "target": result.target, "attempts": result.attempts,
-            "duration_seconds": round(result.duration_seconds, 3), "error": result.error,
-            "validation": None if result.validation is None else result.validation.passed,
-            "backup_id": backup_id, "log_path": result.log_path,
-            "rehearsal": comparison_to_json(result.rehearsal)}
+    return _details(result.run_id, result.outcome, list(result.from_revisions), list(result.to_revisions),
+                    result.target, result.attempts, round(result.duration_seconds, 3), result.error,
+                    None if result.validation is None else result.validation.passed, backup_id, result.log_path,
+                    comparison_to_json(result.rehearsal))
+
+
+def _details(run_id: str | None, outcome: str, frm: list[str] | None, to: list[str] | None, target: str | None,
+             attempts: int, duration_seconds: float | None, error: str | None, validation: bool | None,
+             backup_id: int | None, log_path: str | None, rehearsal: Any) -> dict[str, Any]:
+    return {"run_id": run_id, "outcome": outcome, "from": frm, "to": to, "target": target, "attempts": attempts,
+            "duration_seconds": duration_seconds, "error": error, "validation": validation,
+            "backup_id": backup_id, "log_path": log_path, "rehearsal": rehearsal}
+
+
+def run_outcome(run: Any, *, advice_where: str = "in this thread") -> approvals.Outcome:
+    """What the request of a migrate or rollback run ends with, read from the run's row
+    (runbook.state.runs.Run) because its executor could not say it: an interrupted run
+    (interrupted_outcome), or one that finished while the process holding the request died before
+    closing it (ApprovalService.close_left_after_run). The same line and facts as the executor's."""
+    from runbook.protection import PROTECTED_BY
+
+    if run.state == INTERRUPTED:
+        return interrupted_outcome(run)
+    recorded = run.outcome
+    outcome = recorded.outcome or run.state
+    duration = recorded.duration_seconds or 0.0
+    summary = _outcome_text(run.environment, outcome, recorded.from_revisions or [], recorded.to_revisions or [],
+                            duration, recorded.validation_passed, recorded.error, advice_where)
+    backup_id = run.detail(PROTECTED_BY)
+    return approvals.Outcome(run.state == SUCCEEDED, summary, _details(
+        run.id, outcome, recorded.from_revisions, recorded.to_revisions, recorded.target, recorded.attempts,
+        recorded.duration_seconds, recorded.error, recorded.validation_passed,
+        int(backup_id) if backup_id is not None else None, run.log_path, (run.result or {}).get("rehearsal")))
 
 
 # ---------------------------------------------------------------------------
@@ -163,6 +199,7 @@ def migration_kind(settings: Settings, store, direction: str, *,
         summary=lambda r: mblocks.migration_summary(r.params, r.environment),
         describe=describe,
         result_blocks=lambda r: mblocks.migration_result_blocks(r.result),
+        outcome_of_run=run_outcome,
         ask_again=lambda r: " ".join(part for part in ("/migrate", COMMAND_OF_DIRECTION[direction], r.environment,
                                                        str(r.params.get("typed") or "")) if part))
 
@@ -187,5 +224,5 @@ def run_with_yes(settings: Settings, store, proposal: migrate.Proposal, typed: s
 
 
 __all__ = ["COMMAND_OF_DIRECTION", "KIND_OF_DIRECTION", "PROGRESS_EVERY", "checked_proposal", "gate_override_of",
-           "interrupted_outcome", "migration_kind", "outcome_line", "proposal_params", "result_details",
+           "interrupted_outcome", "migration_kind", "outcome_line", "proposal_params", "result_details", "run_outcome",
            "run_with_yes"]

@@ -502,6 +502,24 @@ class Migrations:
                 log.error("run %s: the follow-up of its interruption failed: %s", run.id, self.redactor(repr(exc)))
         return closed
 
+    def follow_up_left_after_run(self) -> list[str]:
+        """Requests whose run finished (succeeded, failed) while the bot process holding them died before
+        closing them: closed as the run ended, once, each message updated in place
+        (ApprovalService.close_left_after_run); a failed run gets its §7.3 summary (and automatic
+        escalation) through `after_run` in the request's thread, unless the dead process posted it.
+        Never raises: it runs at start and on the reaper's tick. Returns the ids of the requests closed."""
+        def incident_posted(run_id: str) -> bool:
+            return bool(self.store.events(action="incident", run_id=run_id, limit=1))
+
+        def after_failed_run(run_id: str, thread: Any) -> Any:
+            return self.after_run(run_id, thread=thread) if self.after_run is not None else None
+
+        try:
+            return self.approvals.close_left_after_run(after_failed_run, incident_posted=incident_posted)
+        except Exception as exc:  # the state database may be what failed; the reaper's next tick retries
+            log.error("could not close requests whose run finished: %s", self.redactor(repr(exc)))
+            return []
+
     def close_monitor(self, run: Any, *, where: tuple[str | None, str | None] | None = None) -> bool:
         """The live monitor of an interrupted run, updated in place to its final view (no live numbers):
         once per run, whoever comes first (a claim). `where`: (channel, ts) when the caller knows them;

@@ -36,11 +36,11 @@ def restore_kind(settings: Settings, store: Store, *,
             def progress(p: Any) -> None:
                 on_progress(request.id, f"{p.phase}: {blocks.size(p.bytes_written)} after {blocks.duration(p.elapsed)}")
         try:
-            result = backups.restore(request.environment, settings.environments[request.environment], store,
-                                     params["backup_id"], expected_revision=list(params["expected_revision"]),
-                                     tables=params["tables"] if params["mode"] == "tables" else (),
-                                     actor=request.requester, progress=progress, progress_every=RESTORE_NOTE_EVERY,
-                                     approval_id=request.id, run_id=run_id)
+            backups.restore(request.environment, settings.environments[request.environment], store,
+                            params["backup_id"], expected_revision=list(params["expected_revision"]),
+                            tables=params["tables"] if params["mode"] == "tables" else (),
+                            actor=request.requester, progress=progress, progress_every=RESTORE_NOTE_EVERY,
+                            approval_id=request.id, run_id=run_id)
         except backups.BackupError as exc:
             outcome = approvals.Outcome(False, redact(str(exc), secret), {"run_id": run_id, "outcome": FAILED})
         except Exception as exc:      # the engine recorded the run failed; its failure is followed up like any other
@@ -48,22 +48,12 @@ def restore_kind(settings: Settings, store: Store, *,
             outcome = approvals.Outcome(False, f"the restore failed unexpectedly ({type(exc).__name__}); the bot's "
                                                "log has the details", {"run_id": run_id, "outcome": FAILED})
         else:
-            summary = (f"backup #{result.backup.id} restored into {request.environment}, now at revision "
-                       f"{', '.join(result.revision_after) or 'none'}; safety backup #{result.safety_backup.id}")
-            if result.mismatches:
-                summary += f"; {len(result.mismatches)} table(s) differ from the backup's row counts"
-            outcome = approvals.Outcome(True, summary, {
-                "revision_before": result.revision_before, "revision_after": result.revision_after,
-                "row_counts_after": result.row_counts_after,
-                "mismatches": {t: list(v) for t, v in result.mismatches.items()},
-                "safety_backup_id": result.safety_backup.id, "duration_seconds": result.duration_seconds,
-                "run_id": run_id})
+            outcome = None
         marked = RunStore(store).get(run_id)
-        if marked is not None and marked.state == INTERRUPTED:   # a shutdown (or a reaper) marked it meanwhile
-            from bot.migrations import interrupted_outcome
-
-            return interrupted_outcome(marked)
-        return outcome
+        if marked is not None and (marked.state == INTERRUPTED or outcome is None):
+            # interrupted meanwhile (a shutdown, or a reaper), or restored: what its row says
+            return restore_outcome(marked)
+        return outcome or approvals.Outcome(True, f"restored into {request.environment}", {"run_id": run_id})
 
     from bot.migration_blocks import restore_again_command
 
@@ -78,7 +68,32 @@ def restore_kind(settings: Settings, store: Store, *,
         describe=lambda r: blocks.restore_request_blocks(r.params, r.state),
         result_blocks=result_blocks,
         on_failed=on_failed,
+        outcome_of_run=restore_outcome,
         ask_again=lambda r: restore_again_command(r.environment, r.params))
+
+
+def restore_outcome(run: Any) -> "approvals.Outcome":
+    """What a restore's request ends with, read from its run's row (runbook.backup.restore records the
+    facts there): the executor's own result once restored, an interrupted run's (interrupted_outcome), or
+    one that finished while the process holding the request died before closing it
+    (ApprovalService.close_left_after_run)."""
+    from runbook.state.runs import INTERRUPTED, SUCCEEDED
+
+    if run.state == INTERRUPTED:
+        from bot.migration_kinds import interrupted_outcome
+
+        return interrupted_outcome(run)
+    raw = run.result or {}
+    if run.state != SUCCEEDED:
+        return approvals.Outcome(False, run.outcome.error or run.summary or "the restore failed",
+                                 {"run_id": run.id, "outcome": run.state})
+    summary = run.summary          # "backup #N restored into ENV, now at revision R; safety backup #M"
+    mismatches = raw.get("mismatches") or {}
+    if mismatches:
+        summary += f"; {len(mismatches)} table(s) differ from the backup's row counts"
+    return approvals.Outcome(True, summary, {
+        key: raw.get(key) for key in ("revision_before", "revision_after", "row_counts_after", "mismatches",
+                                      "safety_backup_id", "duration_seconds")} | {"run_id": run.id})
 
 
 def restore_with_yes(settings: Settings, store: Store, environment: str, backup_id: str, tables: Any, actor: str,
@@ -98,4 +113,4 @@ def restore_with_yes(settings: Settings, store: Store, environment: str, backup_
     return service.run_confirmed("restore", environment, actor, backups.plan_to_params(plan))
 
 
-__all__ = ["RESTORE_NOTE_EVERY", "restore_kind", "restore_with_yes"]
+__all__ = ["RESTORE_NOTE_EVERY", "restore_kind", "restore_outcome", "restore_with_yes"]

@@ -61,6 +61,7 @@ class Runtime:
         redactor = Redactor(settings, extra_secrets=known_secrets(settings) + (token, signing_secret or ""))
         flows = Flows(settings, store, client, redactor=redactor, max_workers=workers)
         flows.migrations.announce_interrupted(reaped)      # posted once: only the reaper sees them
+        flows.migrations.follow_up_left_after_run()
         cls._close_not_started(flows)
         app = build_app(settings, client, flows, signing_secret=signing_secret)
         if warm:
@@ -91,9 +92,11 @@ class Runtime:
 
     def reap_interrupted_runs(self) -> list[Any]:
         """Runs whose process died: marked interrupted (never resumed), posted once by whoever reaped them;
+        requests whose run finished but whose process died before closing them, closed as the run ended;
         approved requests whose execution never started, closed."""
         reaped = self._reap_interrupted_runs(self.store, self.settings)
         self.flows.migrations.announce_interrupted(reaped)
+        self.flows.migrations.follow_up_left_after_run()
         self._close_not_started(self.flows)
         self._sweep_interrupted_backups(self.settings, self.store)
         return reaped

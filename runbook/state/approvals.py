@@ -7,6 +7,7 @@ database, are harmless, and only the winner acts (design rules 3 and 4).
     pending --approve x required--> approved --> executing --> done | failed
     pending --> rejected | expired | cancelled
     approved | executing (no run yet) --> failed ("not started": the process that held it is gone)
+    executing (its run finished) --> done | failed, as the run ended (the process that held it is gone)
 
 Knows nothing of Slack: bot/approvals.py authorises clicks and posts the messages.
 
@@ -15,6 +16,8 @@ Two facts on each row keep a request from being left behind (issue 13 §3):
   and its run's row (runbook/state/runs.py) the request lives only in that process's executor queue;
   if the process dies there, or its queue is full, nothing would ever run it or say so.
   `reap_not_started` closes such requests, once (a conditional UPDATE), with an event;
+  `left_after_run` finds the requests whose run finished but whose holder died before closing them
+  (between the run's end and executing -> done | failed), and `close_after_run` closes each once;
 - what its message last showed (`rendered_at`: the updated_at of the version rendered). A Slack
   outage can swallow an update; `unrendered` lists the requests whose message is behind.
 """
@@ -25,13 +28,17 @@ import socket
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from sqlalchemy import and_, exists, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from runbook.state.models import ApprovalDecisionRow, ApprovalRow, RunRow, as_utc, utcnow
+from runbook.state.records import RUNNING
 from runbook.state.store import Store
+
+if TYPE_CHECKING:
+    from runbook.state.runs import Run
 
 PENDING, APPROVED, EXECUTING, DONE, FAILED = "pending", "approved", "executing", "done", "failed"
 REJECTED, EXPIRED, CANCELLED = "rejected", "expired", "cancelled"
@@ -257,8 +264,6 @@ class ApprovalStore:
         holder may be on a host this one cannot ask). A holder that is this very process is alive.
         Conditional on the state and updated_at read, and on no run having appeared: a request that
         starts meanwhile is left alone."""
-        from runbook.state.runs import process_alive     # runs imports this module
-
         now = now or utcnow()
         no_run = ~exists().where(RunRow.approval_id == ApprovalRow.id)
         query = (select(ApprovalRow.id).where(ApprovalRow.state.in_([APPROVED, EXECUTING]))
@@ -267,22 +272,87 @@ class ApprovalStore:
             ids = list(session.scalars(query))
         closed: list[ApprovalRequest] = []
         for request in (r for r in (self.get(i) for i in ids) if r is not None):
-            here = request.claimed_host == self.host and request.claimed_pid is not None
-            if here and request.claimed_pid == os.getpid():
+            gone = self._holder_gone(request, request.updated_at, now, stale_after_seconds)
+            if gone is None:
                 continue
-            dead_here = here and not process_alive(request.claimed_pid or 0)
-            stale = request.updated_at <= now - timedelta(seconds=stale_after_seconds)
-            if not (dead_here or stale):
-                continue
-            holder = (f"pid {request.claimed_pid} on {request.claimed_host}" if request.claimed_pid
-                      else "an unrecorded process")
-            why = (f"the bot process that held it ({holder}) stopped before starting it" if dead_here else
+            holder = self._holder_of(request)
+            why = (f"the bot process that held it ({holder}) stopped before starting it" if gone == "dead" else
                    f"it waited since {request.updated_at:%Y-%m-%d %H:%M:%S} UTC for {holder} to start it")
             if self.close_not_started(request, why, actor=actor, outcome="not-started",
                                       conditions=(ApprovalRow.updated_at == self._stored(request.updated_at),
                                                   no_run)):
                 closed.append(self.get(request.id) or request)
         return closed
+
+    def _holder_gone(self, request: ApprovalRequest, since: datetime, now: datetime,
+                     stale_after_seconds: float) -> str | None:
+        """Whether the process holding `request` is gone: "dead" (on this host, its pid is not alive),
+        "stale" (nothing has changed since `since` for `stale_after_seconds`: its holder may be on a host
+        this one cannot ask), else None. This very process is never gone: it may be about to act."""
+        from runbook.state.runs import process_alive     # runs imports this module
+
+        here = request.claimed_host == self.host and request.claimed_pid is not None
+        if here and request.claimed_pid == os.getpid():
+            return None
+        if here and not process_alive(request.claimed_pid or 0):
+            return "dead"
+        return "stale" if since <= now - timedelta(seconds=stale_after_seconds) else None
+
+    @staticmethod
+    def _holder_of(request: ApprovalRequest) -> str:
+        return (f"pid {request.claimed_pid} on {request.claimed_host}" if request.claimed_pid
+                else "an unrecorded process")
+
+    # -- requests whose run finished but which were never closed -----------------------------
+
+    def left_after_run(self, kinds: Iterable[str], *, stale_after_seconds: float = NOT_STARTED_STALE_SECONDS,
+                       now: datetime | None = None, limit: int = 20) -> list[tuple[ApprovalRequest, "Run"]]:
+        """Executing requests whose run finished (succeeded, failed or refused: runs.approval_id names the
+        request) while the process holding the request is gone: it died between the run's end and
+        executing -> done | failed (bot.approvals.ApprovalService.execute), so nothing else will close
+        them. Gone: the rule of reap_not_started, with "stale" counted from the later of the request's
+        last change and the run's end (its holder may still be posting the run's log and summary).
+        A holder that is this very process is never gone: it may be closing the request this instant.
+        An interrupted run is not here: its follow-up closes its request (bot.migrations). Oldest first."""
+        from runbook.state.runs import INTERRUPTED, Run
+
+        query = (select(RunRow).join(ApprovalRow, ApprovalRow.id == RunRow.approval_id)
+                 .where(ApprovalRow.state == EXECUTING).where(ApprovalRow.kind.in_(list(kinds)))
+                 .where(RunRow.finished_at.is_not(None)).where(RunRow.state.not_in([RUNNING, INTERRUPTED]))
+                 .order_by(RunRow.finished_at).limit(limit))
+        now = now or utcnow()
+        with self.store.session() as session:
+            runs = [Run.of(row) for row in session.scalars(query)]
+        left = []
+        for run in runs:
+            request = self.get(run.approval_id or "")
+            if request is None or request.state != EXECUTING:
+                continue
+            since = max(request.updated_at, run.finished_at or request.updated_at)
+            if self._holder_gone(request, since, now, stale_after_seconds) is not None:
+                left.append((request, run))
+        return left
+
+    def close_after_run(self, request: ApprovalRequest, run: "Run", *, result: dict[str, Any],
+                        result_summary: str, actor: str = "runbook-bot") -> bool:
+        """executing -> done (the run succeeded) or failed (it failed or was refused), with the `result` and
+        `summary` the kind made of the run, and one event (the outcome its holder would have recorded, with
+        who held it): if it is still as `left_after_run` read it. True only for the one caller that closed it."""
+        from runbook.state.runs import SUCCEEDED
+
+        state = DONE if run.state == SUCCEEDED else FAILED
+        statement = (update(ApprovalRow).where(ApprovalRow.id == request.id).where(ApprovalRow.state == EXECUTING)
+                     .where(ApprovalRow.updated_at == self._stored(request.updated_at))
+                     .values(state=state, updated_at=utcnow(), result=result, result_summary=result_summary[:2000]))
+        with self.store.session() as session, session.begin():
+            if session.execute(statement).rowcount != 1:
+                return False
+        self.store.record(actor=actor, action=request.kind[:40], environment=request.environment,
+                          outcome="ok" if state == DONE else "error", summary=result_summary[:2000],
+                          run_id=request.id,
+                          details={"kind": request.kind, "run_id": run.id, "run_state": run.state,
+                                   "closed_for": self._holder_of(request), "approved_by": request.approvers})
+        return True
 
     def close_own_queued(self, why: str, kinds: Iterable[str], *, actor: str = "runbook-bot") -> list[ApprovalRequest]:
         """This process is stopping: the approved requests it holds that wait in its queue (not yet

@@ -66,6 +66,7 @@ class RunResult:
     recommendation: dict[str, Any] | None = None
     backup_id: int | None = None                # a restore's backup
     safety_backup_id: int | None = None
+    duration_seconds: float | None = None
 
     @staticmethod
     def _revisions(value: Any) -> list[str] | None:
@@ -84,7 +85,9 @@ class RunResult:
                    target=str(target) if target else None, attempts=int(raw.get("attempts") or 0),
                    validation=validation if isinstance(validation, dict) else None,
                    recommendation=recommendation if isinstance(recommendation, dict) else None,
-                   backup_id=raw.get("backup_id"), safety_backup_id=raw.get("safety_backup_id"))
+                   backup_id=raw.get("backup_id"), safety_backup_id=raw.get("safety_backup_id"),
+                   duration_seconds=float(raw["duration_seconds"])
+                   if isinstance(raw.get("duration_seconds"), (int, float)) else None)
 
     @property
     def validation_passed(self) -> bool | None:

@@ -120,8 +120,10 @@ class Store:
         return Event.of(row)
 
     def events(self, *, environment: str | None = None, action: str | None = None,
-               limit: int = 50) -> list[Event]:
+               limit: int = 50, run_id: str | None = None) -> list[Event]:
         query = select(EventRow).order_by(EventRow.id.desc()).limit(limit)
+        if run_id is not None:
+            query = query.where(EventRow.run_id == run_id)
         if environment is not None:
             query = query.where(EventRow.environment == environment)
         if action is not None:
