@@ -49,6 +49,7 @@ from runbook.state.approvals import (
     ApprovalStore,
 )
 from runbook.state.models import utcnow
+from runbook.state.runs import SUCCEEDED
 
 log = logging.getLogger(__name__)
 
@@ -441,7 +442,7 @@ class ApprovalService:
         for request, run in self.requests.left_after_run(self._kinds):
             spec = self._kinds[request.kind]
             outcome = (self._safely(spec.outcome_of_run, run, None) if spec.outcome_of_run is not None else None) \
-                or Outcome(False, run.summary or run.state, {"run_id": run.id, "outcome": run.state})
+                or Outcome(run.state == SUCCEEDED, run.summary or run.state, {"run_id": run.id, "outcome": run.state})
             summary = self.redactor(outcome.summary)
             if not self.requests.close_after_run(request, run, result=self.redactor.tree(outcome.details),
                                                  result_summary=summary):
@@ -519,8 +520,14 @@ class ApprovalService:
             outcome = Outcome(False, f"{request.kind} failed unexpectedly ({type(exc).__name__}); "
                                      "the bot's log has the details")
         summary = self.redactor(outcome.summary)
-        self.requests.transition(request_id, [EXECUTING], DONE if outcome.ok else FAILED,
-                                 result=self.redactor.tree(outcome.details), result_summary=summary)
+        if not self.requests.transition(request_id, [EXECUTING], DONE if outcome.ok else FAILED,
+                                        result=self.redactor.tree(outcome.details), result_summary=summary):
+            # someone closed it first and said so (a replica that judged this process gone once its run
+            # ended, close_left_after_run; its interruption's follow-up): audited, announced, followed up once
+            log.warning("%s %s was closed by another process before this one finished it", request.kind,
+                        request_id)
+            self.sync_message(request_id)
+            return self.requests.get(request_id)
         self._audit(request.requester, request.kind, request.environment, "ok" if outcome.ok else "error",
                     summary, request, {"approved_by": request.approvers})
         self.sync_message(request_id)

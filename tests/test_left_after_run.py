@@ -140,3 +140,41 @@ def test_a_request_this_very_process_holds_is_left_to_it_between_its_run_end_and
         session.execute(update(ApprovalRow).where(ApprovalRow.id == request.id).values(claimed_pid=dead_pid()))
     runtimes[0].reap_interrupted_runs()
     assert ApprovalStore(store).get(request.id).state == "done"
+
+
+def test_a_holder_on_another_host_that_finishes_after_a_replica_closed_its_request_says_nothing_twice(
+        sample_db, pg_state_url, tmp_path, pg_bin_dir, local_slack, runtimes):
+    """The holder (on a host the replica cannot ask) took longer than the grace after its run ended; the
+    replica closed the request; the holder's own close then loses and adds no event, reply or follow-up."""
+    from datetime import timedelta
+
+    from bot.approvals import ApprovalKind, Outcome
+    from runbook.state.models import RunRow, utcnow
+
+    config = write_config(tmp_path, with_password(sample_db(REV_0003), PASSWORD), pg_state_url, pg_bin_dir)
+    holder, replica = next_start(config, local_slack.url, runtimes), next_start(config, local_slack.url, runtimes)
+    store = holder.store
+    long_ago = utcnow() - timedelta(minutes=20)
+
+    def execute(request: Any) -> Outcome:
+        runs = RunStore(store)
+        run = runs.start(kind="migrate", environment="production", actor=REQUESTER, approval_id=request.id)
+        assert runs.finish(run.id, "succeeded", summary="the slow holder's run succeeded")
+        with store.session() as session, session.begin():       # its holder elsewhere, silent for 20 minutes
+            session.execute(update(ApprovalRow).where(ApprovalRow.id == request.id)
+                            .values(claimed_host="another-host", updated_at=long_ago))
+            session.execute(update(RunRow).where(RunRow.id == run.id).values(finished_at=long_ago))
+        assert replica.flows.migrations.follow_up_left_after_run() == [request.id]
+        return Outcome(True, "the holder's own words, too late")
+
+    for runtime in (holder, replica):
+        runtime.flows.approvals.register(ApprovalKind("slowclose", "Slow close", execute))
+    request = holder.flows.approvals.request("slowclose", "production", REQUESTER, {})
+    assert ApprovalStore(store).transition(request.id, ["pending"], "approved", hold=True)
+    final = holder.flows.approvals.execute(request.id)
+    assert final.state == "done" and final.result_summary == "the slow holder's run succeeded"
+    outcomes = [e.outcome for e in store.events(limit=50, run_id=request.id)]
+    assert outcomes.count("ok") == 1 and len(closing_events(store, request)) == 1
+    replies = [m for m in local_slack.messages(kind="message") if m.thread_ts == request.message_ts]
+    assert len(replies) == 1
+    assert "the holder's own words" not in local_slack.message(request.channel, request.message_ts).text
