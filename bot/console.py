@@ -157,12 +157,16 @@ CODE_LINES = 6                     # the console shows a SQL preview's or a log'
 NEXT_STEP = ("Next: connect the bot to your Slack workspace, README.md “From zero to Slack” "
              "(README.md#from-zero-to-slack).")
 
+# `click WORD`: the button it presses (the action ids of bot/approvals.py and bot/migration_blocks.py)
+CLICKS = {"approve": "approval_approve", "reject": "approval_reject", "rehearse": "migrate_rehearse_first"}
+
 CONSOLE_HELP = f"""\
 The console's own commands (everything else starting with /migrate goes to the bot, as in Slack):
   /migrate help                  what the bot can do
-  click approve | reject [as U…] press a button of the newest approval request, as that user
+  click approve | reject | rehearse [as U…]
+                                 press a button of the newest approval request, as that user
                                  (default {DEMO_APPROVER}; nobody approves their own request, and
-                                 you type commands as {DEMO_USER})
+                                 you type commands as {DEMO_USER}); rehearse: its Rehearse first
   lock                           an app session updates an expense and stays idle in its transaction;
                                  two more queue behind its lock: the watch (every {WATCH_EVERY_SECONDS} s) opens an
                                  alert; `lock` again queues one more session: the alert is updated
@@ -523,14 +527,15 @@ class Demo:
         return status
 
     def click(self, text: str) -> int:
-        """`click approve|reject [as U…]`: press a button of the newest approval request, as that
-        user (by default the demo's second approver), and show what the bot changed."""
+        """`click approve|reject|rehearse [as U…]`: press a button of the newest approval request
+        (rehearse: its Rehearse first), as that user (by default the demo's second approver), and
+        show what the bot changed."""
         parts = text.split()
-        if len(parts) not in (2, 4) or parts[1] not in ("approve", "reject") or (len(parts) == 4 and parts[2] != "as"):
-            self.say("  (usage: click approve|reject [as U0SOMEONE1])")
+        if len(parts) not in (2, 4) or parts[1] not in CLICKS or (len(parts) == 4 and parts[2] != "as"):
+            self.say(f"  (usage: click {'|'.join(CLICKS)} [as U0SOMEONE1])")
             return 0
         user = parts[3] if len(parts) == 4 else DEMO_APPROVER
-        action_id = f"approval_{parts[1]}"
+        action_id = CLICKS[parts[1]]
         message = next((m for m in reversed(self.slack.messages(kind="message"))
                         if any(e.get("action_id") == action_id for b in m.blocks if b.get("type") == "actions"
                                for e in b.get("elements", []))), None)

@@ -37,6 +37,34 @@ def test_click_approve_shows_what_changed_thread_replies_and_every_file():
     assert "Traceback" not in out.getvalue()
 
 
+def test_click_rehearse_presses_rehearse_first_for_whoever_may_rehearse():
+    """The request's Rehearse first, from the console: refused for someone who is not an approver
+    (rehearsing is for approvers), run for the demo's other approver; the request then shows it."""
+    from bot.approvals import ACTION_APPROVE, ACTION_REJECT
+    from bot.console import CLICKS
+    from bot.migration_blocks import ACTION_REHEARSE_FIRST
+
+    assert CLICKS == {"approve": ACTION_APPROVE, "reject": ACTION_REJECT, "rehearse": ACTION_REHEARSE_FIRST}
+    out = io.StringIO()
+    with Demo(out) as demo:
+        demo.run("/migrate run +1")
+        assert "[ Rehearse first ]" in out.getvalue()
+        mark = len(out.getvalue())
+        demo.run("click rehearse as U0VISITOR1")
+        refused = out.getvalue()[mark:]
+        mark = len(out.getvalue())
+        demo.run("click rehearse")
+        rehearsed = out.getvalue()[mark:]
+        mark = len(out.getvalue())
+        demo.run("click sideways")
+        usage = out.getvalue()[mark:]
+    assert "may rehearse on a restored copy" in refused and "Rehearsal of production" not in refused, refused
+    assert "Rehearsal of production" in rehearsed and "passed" in rehearsed, rehearsed
+    assert "*Rehearsed*" in rehearsed and "[ Rehearse first ]" not in rehearsed, rehearsed
+    assert "usage: click approve|reject|rehearse [as U0SOMEONE1]" in usage
+    assert "Traceback" not in out.getvalue()
+
+
 def test_the_interactive_demo_runs_the_watch_and_makes_a_lock_queue(tmp_path, monkeypatch):
     """`runbook-bot demo` (issue 17 §2): its help lists `click` and `lock`; the watch polls every 5 s,
     so a `lock` opens an alert, a second `lock` updates it, `unlock` resolves it, each shown as it
@@ -67,7 +95,7 @@ def test_the_interactive_demo_runs_the_watch_and_makes_a_lock_queue(tmp_path, mo
     assert run_demo(out=out, lines=typed()) == 0
     text = out.getvalue()
     help_text = text.split("The console's own commands", 1)[1]
-    assert "click approve | reject [as U…]" in help_text and "lock " in help_text and "unlock " in help_text
+    assert "click approve | reject | rehearse [as U…]" in help_text and "lock " in help_text and "unlock " in help_text
     assert text.startswith("The demo's folder: .demo/ (state, backups, configuration; kept after exit)")
     alert = text.index("── bot (posted in #C0DEMO0001)", text.index("> ") if "> " in text else 0)
     assert "Lock wait: production: root blocker pid" in text[alert:]
