@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from tests.support.migrations import app_copy
 from tests.support.sample_app import APP_DIR, REV_0003
 from tests.support.sessions import Sessions
 from tests.support.slack import SIGNING_SECRET, block_actions_body, local_slack, slash_command_body  # noqa: F401
-from tests.support.waiting import wait_for
+from tests.support.waiting import all_at_once, wait_for
 
 PASSWORD = "Interrupt3d-Run-Secret"
 CHANNEL = "C0INTERRUP"
@@ -246,21 +245,7 @@ def test_two_replicas_starting_together_close_the_request_and_post_the_summary_o
     request, run = executing_request_with_a_dead_run(config, local_slack.url, runtimes)
     assert "running" in local_slack.message(request.channel, request.message_ts).text
     updates_before = len(updates_of(local_slack, request.message_ts))
-    barrier = threading.Barrier(2)
-    failures: list[BaseException] = []
-
-    def replica() -> None:
-        try:
-            barrier.wait(timeout=30)
-            next_start(config, local_slack.url, runtimes)
-        except BaseException as exc:      # reported below: a thread's assertion would vanish otherwise
-            failures.append(exc)
-
-    threads = [threading.Thread(target=replica, name=f"replica-{n}") for n in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    failures = all_at_once(lambda: next_start(config, local_slack.url, runtimes))
     assert failures == [] and len(runtimes) == 3
     store = runtimes[0].store
     assert RunStore(store).get(run.id).state == "interrupted"

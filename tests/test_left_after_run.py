@@ -11,7 +11,6 @@ service; only Slack is faked (LocalSlack).
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any
 
 import pytest
@@ -24,6 +23,7 @@ from tests.support.bots import pg_state_url  # noqa: F401  (fixture)
 from tests.support.configs import with_password
 from tests.support.sample_app import REV_0003
 from tests.support.slack import local_slack  # noqa: F401  (fixture)
+from tests.support.waiting import all_at_once
 from tests.test_interrupted_runs import (CHANNEL, PASSWORD, REQUESTER, buttons, dead_pid, everything_slack_saw,
                                          next_start, runtimes, summaries_in, updates_of, write_config)  # noqa: F401
 
@@ -92,21 +92,7 @@ def test_two_replicas_close_a_request_whose_run_failed_once_with_one_incident_su
     config = write_config(tmp_path, with_password(sample_db(REV_0003), PASSWORD), pg_state_url, pg_bin_dir)
     request, run = executing_request_whose_run_finished(config, local_slack.url, runtimes, state="failed")
     updates_before = len(updates_of(local_slack, request.message_ts))
-    barrier = threading.Barrier(2)
-    failures: list[BaseException] = []
-
-    def replica() -> None:
-        try:
-            barrier.wait(timeout=30)
-            next_start(config, local_slack.url, runtimes)
-        except BaseException as exc:      # reported below: a thread's assertion would vanish otherwise
-            failures.append(exc)
-
-    threads = [threading.Thread(target=replica, name=f"replica-{n}") for n in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    failures = all_at_once(lambda: next_start(config, local_slack.url, runtimes))
     assert failures == [] and len(runtimes) == 3
     store = runtimes[0].store
     closed = ApprovalStore(store).get(request.id)
