@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from bot.render.activity import _lock_line, _root_line, _session_line
 from bot.render.core import (
+    titled_section,
     MAX_BLOCKS,
     MAX_CONTEXT_TEXT,
     MAX_SECTION_TEXT,
@@ -114,8 +115,7 @@ def migration_request_blocks(params: Mapping[str, Any], *, request_id: str, pend
             + (" (one revision at a time, §3.2)" if len(steps) > 1 else ""))
     title = "*Revisions undone* (newest first)" if downgrade else "*Revisions applied* (in order)"
     lines = [_revision_line(r) for r in revisions[:200]]
-    out = [section(head), section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
-                                                                total=len(revisions)))]
+    out = [section(head), titled_section(title, lines, total=len(revisions))]
     tables = params.get("touched_tables") or []
     if tables:
         out.append(section(truncate("*Tables touched* " + ", ".join(code(t, 60) for t in tables[:30])
@@ -293,8 +293,7 @@ def migration_result_blocks(result: Mapping[str, Any] | None) -> list[dict[str, 
         title = (f":test_tube: *Against its rehearsal* (run {escape(str(rehearsed.get('run_id'))[:8])}, "
                  f"{escape(str(rehearsed.get('outcome')))})")
         lines = [f"• {escape(timing_line(t))}" for t in rehearsed["revisions"][:200]]
-        out.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
-                                                         total=len(rehearsed["revisions"]))))
+        out.append(titled_section(title, lines, total=len(rehearsed["revisions"])))
     return out
 
 
@@ -437,8 +436,7 @@ def monitor_message(progress: Any, activity: Any, *, run_id: str, migrator_app: 
         if idle:
             title = f"*Idle in transaction* ({len(idle)})"
             lines = [_session_line(s, seconds_label="idle ") for s in idle[:MONITOR_ROWS]]
-            blocks.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
-                                                               total=len(idle))))
+            blocks.append(titled_section(title, lines, total=len(idle)))
         if activity.lock_waits:
             title = (f"*Lock waits* ({len(activity.lock_waits)}) · blocking tree: "
                      f"{len(activity.roots)} root{'s' if len(activity.roots) != 1 else ''}")
@@ -446,7 +444,7 @@ def monitor_message(progress: Any, activity: Any, *, run_id: str, migrator_app: 
             waits = sorted(activity.lock_waits, key=lambda w: not ours(w))
             lines = roots + [_migrator_marked(_lock_line(w)) if ours(w) else _lock_line(w)
                              for w in waits[:MONITOR_ROWS]]
-            blocks.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1)))
+            blocks.append(titled_section(title, lines))
         else:
             blocks.append(section("*Lock waits*: none"))
     for note in notes[:5]:
@@ -547,8 +545,7 @@ def validation_message(report: Any) -> Message:
         title = f"*Checks* ({len(report.checks) - failed} passed or skipped, {failed} failed)"
         lines = [f"{CHECK_MARK.get(c.status, ':grey_question:')} §{escape(c.section)} *{escape(one_line(c.name, 80))}*"
                  + (f" — {escape(one_line(c.detail, 400))}" if c.detail else "") for c in checks[:200]]
-        blocks.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
-                                                           total=len(checks))))
+        blocks.append(titled_section(title, lines, total=len(checks)))
     blocks.append(context("Runbook §5 · read-only: nothing was changed by this check"))
     text = f"Validation {escape(env)}: {verdict}" + (
         " — " + escape(", ".join(c.name for c in report.failed)[:200]) if report.failed else "")

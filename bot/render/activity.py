@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.render.core import MAX_SECTION_TEXT, QUERY_SNIPPET, bounded_lines, code, duration, escape, section, truncate
+from bot.render.core import (MAX_SECTION_TEXT, QUERY_SNIPPET, bounded_lines, code, duration, escape, section,
+                             titled_section, truncate)
 
 
 def _session_line(s: Any, *, seconds_label: str = "") -> str:
@@ -67,27 +68,22 @@ def _activity_blocks(activity: Any) -> list[dict[str, Any]]:
     if activity.long_queries:
         title = f"*Long queries* ({len(activity.long_queries)})"
         lines = [_session_line(s) for s in activity.long_queries[:200]]
-        blocks.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
-                                                           total=len(activity.long_queries))))
+        blocks.append(titled_section(title, lines, total=len(activity.long_queries)))
     if activity.idle_in_transaction:
         title = f"*Idle in transaction* ({len(activity.idle_in_transaction)})"
         lines = [_session_line(s, seconds_label="idle ") for s in activity.idle_in_transaction[:200]]
-        blocks.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
-                                                           total=len(activity.idle_in_transaction))))
+        blocks.append(titled_section(title, lines, total=len(activity.idle_in_transaction)))
     if activity.roots:
         title = f"*Blocking* ({len(activity.roots)} root blocker{'s' if len(activity.roots) != 1 else ''})"
         lines = [_root_line(r) for r in activity.roots[:200]]
-        blocks.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
-                                                           total=len(activity.roots))))
+        blocks.append(titled_section(title, lines, total=len(activity.roots)))
     if activity.lock_waits:
         title = f"*Lock waits* ({len(activity.lock_waits)})"
         lines = [_lock_line(w) for w in activity.lock_waits[:200]]
-        blocks.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
-                                                           total=len(activity.lock_waits))))
+        blocks.append(titled_section(title, lines, total=len(activity.lock_waits)))
     if activity.prepared:
         title = f"*Prepared transactions* ({len(activity.prepared)})"
         lines = [f"• {code(p.gid, 80)} owner {code(p.owner or '?', 40)} · {duration(p.seconds)}"
                  for p in activity.prepared[:200]]
-        blocks.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
-                                                           total=len(activity.prepared))))
+        blocks.append(titled_section(title, lines, total=len(activity.prepared)))
     return blocks

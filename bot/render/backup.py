@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from bot.render.core import (
+    titled_section,
     MAX_CONTEXT_TEXT,
     MAX_SECTION_TEXT,
     Message,
@@ -77,8 +78,7 @@ def backup_message(environment: str, backup: Any) -> Message:
             lines = [f"• {code(t[len('public.'):] if t.startswith('public.') else t, 80)}: {n:,} row{'s' if n != 1 else ''}"
                      for t, n in list(counts.items())[:300]]
             title = "*Rows at dump time*"
-            blocks.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
-                                                               total=len(counts))))
+            blocks.append(titled_section(title, lines, total=len(counts)))
         expired = backup.details.get("expired") or []
         note = (f"Retention removed backup{'s' if len(expired) != 1 else ''} "
                 + ", ".join(f"#{i}" for i in expired[:20]) + " · ") if expired else ""

@@ -258,6 +258,11 @@ def bounded_lines(lines: Sequence[str], limit: int = MAX_SECTION_TEXT, *, total:
     return _fit_lines(lines, limit, total=total, more=more)[0]
 
 
+def titled_section(title: str, lines: Sequence[str], *, total: int | None = None) -> dict[str, Any]:
+    """A section of a title line and as many of `lines` as fit under it ("… and N more" after)."""
+    return section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1, total=total))
+
+
 def _fit_lines(lines: Sequence[str], limit: int, *, total: int | None = None,
                more: str = "… and {n} more") -> tuple[str, int]:
     """(text, how many of `lines` are shown)."""
@@ -488,4 +493,4 @@ def _when(iso: Any) -> str:
         return "at an unknown time"
 
 
-__all__ = ["BlockError", "FileUpload", "Message", "validate", "MAX_VIEW_BLOCKS", "fit_text_budget", "text_length", "MAX_TOTAL_TEXT", "escape", "truncate", "code", "code_block", "one_line", "Mrkdwn", "mrkdwn", "mentions", "user", "usergroup", "mention", "here", "channel", "is_user_id", "slack_time", "duration", "size", "header", "section", "context", "divider", "button", "actions", "bounded_lines"]
+__all__ = ["BlockError", "FileUpload", "Message", "validate", "MAX_VIEW_BLOCKS", "fit_text_budget", "text_length", "MAX_TOTAL_TEXT", "escape", "truncate", "code", "code_block", "one_line", "Mrkdwn", "mrkdwn", "mentions", "user", "usergroup", "mention", "here", "channel", "is_user_id", "slack_time", "duration", "size", "header", "section", "context", "divider", "button", "actions", "bounded_lines", "titled_section"]

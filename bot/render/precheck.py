@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 from bot.render.activity import _activity_blocks
 from bot.render.core import (
+    titled_section,
     MAX_CONTEXT_TEXT,
     MAX_SECTION_TEXT,
     SQL_INLINE_LIMIT,
@@ -69,8 +70,7 @@ def _checklist_blocks(checks: Sequence[Any]) -> list[dict[str, Any]]:
         title = "*§1.3 Checklist — left for a human* (not checked by the bot)"
         lines = [f"{HUMAN_TODO} {escape(one_line(c.name, 160))}"
                  + (f" — {escape(one_line(c.detail, 300))}" if c.detail else "") for c in human[:200]]
-        blocks.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
-                                                           total=len(human))))
+        blocks.append(titled_section(title, lines, total=len(human)))
     return blocks
 
 
@@ -112,8 +112,7 @@ def precheck_message(report: Any) -> Message:
     if report.errors:
         title = ":x: *Errors while checking*"
         lines = [f"• {escape(one_line(e, 400))}" for e in report.errors[:100]]
-        blocks.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1,
-                                                           total=len(report.errors))))
+        blocks.append(titled_section(title, lines, total=len(report.errors)))
 
     health = [c for c in report.checks if c.automatic and str(c.section) == "1.1"]
     if health:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from bot.render.core import (
+    titled_section,
     MAX_SECTION_TEXT,
     _when,
     bounded_lines,
@@ -47,7 +48,7 @@ def restore_request_blocks(params: Mapping[str, Any], state: str = "pending") ->
     what = ("What was replaced" if state == "done" else "What would have been replaced" if state in FINISHED_STATES
             else "What will be replaced")
     title = f"*{what}* ({'chosen tables' if params.get('mode') == 'tables' else 'full restore'})"
-    out = [section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1, total=len(changes)))]
+    out = [titled_section(title, lines, total=len(changes))]
     revision = backup.get("revision")
     facts = [f"*Backup* #{escape(params.get('backup_id'))} {code(backup.get('name', '?'), 80)}",
              f"{escape(backup.get('kind', '?'))}, {size(backup.get('size_bytes'))}, taken {_when(backup.get('finished_at'))}",
@@ -90,7 +91,7 @@ def restore_result_blocks(result: Mapping[str, Any] | None) -> list[dict[str, An
     out = [section(truncate(head, MAX_SECTION_TEXT))]
     if lines:
         title = "*Row counts after*"
-        out.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1, total=len(counts))))
+        out.append(titled_section(title, lines, total=len(counts)))
     return out
 
 

@@ -7,6 +7,7 @@ from typing import Any, Mapping, Sequence
 
 from bot.render.activity import _activity_blocks
 from bot.render.core import (
+    titled_section,
     MAX_BLOCKS,
     MAX_SECTION_TEXT,
     MAX_URL,
@@ -260,7 +261,7 @@ def watch_message(environment: str, state: Any, alerts: Sequence[Any], every_sec
         lines = [f"• {ALERT_TITLES.get(a.kind, escape(a.kind))}: {escape(_alert_summary(a)[0])} · open since "
                  f"{slack_time(a.opened_at)}" for a in alerts[:100]]
         title = f"*Open alerts* ({len(alerts)})"
-        blocks.append(section(title + "\n" + bounded_lines(lines, MAX_SECTION_TEXT - len(title) - 1, total=len(alerts))))
+        blocks.append(titled_section(title, lines, total=len(alerts)))
     else:
         blocks.append(section("No open alerts."))
     text = f"Watch {escape(env)}: {status}, {len(alerts)} open alert{'s' if len(alerts) != 1 else ''}"
